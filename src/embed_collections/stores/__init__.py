@@ -1,0 +1,5 @@
+"""Vector stores behind one small interface: embedded Qdrant Edge and a Qdrant server."""
+
+from embed_collections.stores.base import Hit, PointBatch, SearchQuery, Store, VectorLayout
+
+__all__ = ["Hit", "PointBatch", "SearchQuery", "Store", "VectorLayout"]

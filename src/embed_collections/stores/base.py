@@ -1,0 +1,124 @@
+"""The store interface every sink implements, and the plain records that cross it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+SparseVec = tuple[list[int], list[float]]
+"""A sparse vector as (indices, values)."""
+
+
+@dataclass(frozen=True)
+class VectorLayout:
+    """What a collection stores per point: named dense vectors (size each) and sparse vectors.
+
+    The single unnamed dense vector of `concat`/`average` mode is the name "". All dense vectors
+    use cosine distance; all sparse vectors use Qdrant's IDF modifier.
+    """
+
+    dense: dict[str, int]
+    sparse: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """Human-readable form used in error messages: `dense{"": 80}, sparse[bm25]`."""
+        dense = ", ".join(f'"{name}": {size}' for name, size in sorted(self.dense.items()))
+        sparse = ", ".join(self.sparse)
+        return f"dense{{{dense}}}, sparse[{sparse}]"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dense": dict(self.dense), "sparse": list(self.sparse)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VectorLayout:
+        return cls(dense={k: int(v) for k, v in data["dense"].items()}, sparse=tuple(data["sparse"]))
+
+
+@dataclass
+class PointBatch:
+    """Rows of points to upsert; every list and array is aligned with `ids`.
+
+    `dense` maps vector name -> float32 array (N x size); `sparse` maps name -> N sparse vectors.
+    """
+
+    ids: list[str]
+    dense: dict[str, np.ndarray]
+    payloads: list[dict[str, Any]]
+    sparse: dict[str, list[SparseVec]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def slice(self, start: int, stop: int) -> PointBatch:
+        """The rows start..stop, for splitting a batch into upload requests."""
+        return PointBatch(
+            ids=self.ids[start:stop],
+            dense={name: array[start:stop] for name, array in self.dense.items()},
+            payloads=self.payloads[start:stop],
+            sparse={name: rows[start:stop] for name, rows in self.sparse.items()},
+        )
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """One query: one vector searches plainly; several are prefetched and fused (RRF or DBSF)."""
+
+    dense: dict[str, np.ndarray] = field(default_factory=dict)
+    sparse: dict[str, SparseVec] = field(default_factory=dict)
+    limit: int = 10
+    fusion: Literal["rrf", "dbsf"] = "rrf"
+    rrf_k: int = 60
+    prefetch_limit: int = 100
+    with_payload: bool = True
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+class Store(Protocol):
+    """A Qdrant-like sink; collections are created, filled, pruned, counted and searched."""
+
+    location: str
+
+    def check_writable(self) -> None:
+        """Fail fast (StoreError) when the store is unreachable or read-only (run preflight)."""
+
+    def layout(self, collection: str) -> VectorLayout | None:
+        """The existing collection's layout, or None when it does not exist."""
+
+    def ensure_collection(
+        self, collection: str, layout: VectorLayout, recreate: bool = False
+    ) -> None:
+        """Create the collection, or check it matches `layout` (StoreError naming both if not)."""
+
+    def upsert(self, collection: str, batch: PointBatch) -> None:
+        """Insert or overwrite points by id."""
+
+    def point_ids(self, collection: str) -> set[str]:
+        """Every point id in the collection (as canonical UUID strings)."""
+
+    def delete(self, collection: str, ids: list[str]) -> None:
+        """Delete points by id."""
+
+    def count(self, collection: str) -> int:
+        """Exact number of points."""
+
+    def search(self, collection: str, queries: list[SearchQuery]) -> list[list[Hit]]:
+        """Run queries (batched where the backend can) and return hits per query."""
+
+    def finish(self, collection: str, build_index: bool = True) -> None:
+        """Make the collection durable and searchable: flush, and build the index once."""
+
+    def collections(self) -> list[str]:
+        """Names of the collections in the store."""
+
+    def close(self) -> None:
+        """Release files, locks and connections."""

