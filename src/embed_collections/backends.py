@@ -1,0 +1,137 @@
+"""Inference backends: load a resolved model on a device, count tokens, embed batches.
+
+A backend only embeds what it is given; sorting, batching, OOM back-off and caching live once in
+`embedding.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Protocol
+
+import numpy as np
+
+from embed_collections.errors import ModelError
+from embed_collections.models import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+class Backend(Protocol):
+    """What the scheduler needs from a loaded model."""
+
+    name: str
+    dim: int
+    max_seq_length: int
+
+    def load(self, device: str) -> None: ...
+
+    def token_counts(self, texts: list[str]) -> list[int]: ...
+
+    def embed(self, texts: list[str]) -> np.ndarray: ...
+
+    def unload(self) -> None: ...
+
+
+def default_device() -> str:
+    """cuda when a GPU is usable, else cpu."""
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return "cpu"
+
+
+def default_dtype(device: str) -> str:
+    """fp16 on CUDA (about 3x fp32 there), fp32 on CPU (fp16 is slower on CPUs)."""
+    return "float16" if device.startswith("cuda") else "float32"
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for a CUDA (or other accelerator) out-of-memory error."""
+    try:
+        import torch
+
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def dtype_keyword() -> str:
+    """transformers renamed `torch_dtype` to `dtype` in 4.56; support both release lines."""
+    import transformers
+
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+class SentenceTransformerBackend:
+    """The reference backend: sentence-transformers on torch."""
+
+    def __init__(self, spec: ModelSpec, dtype: str | None = None):
+        self.spec = spec
+        self.name = spec.name
+        self.dtype = dtype
+        self.model = None
+        self.dim = spec.dim or 0
+        self.max_seq_length = spec.settings.max_seq_length or 512
+
+    def load(self, device: str) -> None:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        try:
+            import torch
+            import transformers
+            from sentence_transformers import SentenceTransformer
+
+            transformers.utils.logging.disable_progress_bar()  # ours is the one progress bar
+
+            dtype = self.dtype or default_dtype(device)
+            self.model = SentenceTransformer(
+                str(self.spec.path),
+                device=device,
+                trust_remote_code=self.spec.trust_remote_code,
+                truncate_dim=self.spec.settings.truncate_dim,
+                model_kwargs={dtype_keyword(): getattr(torch, dtype)},
+                local_files_only=True,
+            )
+        except Exception as error:  # loading raises anything from OSError to ValueError
+            raise ModelError(
+                f'Model "{self.name}" could not be loaded from {self.spec.path}: '
+                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+            ) from error
+        if self.spec.settings.max_seq_length:
+            self.model.max_seq_length = self.spec.settings.max_seq_length
+        self.max_seq_length = int(self.model.max_seq_length or self.max_seq_length)
+        dimension = getattr(self.model, "get_embedding_dimension", None)
+        dimension = dimension or self.model.get_sentence_embedding_dimension
+        self.dim = int(dimension())
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Untruncated token counts (special tokens included), used to sort and to report cuts."""
+        tokenizer = self.model.tokenizer
+        encoded = tokenizer(texts, add_special_tokens=True, truncation=False, padding=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        vectors = self.model.encode(
+            texts,
+            batch_size=len(texts),
+            convert_to_numpy=True,
+            normalize_embeddings=False,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def unload(self) -> None:
+        self.model = None
+
+
+def create_backend(spec: ModelSpec, backend: str = "torch", dtype: str | None = None) -> Backend:
+    """The backend for a model; `auto` and `torch` both mean sentence-transformers on torch."""
+    if backend in ("auto", "torch"):
+        return SentenceTransformerBackend(spec, dtype)
+    raise ModelError(f'Backend "{backend}" is not available (choose torch or auto)')

@@ -1,0 +1,353 @@
+"""The command line: parse, call the library, render. Errors become one-line messages here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from embed_collections.errors import EmbedCollectionsError
+
+log = logging.getLogger("embed_collections")
+
+# Options that take several values. The seed spelled them argparse-style
+# (`--ensemble_models a b c`); click wants one value per option, so such runs are rewritten to
+# `--ensemble_models a,b,c` before parsing.
+LIST_OPTIONS = {
+    "--collections",
+    "--models",
+    "--ensemble-models",
+    "--ensemble_models",
+    "--weights",
+    "--ensemble-weights",
+    "--ensemble_weights",
+}
+
+
+def join_list_options(args: list[str]) -> list[str]:
+    """Rewrite `--opt a b c` into `--opt a,b,c` for the list options."""
+    out: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        out.append(arg)
+        index += 1
+        if arg in LIST_OPTIONS:
+            values = []
+            while index < len(args) and not args[index].startswith("--"):
+                values.append(args[index])
+                index += 1
+            out.append(",".join(values))
+    return out
+
+
+def split_list(values: tuple[str, ...] | None) -> list[str]:
+    """Flatten repeated and comma-separated option values."""
+    return [part.strip() for value in values or () for part in value.split(",") if part.strip()]
+
+
+def parse_weights(values: tuple[str, ...] | None) -> list[float] | None:
+    items = split_list(values)
+    if not items:
+        return None
+    try:
+        return [float(item) for item in items]
+    except ValueError as error:
+        raise click.BadParameter(f"weights must be numbers ({error})") from error
+
+
+class ListOptionCommand(click.Command):
+    """A command that accepts the seed's space-separated list options."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, join_list_options(args))
+
+
+def setup_logging(verbose: bool, quiet: bool) -> None:
+    """Logs and warnings to stderr in the seed's `LEVEL - message` shape; stdout stays data."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s - %(message)s"))
+    handler.setLevel(level)
+    log.handlers[:] = [handler]
+    log.setLevel(min(level, logging.INFO))  # the run's file log keeps INFO even with --quiet
+    log.propagate = False
+    for noisy in ("httpx", "sentence_transformers", "transformers", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+verbose_option = click.option("--verbose", "-v", is_flag=True, help="Debug logging and tracebacks.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="embed-collections")
+def cli() -> None:
+    """Embed trees of pre-chunked documents with a model ensemble into Qdrant collections.
+
+    \b
+    Example:
+      embed-collections discover ./Chunked
+      embed-collections run --chunked-dir ./Chunked --output-dir ./output
+      embed-collections search Docling "install with pip" --output-dir ./output
+    """
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point: run the CLI and map expected failures to messages and exit codes."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if args is None else args)
+    verbose = "--verbose" in argv or "-v" in argv
+    try:
+        code = cli.main(argv, prog_name="embed-collections", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except EmbedCollectionsError as error:
+        if verbose:
+            log.exception("Failed")
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted; finished batches are cached, re-run to resume.", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def echo_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def path_or_none(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def render_table(headers: list[str], rows: list[list[object]]) -> str:
+    """A plain aligned text table for stdout."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("chunked_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--pattern", default="*_chunks.json", show_default=True, help="Chunk file glob.")
+@click.option("--max-depth", default=5, show_default=True, help="Deepest level searched.")
+@click.option("--stats", is_flag=True, help="Also load every collection and count chunks and problems.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@verbose_option
+@quiet_option
+def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
+    """List the collections under CHUNKED_DIR (default ./Chunked, or /kaggle/input on Kaggle).
+
+    \b
+    Example:
+      embed-collections discover ./Chunked --stats
+    """
+    from embed_collections.chunks import load_collection
+    from embed_collections.config import default_paths, detect_environment
+    from embed_collections.discovery import discover_collections, find_chunk_files
+
+    setup_logging(verbose, quiet)
+    root = chunked_dir or default_paths(detect_environment())[0]
+    found = discover_collections(root, pattern, max_depth)
+    rows = []
+    for name, directory in found.items():
+        row = {"name": name, "chunk_files": len(find_chunk_files(directory, pattern)), "path": str(directory)}
+        if stats:
+            loaded = load_collection(name, directory, pattern, root)
+            row.update(
+                chunks=len(loaded.chunks),
+                skipped_records=loaded.stats.skipped_records,
+                duplicate_ids=loaded.stats.duplicate_ids,
+                file_errors=list(loaded.stats.file_errors),
+            )
+        rows.append(row)
+    if as_json:
+        echo_json(rows)
+        return
+    headers = ["name", "chunk_files"] + (["chunks", "skipped", "file_errors"] if stats else []) + ["path"]
+    table = [
+        [r["name"], r["chunk_files"]]
+        + ([r["chunks"], r["skipped_records"], len(r["file_errors"])] if stats else [])
+        + [r["path"]]
+        for r in rows
+    ]
+    click.echo(render_table(headers, table))
+
+
+@cli.command(cls=ListOptionCommand)
+@click.option("--chunked-dir", "--chunked_dir", "chunked_dir", type=click.Path(path_type=Path),
+              help="Root of the chunk tree [./Chunked; /kaggle/input on Kaggle].")
+@click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(path_type=Path),
+              help="Log, summary, cache and embedded store [./output; /kaggle/working on Kaggle].")
+@click.option("--collections", multiple=True, help="Only these collections (space or comma separated).")
+@click.option("--models", "--ensemble-models", "--ensemble_models", "models", multiple=True,
+              help="Ensemble members: hub ids, model folders or aliases [the seed's three models].")
+@click.option("--weights", "--ensemble-weights", "--ensemble_weights", "weights", multiple=True,
+              help="One positive weight per model [equal].")
+@click.option("--combine", type=click.Choice(["concat", "average", "named"]), default="concat",
+              show_default=True, help="concat: weighted similarity fusion; named: one vector per model.")
+@click.option("--exclusive-ensemble", "--exclusive_ensemble", is_flag=True,
+              help="Accepted for the seed's scripts; exclusive (one model at a time) is the only mode.")
+@click.option("--batch-size", "--batch_size", "batch_size", type=int, default=0,
+              help="Texts per forward pass [32 on CPU, 128 on CUDA].")
+@click.option("--device", default="", help="cpu, cuda, cuda:1 ... [cuda if available].")
+@click.option("--dtype", type=click.Choice(["", "float32", "float16", "bfloat16"]), default="",
+              help="Model precision [float16 on CUDA, float32 on CPU].")
+@click.option("--backend", type=click.Choice(["auto", "torch"]), default="auto", show_default=True)
+@click.option("--max-seq-length", type=int, help="Truncate texts to this many tokens.")
+@click.option("--truncate-dim", type=int, help="Cut Matryoshka models' vectors to this size.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow models that run their own code.")
+@click.option("--model-cache-dir", "--model_cache_dir", "model_cache_dir",
+              type=click.Path(path_type=Path), help="Where models are looked for and downloaded.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Embedding cache [OUTPUT/cache].")
+@click.option("--lease-dir", type=click.Path(path_type=Path), help="Device lease lock files.")
+@click.option("--lease-timeout", type=float, default=600.0, show_default=True,
+              help="Seconds to wait for the device lease.")
+@click.option("--check-interval", type=float, default=30.0, show_default=True,
+              help="Seconds between 'still waiting' messages.")
+@click.option("--qdrant-url", envvar="QDRANT_URL", help="Qdrant server URL (env QDRANT_URL).")
+@click.option("--qdrant-api-key", envvar="QDRANT_API_KEY", help="API key (env QDRANT_API_KEY).")
+@click.option("--qdrant-host", "--qdrant_host", "qdrant_host", help="Server host (seed spelling).")
+@click.option("--qdrant-port", "--qdrant_port", "qdrant_port", type=int, help="Server port.")
+@click.option("--qdrant-path", type=click.Path(path_type=Path),
+              help="Embedded store root [OUTPUT/qdrant].")
+@click.option("--no-upload", is_flag=True, help="Embed (and export) but do not write to Qdrant.")
+@click.option("--no-index", is_flag=True, help="Skip building the HNSW index after loading.")
+@click.option("--keep-stale", is_flag=True, help="Keep points whose chunks left the input.")
+@click.option("--recreate", is_flag=True, help="Replace collections built with another layout.")
+@click.option("--sparse", type=click.Choice(["bm25"]), help="Also store BM25 sparse vectors.")
+@click.option("--export", is_flag=True, help="Write per-collection embeddings files.")
+@click.option("--create-zip", "--create_zip", "create_zip", is_flag=True,
+              help="Also pack the export into embeddings_<time>.zip (implies --export).")
+@click.option("--zip-compression", "--zip_compression", "zip_compression",
+              type=click.Choice(["deflated", "stored"]), default="deflated", show_default=True)
+@click.option("--pattern", default="*_chunks.json", show_default=True, help="Chunk file glob.")
+@click.option("--max-depth", default=5, show_default=True, help="Deepest level searched.")
+@click.option("--wave-size", default=50_000, show_default=True,
+              help="Chunks loaded at once; bounds memory on huge corpora.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary JSON on stdout.")
+@verbose_option
+@quiet_option
+def run(**options):
+    """Embed every collection with the ensemble and load it into Qdrant.
+
+    \b
+    Example:
+      embed-collections run --chunked-dir ./Chunked --output-dir ./output \\
+          --models minilm bge-small --weights 0.7 0.3 --sparse bm25
+    Exit codes: 0 all collections succeeded, 3 some failed (summary written),
+    1 nothing could be done, 2 usage error.
+    """
+    from embed_collections.config import RunConfig, default_paths, detect_environment
+    from embed_collections.embedding import EngineOptions
+    from embed_collections.models import DEFAULT_ENSEMBLE_MODELS
+    from embed_collections.pipeline import run as run_pipeline
+
+    setup_logging(options["verbose"], options["quiet"])
+    environment = detect_environment()
+    default_chunked, default_output = default_paths(environment)
+    url = options["qdrant_url"]
+    if not url and (options["qdrant_host"] or options["qdrant_port"]):
+        url = f"http://{options['qdrant_host'] or 'localhost'}:{options['qdrant_port'] or 6333}"
+    config = RunConfig(
+        chunked_dir=options["chunked_dir"] or default_chunked,
+        output_dir=options["output_dir"] or default_output,
+        environment=environment,
+        collections=tuple(split_list(options["collections"])),
+        models=tuple(split_list(options["models"])) or DEFAULT_ENSEMBLE_MODELS,
+        weights=tuple(w) if (w := parse_weights(options["weights"])) else None,
+        combine=options["combine"],
+        model_cache_dir=options["model_cache_dir"],
+        cache_dir=options["cache_dir"],
+        trust_remote_code=options["trust_remote_code"],
+        max_seq_length=options["max_seq_length"],
+        truncate_dim=options["truncate_dim"],
+        engine=EngineOptions(
+            device=options["device"],
+            dtype=options["dtype"],
+            backend=options["backend"],
+            batch_size=options["batch_size"],
+            lease_dir=options["lease_dir"],
+            lease_timeout=options["lease_timeout"],
+            check_interval=options["check_interval"],
+            show_progress=not options["quiet"],
+        ).resolved(),
+        qdrant_url=url,
+        qdrant_api_key=options["qdrant_api_key"],
+        qdrant_path=options["qdrant_path"],
+        upload=not options["no_upload"],
+        build_index=not options["no_index"],
+        keep_stale=options["keep_stale"],
+        recreate=options["recreate"],
+        sparse=options["sparse"],
+        export=options["export"] or options["create_zip"],
+        create_zip=options["create_zip"],
+        zip_compression=options["zip_compression"],
+        pattern=options["pattern"],
+        max_depth=options["max_depth"],
+        wave_size=options["wave_size"],
+    )
+    summary = run_pipeline(config)
+    if options["as_json"]:
+        echo_json(summary.to_json())
+    else:
+        rows = [
+            [name, r.total_embeddings_generated, r.points_in_store if r.points_in_store is not None else "-",
+             "failed" if name in summary.failed_collections else "ok"]
+            for name, r in summary.results.items()
+        ]
+        rows += [[name, 0, "-", "failed"] for name in summary.failed_collections if name not in summary.results]
+        click.echo(render_table(["collection", "chunks", "points", "status"], rows))
+        click.echo(f"\nSummary: {config.output_dir / 'embedding_summary_v6.json'}")
+    return summary.exit_code
+
+
+@cli.command()
+@click.argument("collection")
+@click.argument("query")
+@click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(path_type=Path),
+              help="Output directory of the run to search [./output].")
+@click.option("--top-k", default=10, show_default=True, help="Number of hits.")
+@click.option("--mode", type=click.Choice(["dense", "sparse", "hybrid"]),
+              help="Which vectors to search [hybrid when the run stored sparse vectors].")
+@click.option("--fusion", type=click.Choice(["rrf", "dbsf"]), default="rrf", show_default=True)
+@click.option("--rrf-k", default=60, show_default=True, help="RRF constant k: score = sum 1/(k + rank).")
+@click.option("--qdrant-api-key", envvar="QDRANT_API_KEY", help="API key (env QDRANT_API_KEY).")
+@click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
+@verbose_option
+@quiet_option
+def search(collection, query, output_dir, top_k, mode, fusion, rrf_k, qdrant_api_key, as_json,
+           verbose, quiet):
+    """Search COLLECTION of an earlier run for QUERY, embedded the way the run embedded documents.
+
+    \b
+    Example:
+      embed-collections search Docling "How do I convert a PDF?" --output-dir ./output --top-k 5
+    """
+    from embed_collections.config import default_paths, detect_environment
+    from embed_collections.search import search_collection
+
+    setup_logging(verbose, quiet or not verbose)
+    output_dir = output_dir or default_paths(detect_environment())[1]
+    hits = search_collection(output_dir, collection, query, top_k, mode, fusion, rrf_k, qdrant_api_key)
+    if as_json:
+        echo_json([{"rank": i, "score": h.score, "id": h.id, **h.payload} for i, h in enumerate(hits, 1)])
+        return
+    rows = [
+        [i, f"{h.score:.4f}", h.payload.get("chunk_id", ""), h.payload.get("source_file", ""),
+         " ".join(str(h.payload.get("text", "")).split())[:80]]
+        for i, h in enumerate(hits, 1)
+    ]
+    click.echo(render_table(["rank", "score", "chunk_id", "source_file", "text"], rows))

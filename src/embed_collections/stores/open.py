@@ -1,0 +1,39 @@
+"""Pick the store for a run, and the point ids every store shares."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from embed_collections.errors import UsageError
+from embed_collections.stores.base import Store
+
+POINT_ID_NAMESPACE = uuid.UUID("54379bf3-b963-42c0-89e6-3735565419e4")
+"""Fixed forever: changing it would give every existing point a new id and duplicate the data."""
+
+
+def point_id(collection: str, chunk_id: str) -> str:
+    """The point id of a chunk: a UUID stable across runs and distinct across collections."""
+    return str(uuid.uuid5(POINT_ID_NAMESPACE, f"{collection}/{chunk_id}"))
+
+
+def open_store(
+    qdrant_url: str | None, qdrant_path: Path | None, api_key: str | None = None, **kw: Any
+) -> Store:
+    """A Qdrant server store when `qdrant_url` is given, else the embedded store at `qdrant_path`.
+
+    `kw` tunes the server store (batch_size, parallel, max_retries, timeout); the embedded store
+    has nothing to tune and ignores it.
+    """
+    # Imported on demand: qdrant-client alone takes ~0.8 s to import; the embedded store never
+    # needs it.
+    if qdrant_url:
+        from embed_collections.stores.server import ServerStore
+
+        return ServerStore(url=qdrant_url, api_key=api_key, **kw)
+    if qdrant_path is None:
+        raise UsageError("No vector store given: pass --qdrant-path or --qdrant-url")
+    from embed_collections.stores.edge import EdgeStore
+
+    return EdgeStore(Path(qdrant_path))

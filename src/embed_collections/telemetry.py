@@ -1,0 +1,71 @@
+"""Per-model throughput telemetry, and a wall-clock timer, reported in the run summary."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class ModelTelemetry:
+    """What one model cost in a run; summed over the waves of a run with `add`."""
+
+    model: str
+    fingerprint: str
+    device: str = "cpu"
+    backend: str = "torch"
+    dtype: str = "float32"
+    dim: int = 0
+    max_seq_length: int = 0
+    loads: int = 0
+    load_seconds: float = 0.0
+    lease_wait_seconds: float = 0.0
+    embed_seconds: float = 0.0
+    chunks_embedded: int = 0
+    tokens_embedded: int = 0
+    padded_tokens: int = 0
+    truncated_chunks: int = 0
+    truncated_tokens: int = 0
+    batches: int = 0
+    oom_retries: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    peak_memory_bytes: int | None = None
+
+    def add(self, other: ModelTelemetry) -> None:
+        """Accumulate another wave's numbers of the same model."""
+        for item in fields(self):
+            mine, theirs = getattr(self, item.name), getattr(other, item.name)
+            if item.name == "peak_memory_bytes":
+                if theirs is not None:
+                    setattr(self, item.name, max(mine or 0, theirs))
+            elif isinstance(mine, (int, float)) and not isinstance(mine, bool):
+                if item.name in ("dim", "max_seq_length"):
+                    setattr(self, item.name, theirs or mine)
+                else:
+                    setattr(self, item.name, mine + theirs)
+
+    def to_dict(self) -> dict:
+        """The stored numbers plus the rates derived from them."""
+        data = asdict(self)
+        seconds = self.embed_seconds
+        data["chunks_per_second"] = round(self.chunks_embedded / seconds, 2) if seconds else None
+        data["tokens_per_second"] = round(self.tokens_embedded / seconds, 1) if seconds else None
+        data["padding_efficiency"] = (
+            round(self.tokens_embedded / self.padded_tokens, 4) if self.padded_tokens else None
+        )
+        for key in ("load_seconds", "lease_wait_seconds", "embed_seconds"):
+            data[key] = round(data[key], 3)
+        return data
+
+
+class Timer:
+    """Context manager measuring wall seconds into `.seconds`."""
+
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
