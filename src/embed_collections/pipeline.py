@@ -200,6 +200,10 @@ def run_logged(config: RunConfig) -> RunSummary:
     summary.extra["skipped_records"] = sum(r.skipped_records for r in summary.results.values())
     summary.extra["file_errors"] = sum(len(r.file_errors) for r in summary.results.values())
     write_json_atomic(config.output_dir / SUMMARY_FILE, summary.to_json())
+    if config.export:
+        from embed_collections.export import finish_export
+
+        finish_export(config, summary)
     log_processing_summary(summary)
     return summary
 

@@ -1,0 +1,323 @@
+"""Measure retrieval quality on a BEIR-format data set with a run's ensemble (`eval`).
+
+The corpus becomes one chunk file under `<output_dir>/beir/<name>/` and goes through the normal
+pipeline, so its vectors land in the same embedding cache as any run and a repeated evaluation
+embeds nothing. Queries are embedded once per model, searched in batches in each mode, mapped back
+to corpus ids through the `chunk_id` payload and scored with `metrics.evaluate_run`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embed_collections.config import RunConfig, load_saved_config, write_json_atomic
+from embed_collections.errors import EmbedCollectionsError, UsageError
+from embed_collections.metrics import evaluate_run
+from embed_collections.pipeline import run as run_pipeline
+from embed_collections.search import (
+    SEARCH_MODES,
+    QueryEncoder,
+    build_queries,
+    open_run_store,
+)
+from embed_collections.stores import Store
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "eval_results.json"
+CORPUS_CHUNK_FILE = "corpus_chunks.json"
+SEARCH_LIMIT = 100
+SEARCH_BATCH = 256  # queries per store call: large enough to amortise, small enough to stream
+
+
+@dataclass(frozen=True)
+class BeirDataset:
+    """A BEIR folder read into memory: corpus id -> (title, text), queries and one qrels split."""
+
+    name: str
+    corpus: dict[str, tuple[str, str]]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+    def judged_queries(self) -> dict[str, str]:
+        """The queries the split judges with at least one relevant document, in qrels order."""
+        return {
+            qid: self.queries[qid]
+            for qid, judged in self.qrels.items()
+            if qid in self.queries and any(rel > 0 for rel in judged.values())
+        }
+
+
+@dataclass
+class ModeResult:
+    """One search mode's scores and speed."""
+
+    mode: str
+    metrics: dict[str, float]
+    search_seconds: float
+    queries: int
+
+    def to_json(self) -> dict[str, Any]:
+        rate = self.queries / self.search_seconds if self.search_seconds > 0 else None
+        return {
+            **{name: round(value, 5) for name, value in self.metrics.items()},
+            "search_seconds": round(self.search_seconds, 3),
+            "queries_per_second": round(rate, 1) if rate else None,
+        }
+
+
+@dataclass
+class EvalReport:
+    """Everything `eval` measured; `to_json` is what `eval_results.json` holds."""
+
+    dataset: str
+    beir_dir: str
+    split: str
+    collection: str
+    corpus_size: int
+    query_count: int
+    models: list[str]
+    combine: str
+    weights: list[float]
+    sparse: str | None
+    index_seconds: float
+    query_embedding_seconds: float
+    cache_hits: int
+    cache_misses: int
+    modes: dict[str, ModeResult] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "modes"}
+        data["index_seconds"] = round(self.index_seconds, 3)
+        data["query_embedding_seconds"] = round(self.query_embedding_seconds, 3)
+        data["modes"] = {mode: result.to_json() for mode, result in self.modes.items()}
+        return data
+
+
+def load_beir(folder: Path, split: str = "test") -> BeirDataset:
+    """Read `corpus.jsonl`, `queries.jsonl` and `qrels/<split>.tsv`; a UsageError names a bad file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"BEIR folder not found: {folder}")
+    corpus_file, queries_file = folder / "corpus.jsonl", folder / "queries.jsonl"
+    qrels_file = folder / "qrels" / f"{split}.tsv"
+    for path in (corpus_file, queries_file, qrels_file):
+        if not path.is_file():
+            hint = ""
+            if path == qrels_file and (folder / "qrels").is_dir():
+                splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+                hint = f"; available splits: {', '.join(splits) or 'none'} (use --split)"
+            raise UsageError(f"BEIR folder {folder} has no {path.relative_to(folder)}{hint}")
+    corpus = {
+        str(record["_id"]): (str(record.get("title") or ""), str(record.get("text") or ""))
+        for record in read_jsonl(corpus_file, ("_id",))
+    }
+    queries = {
+        str(record["_id"]): str(record["text"]) for record in read_jsonl(queries_file, ("_id", "text"))
+    }
+    qrels = read_qrels(qrels_file)
+    if not corpus:
+        raise UsageError(f"{corpus_file} holds no documents")
+    missing = [qid for qid in qrels if qid not in queries]
+    if missing:
+        log.warning(
+            "%d judged queries of %s are not in %s (skipped), e.g. %s",
+            len(missing), qrels_file.name, queries_file.name, missing[0],
+        )
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", folder.resolve().name).strip(".") or "beir"
+    return BeirDataset(name, corpus, queries, qrels)
+
+
+def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, each holding the `required` keys."""
+    records = []
+    with path.open(encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UsageError(f"{path} line {number}: not valid JSON ({error.msg})") from error
+            absent = [key for key in required if not isinstance(record, dict) or key not in record]
+            if absent:
+                raise UsageError(f'{path} line {number}: "{absent[0]}" is missing')
+            records.append(record)
+    return records
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """`query-id<TAB>corpus-id<TAB>score` rows (a header row is skipped)."""
+    qrels: dict[str, dict[str, int]] = {}
+    with path.open(encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, start=1):
+            parts = line.rstrip("\n\r").split("\t")
+            if not line.strip() or (number == 1 and parts[0] == "query-id"):
+                continue
+            try:
+                qid, doc, score = parts[0], parts[1], int(float(parts[2]))
+            except (IndexError, ValueError) as error:
+                raise UsageError(
+                    f"{path} line {number}: expected query-id, corpus-id and an integer score "
+                    "separated by tabs"
+                ) from error
+            qrels.setdefault(qid, {})[doc] = score
+    return qrels
+
+
+def write_corpus_chunks(dataset: BeirDataset, path: Path) -> bool:
+    """Write the corpus as a chunk file unless the same content is already there; True if written."""
+    records = [
+        {
+            "text": f"{title}\n\n{text}" if title.strip() else text,
+            "metadata": {"chunk_id": doc_id, "doc_id": doc_id},
+        }
+        for doc_id, (title, text) in dataset.corpus.items()
+    ]
+    content = json.dumps(records, ensure_ascii=False).encode("utf-8")
+    if path.is_file() and path.read_bytes() == content:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_bytes(content)
+    temp.replace(path)
+    return True
+
+
+def resolve_modes(modes: list[str] | None, sparse: str | None) -> list[str]:
+    """The requested modes, or dense (plus sparse and hybrid with sparse vectors); checked."""
+    if not modes:
+        return ["dense", "sparse", "hybrid"] if sparse else ["dense"]
+    unknown = [m for m in modes if m not in SEARCH_MODES]
+    if unknown:
+        raise UsageError(f'Unknown search mode "{unknown[0]}". Choose from {", ".join(SEARCH_MODES)}')
+    if not sparse and any(m in ("sparse", "hybrid") for m in modes):
+        raise UsageError("Modes sparse and hybrid need sparse vectors: add --sparse bm25")
+    return list(dict.fromkeys(modes))
+
+
+def evaluate_beir(
+    beir_dir: Path,
+    config: RunConfig,
+    modes: list[str] | None = None,
+    split: str = "test",
+    fusion: str = "rrf",
+    rrf_k: int = 60,
+) -> EvalReport:
+    """Index the BEIR corpus with `config`'s ensemble (through the cache), search every judged
+    query in each mode and score the rankings. `config.chunked_dir` and `collections` are set here.
+    """
+    chosen = resolve_modes(modes, config.sparse)
+    dataset = load_beir(beir_dir, split)
+    queries = dataset.judged_queries()
+    if not queries:
+        raise UsageError(f"No query in {beir_dir} has a relevant document in qrels/{split}.tsv")
+    chunked_dir = config.output_dir / "beir"
+    if write_corpus_chunks(dataset, chunked_dir / dataset.name / CORPUS_CHUNK_FILE):
+        log.info("Wrote %d corpus documents to %s", len(dataset.corpus), chunked_dir / dataset.name)
+    config = replace(config, chunked_dir=chunked_dir, collections=(dataset.name,))
+
+    started = time.perf_counter()
+    summary = run_pipeline(config)
+    index_seconds = time.perf_counter() - started
+    if dataset.name in summary.failed_collections:
+        raise EmbedCollectionsError(
+            f"Indexing the BEIR corpus failed: {summary.failed_collections[dataset.name]}"
+        )
+
+    saved = load_saved_config(config.output_dir)
+    encoder = QueryEncoder.from_saved(saved, device=config.engine.device)
+    texts = list(queries.values())
+    started = time.perf_counter()
+    encoder = precompute_queries(encoder, texts, chosen)
+    embed_seconds = time.perf_counter() - started
+
+    report = EvalReport(
+        dataset=dataset.name,
+        beir_dir=str(beir_dir),
+        split=split,
+        collection=dataset.name,
+        corpus_size=len(dataset.corpus),
+        query_count=len(queries),
+        models=[m["name"] for m in saved["models"]],
+        combine=saved["combine"],
+        weights=[m["weight"] for m in saved["models"]],
+        sparse=saved.get("sparse"),
+        index_seconds=index_seconds,
+        query_embedding_seconds=embed_seconds,
+        cache_hits=summary.extra.get("cache_hits", 0),
+        cache_misses=summary.extra.get("cache_misses", 0),
+    )
+    qrels = {qid: dataset.qrels[qid] for qid in queries}
+    store = open_run_store(saved, config.qdrant_api_key)
+    try:
+        for mode in chosen:
+            started = time.perf_counter()
+            run = search_all(store, dataset.name, encoder, queries, mode, fusion, rrf_k)
+            seconds = time.perf_counter() - started
+            report.modes[mode] = ModeResult(mode, evaluate_run(run, qrels), seconds, len(queries))
+            log.info("%s: nDCG@10 %.4f in %.2f s", mode, report.modes[mode].metrics["ndcg@10"], seconds)
+    finally:
+        store.close()
+    write_json_atomic(config.output_dir / RESULTS_FILE, report.to_json())
+    return report
+
+
+@dataclass
+class PrecomputedQueryEncoder(QueryEncoder):
+    """A QueryEncoder whose vectors for one list of queries were computed once, for every mode."""
+
+    texts: list[str] = field(default_factory=list)
+    dense_vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    sparse_vectors: list[tuple[list[int], list[float]]] = field(default_factory=list)
+
+    def dense(self, queries: list[str], batch_size: int = 64) -> dict[str, np.ndarray]:
+        if queries != self.texts:
+            return super().dense(queries, batch_size)
+        return self.dense_vectors
+
+    def sparse_queries(self, queries: list[str]) -> list[tuple[list[int], list[float]]]:
+        if queries != self.texts:
+            return super().sparse_queries(queries)
+        return self.sparse_vectors
+
+
+def precompute_queries(
+    encoder: QueryEncoder, texts: list[str], modes: list[str]
+) -> PrecomputedQueryEncoder:
+    """Embed the queries once per model (not once per mode), as the modes will need them."""
+    dense = encoder.dense(texts) if {"dense", "hybrid"} & set(modes) else {}
+    sparse = encoder.sparse_queries(texts) if {"sparse", "hybrid"} & set(modes) else []
+    return PrecomputedQueryEncoder(
+        encoder.specs, encoder.combine, encoder.vector_names, encoder.sparse, encoder.device,
+        texts=texts, dense_vectors=dense, sparse_vectors=sparse,
+    )
+
+
+def search_all(
+    store: Store,
+    collection: str,
+    encoder: QueryEncoder,
+    queries: dict[str, str],
+    mode: str,
+    fusion: str = "rrf",
+    rrf_k: int = 60,
+) -> dict[str, list[str]]:
+    """Ranked corpus ids per query id; a hit whose id is its query's id is dropped (as BEIR does)."""
+    ids = list(queries)
+    built = build_queries(encoder, list(queries.values()), mode, SEARCH_LIMIT, fusion, rrf_k)
+    run: dict[str, list[str]] = {}
+    for start in range(0, len(built), SEARCH_BATCH):
+        results = store.search(collection, built[start : start + SEARCH_BATCH])
+        for qid, hits in zip(ids[start : start + SEARCH_BATCH], results):
+            ranked = (str(hit.payload.get("chunk_id", "")) for hit in hits)
+            run[qid] = [doc for doc in ranked if doc and doc != qid]
+    return run

@@ -1,0 +1,189 @@
+"""The model-major engine: parity with sentence-transformers, OOM back-off, cache-driven resumption."""
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_chunks
+
+from embed_collections.backends import SentenceTransformerBackend
+from embed_collections.cache import EmbeddingCache, text_digest
+from embed_collections.config import RunConfig
+from embed_collections.embedding import EngineOptions, embed_pending, model_fingerprint
+from embed_collections.models import resolve_model
+from embed_collections.pipeline import run
+
+TEXTS = [
+    "Docling converts PDF files to Markdown.",
+    "def main():\n    print('hello')\n",
+    "Qdrant stores vectors with payloads.",
+    "A much longer text " * 30,
+    "short",
+]
+
+
+def options(tmp_path, **changes):
+    settings = dict(device="cpu", show_progress=False, lease_dir=tmp_path / "leases", batch_size=4)
+    settings.update(changes)
+    return EngineOptions(**settings).resolved()
+
+
+def embed(spec, texts, cache, opts):
+    fingerprint = model_fingerprint(spec, opts)
+    by_digest = {text_digest(t): t for t in texts}
+    events = []
+    telemetry = embed_pending(spec, fingerprint, by_digest, cache, opts, events)
+    return fingerprint, telemetry, events
+
+
+def test_packaged_minilm_matches_sentence_transformers_encode(tmp_path, minilm_dir):
+    from sentence_transformers import SentenceTransformer
+
+    spec = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache:
+        fingerprint, telemetry, events = embed(spec, TEXTS, cache, options(tmp_path))
+        ours = cache.get_vectors(fingerprint, [text_digest(t) for t in TEXTS], 384)
+    reference = SentenceTransformer(str(minilm_dir), device="cpu").encode(TEXTS)
+    cosines = np.sum(ours * reference, axis=1) / (
+        np.linalg.norm(ours, axis=1) * np.linalg.norm(reference, axis=1)
+    )
+    assert cosines.min() >= 0.9999
+    assert telemetry.chunks_embedded == len(TEXTS)
+    assert telemetry.truncated_chunks == 0 or telemetry.truncated_tokens > 0
+    assert [e.event_type for e in events] == ["acquire", "release"]
+    assert 0 < telemetry.tokens_embedded <= telemetry.padded_tokens
+
+
+def test_out_of_memory_halves_the_batch_and_retries(tmp_path, tiny_models, monkeypatch):
+    original = SentenceTransformerBackend.embed
+    sizes = []
+
+    def embed_or_oom(self, texts):
+        sizes.append(len(texts))
+        if len(texts) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, texts)
+
+    monkeypatch.setattr(SentenceTransformerBackend, "embed", embed_or_oom)
+    spec = resolve_model(str(tiny_models["tiny32"]))
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache:
+        fingerprint, telemetry, _ = embed(spec, TEXTS, cache, options(tmp_path, batch_size=4))
+        assert cache.missing(fingerprint, [text_digest(t) for t in TEXTS]) == []
+    assert sizes[:3] == [4, 2, 1]
+    assert telemetry.oom_retries == 2
+    assert telemetry.batches == len(TEXTS)
+
+
+def test_other_errors_are_not_mistaken_for_out_of_memory(tmp_path, tiny_models, monkeypatch):
+    def broken(self, texts):
+        raise ValueError("bad input")
+
+    monkeypatch.setattr(SentenceTransformerBackend, "embed", broken)
+    spec = resolve_model(str(tiny_models["tiny32"]))
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache, pytest.raises(ValueError):
+        embed(spec, TEXTS, cache, options(tmp_path))
+
+
+def test_cached_texts_load_no_model_and_changed_text_embeds_alone(tmp_path, tiny_models, monkeypatch):
+    spec = resolve_model(str(tiny_models["tiny32"]))
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache:
+        embed(spec, TEXTS, cache, options(tmp_path))
+
+        def must_not_load(self, device):
+            raise AssertionError("model loaded although everything is cached")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(SentenceTransformerBackend, "load", must_not_load)
+            _, telemetry, events = embed(spec, TEXTS, cache, options(tmp_path))
+        assert (telemetry.loads, telemetry.cache_hits, events) == (0, len(TEXTS), [])
+        changed = [*TEXTS[:-1], "short, but edited"]
+        _, telemetry, _ = embed(spec, changed, cache, options(tmp_path))
+        assert (telemetry.chunks_embedded, telemetry.cache_hits) == (1, len(TEXTS) - 1)
+
+
+def test_fingerprint_separates_settings_that_change_vectors(tmp_path, tiny_models):
+    spec = resolve_model(str(tiny_models["tiny32"]))
+    base = model_fingerprint(spec, options(tmp_path))
+    assert base == model_fingerprint(spec, options(tmp_path, batch_size=8))
+    assert base != model_fingerprint(spec, options(tmp_path, dtype="bfloat16"))
+    assert base != model_fingerprint(resolve_model(str(tiny_models["tiny32"]), max_seq_length=64), options(tmp_path))
+
+
+def corpus(root, duplicates=True):
+    shared = "This sentence appears in both collections."
+    write_chunks(root / "alpha" / "a_chunks.json", [f"alpha text {i}" for i in range(30)] + [shared])
+    extra = [shared] if duplicates else []
+    write_chunks(root / "beta" / "b_chunks.json", [f"beta text {i}" for i in range(30)] + extra)
+    return 61
+
+
+def test_identical_texts_are_embedded_once_per_model(tmp_path, tiny_models):
+    unique = corpus(tmp_path / "Chunked")
+    config = RunConfig(
+        chunked_dir=tmp_path / "Chunked",
+        output_dir=tmp_path / "out",
+        models=(str(tiny_models["tiny32"]), str(tiny_models["tiny48"])),
+        engine=options(tmp_path),
+        build_index=False,
+    )
+    summary = run(config)
+    assert summary.exit_code == 0
+    for telemetry in summary.extra["models"].values():
+        assert telemetry["chunks_embedded"] == unique
+        assert telemetry["loads"] == 1
+    assert sum(r.total_embeddings_generated for r in summary.results.values()) == unique + 1
+
+
+def test_killed_run_resumes_embedding_only_what_is_missing(tmp_path, tiny_models):
+    """A run SIGKILLed after a few batches keeps them; the resumed run embeds exactly the rest."""
+    unique = corpus(tmp_path / "Chunked", duplicates=False)
+    log = tmp_path / "embedded.jsonl"
+    script = textwrap.dedent(
+        f"""
+        import json, os, signal, sys
+        from pathlib import Path
+        from embed_collections.backends import SentenceTransformerBackend
+        from embed_collections.config import RunConfig
+        from embed_collections.embedding import EngineOptions
+        from embed_collections.pipeline import run
+
+        original = SentenceTransformerBackend.embed
+        kill_after = int(sys.argv[1])
+        calls = []
+
+        def logged(self, texts):
+            if len(calls) == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            calls.append(1)
+            with open({str(log)!r}, "a") as f:
+                f.write(json.dumps(texts) + "\\n")
+            return original(self, texts)
+
+        SentenceTransformerBackend.embed = logged
+        run(RunConfig(
+            chunked_dir=Path({str(tmp_path / "Chunked")!r}),
+            output_dir=Path({str(tmp_path / "out")!r}),
+            models=({str(tiny_models["tiny32"])!r},),
+            engine=EngineOptions(device="cpu", show_progress=False, batch_size=8,
+                                 lease_dir=Path({str(tmp_path / "leases")!r})).resolved(),
+            build_index=False,
+        ))
+        """
+    )
+    first = subprocess.run([sys.executable, "-c", script, "3"], capture_output=True, text=True)
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    embedded_first = [t for line in log.read_text().splitlines() for t in json.loads(line)]
+    assert len(embedded_first) == 24
+    log.unlink()
+    second = subprocess.run([sys.executable, "-c", script, "-1"], capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    embedded_second = [t for line in log.read_text().splitlines() for t in json.loads(line)]
+    assert not set(embedded_first) & set(embedded_second)
+    assert len(embedded_first) + len(embedded_second) == unique
+    summary = json.loads((tmp_path / "out" / "embedding_summary_v6.json").read_text())
+    assert summary["cache_hits"] == 24 and summary["failed_collections"] == {}
