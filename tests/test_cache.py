@@ -27,9 +27,8 @@ def test_round_trip_keeps_order_and_exact_values(tmp_path):
 
 
 def test_missing_vector_is_an_error_not_zeros(tmp_path):
-    with EmbeddingCache(tmp_path / "c.sqlite") as cache:
-        with pytest.raises(CacheError, match="lacks 1 vectors"):
-            cache.get_vectors("fp", [text_digest("nope")], 4)
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache, pytest.raises(CacheError, match="lacks 1"):
+        cache.get_vectors("fp", [text_digest("nope")], 4)
 
 
 def test_committed_batches_survive_kill_and_torn_transaction_is_dropped(tmp_path):

@@ -1,4 +1,4 @@
-"""The model-major engine: parity with sentence-transformers, OOM back-off, cache-driven resumption."""
+"""The model-major engine: parity with sentence-transformers, OOM back-off, resumption."""
 
 import json
 import signal
@@ -89,7 +89,9 @@ def test_other_errors_are_not_mistaken_for_out_of_memory(tmp_path, tiny_models, 
         embed(spec, TEXTS, cache, options(tmp_path))
 
 
-def test_cached_texts_load_no_model_and_changed_text_embeds_alone(tmp_path, tiny_models, monkeypatch):
+def test_cached_texts_load_no_model_and_changed_text_embeds_alone(
+    tmp_path, tiny_models, monkeypatch
+):
     spec = resolve_model(str(tiny_models["tiny32"]))
     with EmbeddingCache(tmp_path / "c.sqlite") as cache:
         embed(spec, TEXTS, cache, options(tmp_path))
@@ -111,12 +113,16 @@ def test_fingerprint_separates_settings_that_change_vectors(tmp_path, tiny_model
     base = model_fingerprint(spec, options(tmp_path))
     assert base == model_fingerprint(spec, options(tmp_path, batch_size=8))
     assert base != model_fingerprint(spec, options(tmp_path, dtype="bfloat16"))
-    assert base != model_fingerprint(resolve_model(str(tiny_models["tiny32"]), max_seq_length=64), options(tmp_path))
+    assert base != model_fingerprint(
+        resolve_model(str(tiny_models["tiny32"]), max_seq_length=64), options(tmp_path)
+    )
 
 
 def corpus(root, duplicates=True):
     shared = "This sentence appears in both collections."
-    write_chunks(root / "alpha" / "a_chunks.json", [f"alpha text {i}" for i in range(30)] + [shared])
+    write_chunks(
+        root / "alpha" / "a_chunks.json", [f"alpha text {i}" for i in range(30)] + [shared]
+    )
     extra = [shared] if duplicates else []
     write_chunks(root / "beta" / "b_chunks.json", [f"beta text {i}" for i in range(30)] + extra)
     return 61

@@ -69,7 +69,11 @@ def test_known_models_carry_their_prefixes():
 
 @pytest.mark.parametrize(
     ("weights", "message"),
-    [([1.0], "1 weights given for 2 models"), ([1.0, 0.0], "must be positive"), ([1, -2], "positive")],
+    [
+        ([1.0], "1 weights given for 2 models"),
+        ([1.0, 0.0], "must be positive"),
+        ([1, -2], "positive"),
+    ],
 )
 def test_bad_weights_are_usage_errors(tiny_models, weights, message):
     names = [str(tiny_models["tiny32"]), str(tiny_models["tiny48"])]

@@ -23,7 +23,7 @@ LOG_FILE = "embedding_v6.log"
 
 
 def detect_environment() -> str:
-    """"Kaggle" inside a Kaggle kernel (working directory under /kaggle or its env var), else "Local"."""
+    """Kaggle inside a Kaggle kernel (cwd under /kaggle, or its env var set), else Local."""
     if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") or Path.cwd().as_posix().startswith("/kaggle"):
         return "Kaggle"
     return "Local"
@@ -93,7 +93,9 @@ def saved_config(config: RunConfig, models: list[dict[str, Any]], layout: dict) 
         "cache": str(config.embedding_cache_path),
         "model_cache_dir": str(config.model_cache_dir) if config.model_cache_dir else None,
         "trust_remote_code": config.trust_remote_code,
-        "engine": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config.engine).items()},
+        "engine": {
+            k: str(v) if isinstance(v, Path) else v for k, v in asdict(config.engine).items()
+        },
     }
 
 

@@ -133,9 +133,7 @@ def embed_pending(
         telemetry.load_seconds = load_timer.seconds
         telemetry.dim = backend.dim
         telemetry.max_seq_length = backend.max_seq_length
-        cache.register_model(
-            fingerprint, backend.dim, {"model": spec.name, "path": str(spec.path)}
-        )
+        cache.register_model(fingerprint, backend.dim, {"model": spec.name, "path": str(spec.path)})
         log.info(
             "%s: embedding %d texts (%d cached) on %s, loaded in %.1fs",
             spec.name,

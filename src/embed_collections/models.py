@@ -152,8 +152,8 @@ def resolve_model(
         settings = replace(settings, truncate_dim=truncate_dim)
     if settings.needs_remote_code and not trust_remote_code:
         raise ModelError(
-            f'Model "{canonical}" runs its own code from the hub; pass --trust-remote-code to allow '
-            "it, or choose another model with --models"
+            f'Model "{canonical}" runs its own code from the hub; pass --trust-remote-code to '
+            "allow it, or choose another model with --models"
         )
     found = locate_model(canonical, model_cache_dir)
     path, source, revision = found

@@ -184,9 +184,7 @@ def run_logged(config: RunConfig) -> RunSummary:
         store = open_run_store(config)
         try:
             if store is not None:
-                check_store_layouts(
-                    store, list(selected), ensemble.layout(cache), config.recreate
-                )
+                check_store_layouts(store, list(selected), ensemble.layout(cache), config.recreate)
             for wave in load_waves(selected, config, summary):
                 process_wave(wave, ensemble, cache, store, config, summary)
         finally:
@@ -277,9 +275,7 @@ def process_wave(
 ) -> None:
     """Embed a wave's unique texts model by model, then combine and store each collection."""
     texts = {text_digest(c.text): c.text for loaded in wave for c in loaded.chunks}
-    missing_before = {
-        fp: set(cache.missing(fp, texts)) for fp in ensemble.fingerprints
-    }
+    missing_before = {fp: set(cache.missing(fp, texts)) for fp in ensemble.fingerprints}
     events_by_model: dict[str, list[LeaseEvent]] = {}
     wave_telemetry: dict[str, ModelTelemetry] = {}
     for spec, fingerprint in zip(ensemble.specs, ensemble.fingerprints):
@@ -414,6 +410,10 @@ def build_batch(
     ]
     sparse = {}
     if ensemble.sparse:
-        sparse = {sparse_vectors.VECTOR_NAME: sparse_vectors.cached_vectors(ensemble.sparse, digests, cache)}
+        sparse = {
+            sparse_vectors.VECTOR_NAME: sparse_vectors.cached_vectors(
+                ensemble.sparse, digests, cache
+            )
+        }
     ids = [point_id(collection, c.chunk_id) for c in chunks]
     return PointBatch(ids=ids, dense=dense, payloads=payloads, sparse=sparse)

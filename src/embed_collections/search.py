@@ -110,7 +110,10 @@ def build_queries(
     queries = []
     for row, _ in enumerate(texts):
         query = SearchQuery(
-            limit=limit, fusion=fusion, rrf_k=rrf_k, prefetch_limit=prefetch_limit  # type: ignore[arg-type]
+            limit=limit,
+            fusion=fusion,
+            rrf_k=rrf_k,
+            prefetch_limit=prefetch_limit,  # type: ignore[arg-type]
         )
         if dense:
             query = replace(query, dense={name: array[row] for name, array in dense.items()})

@@ -35,19 +35,32 @@ class SparseEncoder:
         from qdrant_edge import Bm25, Bm25Config
 
         try:
-            self.model = Bm25(Bm25Config(k=self.k, b=self.b, avg_len=self.avg_len, language=self.language))
+            self.model = Bm25(
+                Bm25Config(k=self.k, b=self.b, avg_len=self.avg_len, language=self.language)
+            )
         except ValueError as error:
             raise UsageError(f"Invalid BM25 settings: {error}") from error
 
     @property
     def fingerprint(self) -> str:
-        settings = {"kind": self.kind, "language": self.language, "k": self.k, "b": self.b,
-                    "avg_len": self.avg_len, "engine": "qdrant-edge-py 0.9"}
+        settings = {
+            "kind": self.kind,
+            "language": self.language,
+            "k": self.k,
+            "b": self.b,
+            "avg_len": self.avg_len,
+            "engine": "qdrant-edge-py 0.9",
+        }
         return "sparse-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "language": self.language, "k": self.k, "b": self.b,
-                "avg_len": self.avg_len}
+        return {
+            "kind": self.kind,
+            "language": self.language,
+            "k": self.k,
+            "b": self.b,
+            "avg_len": self.avg_len,
+        }
 
     def embed_document(self, text: str) -> tuple[list[int], list[float]]:
         vector = self.model.embed_document(text)

@@ -90,9 +90,7 @@ def log_collection_completion(result: CollectionResult) -> None:
     if result.lease_events:
         log.info("   GPU Lease Events:")
         for event in result.lease_events:
-            log.info(
-                "      - %s: %s @ %s", event["event_type"], event["model"], event["timestamp"]
-            )
+            log.info("      - %s: %s @ %s", event["event_type"], event["model"], event["timestamp"])
 
 
 def log_processing_summary(summary: RunSummary) -> None:
