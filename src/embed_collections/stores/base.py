@@ -115,7 +115,8 @@ class Store(Protocol):
         """Run queries (batched where the backend can) and return hits per query."""
 
     def finish(self, collection: str, build_index: bool = True) -> None:
-        """Make the collection durable and searchable: flush, and build the index once."""
+        """Make the collection durable and searchable (flush, build the index once) and release
+        what holding it open costs; later calls reopen it."""
 
     def collections(self) -> list[str]:
         """Names of the collections in the store."""

@@ -299,13 +299,17 @@ class EdgeStore:
         ]
 
     def finish(self, collection: str, build_index: bool = True) -> None:
-        """Flush, then build the HNSW index once (blocking) when `build_index`."""
+        """Flush, build the HNSW index once (blocking) when `build_index`, and close the shard.
+
+        Closing keeps memory flat over hundreds of collections; a later call reopens it.
+        """
         shard = self._shard(collection)
         with _edge_errors(f'Finishing collection "{collection}" in {self.root} failed'):
             shard.flush()
             if build_index:
                 logger.info('building the index of "%s"', collection)
                 shard.optimize()
+        self._close_one(collection)
 
     def collections(self) -> list[str]:
         """Names of the collections under the root, sorted."""
