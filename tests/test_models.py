@@ -52,8 +52,13 @@ def test_unresolvable_model_names_the_model_and_the_ways(tmp_path, monkeypatch):
 
 
 def test_missing_local_folder_is_a_model_error():
-    with pytest.raises(ModelError, match="no modules.json"):
+    with pytest.raises(ModelError, match="does not exist"):
         resolve_model("./no/such/folder")
+
+
+def test_folder_without_model_files_is_a_model_error(tmp_path):
+    with pytest.raises(ModelError, match="no modules.json"):
+        resolve_model(str(tmp_path))
 
 
 def test_remote_code_model_needs_explicit_consent():

@@ -113,7 +113,9 @@ class SentenceTransformerBackend:
     def token_counts(self, texts: list[str]) -> list[int]:
         """Untruncated token counts (special tokens included), used to sort and to report cuts."""
         tokenizer = self.model.tokenizer
-        encoded = tokenizer(texts, add_special_tokens=True, truncation=False, padding=False)
+        encoded = tokenizer(
+            texts, add_special_tokens=True, truncation=False, padding=False, verbose=False
+        )
         return [len(ids) for ids in encoded["input_ids"]]
 
     def embed(self, texts: list[str]) -> np.ndarray:

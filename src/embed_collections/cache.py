@@ -77,6 +77,13 @@ class EmbeddingCache:
         ).fetchone()
         return int(row[0]) if row else None
 
+    def model_info(self, fingerprint: str) -> dict:
+        """What was recorded about a model when it was first loaded ({} if never)."""
+        row = self.db.execute(
+            "SELECT info FROM models WHERE fingerprint = ?", (fingerprint,)
+        ).fetchone()
+        return json.loads(row[0]) if row else {}
+
     def missing(self, fingerprint: str, digests: Iterable[bytes]) -> list[bytes]:
         """The digests (in the order given) that have no vector for this model yet."""
         wanted = list(digests)

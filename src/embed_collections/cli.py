@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +29,14 @@ LIST_OPTIONS = {
 }
 
 
+NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def is_option(arg: str) -> bool:
+    """An option flag such as `-q` or `--sparse`; negative numbers (weights) are values."""
+    return arg.startswith("-") and not NUMBER.fullmatch(arg)
+
+
 def join_list_options(args: list[str]) -> list[str]:
     """Rewrite `--opt a b c` into `--opt a,b,c` for the list options."""
     out: list[str] = []
@@ -38,7 +47,7 @@ def join_list_options(args: list[str]) -> list[str]:
         index += 1
         if arg in LIST_OPTIONS:
             values = []
-            while index < len(args) and not args[index].startswith("--"):
+            while index < len(args) and not is_option(args[index]):
                 values.append(args[index])
                 index += 1
             out.append(",".join(values))
@@ -351,3 +360,108 @@ def search(collection, query, output_dir, top_k, mode, fusion, rrf_k, qdrant_api
         for i, h in enumerate(hits, 1)
     ]
     click.echo(render_table(["rank", "score", "chunk_id", "source_file", "text"], rows))
+
+
+@cli.command("eval", cls=ListOptionCommand)
+@click.option("--beir", "beir_dir", required=True, type=click.Path(path_type=Path),
+              help="BEIR folder: corpus.jsonl, queries.jsonl and qrels/<split>.tsv.")
+@click.option("--split", default="test", show_default=True, help="Which qrels/<split>.tsv to score.")
+@click.option("--models", "--ensemble-models", "--ensemble_models", "models", multiple=True,
+              help="Ensemble members: hub ids, model folders or aliases [the seed's three models].")
+@click.option("--weights", "--ensemble-weights", "--ensemble_weights", "weights", multiple=True,
+              help="One positive weight per model [equal].")
+@click.option("--combine", type=click.Choice(["concat", "average", "named"]), default="concat",
+              show_default=True, help="How the models' vectors are combined (as for `run`).")
+@click.option("--sparse", type=click.Choice(["bm25"]), help="Also index BM25 sparse vectors.")
+@click.option("--modes", multiple=True,
+              help="Search modes to score: dense, sparse, hybrid (comma separated) "
+                   "[dense; all three with --sparse].")
+@click.option("--fusion", type=click.Choice(["rrf", "dbsf"]), default="rrf", show_default=True,
+              help="How hybrid mode fuses the dense and sparse rankings.")
+@click.option("--rrf-k", default=60, show_default=True, help="RRF constant k.")
+@click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(path_type=Path),
+              help="Corpus chunk file, store, cache and eval_results.json [./output/eval].")
+@click.option("--cache-dir", type=click.Path(path_type=Path),
+              help="Embedding cache [OUTPUT/cache]; share one with `run` to reuse its vectors.")
+@click.option("--model-cache-dir", "--model_cache_dir", "model_cache_dir",
+              type=click.Path(path_type=Path), help="Where models are looked for and downloaded.")
+@click.option("--device", default="", help="cpu, cuda, cuda:1 ... [cuda if available].")
+@click.option("--dtype", type=click.Choice(["", "float32", "float16", "bfloat16"]), default="",
+              help="Model precision for the corpus [float16 on CUDA, float32 on CPU].")
+@click.option("--batch-size", "--batch_size", "batch_size", type=int, default=0,
+              help="Texts per forward pass [32 on CPU, 128 on CUDA].")
+@click.option("--max-seq-length", type=int, help="Truncate texts to this many tokens.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow models that run their own code.")
+@click.option("--lease-dir", type=click.Path(path_type=Path), help="Device lease lock files.")
+@click.option("--recreate", is_flag=True,
+              help="Rebuild the corpus collection when an earlier eval used other models.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results JSON on stdout.")
+@verbose_option
+@quiet_option
+def eval_command(**options):
+    """Score the ensemble on a BEIR data set: nDCG@10, Recall@100 and MRR@10 per search mode.
+
+    The corpus is embedded through the same cache as `run` (a repeated eval embeds nothing),
+    every judged query is searched in each mode, and the results are written to
+    OUTPUT/eval_results.json.
+
+    \b
+    Example:
+      embed-collections eval --beir ./scifact --models minilm --sparse bm25
+      embed-collections eval --beir ./scifact --models minilm,static --weights 0.9,0.1 --json
+    """
+    from embed_collections.config import RunConfig, default_paths, detect_environment
+    from embed_collections.embedding import EngineOptions
+    from embed_collections.evaluation import RESULTS_FILE, evaluate_beir
+    from embed_collections.models import DEFAULT_ENSEMBLE_MODELS
+
+    setup_logging(options["verbose"], options["quiet"])
+    environment = detect_environment()
+    output_dir = options["output_dir"] or default_paths(environment)[1] / "eval"
+    config = RunConfig(
+        chunked_dir=output_dir / "beir",
+        output_dir=output_dir,
+        environment=environment,
+        models=tuple(split_list(options["models"])) or DEFAULT_ENSEMBLE_MODELS,
+        weights=tuple(w) if (w := parse_weights(options["weights"])) else None,
+        combine=options["combine"],
+        model_cache_dir=options["model_cache_dir"],
+        cache_dir=options["cache_dir"],
+        trust_remote_code=options["trust_remote_code"],
+        max_seq_length=options["max_seq_length"],
+        engine=EngineOptions(
+            device=options["device"],
+            dtype=options["dtype"],
+            batch_size=options["batch_size"],
+            lease_dir=options["lease_dir"],
+            show_progress=not options["quiet"],
+        ).resolved(),
+        recreate=options["recreate"],
+        sparse=options["sparse"],
+    )
+    report = evaluate_beir(
+        options["beir_dir"],
+        config,
+        modes=split_list(options["modes"]) or None,
+        split=options["split"],
+        fusion=options["fusion"],
+        rrf_k=options["rrf_k"],
+    )
+    data = report.to_json()
+    if options["as_json"]:
+        echo_json(data)
+        return
+    rows = [
+        [mode, f"{r['ndcg@10']:.4f}", f"{r['recall@100']:.4f}", f"{r['mrr@10']:.4f}",
+         f"{r['search_seconds']:.2f}", r["queries_per_second"] or "-"]
+        for mode, r in data["modes"].items()
+    ]
+    headers = ["mode", "nDCG@10", "Recall@100", "MRR@10", "search_s", "queries/s"]
+    click.echo(render_table(headers, rows))
+    click.echo(
+        f"\n{data['dataset']} ({options['split']}): {data['query_count']} queries, "
+        f"{data['corpus_size']} documents; indexing {data['index_seconds']:.1f} s "
+        f"({data['cache_misses']} embedded, {data['cache_hits']} cached), "
+        f"query embedding {data['query_embedding_seconds']:.1f} s"
+    )
+    click.echo(f"Results: {output_dir / RESULTS_FILE}")

@@ -106,7 +106,9 @@ def embed_pending(
         backend=backend_name(options),
         dtype=options.dtype,
         dim=cache.model_dim(fingerprint) or spec.dim or 0,
-        max_seq_length=spec.settings.max_seq_length or 0,
+        max_seq_length=cache.model_info(fingerprint).get("max_seq_length")
+        or spec.settings.max_seq_length
+        or 0,
     )
     missing = cache.missing(fingerprint, texts)
     telemetry.cache_hits = len(texts) - len(missing)
@@ -133,7 +135,12 @@ def embed_pending(
         telemetry.load_seconds = load_timer.seconds
         telemetry.dim = backend.dim
         telemetry.max_seq_length = backend.max_seq_length
-        cache.register_model(fingerprint, backend.dim, {"model": spec.name, "path": str(spec.path)})
+        info = {
+            "model": spec.name,
+            "path": str(spec.path),
+            "max_seq_length": backend.max_seq_length,
+        }
+        cache.register_model(fingerprint, backend.dim, info)
         log.info(
             "%s: embedding %d texts (%d cached) on %s, loaded in %.1fs",
             spec.name,

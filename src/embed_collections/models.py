@@ -174,7 +174,12 @@ def locate_model(name: str, model_cache_dir: Path | None) -> tuple[Path, str, st
     local = Path(name).expanduser()
     if is_model_folder(local):
         return local.resolve(), "local folder", ""
-    if local.exists() or name.startswith((".", "/", "~")):
+    if not local.exists() and name.startswith((".", "/", "~")):
+        raise ModelError(
+            f'Model folder "{name}" does not exist '
+            "(check the path, or pass a hub id or an alias to --models)"
+        )
+    if local.exists():
         raise ModelError(
             f'Model folder "{name}" has no modules.json or config.json '
             "(point --models at a sentence-transformers model folder)"

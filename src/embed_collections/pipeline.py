@@ -161,7 +161,13 @@ def check_store_layouts(
 
 def run(config: RunConfig) -> RunSummary:
     """Run the whole job and return its summary (also written to the output directory)."""
-    config.output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise EmbedCollectionsError(
+            f"Cannot create output directory {config.output_dir}: {error.strerror or error} "
+            "(choose another --output-dir)"
+        ) from error
     with file_log(config.output_dir / LOG_FILE):
         return run_logged(config)
 
@@ -349,6 +355,7 @@ def store_collection(
     result.unique_texts = len({c.text for c in chunks})
     if layout is None:
         raise StoreError("the ensemble's vector dimensions are unknown (no model was loaded)")
+    result.truncated_chunks = count_truncated(chunks, ensemble, cache)
     dims = ensemble.dims(cache)
     names = vector_names(ensemble.specs)
     exporter = None
@@ -380,6 +387,20 @@ def store_collection(
         result.qdrant_collection = loaded.name
     if exporter is not None:
         result.export_dir = str(exporter.finish(result))
+
+
+def count_truncated(
+    chunks: tuple[Chunk, ...], ensemble: Ensemble, cache: EmbeddingCache
+) -> dict[str, int]:
+    """Chunks per model whose text was longer than the model reads (the rest is not embedded)."""
+    digests = [text_digest(c.text) for c in chunks]
+    truncated = {}
+    for spec, fingerprint in zip(ensemble.specs, ensemble.fingerprints):
+        limit = ensemble.telemetry[spec.name].max_seq_length or spec.settings.max_seq_length
+        counts = cache.token_counts(fingerprint, digests)
+        if limit:
+            truncated[spec.name] = sum(1 for d in digests if counts.get(d, 0) > limit)
+    return truncated
 
 
 def build_batch(
