@@ -141,7 +141,9 @@ def path_or_none(value: str | None) -> Path | None:
 def render_table(headers: list[str], rows: list[list[object]]) -> str:
     """A plain aligned text table for stdout."""
     cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
@@ -152,7 +154,9 @@ def render_table(headers: list[str], rows: list[list[object]]) -> str:
 @click.argument("chunked_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--pattern", default="*_chunks.json", show_default=True, help="Chunk file glob.")
 @click.option("--max-depth", default=5, show_default=True, help="Deepest level searched.")
-@click.option("--stats", is_flag=True, help="Also load every collection and count chunks and problems.")
+@click.option(
+    "--stats", is_flag=True, help="Also load every collection and count chunks and problems."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @verbose_option
 @quiet_option
@@ -172,7 +176,11 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
     found = discover_collections(root, pattern, max_depth)
     rows = []
     for name, directory in found.items():
-        row = {"name": name, "chunk_files": len(find_chunk_files(directory, pattern)), "path": str(directory)}
+        row = {
+            "name": name,
+            "chunk_files": len(find_chunk_files(directory, pattern)),
+            "path": str(directory),
+        }
         if stats:
             loaded = load_collection(name, directory, pattern, root)
             row.update(
@@ -185,7 +193,9 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
     if as_json:
         echo_json(rows)
         return
-    headers = ["name", "chunk_files"] + (["chunks", "skipped", "file_errors"] if stats else []) + ["path"]
+    headers = (
+        ["name", "chunk_files"] + (["chunks", "skipped", "file_errors"] if stats else []) + ["path"]
+    )
     table = [
         [r["name"], r["chunk_files"]]
         + ([r["chunks"], r["skipped_records"], len(r["file_errors"])] if stats else [])
@@ -196,56 +206,132 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
 
 
 @cli.command(cls=ListOptionCommand)
-@click.option("--chunked-dir", "--chunked_dir", "chunked_dir", type=click.Path(path_type=Path),
-              help="Root of the chunk tree [./Chunked; /kaggle/input on Kaggle].")
-@click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(path_type=Path),
-              help="Log, summary, cache and embedded store [./output; /kaggle/working on Kaggle].")
-@click.option("--collections", multiple=True, help="Only these collections (space or comma separated).")
-@click.option("--models", "--ensemble-models", "--ensemble_models", "models", multiple=True,
-              help="Ensemble members: hub ids, model folders or aliases [the seed's three models].")
-@click.option("--weights", "--ensemble-weights", "--ensemble_weights", "weights", multiple=True,
-              help="One positive weight per model [equal].")
-@click.option("--combine", type=click.Choice(["concat", "average", "named"]), default="concat",
-              show_default=True, help="concat: weighted similarity fusion; named: one vector per model.")
-@click.option("--exclusive-ensemble", "--exclusive_ensemble", is_flag=True,
-              help="Accepted for the seed's scripts; exclusive (one model at a time) is the only mode.")
-@click.option("--batch-size", "--batch_size", "batch_size", type=int, default=0,
-              help="Texts per forward pass [32 on CPU, 128 on CUDA].")
+@click.option(
+    "--chunked-dir",
+    "--chunked_dir",
+    "chunked_dir",
+    type=click.Path(path_type=Path),
+    help="Root of the chunk tree [./Chunked; /kaggle/input on Kaggle].",
+)
+@click.option(
+    "--output-dir",
+    "--output_dir",
+    "output_dir",
+    type=click.Path(path_type=Path),
+    help="Log, summary, cache and embedded store [./output; /kaggle/working on Kaggle].",
+)
+@click.option(
+    "--collections", multiple=True, help="Only these collections (space or comma separated)."
+)
+@click.option(
+    "--models",
+    "--ensemble-models",
+    "--ensemble_models",
+    "models",
+    multiple=True,
+    help="Ensemble members: hub ids, model folders or aliases [the seed's three models].",
+)
+@click.option(
+    "--weights",
+    "--ensemble-weights",
+    "--ensemble_weights",
+    "weights",
+    multiple=True,
+    help="One positive weight per model [equal].",
+)
+@click.option(
+    "--combine",
+    type=click.Choice(["concat", "average", "named"]),
+    default="concat",
+    show_default=True,
+    help="concat: weighted similarity fusion; named: one vector per model.",
+)
+@click.option(
+    "--exclusive-ensemble",
+    "--exclusive_ensemble",
+    is_flag=True,
+    help="Accepted for the seed's scripts; exclusive (one model at a time) is the only mode.",
+)
+@click.option(
+    "--batch-size",
+    "--batch_size",
+    "batch_size",
+    type=int,
+    default=0,
+    help="Texts per forward pass [32 on CPU, 128 on CUDA].",
+)
 @click.option("--device", default="", help="cpu, cuda, cuda:1 ... [cuda if available].")
-@click.option("--dtype", type=click.Choice(["", "float32", "float16", "bfloat16"]), default="",
-              help="Model precision [float16 on CUDA, float32 on CPU].")
+@click.option(
+    "--dtype",
+    type=click.Choice(["", "float32", "float16", "bfloat16"]),
+    default="",
+    help="Model precision [float16 on CUDA, float32 on CPU].",
+)
 @click.option("--backend", type=click.Choice(["auto", "torch"]), default="auto", show_default=True)
 @click.option("--max-seq-length", type=int, help="Truncate texts to this many tokens.")
 @click.option("--truncate-dim", type=int, help="Cut Matryoshka models' vectors to this size.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow models that run their own code.")
-@click.option("--model-cache-dir", "--model_cache_dir", "model_cache_dir",
-              type=click.Path(path_type=Path), help="Where models are looked for and downloaded.")
-@click.option("--cache-dir", type=click.Path(path_type=Path), help="Embedding cache [OUTPUT/cache].")
+@click.option(
+    "--model-cache-dir",
+    "--model_cache_dir",
+    "model_cache_dir",
+    type=click.Path(path_type=Path),
+    help="Where models are looked for and downloaded.",
+)
+@click.option(
+    "--cache-dir", type=click.Path(path_type=Path), help="Embedding cache [OUTPUT/cache]."
+)
 @click.option("--lease-dir", type=click.Path(path_type=Path), help="Device lease lock files.")
-@click.option("--lease-timeout", type=float, default=600.0, show_default=True,
-              help="Seconds to wait for the device lease.")
-@click.option("--check-interval", type=float, default=30.0, show_default=True,
-              help="Seconds between 'still waiting' messages.")
+@click.option(
+    "--lease-timeout",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Seconds to wait for the device lease.",
+)
+@click.option(
+    "--check-interval",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds between 'still waiting' messages.",
+)
 @click.option("--qdrant-url", envvar="QDRANT_URL", help="Qdrant server URL (env QDRANT_URL).")
 @click.option("--qdrant-api-key", envvar="QDRANT_API_KEY", help="API key (env QDRANT_API_KEY).")
 @click.option("--qdrant-host", "--qdrant_host", "qdrant_host", help="Server host (seed spelling).")
 @click.option("--qdrant-port", "--qdrant_port", "qdrant_port", type=int, help="Server port.")
-@click.option("--qdrant-path", type=click.Path(path_type=Path),
-              help="Embedded store root [OUTPUT/qdrant].")
+@click.option(
+    "--qdrant-path", type=click.Path(path_type=Path), help="Embedded store root [OUTPUT/qdrant]."
+)
 @click.option("--no-upload", is_flag=True, help="Embed (and export) but do not write to Qdrant.")
 @click.option("--no-index", is_flag=True, help="Skip building the HNSW index after loading.")
 @click.option("--keep-stale", is_flag=True, help="Keep points whose chunks left the input.")
 @click.option("--recreate", is_flag=True, help="Replace collections built with another layout.")
 @click.option("--sparse", type=click.Choice(["bm25"]), help="Also store BM25 sparse vectors.")
 @click.option("--export", is_flag=True, help="Write per-collection embeddings files.")
-@click.option("--create-zip", "--create_zip", "create_zip", is_flag=True,
-              help="Also pack the export into embeddings_<time>.zip (implies --export).")
-@click.option("--zip-compression", "--zip_compression", "zip_compression",
-              type=click.Choice(["deflated", "stored"]), default="deflated", show_default=True)
+@click.option(
+    "--create-zip",
+    "--create_zip",
+    "create_zip",
+    is_flag=True,
+    help="Also pack the export into embeddings_<time>.zip (implies --export).",
+)
+@click.option(
+    "--zip-compression",
+    "--zip_compression",
+    "zip_compression",
+    type=click.Choice(["deflated", "stored"]),
+    default="deflated",
+    show_default=True,
+)
 @click.option("--pattern", default="*_chunks.json", show_default=True, help="Chunk file glob.")
 @click.option("--max-depth", default=5, show_default=True, help="Deepest level searched.")
-@click.option("--wave-size", default=50_000, show_default=True,
-              help="Chunks loaded at once; bounds memory on huge corpora.")
+@click.option(
+    "--wave-size",
+    default=50_000,
+    show_default=True,
+    help="Chunks loaded at once; bounds memory on huge corpora.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary JSON on stdout.")
 @verbose_option
 @quiet_option
@@ -313,11 +399,19 @@ def run(**options):
         echo_json(summary.to_json())
     else:
         rows = [
-            [name, r.total_embeddings_generated, r.points_in_store if r.points_in_store is not None else "-",
-             "failed" if name in summary.failed_collections else "ok"]
+            [
+                name,
+                r.total_embeddings_generated,
+                r.points_in_store if r.points_in_store is not None else "-",
+                "failed" if name in summary.failed_collections else "ok",
+            ]
             for name, r in summary.results.items()
         ]
-        rows += [[name, 0, "-", "failed"] for name in summary.failed_collections if name not in summary.results]
+        rows += [
+            [name, 0, "-", "failed"]
+            for name in summary.failed_collections
+            if name not in summary.results
+        ]
         click.echo(render_table(["collection", "chunks", "points", "status"], rows))
         click.echo(f"\nSummary: {config.output_dir / 'embedding_summary_v6.json'}")
     return summary.exit_code
@@ -326,19 +420,40 @@ def run(**options):
 @cli.command()
 @click.argument("collection")
 @click.argument("query")
-@click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(path_type=Path),
-              help="Output directory of the run to search [./output].")
+@click.option(
+    "--output-dir",
+    "--output_dir",
+    "output_dir",
+    type=click.Path(path_type=Path),
+    help="Output directory of the run to search [./output].",
+)
 @click.option("--top-k", default=10, show_default=True, help="Number of hits.")
-@click.option("--mode", type=click.Choice(["dense", "sparse", "hybrid"]),
-              help="Which vectors to search [hybrid when the run stored sparse vectors].")
+@click.option(
+    "--mode",
+    type=click.Choice(["dense", "sparse", "hybrid"]),
+    help="Which vectors to search [hybrid when the run stored sparse vectors].",
+)
 @click.option("--fusion", type=click.Choice(["rrf", "dbsf"]), default="rrf", show_default=True)
-@click.option("--rrf-k", default=60, show_default=True, help="RRF constant k: score = sum 1/(k + rank).")
+@click.option(
+    "--rrf-k", default=60, show_default=True, help="RRF constant k: score = sum 1/(k + rank)."
+)
 @click.option("--qdrant-api-key", envvar="QDRANT_API_KEY", help="API key (env QDRANT_API_KEY).")
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
 @verbose_option
 @quiet_option
-def search(collection, query, output_dir, top_k, mode, fusion, rrf_k, qdrant_api_key, as_json,
-           verbose, quiet):
+def search(
+    collection,
+    query,
+    output_dir,
+    top_k,
+    mode,
+    fusion,
+    rrf_k,
+    qdrant_api_key,
+    as_json,
+    verbose,
+    quiet,
+):
     """Search COLLECTION of an earlier run for QUERY, embedded the way the run embedded documents.
 
     \b
@@ -350,51 +465,118 @@ def search(collection, query, output_dir, top_k, mode, fusion, rrf_k, qdrant_api
 
     setup_logging(verbose, quiet or not verbose)
     output_dir = output_dir or default_paths(detect_environment())[1]
-    hits = search_collection(output_dir, collection, query, top_k, mode, fusion, rrf_k, qdrant_api_key)
+    hits = search_collection(
+        output_dir, collection, query, top_k, mode, fusion, rrf_k, qdrant_api_key
+    )
     if as_json:
-        echo_json([{"rank": i, "score": h.score, "id": h.id, **h.payload} for i, h in enumerate(hits, 1)])
+        echo_json(
+            [{"rank": i, "score": h.score, "id": h.id, **h.payload} for i, h in enumerate(hits, 1)]
+        )
         return
     rows = [
-        [i, f"{h.score:.4f}", h.payload.get("chunk_id", ""), h.payload.get("source_file", ""),
-         " ".join(str(h.payload.get("text", "")).split())[:80]]
+        [
+            i,
+            f"{h.score:.4f}",
+            h.payload.get("chunk_id", ""),
+            h.payload.get("source_file", ""),
+            " ".join(str(h.payload.get("text", "")).split())[:80],
+        ]
         for i, h in enumerate(hits, 1)
     ]
     click.echo(render_table(["rank", "score", "chunk_id", "source_file", "text"], rows))
 
 
 @cli.command("eval", cls=ListOptionCommand)
-@click.option("--beir", "beir_dir", required=True, type=click.Path(path_type=Path),
-              help="BEIR folder: corpus.jsonl, queries.jsonl and qrels/<split>.tsv.")
-@click.option("--split", default="test", show_default=True, help="Which qrels/<split>.tsv to score.")
-@click.option("--models", "--ensemble-models", "--ensemble_models", "models", multiple=True,
-              help="Ensemble members: hub ids, model folders or aliases [the seed's three models].")
-@click.option("--weights", "--ensemble-weights", "--ensemble_weights", "weights", multiple=True,
-              help="One positive weight per model [equal].")
-@click.option("--combine", type=click.Choice(["concat", "average", "named"]), default="concat",
-              show_default=True, help="How the models' vectors are combined (as for `run`).")
+@click.option(
+    "--beir",
+    "beir_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="BEIR folder: corpus.jsonl, queries.jsonl and qrels/<split>.tsv.",
+)
+@click.option(
+    "--split", default="test", show_default=True, help="Which qrels/<split>.tsv to score."
+)
+@click.option(
+    "--models",
+    "--ensemble-models",
+    "--ensemble_models",
+    "models",
+    multiple=True,
+    help="Ensemble members: hub ids, model folders or aliases [the seed's three models].",
+)
+@click.option(
+    "--weights",
+    "--ensemble-weights",
+    "--ensemble_weights",
+    "weights",
+    multiple=True,
+    help="One positive weight per model [equal].",
+)
+@click.option(
+    "--combine",
+    type=click.Choice(["concat", "average", "named"]),
+    default="concat",
+    show_default=True,
+    help="How the models' vectors are combined (as for `run`).",
+)
 @click.option("--sparse", type=click.Choice(["bm25"]), help="Also index BM25 sparse vectors.")
-@click.option("--modes", multiple=True,
-              help="Search modes to score: dense, sparse, hybrid (comma separated) "
-                   "[dense; all three with --sparse].")
-@click.option("--fusion", type=click.Choice(["rrf", "dbsf"]), default="rrf", show_default=True,
-              help="How hybrid mode fuses the dense and sparse rankings.")
+@click.option(
+    "--modes",
+    multiple=True,
+    help="Search modes to score: dense, sparse, hybrid (comma separated) "
+    "[dense; all three with --sparse].",
+)
+@click.option(
+    "--fusion",
+    type=click.Choice(["rrf", "dbsf"]),
+    default="rrf",
+    show_default=True,
+    help="How hybrid mode fuses the dense and sparse rankings.",
+)
 @click.option("--rrf-k", default=60, show_default=True, help="RRF constant k.")
-@click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(path_type=Path),
-              help="Corpus chunk file, store, cache and eval_results.json [./output/eval].")
-@click.option("--cache-dir", type=click.Path(path_type=Path),
-              help="Embedding cache [OUTPUT/cache]; share one with `run` to reuse its vectors.")
-@click.option("--model-cache-dir", "--model_cache_dir", "model_cache_dir",
-              type=click.Path(path_type=Path), help="Where models are looked for and downloaded.")
+@click.option(
+    "--output-dir",
+    "--output_dir",
+    "output_dir",
+    type=click.Path(path_type=Path),
+    help="Corpus chunk file, store, cache and eval_results.json [./output/eval].",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    help="Embedding cache [OUTPUT/cache]; share one with `run` to reuse its vectors.",
+)
+@click.option(
+    "--model-cache-dir",
+    "--model_cache_dir",
+    "model_cache_dir",
+    type=click.Path(path_type=Path),
+    help="Where models are looked for and downloaded.",
+)
 @click.option("--device", default="", help="cpu, cuda, cuda:1 ... [cuda if available].")
-@click.option("--dtype", type=click.Choice(["", "float32", "float16", "bfloat16"]), default="",
-              help="Model precision for the corpus [float16 on CUDA, float32 on CPU].")
-@click.option("--batch-size", "--batch_size", "batch_size", type=int, default=0,
-              help="Texts per forward pass [32 on CPU, 128 on CUDA].")
+@click.option(
+    "--dtype",
+    type=click.Choice(["", "float32", "float16", "bfloat16"]),
+    default="",
+    help="Model precision for the corpus [float16 on CUDA, float32 on CPU].",
+)
+@click.option(
+    "--batch-size",
+    "--batch_size",
+    "batch_size",
+    type=int,
+    default=0,
+    help="Texts per forward pass [32 on CPU, 128 on CUDA].",
+)
 @click.option("--max-seq-length", type=int, help="Truncate texts to this many tokens.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow models that run their own code.")
 @click.option("--lease-dir", type=click.Path(path_type=Path), help="Device lease lock files.")
-@click.option("--recreate", is_flag=True,
-              help="Rebuild the corpus collection when an earlier eval used other models.")
+@click.option(
+    "--recreate",
+    is_flag=True,
+    help="Rebuild the corpus collection when an earlier eval used other models.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON on stdout.")
 @verbose_option
 @quiet_option
@@ -452,8 +634,14 @@ def eval_command(**options):
         echo_json(data)
         return
     rows = [
-        [mode, f"{r['ndcg@10']:.4f}", f"{r['recall@100']:.4f}", f"{r['mrr@10']:.4f}",
-         f"{r['search_seconds']:.2f}", r["queries_per_second"] or "-"]
+        [
+            mode,
+            f"{r['ndcg@10']:.4f}",
+            f"{r['recall@100']:.4f}",
+            f"{r['mrr@10']:.4f}",
+            f"{r['search_seconds']:.2f}",
+            r["queries_per_second"] or "-",
+        ]
         for mode, r in data["modes"].items()
     ]
     headers = ["mode", "nDCG@10", "Recall@100", "MRR@10", "search_s", "queries/s"]
@@ -465,3 +653,58 @@ def eval_command(**options):
         f"query embedding {data['query_embedding_seconds']:.1f} s"
     )
     click.echo(f"Results: {output_dir / RESULTS_FILE}")
+
+
+@cli.command(cls=ListOptionCommand)
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--qdrant-url", envvar="QDRANT_URL", help="Qdrant server URL (env QDRANT_URL).")
+@click.option("--qdrant-api-key", envvar="QDRANT_API_KEY", help="API key (env QDRANT_API_KEY).")
+@click.option(
+    "--qdrant-path",
+    type=click.Path(path_type=Path),
+    help="Embedded store root, laid out as `run` lays it out (e.g. OUTPUT/qdrant).",
+)
+@click.option(
+    "--collections", multiple=True, help="Only these collections (space or comma separated)."
+)
+@click.option(
+    "--recreate", is_flag=True, help="Replace existing collections instead of reusing them."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@verbose_option
+@quiet_option
+def upload(
+    path, qdrant_url, qdrant_api_key, qdrant_path, collections, recreate, as_json, verbose, quiet
+):
+    """Load an export directory or zip archive (from `run --export`) into Qdrant.
+
+    Every file is checked against MANIFEST.txt before anything is written; unsafe archive
+    entries are refused. A zip is read in place, nothing is extracted. Point ids are those of
+    the run, so loading twice leaves the same points.
+
+    \b
+    Example:
+      embed-collections upload ./output/embeddings_2025-10-23_14-30-45.zip --qdrant-path ./qdrant
+      embed-collections upload ./output --qdrant-url http://localhost:6333 --collections Docling
+    """
+    from embed_collections.errors import UsageError
+    from embed_collections.stores.open import open_store
+    from embed_collections.upload import upload_export
+
+    setup_logging(verbose, quiet)
+    source = click.get_current_context().get_parameter_source("qdrant_url")
+    if qdrant_path and source is click.core.ParameterSource.ENVIRONMENT:
+        qdrant_url = None  # an explicit --qdrant-path beats a QDRANT_URL left in the environment
+    if bool(qdrant_url) == bool(qdrant_path):
+        raise UsageError(
+            "Give one target store: --qdrant-path DIR (embedded) or --qdrant-url URL (a server)"
+        )
+    store = open_store(qdrant_url, qdrant_path, qdrant_api_key)
+    try:
+        counts = upload_export(path, store, split_list(collections) or None, recreate)
+    finally:
+        store.close()
+    if as_json:
+        echo_json(counts)
+        return
+    click.echo(render_table(["collection", "points"], [[name, n] for name, n in counts.items()]))

@@ -51,7 +51,10 @@ def query_reciprocal_rank(ranked: Sequence[str], judged: Mapping[str, int], k: i
 
 
 def mean_over_queries(
-    run: Run, qrels: Qrels, per_query: Callable[[Sequence[str], Mapping[str, int], int], float], k: int
+    run: Run,
+    qrels: Qrels,
+    per_query: Callable[[Sequence[str], Mapping[str, int], int], float],
+    k: int,
 ) -> float:
     """Average a per-query metric over the queries with at least one relevant document."""
     scores = [
