@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from embed_collections import sparse as sparse_vectors
-from embed_collections.backends import create_backend, default_device
+from embed_collections.backends import create_backend, default_device, default_dtype
 from embed_collections.config import load_saved_config
 from embed_collections.ensemble import combine_vectors
 from embed_collections.errors import UsageError
@@ -71,7 +71,7 @@ class QueryEncoder:
         device = self.device or default_device()
         per_model = []
         for spec in self.specs:
-            backend = create_backend(spec, "torch", "float32")
+            backend = create_backend(spec, "torch", default_dtype(device))
             backend.load(device)
             prefixed = [spec.settings.query_prefix + q for q in queries]
             parts = [
