@@ -10,7 +10,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -358,35 +358,44 @@ def store_collection(
     result.truncated_chunks = count_truncated(chunks, ensemble, cache)
     dims = ensemble.dims(cache)
     names = vector_names(ensemble.specs)
-    exporter = None
-    if config.export:
-        from embed_collections.export import CollectionExporter
-
-        exporter = CollectionExporter(config.output_dir, loaded.name, ensemble, layout)
     previous: set[str] = set()
     if store is not None:
         store.ensure_collection(loaded.name, layout, recreate=config.recreate)
         previous = store.point_ids(loaded.name)
     written: set[str] = set()
-    for start in range(0, len(chunks), config.upload_batch_size):
-        part = chunks[start : start + config.upload_batch_size]
-        batch = build_batch(loaded.name, part, ensemble, cache, dims, names)
-        written.update(batch.ids)
+    with ExitStack() as stack:
+        exporter = None
+        if config.export:
+            from embed_collections.export import CollectionExporter
+
+            exporter = stack.enter_context(
+                CollectionExporter(config.output_dir, loaded.name, ensemble, layout)
+            )
+        for start in range(0, len(chunks), config.upload_batch_size):
+            part = chunks[start : start + config.upload_batch_size]
+            batch = build_batch(loaded.name, part, ensemble, cache, dims, names)
+            written.update(batch.ids)
+            if store is not None:
+                store.upsert(loaded.name, batch)
+            if exporter is not None:
+                exporter.add(part, batch)
         if store is not None:
-            store.upsert(loaded.name, batch)
+            prune_and_finish(store, loaded.name, previous - written, config, result)
         if exporter is not None:
-            exporter.add(part, batch)
-    if store is not None:
-        stale = sorted(previous - written)
-        if stale and not config.keep_stale:
-            store.delete(loaded.name, stale)
-            result.points_deleted = len(stale)
-            log.info("Deleted %d stale points from %s", len(stale), loaded.name)
-        result.points_in_store = store.count(loaded.name)
-        store.finish(loaded.name, build_index=config.build_index)
-        result.qdrant_collection = loaded.name
-    if exporter is not None:
-        result.export_dir = str(exporter.finish(result))
+            result.export_dir = str(exporter.finish(result))
+
+
+def prune_and_finish(
+    store: Store, collection: str, stale_ids: set[str], config: RunConfig, result: CollectionResult
+) -> None:
+    """Delete points whose chunks left the input, count, then flush and index the collection."""
+    if stale_ids and not config.keep_stale:
+        store.delete(collection, sorted(stale_ids))
+        result.points_deleted = len(stale_ids)
+        log.info("Deleted %d stale points from %s", len(stale_ids), collection)
+    result.points_in_store = store.count(collection)
+    store.finish(collection, build_index=config.build_index)
+    result.qdrant_collection = collection
 
 
 def count_truncated(
