@@ -81,7 +81,9 @@ def main() -> None:
     for _ in range(args.repeats):
         for dtype in rows:
             rows[dtype].append(measure(args.model, texts, dtype, args.batch_size))
-    print(f"Machine: {machine()}, {torch.cuda.get_device_name()}; date {now()}; {len(texts)} chunks")
+    print(
+        f"Machine: {machine()}, {torch.cuda.get_device_name()}; date {now()}; {len(texts)} chunks"
+    )
     print("| dtype | chunks/s | tokens/s | share outside the model | padding efficiency |")
     print("|---|---|---|---|---|")
     for dtype, runs in rows.items():

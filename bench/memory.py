@@ -18,11 +18,43 @@ import time
 
 from common import WORK, machine, now, run_timed, tiny_model
 
-WORDS = (
-    "qdrant vector index payload collection shard segment embedding model token batch query "
-    "search filter point cosine docling converter pipeline markdown table figure layout api "
-    "server client request response schema field async await function parameter default"
-).split()
+WORDS = [
+    "qdrant",
+    "vector",
+    "index",
+    "payload",
+    "collection",
+    "shard",
+    "segment",
+    "embedding",
+    "model",
+    "token",
+    "batch",
+    "query",
+    "search",
+    "filter",
+    "point",
+    "cosine",
+    "docling",
+    "converter",
+    "pipeline",
+    "markdown",
+    "table",
+    "figure",
+    "layout",
+    "api",
+    "server",
+    "client",
+    "request",
+    "response",
+    "schema",
+    "field",
+    "async",
+    "await",
+    "function",
+    "parameter",
+    "default",
+]
 
 
 def write_corpus(root, chunks: int, per_collection: int = 1000, per_file: int = 100) -> None:

@@ -82,7 +82,9 @@ def bench_pipeline(corpus: Path, names: list[str], models: list[str], repeats: i
         shutil.rmtree(seed_store, ignore_errors=True)
         seed_wall = run_timed(seed_command(corpus, names, models, seed_store))
         rows["seed"].append(seed_wall[0])
-        details.append({"summary_models": summary["models"], "ours_total": summary["total_seconds"]})
+        details.append(
+            {"summary_models": summary["models"], "ours_total": summary["total_seconds"]}
+        )
         print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in rows.items()))
     chunks = sum(len(t) for t in by_collection.values())
     return {
@@ -125,7 +127,10 @@ def bench_store_loading(points: int, local_points: int) -> dict:
                 )
                 store.upsert("bench", batch)
             store.finish("bench", build_index=False)
-            results[label] = {"points": count, "points_per_second": count / (time.perf_counter() - started)}
+            results[label] = {
+                "points": count,
+                "points_per_second": count / (time.perf_counter() - started),
+            }
     return results
 
 
@@ -139,12 +144,14 @@ def report(pipeline: dict, stores: dict) -> str:
         "",
         "| measurement | seconds | ratio |",
         "|---|---|---|",
-        f"| plain `SentenceTransformer.encode`, unique texts, sum over models | {m['plain']:.1f} | 1.00 |",
+        "| plain `SentenceTransformer.encode`, unique texts, sum over models | "
+        f"{m['plain']:.1f} | 1.00 |",
         f"| `embed-collections run` (whole process, into Qdrant Edge) | {m['ours']:.1f} | "
         f"{m['ours'] / m['plain']:.2f}x plain |",
         f"| seed's schedule (reload per collection, no dedup, no cache) | {m['seed']:.1f} | "
         f"{m['seed'] / m['ours']:.2f}x ours |",
-        f"| unchanged re-run | {m['rerun']:.1f} | {100 * m['rerun'] / m['ours']:.1f}% of first run |",
+        f"| unchanged re-run | {m['rerun']:.1f} | "
+        f"{100 * m['rerun'] / m['ours']:.1f}% of first run |",
         "",
         "| store | points | points/s |",
         "|---|---|---|",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -76,7 +76,7 @@ class SentenceTransformerBackend:
         self.spec = spec
         self.name = spec.name
         self.dtype = dtype
-        self.model = None
+        self.model: Any = None
         self.dim = spec.dim or 0
         self.max_seq_length = spec.settings.max_seq_length or 512
 
@@ -133,7 +133,12 @@ class SentenceTransformerBackend:
 
 
 def create_backend(spec: ModelSpec, backend: str = "torch", dtype: str | None = None) -> Backend:
-    """The backend for a model; `auto` and `torch` both mean sentence-transformers on torch."""
+    """The backend for a model: torch (sentence-transformers), or onnx / openvino [-int8] on CPU.
+
+    `auto` means torch here; the engine resolves it per model first (runtimes.resolve_backend).
+    """
     if backend in ("auto", "torch"):
         return SentenceTransformerBackend(spec, dtype)
-    raise ModelError(f'Backend "{backend}" is not available (choose torch or auto)')
+    from embed_collections.runtimes import RuntimeBackend
+
+    return RuntimeBackend(spec, backend)  # a ModelError naming the choices for unknown names

@@ -61,8 +61,8 @@ class QueryEncoder:
             )
         sparse = None
         if saved.get("sparse"):
-            settings = saved.get("sparse_settings") or {"kind": saved["sparse"]}
-            sparse = sparse_vectors.create_encoder(**settings)
+            sparse_settings = saved.get("sparse_settings") or {"kind": saved["sparse"]}
+            sparse = sparse_vectors.create_encoder(**sparse_settings)
         names = [m.get("vector_name") or "" for m in saved["models"]]
         return cls(specs, saved["combine"], names, sparse, device)
 
@@ -111,9 +111,9 @@ def build_queries(
     for row, _ in enumerate(texts):
         query = SearchQuery(
             limit=limit,
-            fusion=fusion,
+            fusion=fusion,  # type: ignore[arg-type]  # checked by the CLI's choices
             rrf_k=rrf_k,
-            prefetch_limit=prefetch_limit,  # type: ignore[arg-type]
+            prefetch_limit=prefetch_limit,
         )
         if dense:
             query = replace(query, dense={name: array[row] for name, array in dense.items()})

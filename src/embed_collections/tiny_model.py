@@ -15,7 +15,7 @@ from embed_collections.models import find_in_package
 def build_tiny_model(folder: Path, hidden_size: int, seed: int = 0, layers: int = 2) -> Path:
     """Save a random BERT (hidden_size, 4 heads) with MiniLM's tokenizer as a model folder."""
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer, models  # type: ignore[attr-defined]
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     tokenizer_dir = find_in_package("sentence-transformers/all-MiniLM-L6-v2")

@@ -33,7 +33,8 @@ class VectorLayout:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VectorLayout:
-        return cls(dense={k: int(v) for k, v in data["dense"].items()}, sparse=tuple(data["sparse"]))
+        dense = {name: int(size) for name, size in data["dense"].items()}
+        return cls(dense=dense, sparse=tuple(data["sparse"]))
 
 
 @dataclass
