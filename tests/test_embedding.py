@@ -28,7 +28,13 @@ TEXTS = [
 
 
 def options(tmp_path, **changes):
-    settings = dict(device="cpu", show_progress=False, lease_dir=tmp_path / "leases", batch_size=4)
+    settings = dict(
+        device="cpu",
+        backend="torch",
+        show_progress=False,
+        lease_dir=tmp_path / "leases",
+        batch_size=4,
+    )
     settings.update(changes)
     return EngineOptions(**settings).resolved()
 
@@ -175,7 +181,7 @@ def test_killed_run_resumes_embedding_only_what_is_missing(tmp_path, tiny_models
             chunked_dir=Path({str(tmp_path / "Chunked")!r}),
             output_dir=Path({str(tmp_path / "out")!r}),
             models=({str(tiny_models["tiny32"])!r},),
-            engine=EngineOptions(device="cpu", show_progress=False, batch_size=8,
+            engine=EngineOptions(device="cpu", backend="torch", show_progress=False, batch_size=8,
                                  lease_dir=Path({str(tmp_path / "leases")!r})).resolved(),
             build_index=False,
         ))

@@ -5,75 +5,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
 import click
 
+from embed_collections.cli_options import (
+    ListOptionCommand,
+    engine_options,
+    ensemble_options,
+    ensemble_settings,
+    quiet_option,
+    split_list,
+    verbose_option,
+)
 from embed_collections.errors import EmbedCollectionsError
 
 log = logging.getLogger("embed_collections")
-
-# Options that take several values. The seed spelled them argparse-style
-# (`--ensemble_models a b c`); click wants one value per option, so such runs are rewritten to
-# `--ensemble_models a,b,c` before parsing.
-LIST_OPTIONS = {
-    "--collections",
-    "--models",
-    "--ensemble-models",
-    "--ensemble_models",
-    "--weights",
-    "--ensemble-weights",
-    "--ensemble_weights",
-}
-
-
-NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def is_option(arg: str) -> bool:
-    """An option flag such as `-q` or `--sparse`; negative numbers (weights) are values."""
-    return arg.startswith("-") and not NUMBER.fullmatch(arg)
-
-
-def join_list_options(args: list[str]) -> list[str]:
-    """Rewrite `--opt a b c` into `--opt a,b,c` for the list options."""
-    out: list[str] = []
-    index = 0
-    while index < len(args):
-        arg = args[index]
-        out.append(arg)
-        index += 1
-        if arg in LIST_OPTIONS:
-            values = []
-            while index < len(args) and not is_option(args[index]):
-                values.append(args[index])
-                index += 1
-            out.append(",".join(values))
-    return out
-
-
-def split_list(values: tuple[str, ...] | None) -> list[str]:
-    """Flatten repeated and comma-separated option values."""
-    return [part.strip() for value in values or () for part in value.split(",") if part.strip()]
-
-
-def parse_weights(values: tuple[str, ...] | None) -> list[float] | None:
-    items = split_list(values)
-    if not items:
-        return None
-    try:
-        return [float(item) for item in items]
-    except ValueError as error:
-        raise click.BadParameter(f"weights must be numbers ({error})") from error
-
-
-class ListOptionCommand(click.Command):
-    """A command that accepts the seed's space-separated list options."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, join_list_options(args))
 
 
 def setup_logging(verbose: bool, quiet: bool) -> None:
@@ -87,10 +35,6 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
     log.propagate = False
     for noisy in ("httpx", "sentence_transformers", "transformers", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-verbose_option = click.option("--verbose", "-v", is_flag=True, help="Debug logging and tracebacks.")
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -132,10 +76,6 @@ def main(args: list[str] | None = None) -> None:
 
 def echo_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-
-
-def path_or_none(value: str | None) -> Path | None:
-    return Path(value) if value else None
 
 
 def render_table(headers: list[str], rows: list[list[object]]) -> str:
@@ -223,78 +163,13 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
 @click.option(
     "--collections", multiple=True, help="Only these collections (space or comma separated)."
 )
-@click.option(
-    "--models",
-    "--ensemble-models",
-    "--ensemble_models",
-    "models",
-    multiple=True,
-    help="Ensemble members: hub ids, model folders or aliases [the seed's three models].",
-)
-@click.option(
-    "--weights",
-    "--ensemble-weights",
-    "--ensemble_weights",
-    "weights",
-    multiple=True,
-    help="One positive weight per model [equal].",
-)
-@click.option(
-    "--combine",
-    type=click.Choice(["concat", "average", "named"]),
-    default="concat",
-    show_default=True,
-    help="concat: weighted similarity fusion; named: one vector per model.",
-)
+@ensemble_options
+@engine_options
 @click.option(
     "--exclusive-ensemble",
     "--exclusive_ensemble",
     is_flag=True,
     help="Accepted for the seed's scripts; exclusive (one model at a time) is the only mode.",
-)
-@click.option(
-    "--batch-size",
-    "--batch_size",
-    "batch_size",
-    type=int,
-    default=0,
-    help="Texts per forward pass [32 on CPU, 128 on CUDA].",
-)
-@click.option("--device", default="", help="cpu, cuda, cuda:1 ... [cuda if available].")
-@click.option(
-    "--dtype",
-    type=click.Choice(["", "float32", "float16", "bfloat16"]),
-    default="",
-    help="Model precision [float16 on CUDA, float32 on CPU].",
-)
-@click.option("--backend", type=click.Choice(["auto", "torch"]), default="auto", show_default=True)
-@click.option("--max-seq-length", type=int, help="Truncate texts to this many tokens.")
-@click.option("--truncate-dim", type=int, help="Cut Matryoshka models' vectors to this size.")
-@click.option("--trust-remote-code", is_flag=True, help="Allow models that run their own code.")
-@click.option(
-    "--model-cache-dir",
-    "--model_cache_dir",
-    "model_cache_dir",
-    type=click.Path(path_type=Path),
-    help="Where models are looked for and downloaded.",
-)
-@click.option(
-    "--cache-dir", type=click.Path(path_type=Path), help="Embedding cache [OUTPUT/cache]."
-)
-@click.option("--lease-dir", type=click.Path(path_type=Path), help="Device lease lock files.")
-@click.option(
-    "--lease-timeout",
-    type=float,
-    default=600.0,
-    show_default=True,
-    help="Seconds to wait for the device lease.",
-)
-@click.option(
-    "--check-interval",
-    type=float,
-    default=30.0,
-    show_default=True,
-    help="Seconds between 'still waiting' messages.",
 )
 @click.option("--qdrant-url", envvar="QDRANT_URL", help="Qdrant server URL (env QDRANT_URL).")
 @click.option("--qdrant-api-key", envvar="QDRANT_API_KEY", help="API key (env QDRANT_API_KEY).")
@@ -346,8 +221,6 @@ def run(**options):
     1 nothing could be done, 2 usage error.
     """
     from embed_collections.config import RunConfig, default_paths, detect_environment
-    from embed_collections.embedding import EngineOptions
-    from embed_collections.models import DEFAULT_ENSEMBLE_MODELS
     from embed_collections.pipeline import run as run_pipeline
 
     setup_logging(options["verbose"], options["quiet"])
@@ -361,24 +234,7 @@ def run(**options):
         output_dir=options["output_dir"] or default_output,
         environment=environment,
         collections=tuple(split_list(options["collections"])),
-        models=tuple(split_list(options["models"])) or DEFAULT_ENSEMBLE_MODELS,
-        weights=tuple(w) if (w := parse_weights(options["weights"])) else None,
-        combine=options["combine"],
-        model_cache_dir=options["model_cache_dir"],
-        cache_dir=options["cache_dir"],
-        trust_remote_code=options["trust_remote_code"],
-        max_seq_length=options["max_seq_length"],
-        truncate_dim=options["truncate_dim"],
-        engine=EngineOptions(
-            device=options["device"],
-            dtype=options["dtype"],
-            backend=options["backend"],
-            batch_size=options["batch_size"],
-            lease_dir=options["lease_dir"],
-            lease_timeout=options["lease_timeout"],
-            check_interval=options["check_interval"],
-            show_progress=not options["quiet"],
-        ).resolved(),
+        **ensemble_settings(options),
         qdrant_url=url,
         qdrant_api_key=options["qdrant_api_key"],
         qdrant_path=options["qdrant_path"],
@@ -497,29 +353,8 @@ def search(
 @click.option(
     "--split", default="test", show_default=True, help="Which qrels/<split>.tsv to score."
 )
-@click.option(
-    "--models",
-    "--ensemble-models",
-    "--ensemble_models",
-    "models",
-    multiple=True,
-    help="Ensemble members: hub ids, model folders or aliases [the seed's three models].",
-)
-@click.option(
-    "--weights",
-    "--ensemble-weights",
-    "--ensemble_weights",
-    "weights",
-    multiple=True,
-    help="One positive weight per model [equal].",
-)
-@click.option(
-    "--combine",
-    type=click.Choice(["concat", "average", "named"]),
-    default="concat",
-    show_default=True,
-    help="How the models' vectors are combined (as for `run`).",
-)
+@ensemble_options
+@engine_options
 @click.option("--sparse", type=click.Choice(["bm25"]), help="Also index BM25 sparse vectors.")
 @click.option(
     "--modes",
@@ -543,36 +378,6 @@ def search(
     help="Corpus chunk file, store, cache and eval_results.json [./output/eval].",
 )
 @click.option(
-    "--cache-dir",
-    type=click.Path(path_type=Path),
-    help="Embedding cache [OUTPUT/cache]; share one with `run` to reuse its vectors.",
-)
-@click.option(
-    "--model-cache-dir",
-    "--model_cache_dir",
-    "model_cache_dir",
-    type=click.Path(path_type=Path),
-    help="Where models are looked for and downloaded.",
-)
-@click.option("--device", default="", help="cpu, cuda, cuda:1 ... [cuda if available].")
-@click.option(
-    "--dtype",
-    type=click.Choice(["", "float32", "float16", "bfloat16"]),
-    default="",
-    help="Model precision for the corpus [float16 on CUDA, float32 on CPU].",
-)
-@click.option(
-    "--batch-size",
-    "--batch_size",
-    "batch_size",
-    type=int,
-    default=0,
-    help="Texts per forward pass [32 on CPU, 128 on CUDA].",
-)
-@click.option("--max-seq-length", type=int, help="Truncate texts to this many tokens.")
-@click.option("--trust-remote-code", is_flag=True, help="Allow models that run their own code.")
-@click.option("--lease-dir", type=click.Path(path_type=Path), help="Device lease lock files.")
-@click.option(
     "--recreate",
     is_flag=True,
     help="Rebuild the corpus collection when an earlier eval used other models.",
@@ -593,9 +398,7 @@ def eval_command(**options):
       embed-collections eval --beir ./scifact --models minilm,static --weights 0.9,0.1 --json
     """
     from embed_collections.config import RunConfig, default_paths, detect_environment
-    from embed_collections.embedding import EngineOptions
     from embed_collections.evaluation import RESULTS_FILE, evaluate_beir
-    from embed_collections.models import DEFAULT_ENSEMBLE_MODELS
 
     setup_logging(options["verbose"], options["quiet"])
     environment = detect_environment()
@@ -604,20 +407,7 @@ def eval_command(**options):
         chunked_dir=output_dir / "beir",
         output_dir=output_dir,
         environment=environment,
-        models=tuple(split_list(options["models"])) or DEFAULT_ENSEMBLE_MODELS,
-        weights=tuple(w) if (w := parse_weights(options["weights"])) else None,
-        combine=options["combine"],
-        model_cache_dir=options["model_cache_dir"],
-        cache_dir=options["cache_dir"],
-        trust_remote_code=options["trust_remote_code"],
-        max_seq_length=options["max_seq_length"],
-        engine=EngineOptions(
-            device=options["device"],
-            dtype=options["dtype"],
-            batch_size=options["batch_size"],
-            lease_dir=options["lease_dir"],
-            show_progress=not options["quiet"],
-        ).resolved(),
+        **ensemble_settings(options),
         recreate=options["recreate"],
         sparse=options["sparse"],
     )

@@ -26,6 +26,7 @@ from embed_collections.cache import EmbeddingCache
 from embed_collections.errors import ModelError
 from embed_collections.lease import DeviceLease, LeaseEvent
 from embed_collections.models import ModelSpec, fingerprint_folder
+from embed_collections.runtimes import resolve_backend
 from embed_collections.telemetry import ModelTelemetry, Timer
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class EngineOptions:
     device: str = ""
     dtype: str = ""
     backend: str = "auto"
+    quantize: str = ""
     batch_size: int = 0
     lease_dir: Path | None = None
     lease_timeout: float = 600.0
@@ -53,6 +55,7 @@ class EngineOptions:
             device=device,
             dtype=self.dtype or default_dtype(device),
             backend=self.backend,
+            quantize=self.quantize,
             batch_size=self.batch_size or (128 if device.startswith("cuda") else 32),
             lease_dir=self.lease_dir,
             lease_timeout=self.lease_timeout,
@@ -61,8 +64,9 @@ class EngineOptions:
         )
 
 
-def backend_name(options: EngineOptions) -> str:
-    return "torch" if options.backend == "auto" else options.backend
+def backend_name(options: EngineOptions, spec: ModelSpec | None = None) -> str:
+    """The concrete backend (`auto` resolved per model: torch on CUDA, a checked runtime on CPU)."""
+    return resolve_backend(spec, options.backend, options.device, options.quantize, options.dtype)
 
 
 def model_fingerprint(spec: ModelSpec, options: EngineOptions, content_hash: str = "") -> str:
@@ -76,7 +80,7 @@ def model_fingerprint(spec: ModelSpec, options: EngineOptions, content_hash: str
         "max_seq_length": spec.settings.max_seq_length,
         "truncate_dim": spec.settings.truncate_dim,
         "dtype": options.dtype,
-        "backend": backend_name(options),
+        "backend": backend_name(options, spec),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -103,7 +107,7 @@ def embed_pending(
         model=spec.name,
         fingerprint=fingerprint,
         device=options.device,
-        backend=backend_name(options),
+        backend=backend_name(options, spec),
         dtype=options.dtype,
         dim=cache.model_dim(fingerprint) or spec.dim or 0,
         max_seq_length=cache.model_info(fingerprint).get("max_seq_length")
@@ -128,7 +132,7 @@ def embed_pending(
     ) as lease:
         telemetry.lease_wait_seconds = events[-1].wait_seconds if events else 0.0
         with Timer() as load_timer:
-            backend = create_backend(spec, backend_name(options), options.dtype)
+            backend = create_backend(spec, backend_name(options, spec), options.dtype)
             backend.load(options.device)
             lease.hold(backend)
         telemetry.loads = 1

@@ -1,0 +1,200 @@
+"""Command-line options shared by several commands, and the seed's argparse-style lists."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+# Options that take several values. The seed spelled them argparse-style
+# (`--ensemble_models a b c`); click wants one value per option, so such runs are rewritten to
+# `--ensemble_models a,b,c` before parsing.
+LIST_OPTIONS = {
+    "--collections",
+    "--models",
+    "--ensemble-models",
+    "--ensemble_models",
+    "--weights",
+    "--ensemble-weights",
+    "--ensemble_weights",
+}
+
+
+NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def is_option(arg: str) -> bool:
+    """An option flag such as `-q` or `--sparse`; negative numbers (weights) are values."""
+    return arg.startswith("-") and not NUMBER.fullmatch(arg)
+
+
+def join_list_options(args: list[str]) -> list[str]:
+    """Rewrite `--opt a b c` into `--opt a,b,c` for the list options."""
+    out: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        out.append(arg)
+        index += 1
+        if arg in LIST_OPTIONS:
+            values = []
+            while index < len(args) and not is_option(args[index]):
+                values.append(args[index])
+                index += 1
+            out.append(",".join(values))
+    return out
+
+
+def split_list(values: tuple[str, ...] | None) -> list[str]:
+    """Flatten repeated and comma-separated option values."""
+    return [part.strip() for value in values or () for part in value.split(",") if part.strip()]
+
+
+def parse_weights(values: tuple[str, ...] | None) -> list[float] | None:
+    items = split_list(values)
+    if not items:
+        return None
+    try:
+        return [float(item) for item in items]
+    except ValueError as error:
+        raise click.BadParameter(f"weights must be numbers ({error})") from error
+
+
+class ListOptionCommand(click.Command):
+    """A command that accepts the seed's space-separated list options."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, join_list_options(args))
+
+
+verbose_option = click.option("--verbose", "-v", is_flag=True, help="Debug logging and tracebacks.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
+
+
+def stack(*decorators):
+    """Apply several click decorators as one, in the order written."""
+
+    def apply(function):
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+# Options shared by every command that embeds (`run`, `eval`): which models, and how they run.
+ensemble_options = stack(
+    click.option(
+        "--models",
+        "--ensemble-models",
+        "--ensemble_models",
+        "models",
+        multiple=True,
+        help="Ensemble members: hub ids, model folders or aliases [the seed's three models].",
+    ),
+    click.option(
+        "--weights",
+        "--ensemble-weights",
+        "--ensemble_weights",
+        "weights",
+        multiple=True,
+        help="One positive weight per model [equal].",
+    ),
+    click.option(
+        "--combine",
+        type=click.Choice(["concat", "average", "named"]),
+        default="concat",
+        show_default=True,
+        help="concat: weighted similarity fusion; named: one vector per model.",
+    ),
+    click.option("--max-seq-length", type=int, help="Truncate texts to this many tokens."),
+    click.option("--truncate-dim", type=int, help="Cut Matryoshka models' vectors to this size."),
+    click.option("--trust-remote-code", is_flag=True, help="Allow models that run their own code."),
+    click.option(
+        "--model-cache-dir",
+        "--model_cache_dir",
+        "model_cache_dir",
+        type=click.Path(path_type=Path),
+        help="Where models are looked for and downloaded.",
+    ),
+    click.option(
+        "--cache-dir",
+        type=click.Path(path_type=Path),
+        help="Embedding cache [OUTPUT/cache]; share one between runs to reuse vectors.",
+    ),
+)
+engine_options = stack(
+    click.option("--device", default="", help="cpu, cuda, cuda:1 ... [cuda if available]."),
+    click.option(
+        "--dtype",
+        type=click.Choice(["", "float32", "float16", "bfloat16"]),
+        default="",
+        help="Model precision [float16 on CUDA, float32 on CPU].",
+    ),
+    click.option(
+        "--backend",
+        type=click.Choice(["auto", "torch", "onnx", "openvino"]),
+        default="auto",
+        show_default=True,
+        help="auto: torch on CUDA; on CPU openvino, else onnx, if installed and checked once per "
+        "model to match torch (cosine >= 0.9999), else torch.",
+    ),
+    click.option(
+        "--quantize",
+        type=click.Choice(["int8"]),
+        help="CPU, onnx/openvino only: dynamic int8, logs its cosine to fp32 (pays on CPUs with "
+        "VNNI or AMX).",
+    ),
+    click.option(
+        "--batch-size",
+        "--batch_size",
+        "batch_size",
+        type=int,
+        default=0,
+        help="Texts per forward pass [32 on CPU, 128 on CUDA].",
+    ),
+    click.option("--lease-dir", type=click.Path(path_type=Path), help="Device lease lock files."),
+    click.option(
+        "--lease-timeout",
+        type=float,
+        default=600.0,
+        show_default=True,
+        help="Seconds to wait for the device lease.",
+    ),
+    click.option(
+        "--check-interval",
+        type=float,
+        default=30.0,
+        show_default=True,
+        help="Seconds between 'still waiting' messages.",
+    ),
+)
+
+
+def ensemble_settings(options: dict) -> dict:
+    """The RunConfig fields that `ensemble_options` and `engine_options` set."""
+    from embed_collections.embedding import EngineOptions
+    from embed_collections.models import DEFAULT_ENSEMBLE_MODELS
+
+    return dict(
+        models=tuple(split_list(options["models"])) or DEFAULT_ENSEMBLE_MODELS,
+        weights=tuple(w) if (w := parse_weights(options["weights"])) else None,
+        combine=options["combine"],
+        model_cache_dir=options["model_cache_dir"],
+        cache_dir=options["cache_dir"],
+        trust_remote_code=options["trust_remote_code"],
+        max_seq_length=options["max_seq_length"],
+        truncate_dim=options["truncate_dim"],
+        engine=EngineOptions(
+            device=options["device"],
+            dtype=options["dtype"],
+            backend=options["backend"],
+            quantize=options["quantize"] or "",
+            batch_size=options["batch_size"],
+            lease_dir=options["lease_dir"],
+            lease_timeout=options["lease_timeout"],
+            check_interval=options["check_interval"],
+            show_progress=not options["quiet"],
+        ).resolved(),
+    )

@@ -1,0 +1,250 @@
+"""CPU runtime backends (onnxruntime, OpenVINO): parity with torch, int8, export reuse, refusals
+and the `auto` choice, on the packaged all-MiniLM-L6-v2 and tiny generated models."""
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from embed_collections import runtimes
+from embed_collections.backends import SentenceTransformerBackend, create_backend
+from embed_collections.cache import EmbeddingCache, text_digest
+from embed_collections.embedding import EngineOptions, embed_pending, model_fingerprint
+from embed_collections.errors import ModelError, UsageError
+from embed_collections.models import resolve_model
+from embed_collections.runtimes import RuntimeBackend, cosines, resolve_backend
+
+LONG = " ".join(
+    f"Section {i}: Docling parses tables, figures and reading order." for i in range(40)
+)
+TEXTS = [
+    "Docling converts PDF files to Markdown.",
+    "def main():\n    for row in rows:\n        print(row['id'], row['text'])\n",
+    "Qdrant stores vectors with payloads.",
+    LONG,
+    "short",
+    "Ünïcödé, emoji 🚀 and CJK 向量检索 in one line.",
+    "```python\nimport numpy as np\nx = np.zeros((3, 4))\n```",
+    "A medium sentence about embeddings, chunking and search quality. " * 4,
+]
+RUNTIME_MODULES = {"onnx": "onnxruntime", "openvino": "openvino"}
+
+
+def need(*backends):
+    for backend in backends:
+        pytest.importorskip(RUNTIME_MODULES[backend.split("-")[0]])
+    if any(b.endswith("-int8") for b in backends):
+        pytest.importorskip("onnxruntime")  # both int8 paths quantize with onnxruntime
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_exports(tmp_path_factory):
+    """One export cache for the module (MiniLM is exported once), never the user's own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(runtimes.EXPORT_DIR_ENV, str(tmp_path_factory.mktemp("exports")))
+        yield
+
+
+@pytest.fixture
+def fresh_exports(tmp_path, monkeypatch):
+    monkeypatch.setenv(runtimes.EXPORT_DIR_ENV, str(tmp_path / "exports"))
+    return tmp_path / "exports"
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return resolve_model("sentence-transformers/all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="module")
+def torch_vectors(minilm):
+    backend = SentenceTransformerBackend(minilm, "float32")
+    backend.load("cpu")
+    return backend.embed(TEXTS), backend.token_counts(TEXTS)
+
+
+@pytest.mark.parametrize("name", ["onnx", "openvino"])
+def test_runtime_matches_torch(name, minilm, torch_vectors):
+    need(name)
+    backend = create_backend(minilm, name)
+    backend.load("cpu")
+    reference, counts = torch_vectors
+    assert counts[TEXTS.index(LONG)] > 256  # truncation to max_seq_length is exercised
+    assert backend.token_counts(TEXTS) == counts
+    assert (backend.dim, backend.max_seq_length) == (384, 256)
+    vectors = backend.embed(TEXTS)
+    assert vectors.dtype == np.float32 and vectors.shape == (len(TEXTS), 384)
+    assert min(cosines(vectors, reference)) >= 0.9999
+    np.testing.assert_allclose(vectors, reference, atol=2e-4)  # unnormalised, like torch's
+
+
+@pytest.mark.parametrize("name", ["onnx-int8", "openvino-int8"])
+def test_int8_is_close_and_reports_its_agreement(name, minilm, torch_vectors, caplog):
+    need(name)
+    backend = RuntimeBackend(minilm, name)
+    backend.load("cpu")
+    with caplog.at_level(logging.WARNING, logger="embed_collections"):
+        vectors = backend.embed(TEXTS)
+        backend.unload()
+    values = cosines(vectors, torch_vectors[0])
+    assert min(values) >= 0.95, f"{name}: mean {np.mean(values):.4f}, min {min(values):.4f}"
+    assert f"{name} agrees with" in caplog.text and f"over {len(TEXTS)} texts" in caplog.text
+
+
+def test_export_is_built_once_and_reused(tiny_models, fresh_exports, monkeypatch):
+    need("onnx", "openvino")
+    spec = resolve_model(str(tiny_models["tiny32"]))
+    calls = []
+    original = runtimes.export_onnx
+    monkeypatch.setattr(runtimes, "export_onnx", lambda *a: calls.append(1) or original(*a))
+    first = RuntimeBackend(spec, "onnx")
+    first.load("cpu")
+    model = fresh_exports / runtimes.model_folder_hash(spec.path) / "onnx" / "model.onnx"
+    stamp = model.stat().st_mtime_ns
+    for name in ("onnx", "openvino"):  # openvino converts the same export, no second trace
+        RuntimeBackend(spec, name).load("cpu")
+    assert calls == [1] and model.stat().st_mtime_ns == stamp
+    assert not [p for p in model.parent.parent.iterdir() if p.name.startswith(".")]  # no staging
+
+
+def copy_model(source, target, pooling=None, modules=None):
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("_bert"))
+    if pooling:
+        config = json.loads((target / "1_Pooling" / "config.json").read_text())
+        config["pooling_mode"] = pooling
+        (target / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    if modules:
+        (target / "modules.json").write_text(json.dumps(modules))
+    return resolve_model(str(target))
+
+
+def test_unsupported_layouts_are_refused_and_auto_uses_torch(tiny_models, tmp_path, fresh_exports):
+    need("onnx")
+    modules = json.loads((tiny_models["tiny32"] / "modules.json").read_text())
+    extra = {
+        "idx": 2,
+        "name": "2",
+        "path": "2_LayerNorm",
+        "type": "sentence_transformers.LayerNorm",
+    }
+    layer_norm = copy_model(tiny_models["tiny32"], tmp_path / "ln", modules=[*modules, extra])
+    with pytest.raises(ModelError, match=r"has modules Transformer \+ Pooling \+ LayerNorm; the "):
+        RuntimeBackend(layer_norm, "onnx").load("cpu")
+    weighted = copy_model(tiny_models["tiny32"], tmp_path / "wm", pooling="weightedmean")
+    with pytest.raises(ModelError, match="pools with weightedmean.*use --backend torch"):
+        RuntimeBackend(weighted, "onnx").load("cpu")
+    assert resolve_backend(layer_norm, "auto", "cpu") == "torch"
+    record = json.loads(
+        (
+            fresh_exports / runtimes.model_folder_hash(layer_norm.path) / "check-onnx.json"
+        ).read_text()
+    )
+    assert not record["passed"] and "LayerNorm" in record["reason"]
+
+
+def build_dense_model(tiny_models, folder, pooling):
+    """Transformer + Pooling + Dense(Tanh) + Normalize: the numpy side's every step."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+
+    torch.manual_seed(3)
+    transformer = models.Transformer(str(tiny_models["tiny32"] / "_bert"), max_seq_length=64)
+    dense = models.Dense(32, 16, activation_function=torch.nn.Tanh())
+    modules = [transformer, models.Pooling(32, pooling_mode=pooling), dense, models.Normalize()]
+    SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+    return resolve_model(str(folder))
+
+
+@pytest.mark.parametrize("pooling", ["cls", "max", "mean_sqrt_len_tokens"])
+def test_dense_normalize_and_other_poolings_match_torch(pooling, tiny_models, tmp_path):
+    need("onnx")
+    spec = build_dense_model(tiny_models, tmp_path / pooling, pooling)
+    reference = SentenceTransformerBackend(spec, "float32")
+    reference.load("cpu")
+    backend = RuntimeBackend(spec, "onnx")
+    backend.load("cpu")
+    assert (backend.dim, backend.max_seq_length) == (16, 64)
+    assert min(cosines(backend.embed(TEXTS), reference.embed(TEXTS))) >= 0.9999
+
+
+def test_auto_picks_a_checked_runtime_on_cpu_and_caches_the_check(minilm, monkeypatch):
+    need("onnx")
+    expected = next(r for r in runtimes.AUTO_ORDER if runtimes.runtime_installed(r))
+    assert resolve_backend(minilm, "auto", "cpu") == expected
+    record_file = runtimes.export_root() / runtimes.model_folder_hash(minilm.path)
+    record = json.loads((record_file / f"check-{expected}.json").read_text())
+    assert record["passed"] and record["min_cosine"] >= 0.9999
+
+    def must_not_check(*args):
+        raise AssertionError("the agreement check ran again")
+
+    monkeypatch.setattr(runtimes, "measure_agreement", must_not_check)
+    assert resolve_backend(minilm, "auto", "cpu") == expected
+    assert resolve_backend(minilm, "auto", "cuda") == "torch"
+    assert resolve_backend(minilm, "auto", "cpu", dtype="bfloat16") == "torch"
+
+
+def test_auto_falls_back_when_the_check_fails(minilm, fresh_exports, monkeypatch, caplog):
+    need("onnx")
+    failing = {"passed": False, "min_cosine": 0.5, "mean_cosine": 0.7}
+    monkeypatch.setattr(runtimes, "measure_agreement", lambda spec, runtime: failing)
+    with caplog.at_level(logging.WARNING, logger="embed_collections"):
+        assert resolve_backend(minilm, "auto", "cpu") == "torch"
+    assert "differs from torch (min cosine 0.500000); auto uses torch" in caplog.text
+    if runtimes.runtime_installed("openvino"):  # the next runtime in line is tried
+        shutil.rmtree(fresh_exports)
+        only_onnx = {"passed": True, "min_cosine": 1.0, "mean_cosine": 1.0}
+        checks = {"openvino": failing, "onnx": only_onnx}
+        monkeypatch.setattr(runtimes, "measure_agreement", lambda spec, runtime: checks[runtime])
+        assert resolve_backend(minilm, "auto", "cpu") == "onnx"
+
+
+def test_backend_requests_are_checked():
+    need("onnx")
+    assert resolve_backend(None, "onnx", "cpu", "int8") == "onnx-int8"
+    assert resolve_backend(None, "auto", "cpu", "int8") == "onnx-int8"
+    assert resolve_backend(None, "torch", "cuda") == "torch"
+    for request, message in [
+        (("torch", "cpu", "int8"), "--quantize int8 needs CPU, float32"),
+        (("auto", "cuda", "int8"), "--quantize int8 needs CPU, float32"),
+        (("onnx", "cuda:0", ""), "--backend onnx runs on CPU only"),
+        (("openvino", "cpu", "", "float16"), "--backend openvino runs float32 only"),
+        (("onnx", "cpu", "int4"), "--quantize int4 is not supported"),
+        (("tensorrt", "cpu", ""), "Unknown backend tensorrt"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            resolve_backend(None, *request)
+    with pytest.raises(ModelError, match="not available"):
+        create_backend(None, "onnx-fp8")
+    with pytest.raises(ModelError, match="runs on CPU only"):
+        RuntimeBackend(resolve_model("minilm"), "onnx").load("cuda")
+
+
+def test_engine_resolves_auto_per_model_and_fingerprints_it(tiny_models, tmp_path):
+    need("onnx")
+    spec = resolve_model(str(tiny_models["tiny48"]))
+    settings = dict(device="cpu", show_progress=False, lease_dir=tmp_path / "leases")
+    auto = EngineOptions(**settings).resolved()
+    torch_only = EngineOptions(**settings, backend="torch").resolved()
+    assert model_fingerprint(spec, auto) != model_fingerprint(spec, torch_only)
+    by_digest = {text_digest(t): t for t in TEXTS}
+    with EmbeddingCache(tmp_path / "cache.sqlite") as cache:
+        vectors = {}
+        for options in (auto, torch_only):
+            fingerprint = model_fingerprint(spec, options)
+            telemetry = embed_pending(spec, fingerprint, by_digest, cache, options, [])
+            assert telemetry.chunks_embedded == len(TEXTS)
+            vectors[telemetry.backend] = cache.get_vectors(fingerprint, list(by_digest), 48)
+    assert set(vectors) == {runtimes.resolve_backend(spec, "auto", "cpu"), "torch"}
+    assert min(cosines(*vectors.values())) >= 0.9999
+
+
+def test_run_help_lists_the_backends_and_quantize():
+    from embed_collections.cli import cli
+
+    result = CliRunner().invoke(cli, ["run", "--help"])
+    assert result.exit_code == 0
+    assert "[auto|torch|onnx|openvino]" in result.output and "--quantize [int8]" in result.output
