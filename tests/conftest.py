@@ -17,8 +17,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_exports(tmp_path_factory):
-    """Models exported for ONNX/OpenVINO go to a session folder, not the user's cache."""
+    """Exported models and remembered folder hashes go to session folders, not the user's cache."""
     os.environ["EMBED_COLLECTIONS_EXPORT_DIR"] = str(tmp_path_factory.mktemp("exported"))
+    os.environ["EMBED_COLLECTIONS_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache-home"))
 
 
 def packaged_minilm_dir() -> Path:

@@ -199,3 +199,32 @@ def test_killed_run_resumes_embedding_only_what_is_missing(tmp_path, tiny_models
     assert len(embedded_first) + len(embedded_second) == unique
     summary = json.loads((tmp_path / "out" / "embedding_summary_v6.json").read_text())
     assert summary["cache_hits"] == 24 and summary["failed_collections"] == {}
+
+
+def test_unchanged_collections_are_not_rewritten_and_a_changed_one_is(
+    tmp_path, tiny_models, monkeypatch
+):
+    from embed_collections.stores.edge import EdgeStore
+
+    corpus(tmp_path / "Chunked")
+    config = RunConfig(
+        chunked_dir=tmp_path / "Chunked",
+        output_dir=tmp_path / "out",
+        models=(str(tiny_models["tiny32"]),),
+        engine=options(tmp_path),
+    )
+    assert run(config).exit_code == 0
+    written = []
+    original = EdgeStore.upsert
+    monkeypatch.setattr(
+        EdgeStore,
+        "upsert",
+        lambda self, name, batch: written.append(name) or original(self, name, batch),
+    )
+    summary = run(config)
+    assert written == []
+    assert summary.results["alpha"].points_in_store == 31
+    write_chunks(tmp_path / "Chunked" / "beta" / "b_chunks.json", ["only one chunk now"])
+    summary = run(config)
+    assert written == ["beta"]
+    assert summary.results["beta"].points_deleted == 30  # chunk 0 keeps its id

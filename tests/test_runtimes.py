@@ -14,7 +14,7 @@ from embed_collections.backends import SentenceTransformerBackend, create_backen
 from embed_collections.cache import EmbeddingCache, text_digest
 from embed_collections.embedding import EngineOptions, embed_pending, model_fingerprint
 from embed_collections.errors import ModelError, UsageError
-from embed_collections.models import resolve_model
+from embed_collections.models import fingerprint_folder, resolve_model
 from embed_collections.runtimes import RuntimeBackend, cosines, resolve_backend
 
 LONG = " ".join(
@@ -102,7 +102,7 @@ def test_export_is_built_once_and_reused(tiny_models, fresh_exports, monkeypatch
     monkeypatch.setattr(runtimes, "export_onnx", lambda *a: calls.append(1) or original(*a))
     first = RuntimeBackend(spec, "onnx")
     first.load("cpu")
-    model = fresh_exports / runtimes.model_folder_hash(spec.path) / "onnx" / "model.onnx"
+    model = fresh_exports / fingerprint_folder(spec.path) / "onnx" / "model.onnx"
     stamp = model.stat().st_mtime_ns
     for name in ("onnx", "openvino"):  # openvino converts the same export, no second trace
         RuntimeBackend(spec, name).load("cpu")
@@ -139,7 +139,7 @@ def test_unsupported_layouts_are_refused_and_auto_uses_torch(tiny_models, tmp_pa
     assert resolve_backend(layer_norm, "auto", "cpu") == "torch"
     record = json.loads(
         (
-            fresh_exports / runtimes.model_folder_hash(layer_norm.path) / "check-onnx.json"
+            fresh_exports / fingerprint_folder(layer_norm.path) / "check-onnx.json"
         ).read_text()
     )
     assert not record["passed"] and "LayerNorm" in record["reason"]
@@ -174,7 +174,7 @@ def test_auto_picks_a_checked_runtime_on_cpu_and_caches_the_check(minilm, monkey
     need("onnx")
     expected = next(r for r in runtimes.AUTO_ORDER if runtimes.runtime_installed(r))
     assert resolve_backend(minilm, "auto", "cpu") == expected
-    record_file = runtimes.export_root() / runtimes.model_folder_hash(minilm.path)
+    record_file = runtimes.export_root() / fingerprint_folder(minilm.path)
     record = json.loads((record_file / f"check-{expected}.json").read_text())
     assert record["passed"] and record["min_cosine"] >= 0.9999
 

@@ -47,6 +47,7 @@ class EmbeddingCache:
                 """
                 CREATE TABLE IF NOT EXISTS models (
                     fingerprint TEXT PRIMARY KEY, dim INTEGER, info TEXT, created REAL);
+                CREATE TABLE IF NOT EXISTS memo (key TEXT PRIMARY KEY, value TEXT);
                 CREATE TABLE IF NOT EXISTS vectors (
                     fingerprint TEXT, digest BLOB, value BLOB, tokens INTEGER,
                     PRIMARY KEY (fingerprint, digest)) WITHOUT ROWID;
@@ -76,6 +77,14 @@ class EmbeddingCache:
             "SELECT dim FROM models WHERE fingerprint = ?", (fingerprint,)
         ).fetchone()
         return int(row[0]) if row else None
+
+    def recall(self, key: str) -> str | None:
+        """A value remembered by an earlier run (model folder hashes, loaded-collection states)."""
+        row = self.db.execute("SELECT value FROM memo WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def remember(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO memo VALUES (?, ?)", (key, value))
 
     def model_info(self, fingerprint: str) -> dict:
         """What was recorded about a model when it was first loaded ({} if never)."""

@@ -243,8 +243,47 @@ def read_json_key(path: Path, key: str) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
+def user_cache_home() -> Path:
+    """The per-user cache folder (EMBED_COLLECTIONS_CACHE_HOME overrides it)."""
+    if os.environ.get("EMBED_COLLECTIONS_CACHE_HOME"):
+        return Path(os.environ["EMBED_COLLECTIONS_CACHE_HOME"])
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("embed-collections"))
+
+
+def folder_stat_key(path: Path) -> str:
+    """A cheap key that changes when any file of the folder changes (names, sizes, mtimes)."""
+    digest = hashlib.sha256(str(path.resolve()).encode())
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and ".git" not in p.parts):
+        stat = file.stat()
+        digest.update(
+            f"{file.relative_to(path).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+        )
+    return digest.hexdigest()
+
+
 def fingerprint_folder(path: Path) -> str:
-    """sha256 over every file's relative name and content: the model's identity for the cache."""
+    """sha256 over every file's relative name and content: the model's identity for the cache.
+
+    Reading every byte costs about a second per 500 MB, so the result is remembered under the
+    folder's names, sizes and mtimes and only recomputed when one of them changes.
+    """
+    memo = user_cache_home() / "folder-hashes" / folder_stat_key(path)
+    if memo.is_file():
+        return memo.read_text().strip()
+    value = hash_folder_content(path)
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        staging = memo.with_name(f".{memo.name}.{os.getpid()}")
+        staging.write_text(value)
+        staging.replace(memo)
+    except OSError:  # a read-only cache only costs the re-hash next time
+        log.debug("cannot remember the hash of %s in %s", path, memo.parent)
+    return value
+
+
+def hash_folder_content(path: Path) -> str:
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file() and ".git" not in p.parts):
         digest.update(file.relative_to(path).as_posix().encode())

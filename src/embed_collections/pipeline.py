@@ -6,6 +6,8 @@ corpora; within a wave every model is loaded once (a typical corpus is a single 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import time
@@ -177,16 +179,16 @@ def run_logged(config: RunConfig) -> RunSummary:
     log.info("Environment: %s", config.environment)
     found = discover_collections(config.chunked_dir, config.pattern, config.max_depth)
     selected = filter_collections(found, list(config.collections) or None)
-    ensemble = prepare_ensemble(config)
-    for spec in ensemble.specs:
-        log.info("Model %s from %s (weight %g)", spec.name, spec.source, spec.weight)
-    check_disk(config.output_dir)
-    summary = RunSummary(
-        timestamp=datetime.now().isoformat(),
-        environment=config.environment,
-        ensemble_models=[spec.name for spec in ensemble.specs],
-    )
     with EmbeddingCache(config.embedding_cache_path) as cache:
+        ensemble = prepare_ensemble(config)
+        for spec in ensemble.specs:
+            log.info("Model %s from %s (weight %g)", spec.name, spec.source, spec.weight)
+        check_disk(config.output_dir)
+        summary = RunSummary(
+            timestamp=datetime.now().isoformat(),
+            environment=config.environment,
+            ensemble_models=[spec.name for spec in ensemble.specs],
+        )
         store = open_run_store(config)
         try:
             if store is not None:
@@ -358,10 +360,20 @@ def store_collection(
     result.truncated_chunks = count_truncated(chunks, ensemble, cache)
     dims = ensemble.dims(cache)
     names = vector_names(ensemble.specs)
-    previous: set[str] = set()
+    signature = load_signature(loaded, ensemble, layout)
+    state_key = f"loaded:{store.location if store else ''}:{loaded.name}"
+    if config.recreate:
+        cache.remember(state_key, "")
+    if store is not None and is_unchanged(store, loaded.name, layout, signature, state_key, cache):
+        log.info("%s is unchanged since it was last loaded; store left as it is", loaded.name)
+        result.points_in_store = len(chunks)
+        result.qdrant_collection = loaded.name
+        store = None  # nothing to write; an export below still gets its vectors
+        if not config.export:
+            return
     if store is not None:
         store.ensure_collection(loaded.name, layout, recreate=config.recreate)
-        previous = store.point_ids(loaded.name)
+    previous = store.point_ids(loaded.name) if store is not None else set()
     written: set[str] = set()
     with ExitStack() as stack:
         exporter = None
@@ -380,9 +392,43 @@ def store_collection(
             if exporter is not None:
                 exporter.add(part, batch)
         if store is not None:
-            prune_and_finish(store, loaded.name, previous - written, config, result)
+            stale = previous - written
+            prune_and_finish(store, loaded.name, stale, config, result)
+            # only a store holding exactly these points may be skipped next time
+            cache.remember(state_key, "" if stale and config.keep_stale else signature)
         if exporter is not None:
             result.export_dir = str(exporter.finish(result))
+
+
+def load_signature(loaded: LoadedCollection, ensemble: Ensemble, layout: VectorLayout) -> str:
+    """What a collection's points are made of: the models and every chunk's id, text and payload.
+
+    Equal signatures mean a re-load would write exactly the points the store already holds.
+    """
+    digest = hashlib.sha256()
+    sparse = ensemble.sparse.fingerprint if ensemble.sparse else ""
+    head = [ensemble.fingerprints, ensemble.weights, ensemble.combine, sparse, layout.to_json()]
+    digest.update(json.dumps(head, sort_keys=True).encode())
+    for chunk in loaded.chunks:
+        fields = [chunk.chunk_id, chunk.doc_id, chunk.source_file, chunk.text, chunk.metadata]
+        digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def is_unchanged(
+    store: Store,
+    collection: str,
+    layout: VectorLayout,
+    signature: str,
+    state_key: str,
+    cache: EmbeddingCache,
+) -> bool:
+    """True when the last successful load of this collection wrote these very points.
+
+    Checked without opening the collection (the store's layout record must still be there), so
+    an unchanged re-run over hundreds of collections costs milliseconds each.
+    """
+    return cache.recall(state_key) == signature and store.layout(collection) == layout
 
 
 def prune_and_finish(

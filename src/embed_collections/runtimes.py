@@ -8,6 +8,7 @@ read-only), each built in a temporary folder and renamed into place, so none is 
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import inspect
 import json
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from embed_collections.errors import EmbedCollectionsError, ModelError, UsageError
-from embed_collections.models import ModelSpec, fingerprint_folder
+from embed_collections.models import ModelSpec, fingerprint_folder, user_cache_home
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,7 @@ def export_root() -> Path:
     """Where exported models are cached (EMBED_COLLECTIONS_EXPORT_DIR overrides the default)."""
     if os.environ.get(EXPORT_DIR_ENV):
         return Path(os.environ[EXPORT_DIR_ENV])
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("embed-collections")) / "exported"
+    return user_cache_home() / "exported"
 
 
 def runtime_installed(runtime: str) -> bool:
@@ -74,18 +73,6 @@ def refuse(spec: ModelSpec, problem: str) -> ModelError:
     return ModelError(f'Model "{spec.name}" {message}')
 
 
-_folder_hashes: dict[tuple, str] = {}
-
-
-def model_folder_hash(path: Path) -> str:
-    """`fingerprint_folder`, memoised per process on the files' names, sizes and mtimes."""
-    files = sorted(path.rglob("*"))
-    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    if key not in _folder_hashes:
-        _folder_hashes[key] = fingerprint_folder(path)
-    return _folder_hashes[key]
-
-
 def check_layout(spec: ModelSpec) -> None:
     """Refuse, before any export, model folders whose modules the runtimes cannot run."""
     modules_file = spec.path / "modules.json"
@@ -98,7 +85,7 @@ def check_layout(spec: ModelSpec) -> None:
 
 def ensure_exported(spec: ModelSpec, backend: str) -> Path:
     """The cached export for a backend, built once (fp32 ONNX first, the others from it)."""
-    folder = export_root() / model_folder_hash(spec.path) / backend
+    folder = export_root() / fingerprint_folder(spec.path) / backend
     if read_manifest(folder).get("format") == FORMAT:
         return folder
     check_layout(spec)
@@ -399,8 +386,8 @@ def measure_agreement(spec: ModelSpec, runtime: str) -> dict:
 
 def runtime_agrees(spec: ModelSpec, runtime: str) -> bool:
     """The once-per-model check that a runtime reproduces torch fp32, cached with the export."""
-    record_file = export_root() / model_folder_hash(spec.path) / f"check-{runtime}.json"
-    version = str(__import__(RUNTIMES[runtime]).__version__)
+    record_file = export_root() / fingerprint_folder(spec.path) / f"check-{runtime}.json"
+    version = importlib.metadata.version(RUNTIMES[runtime])
     record = json.loads(record_file.read_text()) if record_file.exists() else {}
     if record.get("runtime_version") != version:  # checked again when the runtime changes
         record = {**measure_agreement(spec, runtime), "runtime_version": version}
