@@ -38,11 +38,18 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src/embed_collections
 
+# A few collections and tiny models, under two minutes: checks the harness, not the numbers.
 bench-quick: $(STAMP)
 	$(BIN)/python bench/run_bench.py --quick
+	$(BIN)/python bench/backends.py --rounds 1 --threads 2 --limit 64
+	$(BIN)/python bench/memory.py --sizes 2000
 
+# The measurements in bench/README.md (about an hour on 2 cores; run on an otherwise idle machine).
 bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py
+	$(BIN)/python bench/backends.py
+	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/gpu.py
 
 clean:
 	rm -rf $(VENV) output

@@ -7,7 +7,7 @@ work may share the CPU. Wall-clock rates are what users see; CPU seconds per chu
 all threads) are less sensitive to neighbours, but count onnxruntime's spin-waiting as work.
 
     python bench/backends.py                         # Docling, MiniLM, 3 rounds (~15 min here)
-    python bench/backends.py --rounds 1 --threads 2  # a quick look
+    python bench/backends.py --rounds 1 --threads 2 --limit 64  # a quick look
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument(
         "--backends", default="onnx,openvino,onnx-int8,openvino-int8", help="runtime backends"
     )
+    parser.add_argument("--limit", type=int, default=0, help="only the first N chunks (quick)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -109,6 +110,7 @@ def main() -> None:
 
     spec = resolve_model(args.model)
     texts = [c.text for c in load_collection(args.collection.name, args.collection).chunks]
+    texts = texts[: args.limit] if args.limit else texts
     threads = [int(t) for t in args.threads.split(",") if t]
     rows = candidates(spec, args.backends.split(","), threads, args.batch_size, texts)
     walls: dict[int, list[float]] = {i: [] for i in range(len(rows))}

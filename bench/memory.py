@@ -74,28 +74,35 @@ def write_corpus(root, chunks: int, per_collection: int = 1000, per_file: int = 
         (collection / f"f{start:08d}_chunks.json").write_text(json.dumps(records))
 
 
+def measure(size: int, model) -> dict:
+    """Wall time and peak RSS of one `run` over a fresh synthetic corpus of `size` chunks."""
+    corpus = WORK / f"memory-corpus-{size}"
+    out = WORK / f"memory-out-{size}"
+    write_corpus(corpus, size)
+    shutil.rmtree(out, ignore_errors=True)
+    command = [
+        sys.executable, "-m", "embed_collections", "run", "-q", "--no-index",
+        "--chunked-dir", str(corpus), "--output-dir", str(out), "--lease-dir", str(out / "l"),
+        "--device", "cpu", "--models", str(model), "--max-seq-length", "64", "--batch-size", "256",
+    ]  # fmt: skip
+    seconds, peak = run_timed(command)
+    shutil.rmtree(corpus, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    return {"chunks": size, "seconds": round(seconds, 1), "peak_rss_mb": peak // 2**20}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     args = parser.parse_args()
     model = tiny_model(32)
+    # A model's first run exports it for the CPU runtime and checks it against torch once:
+    # warm that up so every size measures the steady state.
+    measure(1000, model)
     rows = []
     for size in args.sizes:
-        corpus = WORK / f"memory-corpus-{size}"
-        out = WORK / f"memory-out-{size}"
-        write_corpus(corpus, size)
-        shutil.rmtree(out, ignore_errors=True)
-        command = [
-            sys.executable, "-m", "embed_collections", "run", "-q", "--no-index",
-            "--chunked-dir", str(corpus), "--output-dir", str(out), "--lease-dir", str(out / "l"),
-            "--device", "cpu", "--models", str(model), "--max-seq-length", "64",
-            "--batch-size", "256",
-        ]  # fmt: skip
-        seconds, peak = run_timed(command)
-        rows.append({"chunks": size, "seconds": round(seconds, 1), "peak_rss_mb": peak // 2**20})
+        rows.append(measure(size, model))
         print(json.dumps(rows[-1]), flush=True)
-        shutil.rmtree(corpus, ignore_errors=True)
-        shutil.rmtree(out, ignore_errors=True)
     print(f"\nMachine: {machine()}; date {now()}\n")
     print("| chunks | wall seconds | peak RSS (MB) |\n|---|---|---|")
     for row in rows:

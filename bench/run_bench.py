@@ -49,11 +49,13 @@ def plain_encode_seconds(models: list[str], texts: list[str]) -> float:
     return total
 
 
-def run_command(corpus: Path, names: list[str], models: list[str], out: Path) -> list[str]:
+def run_command(
+    corpus: Path, names: list[str], models: list[str], out: Path, backend: str = "auto"
+) -> list[str]:
     return [
         sys.executable, "-m", "embed_collections", "run", "-q",
         "--chunked-dir", str(corpus), "--output-dir", str(out), "--lease-dir", str(out / "leases"),
-        "--device", "cpu", "--collections", *names, "--models", *models,
+        "--device", "cpu", "--backend", backend, "--collections", *names, "--models", *models,
     ]  # fmt: skip
 
 
@@ -65,7 +67,9 @@ def seed_command(corpus: Path, names: list[str], models: list[str], store: Path)
     ]  # fmt: skip
 
 
-def bench_pipeline(corpus: Path, names: list[str], models: list[str], repeats: int) -> dict:
+def bench_pipeline(
+    corpus: Path, names: list[str], models: list[str], repeats: int, backend: str, seed: bool
+) -> dict:
     """Overhead, seed schedule and re-run, interleaved so machine noise hits all alike."""
     by_collection = load_texts(corpus, names)
     unique = list(dict.fromkeys(t for texts in by_collection.values() for t in texts))
@@ -75,17 +79,19 @@ def bench_pipeline(corpus: Path, names: list[str], models: list[str], repeats: i
         out = WORK / f"run-{repeat}"
         shutil.rmtree(out, ignore_errors=True)
         rows["plain"].append(plain_encode_seconds(models, unique))
-        rows["ours"].append(run_timed(run_command(corpus, names, models, out))[0])
+        command = run_command(corpus, names, models, out, backend)
+        rows["ours"].append(run_timed(command)[0])
         summary = json.loads((out / "embedding_summary_v6.json").read_text())
-        rows["rerun"].append(run_timed(run_command(corpus, names, models, out))[0])
-        seed_store = WORK / f"seed-{repeat}"
-        shutil.rmtree(seed_store, ignore_errors=True)
-        seed_wall = run_timed(seed_command(corpus, names, models, seed_store))
-        rows["seed"].append(seed_wall[0])
+        rows["rerun"].append(run_timed(command)[0])
+        if seed:
+            seed_store = WORK / f"seed-{repeat}"
+            shutil.rmtree(seed_store, ignore_errors=True)
+            rows["seed"].append(run_timed(seed_command(corpus, names, models, seed_store))[0])
         details.append(
             {"summary_models": summary["models"], "ours_total": summary["total_seconds"]}
         )
-        print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in rows.items()))
+        done = {k: v for k, v in rows.items() if v}
+        print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in done.items()))
     chunks = sum(len(t) for t in by_collection.values())
     return {
         "collections": len(names),
@@ -93,7 +99,8 @@ def bench_pipeline(corpus: Path, names: list[str], models: list[str], repeats: i
         "unique_texts": len(unique),
         "models": models,
         "seconds": rows,
-        "medians": {k: median(v) for k, v in rows.items()},
+        "backend": backend,
+        "medians": {k: median(v) for k, v in rows.items() if v},
         "details": details,
     }
 
@@ -146,10 +153,10 @@ def report(pipeline: dict, stores: dict) -> str:
         "|---|---|---|",
         "| plain `SentenceTransformer.encode`, unique texts, sum over models | "
         f"{m['plain']:.1f} | 1.00 |",
-        f"| `embed-collections run` (whole process, into Qdrant Edge) | {m['ours']:.1f} | "
-        f"{m['ours'] / m['plain']:.2f}x plain |",
-        f"| seed's schedule (reload per collection, no dedup, no cache) | {m['seed']:.1f} | "
-        f"{m['seed'] / m['ours']:.2f}x ours |",
+        f"| `embed-collections run --backend {pipeline['backend']}` (whole process, into Qdrant "
+        f"Edge) | {m['ours']:.1f} | {m['ours'] / m['plain']:.2f}x plain |",
+        f"| seed's schedule (reload per collection, no dedup, no cache) | {m.get('seed', 0):.1f} | "
+        f"{m.get('seed', 0) / m['ours']:.2f}x ours |",
         f"| unchanged re-run | {m['rerun']:.1f} | "
         f"{100 * m['rerun'] / m['ours']:.1f}% of first run |",
         "",
@@ -166,6 +173,9 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--quick", action="store_true", help="tiny models, few collections")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--backend", default="auto", help="passed to `run --backend`")
+    parser.add_argument("--no-seed", action="store_true", help="skip the seed's schedule")
+    parser.add_argument("--no-stores", action="store_true", help="skip the store loading test")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     names = slice_collections(args.corpus, args.quick)
@@ -174,8 +184,10 @@ def main() -> None:
     else:
         models = [MINILM, str(tiny_model(48))]
     repeats = args.repeats or (1 if args.quick else 3)
-    pipeline = bench_pipeline(args.corpus, names, models, repeats)
-    stores = bench_store_loading(5_000 if args.quick else 50_000, 1_000 if args.quick else 5_000)
+    pipeline = bench_pipeline(args.corpus, names, models, repeats, args.backend, not args.no_seed)
+    stores = {}
+    if not args.no_stores:
+        stores = bench_store_loading(*((5_000, 1_000) if args.quick else (50_000, 5_000)))
     text = report(pipeline, stores)
     print(text)
     stamp = time.strftime("%Y%m%d-%H%M%S")

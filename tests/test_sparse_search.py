@@ -13,6 +13,7 @@ from conftest import write_chunks
 
 from embed_collections.config import RunConfig
 from embed_collections.embedding import EngineOptions
+from embed_collections.errors import UsageError
 from embed_collections.pipeline import run
 from embed_collections.search import search_collection
 from embed_collections.sparse import VECTOR_NAME, create_encoder
@@ -203,3 +204,14 @@ def test_search_cli_without_a_run(tmp_path):
     result = run_cli("search", "Alpha", "apples", "--output-dir", str(tmp_path))
     assert result.returncode == 2
     assert "run_config.json is missing" in result.stderr
+
+
+def test_sparse_language_is_configurable_and_checked():
+    german = create_encoder("bm25", "german")
+    english = create_encoder("bm25", "english")
+    assert german.fingerprint != english.fingerprint
+    # German stop-words are dropped in German only
+    assert len(german.embed_query("und der Hund")[0]) == 1
+    assert len(english.embed_query("und der Hund")[0]) == 3
+    with pytest.raises(UsageError, match='unsupported language: "klingon"'):
+        create_encoder("bm25", "klingon")

@@ -183,6 +183,12 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
 @click.option("--keep-stale", is_flag=True, help="Keep points whose chunks left the input.")
 @click.option("--recreate", is_flag=True, help="Replace collections built with another layout.")
 @click.option("--sparse", type=click.Choice(["bm25"]), help="Also store BM25 sparse vectors.")
+@click.option(
+    "--sparse-language",
+    default="english",
+    show_default=True,
+    help="BM25 stop-words and Snowball stemmer language (english, german, french, ...).",
+)
 @click.option("--export", is_flag=True, help="Write per-collection embeddings files.")
 @click.option(
     "--create-zip",
@@ -243,6 +249,7 @@ def run(**options):
         keep_stale=options["keep_stale"],
         recreate=options["recreate"],
         sparse=options["sparse"],
+        sparse_language=options["sparse_language"],
         export=options["export"] or options["create_zip"],
         create_zip=options["create_zip"],
         zip_compression=options["zip_compression"],
@@ -357,6 +364,9 @@ def search(
 @engine_options
 @click.option("--sparse", type=click.Choice(["bm25"]), help="Also index BM25 sparse vectors.")
 @click.option(
+    "--sparse-language", default="english", show_default=True, help="BM25 language (as for run)."
+)
+@click.option(
     "--modes",
     multiple=True,
     help="Search modes to score: dense, sparse, hybrid (comma separated) "
@@ -410,6 +420,7 @@ def eval_command(**options):
         **ensemble_settings(options),
         recreate=options["recreate"],
         sparse=options["sparse"],
+        sparse_language=options["sparse_language"],
     )
     report = evaluate_beir(
         options["beir_dir"],

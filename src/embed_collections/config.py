@@ -61,6 +61,7 @@ class RunConfig:
     keep_stale: bool = False
     recreate: bool = False
     sparse: str | None = None
+    sparse_language: str = "english"
     export: bool = False
     create_zip: bool = False
     zip_compression: str = "deflated"

@@ -107,7 +107,9 @@ def prepare_ensemble(config: RunConfig) -> Ensemble:
     check_combine(config.combine, [s.dim for s in specs], [s.name for s in specs])
     hashes = {spec.path: fingerprint_folder(spec.path) for spec in specs}
     fingerprints = [model_fingerprint(s, config.engine, hashes[s.path]) for s in specs]
-    encoder = sparse_vectors.create_encoder(config.sparse) if config.sparse else None
+    encoder = None
+    if config.sparse:
+        encoder = sparse_vectors.create_encoder(config.sparse, config.sparse_language)
     return Ensemble(specs, fingerprints, config.combine, encoder)
 
 

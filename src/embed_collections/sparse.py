@@ -3,7 +3,8 @@
 Documents get term-frequency weights saturated by (k, b, avg_len); queries get weight 1 per unique
 term; the store multiplies by IDF (the `bm25` sparse vector has Qdrant's IDF modifier), so the
 score is BM25 computed over the collection itself. Tokenisation: Qdrant's word tokenizer,
-lowercased, English Snowball stemming and English stop-words by default (`--sparse-language`).
+lowercased, with the Snowball stemmer and stop-words of `--sparse-language` (english by default;
+german, french, spanish, russian and the other Snowball languages work too).
 """
 
 from __future__ import annotations
