@@ -138,9 +138,7 @@ def test_unsupported_layouts_are_refused_and_auto_uses_torch(tiny_models, tmp_pa
         RuntimeBackend(weighted, "onnx").load("cpu")
     assert resolve_backend(layer_norm, "auto", "cpu") == "torch"
     record = json.loads(
-        (
-            fresh_exports / fingerprint_folder(layer_norm.path) / "check-onnx.json"
-        ).read_text()
+        (fresh_exports / fingerprint_folder(layer_norm.path) / "check-onnx.json").read_text()
     )
     assert not record["passed"] and "LayerNorm" in record["reason"]
 
