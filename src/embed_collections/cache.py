@@ -15,6 +15,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,15 +97,23 @@ class EmbeddingCache:
     def missing(self, fingerprint: str, digests: Iterable[bytes]) -> list[bytes]:
         """The digests (in the order given) that have no vector for this model yet."""
         wanted = list(digests)
-        present: set[bytes] = set()
-        for part in chunked(wanted, LOOKUP_CHUNK):
+        present = self.lookup(fingerprint, wanted, "tokens")
+        return [d for d in wanted if d not in present]
+
+    def lookup(self, fingerprint: str, digests: list[bytes], column: str) -> dict[bytes, Any]:
+        """digest -> `column` (value or tokens) for the digests this model has, in batches."""
+        if column not in ("value", "tokens"):
+            raise ValueError(f"unknown cache column {column}")
+        found: dict[bytes, Any] = {}
+        for part in chunked(list(dict.fromkeys(digests)), LOOKUP_CHUNK):
             marks = ",".join("?" * len(part))
             rows = self.db.execute(
-                f"SELECT digest FROM vectors WHERE fingerprint = ? AND digest IN ({marks})",
+                f"SELECT digest, {column} FROM vectors "
+                f"WHERE fingerprint = ? AND digest IN ({marks})",
                 (fingerprint, *part),
             )
-            present.update(row[0] for row in rows)
-        return [d for d in wanted if d not in present]
+            found.update(rows)
+        return found
 
     def put_many(
         self,
@@ -135,14 +144,7 @@ class EmbeddingCache:
 
     def get_many(self, fingerprint: str, digests: list[bytes]) -> list[bytes]:
         """Raw values for the digests, in order; a missing one is a CacheError."""
-        found: dict[bytes, bytes] = {}
-        for part in chunked(list(dict.fromkeys(digests)), LOOKUP_CHUNK):
-            marks = ",".join("?" * len(part))
-            rows = self.db.execute(
-                f"SELECT digest, value FROM vectors WHERE fingerprint = ? AND digest IN ({marks})",
-                (fingerprint, *part),
-            )
-            found.update(rows)
+        found = self.lookup(fingerprint, digests, "value")
         absent = [d for d in digests if d not in found]
         if absent:
             raise CacheError(
@@ -166,15 +168,7 @@ class EmbeddingCache:
 
     def token_counts(self, fingerprint: str, digests: list[bytes]) -> dict[bytes, int]:
         """Token counts recorded when the texts were embedded (for truncation statistics)."""
-        counts: dict[bytes, int] = {}
-        for part in chunked(list(dict.fromkeys(digests)), LOOKUP_CHUNK):
-            marks = ",".join("?" * len(part))
-            rows = self.db.execute(
-                f"SELECT digest, tokens FROM vectors WHERE fingerprint = ? AND digest IN ({marks})",
-                (fingerprint, *part),
-            )
-            counts.update(rows)
-        return counts
+        return self.lookup(fingerprint, digests, "tokens")
 
 
 def chunked(items: list, size: int) -> Iterator[list]:
