@@ -166,9 +166,9 @@ def test_devices_do_not_block_each_other(tmp_path: Path) -> None:
             assert other.events[0].wait_seconds < 0.5
 
 
-def test_lock_file_names_and_default_dir() -> None:
-    lease = DeviceLease("m", "cuda:0/x", lease_dir=Path("/tmp/l"))
-    assert lease.lock_path == Path("/tmp/l/cuda_0_x.lock")
+def test_lock_file_names_and_default_dir(tmp_path: Path) -> None:
+    lease = DeviceLease("m", "cuda:0/x", lease_dir=tmp_path)
+    assert lease.lock_path == tmp_path / "cuda_0_x.lock"
     assert default_lease_dir().parts[-2:] == ("embed-collections", "leases")
 
 
