@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -30,6 +31,17 @@ class Chunk:
     doc_id: str
     source_file: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        """What the chunk's Qdrant point carries: the chunk itself and a hash of its text."""
+        return {
+            "text": self.text,
+            "chunk_id": self.chunk_id,
+            "doc_id": self.doc_id,
+            "source_file": self.source_file,
+            "metadata": self.metadata,
+            "content_sha256": hashlib.sha256(self.text.encode("utf-8")).hexdigest(),
+        }
 
 
 @dataclass(frozen=True)

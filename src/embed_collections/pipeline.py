@@ -475,17 +475,7 @@ def build_batch(
         for fp, dim in zip(ensemble.fingerprints, dims)
     ]
     dense = combine_vectors(per_model, ensemble.weights, ensemble.combine, names)
-    payloads = [
-        {
-            "text": c.text,
-            "chunk_id": c.chunk_id,
-            "doc_id": c.doc_id,
-            "source_file": c.source_file,
-            "metadata": c.metadata,
-            "content_sha256": d.hex(),
-        }
-        for c, d in zip(chunks, digests)
-    ]
+    payloads = [chunk.payload() for chunk in chunks]
     sparse = {}
     if ensemble.sparse:
         sparse = {

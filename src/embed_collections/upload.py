@@ -22,6 +22,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from embed_collections.chunks import Chunk
 from embed_collections.errors import ArchiveError, UsageError
 from embed_collections.stores.base import PointBatch, Store, VectorLayout
 
@@ -336,8 +337,7 @@ def load_collection(export: ExportSource, folder: str, store: Store, recreate: b
 def _payload(text: str, meta: dict) -> dict[str, Any]:
     """The payload the pipeline stores, rebuilt from the export."""
     fields = {key: meta[key] for key in ("chunk_id", "doc_id", "source_file", "metadata")}
-    sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return {"text": text, **fields, "content_sha256": sha256}
+    return Chunk(text=text, **fields).payload()
 
 
 def _sparse_rows(
