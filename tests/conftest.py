@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,6 +46,31 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     return packaged_minilm_dir()
+
+
+@dataclass
+class Result:
+    """Exit code and output of one CLI invocation."""
+
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(args: list[Any], cwd: Path, env: dict[str, str] | None = None) -> Result:
+    """Run `python -m embed_collections ARGS` in a child process, offline, off Kaggle."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    full_env.pop("KAGGLE_KERNEL_RUN_TYPE", None)
+    full_env.update(env or {})
+    done = subprocess.run(
+        [sys.executable, "-m", "embed_collections", *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return Result(done.returncode, done.stdout, done.stderr)
 
 
 def write_chunks(path: Path, texts: list[str], stem_ids: bool = True) -> Path:

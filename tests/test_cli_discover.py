@@ -3,40 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import write_chunks
+from conftest import Result, run_cli, write_chunks
 
 from embed_collections.cli import cli
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
 def discover(*args: Any, cwd: Path) -> Result:
     """Run `python -m embed_collections discover ARGS` in a child process."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("KAGGLE_KERNEL_RUN_TYPE", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "embed_collections", "discover", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return Result(done.returncode, done.stdout, done.stderr)
+    return run_cli(["discover", *args], cwd)
 
 
 @pytest.fixture(scope="module")

@@ -8,22 +8,18 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 import shutil
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import write_chunks
+from conftest import Result, run_cli, write_chunks
 from qdrant_edge import EdgeShard, ScrollRequest
 
 from embed_collections.cli import main
@@ -74,13 +70,6 @@ RESULT_KEYS = [
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - (DEBUG|INFO|WARNING|ERROR) - .*$")
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
 def invoke(args: list[Any]) -> Result:
     """Run the CLI in this process through `main()` (its error mapping included)."""
     out, err = io.StringIO(), io.StringIO()
@@ -95,17 +84,7 @@ def invoke(args: list[Any]) -> Result:
 
 def run_subprocess(args: list[Any], cwd: Path, env: dict[str, str] | None = None) -> Result:
     """Run `python -m embed_collections` in a child process, offline."""
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    full_env.update(env or {})
-    done = subprocess.run(
-        [sys.executable, "-m", "embed_collections", *map(str, args)],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return Result(done.returncode, done.stdout, done.stderr)
+    return run_cli(args, cwd, env)
 
 
 def write_corpus(root: Path, corpus: dict[str, dict[str, list[str]]] = CORPUS) -> Path:
