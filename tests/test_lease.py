@@ -166,7 +166,8 @@ def test_devices_do_not_block_each_other(tmp_path: Path) -> None:
             assert other.events[0].wait_seconds < 0.5
 
 
-def test_lock_file_names_and_default_dir(tmp_path: Path) -> None:
+def test_lock_file_names_and_default_dir(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("EMBED_COLLECTIONS_CACHE_HOME", raising=False)
     lease = DeviceLease("m", "cuda:0/x", lease_dir=tmp_path)
     assert lease.lock_path == tmp_path / "cuda_0_x.lock"
     assert default_lease_dir().parts[-2:] == ("embed-collections", "leases")

@@ -16,9 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import platformdirs
-
 from embed_collections.errors import LeaseTimeoutError
+from embed_collections.models import user_cache_home
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +48,8 @@ class LeaseEvent:
 
 
 def default_lease_dir() -> Path:
-    """Return the per-user folder holding the device lock files."""
-    return Path(platformdirs.user_cache_dir("embed-collections")) / "leases"
+    """Return the per-user folder holding the device lock files (shared by every run)."""
+    return user_cache_home() / "leases"
 
 
 def _uses_cuda(device: str) -> bool:
