@@ -132,7 +132,7 @@ def embed_pending(
     ) as lease:
         telemetry.lease_wait_seconds = events[-1].wait_seconds if events else 0.0
         with Timer() as load_timer:
-            backend = create_backend(spec, backend_name(options, spec), options.dtype)
+            backend = create_backend(spec, telemetry.backend, options.dtype)
             backend.load(options.device)
             lease.hold(backend)
         telemetry.loads = 1
