@@ -38,8 +38,9 @@ def model_only_seconds(backend, texts: list[str], batch_size: int) -> float:
 def measure(model_name: str, texts: list[str], dtype: str, batch_size: int) -> dict:
     from embed_collections.backends import SentenceTransformerBackend
     from embed_collections.cache import EmbeddingCache, text_digest
-    from embed_collections.embedding import EngineOptions, embed_pending, model_fingerprint
-    from embed_collections.models import resolve_model
+    from embed_collections.embedding import embed_pending
+    from embed_collections.engine_options import EngineOptions
+    from embed_collections.models import model_fingerprint, resolve_model
 
     spec = resolve_model(model_name)
     with tempfile.TemporaryDirectory() as tmp:
@@ -48,7 +49,7 @@ def measure(model_name: str, texts: list[str], dtype: str, batch_size: int) -> d
             lease_dir=Path(tmp) / "leases",
         ).resolved()  # fmt: skip
         with EmbeddingCache(Path(tmp) / "cache.sqlite") as cache:
-            fingerprint = model_fingerprint(spec, options)
+            fingerprint = model_fingerprint(spec, options.backend, options.dtype)
             by_digest = {text_digest(t): t for t in texts}
             telemetry = embed_pending(spec, fingerprint, by_digest, cache, options, [])
     backend = SentenceTransformerBackend(spec, dtype)

@@ -14,8 +14,9 @@ from conftest import write_chunks
 from embed_collections.backends import SentenceTransformerBackend
 from embed_collections.cache import EmbeddingCache, text_digest
 from embed_collections.config import RunConfig
-from embed_collections.embedding import EngineOptions, embed_pending, model_fingerprint
-from embed_collections.models import resolve_model
+from embed_collections.embedding import embed_pending
+from embed_collections.engine_options import EngineOptions
+from embed_collections.models import model_fingerprint, resolve_model
 from embed_collections.pipeline import run
 
 TEXTS = [
@@ -39,8 +40,12 @@ def options(tmp_path, **changes):
     return EngineOptions(**settings).resolved()
 
 
+def fingerprint_for(spec, opts):
+    return model_fingerprint(spec, opts.backend, opts.dtype)
+
+
 def embed(spec, texts, cache, opts):
-    fingerprint = model_fingerprint(spec, opts)
+    fingerprint = fingerprint_for(spec, opts)
     by_digest = {text_digest(t): t for t in texts}
     events = []
     telemetry = embed_pending(spec, fingerprint, by_digest, cache, opts, events)
@@ -60,7 +65,7 @@ def test_packaged_minilm_matches_sentence_transformers_encode(tmp_path, minilm_d
     )
     assert cosines.min() >= 0.9999
     assert telemetry.chunks_embedded == len(TEXTS)
-    assert telemetry.truncated_chunks == 0 or telemetry.truncated_tokens > 0
+    assert telemetry.truncated_chunks == telemetry.truncated_tokens == 0  # all under 256 tokens
     assert [e.event_type for e in events] == ["acquire", "release"]
     assert 0 < telemetry.tokens_embedded <= telemetry.padded_tokens
 
@@ -116,12 +121,25 @@ def test_cached_texts_load_no_model_and_changed_text_embeds_alone(
 
 def test_fingerprint_separates_settings_that_change_vectors(tmp_path, tiny_models):
     spec = resolve_model(str(tiny_models["tiny32"]))
-    base = model_fingerprint(spec, options(tmp_path))
-    assert base == model_fingerprint(spec, options(tmp_path, batch_size=8))
-    assert base != model_fingerprint(spec, options(tmp_path, dtype="bfloat16"))
-    assert base != model_fingerprint(
+    base = fingerprint_for(spec, options(tmp_path))
+    assert base == fingerprint_for(spec, options(tmp_path, batch_size=8))
+    assert base != fingerprint_for(spec, options(tmp_path, dtype="bfloat16"))
+    assert base != fingerprint_for(spec, options(tmp_path, backend="onnx"))
+    assert base != fingerprint_for(
         resolve_model(str(tiny_models["tiny32"]), max_seq_length=64), options(tmp_path)
     )
+
+
+def test_truncation_is_counted_per_chunk_and_token(tmp_path, tiny_models):
+    spec = resolve_model(str(tiny_models["tiny32"]), max_seq_length=16)
+    reference = SentenceTransformerBackend(spec, "float32")
+    reference.load("cpu")
+    counts = reference.token_counts(TEXTS)
+    assert any(c > 16 for c in counts) and any(c <= 16 for c in counts)
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache:
+        _, telemetry, _ = embed(spec, TEXTS, cache, options(tmp_path))
+    assert telemetry.truncated_chunks == sum(1 for c in counts if c > 16)
+    assert telemetry.truncated_tokens == sum(c - 16 for c in counts if c > 16)
 
 
 def corpus(root, duplicates=True):
@@ -161,7 +179,7 @@ def test_killed_run_resumes_embedding_only_what_is_missing(tmp_path, tiny_models
         from pathlib import Path
         from embed_collections.backends import SentenceTransformerBackend
         from embed_collections.config import RunConfig
-        from embed_collections.embedding import EngineOptions
+        from embed_collections.engine_options import EngineOptions
         from embed_collections.pipeline import run
 
         original = SentenceTransformerBackend.embed

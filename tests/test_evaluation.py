@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from embed_collections.config import RunConfig
-from embed_collections.embedding import EngineOptions
+from embed_collections.engine_options import EngineOptions
 from embed_collections.errors import UsageError
 from embed_collections.evaluation import (
     CORPUS_CHUNK_FILE,

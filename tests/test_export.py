@@ -18,7 +18,7 @@ from conftest import write_chunks
 
 from embed_collections import export
 from embed_collections.config import SUMMARY_FILE, RunConfig
-from embed_collections.embedding import EngineOptions
+from embed_collections.engine_options import EngineOptions
 from embed_collections.ensemble import combine_vectors
 from embed_collections.errors import ArchiveError, UsageError
 from embed_collections.pipeline import run

@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from embed_collections import runtimes
-from embed_collections.backends import SentenceTransformerBackend, create_backend
+from embed_collections import preflight, runtimes
+from embed_collections.backends import SentenceTransformerBackend
 from embed_collections.cache import EmbeddingCache, text_digest
-from embed_collections.embedding import EngineOptions, embed_pending, model_fingerprint
+from embed_collections.embedding import embed_pending
+from embed_collections.engine_options import EngineOptions
 from embed_collections.errors import ModelError, UsageError
-from embed_collections.models import fingerprint_folder, resolve_model
-from embed_collections.runtimes import RuntimeBackend, cosines, resolve_backend
+from embed_collections.models import fingerprint_folder, model_fingerprint, resolve_model
+from embed_collections.preflight import decide_backends, resolve_backend
+from embed_collections.runtimes import RuntimeBackend, cosines, create_backend
 
 LONG = " ".join(
     f"Section {i}: Docling parses tables, figures and reading order." for i in range(40)
@@ -179,7 +181,7 @@ def test_auto_picks_a_checked_runtime_on_cpu_and_caches_the_check(minilm, monkey
     def must_not_check(*args):
         raise AssertionError("the agreement check ran again")
 
-    monkeypatch.setattr(runtimes, "measure_agreement", must_not_check)
+    monkeypatch.setattr(preflight, "measure_agreement", must_not_check)
     assert resolve_backend(minilm, "auto", "cpu") == expected
     assert resolve_backend(minilm, "auto", "cuda") == "torch"
     assert resolve_backend(minilm, "auto", "cpu", dtype="bfloat16") == "torch"
@@ -188,7 +190,7 @@ def test_auto_picks_a_checked_runtime_on_cpu_and_caches_the_check(minilm, monkey
 def test_auto_falls_back_when_the_check_fails(minilm, fresh_exports, monkeypatch, caplog):
     need("onnx")
     failing = {"passed": False, "min_cosine": 0.5, "mean_cosine": 0.7}
-    monkeypatch.setattr(runtimes, "measure_agreement", lambda spec, runtime: failing)
+    monkeypatch.setattr(preflight, "measure_agreement", lambda spec, runtime: failing)
     with caplog.at_level(logging.WARNING, logger="embed_collections"):
         assert resolve_backend(minilm, "auto", "cpu") == "torch"
     assert "differs from torch (min cosine 0.500000); auto uses torch" in caplog.text
@@ -196,7 +198,7 @@ def test_auto_falls_back_when_the_check_fails(minilm, fresh_exports, monkeypatch
         shutil.rmtree(fresh_exports)
         only_onnx = {"passed": True, "min_cosine": 1.0, "mean_cosine": 1.0}
         checks = {"openvino": failing, "onnx": only_onnx}
-        monkeypatch.setattr(runtimes, "measure_agreement", lambda spec, runtime: checks[runtime])
+        monkeypatch.setattr(preflight, "measure_agreement", lambda spec, runtime: checks[runtime])
         assert resolve_backend(minilm, "auto", "cpu") == "onnx"
 
 
@@ -221,22 +223,29 @@ def test_backend_requests_are_checked():
         RuntimeBackend(resolve_model("minilm"), "onnx").load("cuda")
 
 
-def test_engine_resolves_auto_per_model_and_fingerprints_it(tiny_models, tmp_path):
+def test_preflight_decides_auto_per_model_and_fingerprints_it(tiny_models, tmp_path, caplog):
     need("onnx")
     spec = resolve_model(str(tiny_models["tiny48"]))
     settings = dict(device="cpu", show_progress=False, lease_dir=tmp_path / "leases")
-    auto = EngineOptions(**settings).resolved()
+    requested = EngineOptions(**settings).resolved()
+    with caplog.at_level(logging.INFO, logger="embed_collections"):
+        [decided] = decide_backends([spec], requested)
+    assert decided in runtimes.RUNTIMES
+    assert f"backend {decided} (auto, checked against torch: cosine " in caplog.text
+    auto = EngineOptions(**settings, backend=decided).resolved()
     torch_only = EngineOptions(**settings, backend="torch").resolved()
-    assert model_fingerprint(spec, auto) != model_fingerprint(spec, torch_only)
+    assert model_fingerprint(spec, decided, "float32") != model_fingerprint(
+        spec, "torch", "float32"
+    )
     by_digest = {text_digest(t): t for t in TEXTS}
     with EmbeddingCache(tmp_path / "cache.sqlite") as cache:
         vectors = {}
         for options in (auto, torch_only):
-            fingerprint = model_fingerprint(spec, options)
+            fingerprint = model_fingerprint(spec, options.backend, options.dtype)
             telemetry = embed_pending(spec, fingerprint, by_digest, cache, options, [])
             assert telemetry.chunks_embedded == len(TEXTS)
             vectors[telemetry.backend] = cache.get_vectors(fingerprint, list(by_digest), 48)
-    assert set(vectors) == {runtimes.resolve_backend(spec, "auto", "cpu"), "torch"}
+    assert set(vectors) == {decided, "torch"}
     assert min(cosines(*vectors.values())) >= 0.9999
 
 

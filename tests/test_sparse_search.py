@@ -12,7 +12,7 @@ import pytest
 from conftest import write_chunks
 
 from embed_collections.config import RunConfig
-from embed_collections.embedding import EngineOptions
+from embed_collections.engine_options import EngineOptions
 from embed_collections.errors import UsageError
 from embed_collections.pipeline import run
 from embed_collections.search import search_collection

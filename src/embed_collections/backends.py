@@ -130,15 +130,3 @@ class SentenceTransformerBackend:
 
     def unload(self) -> None:
         self.model = None
-
-
-def create_backend(spec: ModelSpec, backend: str = "torch", dtype: str | None = None) -> Backend:
-    """The backend for a model: torch (sentence-transformers), or onnx / openvino [-int8] on CPU.
-
-    `auto` means torch here; the engine resolves it per model first (runtimes.resolve_backend).
-    """
-    if backend in ("auto", "torch"):
-        return SentenceTransformerBackend(spec, dtype)
-    from embed_collections.runtimes import RuntimeBackend
-
-    return RuntimeBackend(spec, backend)  # a ModelError naming the choices for unknown names

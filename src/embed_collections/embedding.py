@@ -7,82 +7,21 @@ on padding) and batched; an out-of-memory error halves the batch and retries it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 
-from tqdm import tqdm
-
-from embed_collections.backends import (
-    create_backend,
-    default_device,
-    default_dtype,
-    is_out_of_memory,
-)
+from embed_collections.backends import is_out_of_memory
 from embed_collections.cache import EmbeddingCache
+from embed_collections.engine_options import EngineOptions
 from embed_collections.errors import ModelError
 from embed_collections.lease import DeviceLease, LeaseEvent
-from embed_collections.models import ModelSpec, fingerprint_folder
-from embed_collections.runtimes import resolve_backend
+from embed_collections.models import ModelSpec
+from embed_collections.progress import Progress
+from embed_collections.runtimes import create_backend
 from embed_collections.telemetry import ModelTelemetry, Timer
 
 log = logging.getLogger(__name__)
 
 TOKENIZE_CHUNK = 4096  # texts tokenised per call, to bound memory on huge pending sets
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """How models run: device, precision, backend, batching, lease and progress settings."""
-
-    device: str = ""
-    dtype: str = ""
-    backend: str = "auto"
-    quantize: str = ""
-    batch_size: int = 0
-    lease_dir: Path | None = None
-    lease_timeout: float = 600.0
-    check_interval: float = 30.0
-    show_progress: bool = True
-
-    def resolved(self) -> EngineOptions:
-        """Fill device-dependent defaults: cuda if present, fp16 there, batch 128 vs 32 on CPU."""
-        device = self.device or default_device()
-        return EngineOptions(
-            device=device,
-            dtype=self.dtype or default_dtype(device),
-            backend=self.backend,
-            quantize=self.quantize,
-            batch_size=self.batch_size or (128 if device.startswith("cuda") else 32),
-            lease_dir=self.lease_dir,
-            lease_timeout=self.lease_timeout,
-            check_interval=self.check_interval,
-            show_progress=self.show_progress,
-        )
-
-
-def backend_name(options: EngineOptions, spec: ModelSpec | None = None) -> str:
-    """The concrete backend (`auto` resolved per model: torch on CUDA, a checked runtime on CPU)."""
-    return resolve_backend(spec, options.backend, options.device, options.quantize, options.dtype)
-
-
-def model_fingerprint(spec: ModelSpec, options: EngineOptions, content_hash: str = "") -> str:
-    """Identity of a model's vectors: weights, prefix, length, truncation, dtype and backend.
-
-    Anything that changes the numbers changes the fingerprint, so vectors never mix in the cache.
-    """
-    identity = {
-        "content": content_hash or fingerprint_folder(spec.path),
-        "document_prefix": spec.settings.document_prefix,
-        "max_seq_length": spec.settings.max_seq_length,
-        "truncate_dim": spec.settings.truncate_dim,
-        "dtype": options.dtype,
-        "backend": backend_name(options, spec),
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def weights_size(spec: ModelSpec) -> int:
@@ -107,7 +46,7 @@ def embed_pending(
         model=spec.name,
         fingerprint=fingerprint,
         device=options.device,
-        backend=backend_name(options, spec),
+        backend="torch" if options.backend == "auto" else options.backend,  # decided in preflight
         dtype=options.dtype,
         dim=cache.model_dim(fingerprint) or spec.dim or 0,
         max_seq_length=cache.model_info(fingerprint).get("max_seq_length")
@@ -182,14 +121,7 @@ def run_batches(
     order = sorted(range(len(inputs)), key=lambda i: -counts[i])  # longest first: OOM shows early
     batch_size = options.batch_size
     done = 0
-    with tqdm(
-        total=len(order),
-        desc=spec.slug,
-        unit="chunk",
-        file=sys.stderr,
-        disable=None if options.show_progress else True,
-        dynamic_ncols=True,
-    ) as bar:
+    with Progress(len(order), spec.slug, "chunk", options.show_progress) as bar:
         while done < len(order):
             rows = order[done : done + batch_size]
             try:

@@ -19,10 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from embed_collections.config import RunConfig, load_saved_config, write_json_atomic
+from embed_collections.atomic import write_bytes_atomic, write_json_atomic
+from embed_collections.config import RunConfig
 from embed_collections.errors import EmbedCollectionsError, UsageError
 from embed_collections.metrics import evaluate_run
 from embed_collections.pipeline import run as run_pipeline
+from embed_collections.record import read_run_record
 from embed_collections.search import (
     SEARCH_MODES,
     QueryEncoder,
@@ -195,10 +197,7 @@ def write_corpus_chunks(dataset: BeirDataset, path: Path) -> bool:
     content = json.dumps(records, ensure_ascii=False).encode("utf-8")
     if path.is_file() and path.read_bytes() == content:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_bytes(content)
-    temp.replace(path)
+    write_bytes_atomic(path, content)
     return True
 
 
@@ -248,8 +247,8 @@ def evaluate_beir(
             f"Indexing the BEIR corpus failed: {summary.failed_collections[dataset.name]}"
         )
 
-    saved = load_saved_config(config.output_dir)
-    encoder = QueryEncoder.from_saved(saved, device=config.engine.device)
+    record = read_run_record(config.output_dir)
+    encoder = QueryEncoder.from_record(record, device=config.engine.device)
     texts = list(queries.values())
     started = time.perf_counter()
     encoder = precompute_queries(encoder, texts, chosen)
@@ -262,10 +261,10 @@ def evaluate_beir(
         collection=dataset.name,
         corpus_size=len(dataset.corpus),
         query_count=len(queries),
-        models=[m["name"] for m in saved["models"]],
-        combine=saved["combine"],
-        weights=[m["weight"] for m in saved["models"]],
-        sparse=saved.get("sparse"),
+        models=[model.name for model in record.models],
+        combine=record.combine,
+        weights=record.weights,
+        sparse=record.sparse.kind if record.sparse else None,
         fusion=fusion,
         rrf_k=rrf_k,
         index_seconds=index_seconds,
@@ -279,7 +278,7 @@ def evaluate_beir(
     )
     qrels = {qid: dataset.qrels[qid] for qid in queries}
     corpus_ids = list(dataset.corpus)
-    store = open_run_store(saved, config.qdrant_api_key)
+    store = open_run_store(record, config.qdrant_api_key)
     try:
         for mode in chosen:
             started = time.perf_counter()

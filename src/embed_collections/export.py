@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 import zipfile
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from string import Template
@@ -20,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embed_collections import upload as reading
-from embed_collections.config import SUMMARY_FILE, write_json_atomic
+from embed_collections.atomic import write_json_atomic, write_text_atomic
+from embed_collections.config import SUMMARY_FILE
 from embed_collections.errors import ArchiveError
 from embed_collections.stores.base import PointBatch, VectorLayout
 from embed_collections.summary import CollectionResult, RunSummary
@@ -29,7 +31,7 @@ from embed_collections.upload import MANIFEST_FILE, STATS_SUFFIX, ManifestEntry,
 if TYPE_CHECKING:
     from embed_collections.chunks import Chunk
     from embed_collections.config import RunConfig
-    from embed_collections.pipeline import Ensemble
+    from embed_collections.record import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +70,9 @@ class CollectionExporter:
     """
 
     def __init__(
-        self, output_dir: Path, collection: str, ensemble: Ensemble, layout: VectorLayout
+        self, output_dir: Path, collection: str, record: RunRecord, layout: VectorLayout
     ) -> None:
-        self.collection, self.ensemble, self.layout = collection, ensemble, layout
+        self.collection, self.record, self.layout = collection, record, layout
         self.directory = Path(output_dir) / collection
         self.started = time.perf_counter()
         self.count = self.sparse_rows = 0
@@ -174,8 +176,8 @@ class CollectionExporter:
 
     def stats(self, result: CollectionResult) -> dict[str, Any]:
         """The `<collection>_stats.json` content."""
-        ensemble, layout, count = self.ensemble, self.layout, self.count
-        models = ensemble.describe()
+        record, layout, count = self.record, self.layout, self.count
+        models = [asdict(model) for model in record.models]
         counts = {"points": count, "sparse_vectors": self.sparse_rows, "chunk_files": result.files}
         for key in ("unique_texts", "records", "skipped_records", "duplicate_ids"):
             counts[key] = getattr(result, key)
@@ -187,9 +189,9 @@ class CollectionExporter:
             "created": datetime.now().isoformat(),
             "counts": counts,
             "dimension": layout.dense[""] if set(layout.dense) == {""} else dict(layout.dense),
-            "combine": ensemble.combine,
+            "combine": record.combine,
             "models": models,
-            "weights": ensemble.weights,
+            "weights": record.weights,
             "prefixes": {
                 m["name"]: {"document": m["document_prefix"], "query": m["query_prefix"]}
                 for m in models
@@ -200,7 +202,7 @@ class CollectionExporter:
             },
             "timings": timings,
             "layout": layout.to_json(),
-            "sparse": ensemble.sparse.describe() if ensemble.sparse else None,
+            "sparse": asdict(record.sparse) if record.sparse else None,
             "files": self.files,
         }
 
@@ -242,9 +244,8 @@ def finish_export(config: RunConfig, summary: RunSummary) -> Path | None:
         paths += [f"{relative}/{file}" for file in listed_files(stats["files"])]
     entries = [file_entry(output_dir, path) for path in paths]
     compression = config.zip_compression if config.create_zip else "none"
-    temp = output_dir / f".{MANIFEST_FILE}.tmp"
-    temp.write_text(reading.render_manifest(entries, stamp.isoformat(), compression), "utf-8")
-    os.replace(temp, output_dir / MANIFEST_FILE)
+    manifest = reading.render_manifest(entries, stamp.isoformat(), compression)
+    write_text_atomic(output_dir / MANIFEST_FILE, manifest)
     log.info("Manifest of %d files written to %s", len(entries), output_dir / MANIFEST_FILE)
     return create_archive(archive, entries, compression) if config.create_zip else None
 

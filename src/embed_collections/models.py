@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from embed_collections.atomic import write_text_atomic
 from embed_collections.errors import ModelError, UsageError
 
 log = logging.getLogger(__name__)
@@ -274,10 +275,7 @@ def fingerprint_folder(path: Path) -> str:
         return memo.read_text().strip()
     value = hash_folder_content(path)
     try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        staging = memo.with_name(f".{memo.name}.{os.getpid()}")
-        staging.write_text(value)
-        staging.replace(memo)
+        write_text_atomic(memo, value)
     except OSError:  # a read-only cache only costs the re-hash next time
         log.debug("cannot remember the hash of %s in %s", path, memo.parent)
     return value
@@ -320,3 +318,20 @@ def resolve_ensemble(
         resolve_model(n, model_cache_dir, w, trust_remote_code, max_seq_length, truncate_dim)
         for n, w in zip(names, weights)
     ]
+
+
+def model_fingerprint(spec: ModelSpec, backend: str, dtype: str, content_hash: str = "") -> str:
+    """Identity of a model's vectors: weights, prefix, length, truncation, dtype and backend.
+
+    Anything that changes the numbers changes the fingerprint, so vectors never mix in the cache.
+    `backend` is the one preflight decided; this only hashes.
+    """
+    identity = {
+        "content": content_hash or fingerprint_folder(spec.path),
+        "document_prefix": spec.settings.document_prefix,
+        "max_seq_length": spec.settings.max_seq_length,
+        "truncate_dim": spec.settings.truncate_dim,
+        "dtype": dtype,
+        "backend": backend,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()

@@ -13,27 +13,37 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
 from embed_collections import sparse as sparse_vectors
+from embed_collections.atomic import write_json_atomic
 from embed_collections.cache import EmbeddingCache, text_digest
 from embed_collections.chunks import Chunk, LoadedCollection, load_collection
-from embed_collections.config import (
-    LOG_FILE,
-    RUN_CONFIG_FILE,
-    SUMMARY_FILE,
-    RunConfig,
-    saved_config,
-    write_json_atomic,
-)
+from embed_collections.config import LOG_FILE, SUMMARY_FILE, RunConfig
 from embed_collections.discovery import discover_collections, filter_collections, find_chunk_files
-from embed_collections.embedding import embed_pending, model_fingerprint
+from embed_collections.embedding import embed_pending
 from embed_collections.ensemble import check_combine, combine_vectors, combined_dims, vector_names
 from embed_collections.errors import EmbedCollectionsError, StoreError
+from embed_collections.export import CollectionExporter, finish_export
 from embed_collections.lease import LeaseEvent
-from embed_collections.models import ModelSpec, fingerprint_folder, resolve_ensemble
+from embed_collections.models import (
+    ModelSpec,
+    fingerprint_folder,
+    model_fingerprint,
+    resolve_ensemble,
+)
+from embed_collections.preflight import decide_backends
+from embed_collections.progress import Progress
+from embed_collections.record import (
+    EngineRecord,
+    ModelRecord,
+    RunRecord,
+    SparseRecord,
+    StoreRecord,
+    write_run_record,
+)
 from embed_collections.stores import PointBatch, Store, VectorLayout
 from embed_collections.stores.open import open_store, point_id
 from embed_collections.summary import (
@@ -57,6 +67,7 @@ class Ensemble:
     specs: list[ModelSpec]
     fingerprints: list[str]
     combine: str
+    backends: list[str]
     sparse: sparse_vectors.SparseEncoder | None = None
     telemetry: dict[str, ModelTelemetry] = field(default_factory=dict)
 
@@ -75,23 +86,50 @@ class Ensemble:
         sparse = (sparse_vectors.VECTOR_NAME,) if self.sparse else ()
         return VectorLayout(combined_dims(self.combine, self.specs, dims), sparse)  # type: ignore[arg-type]
 
-    def describe(self) -> list[dict]:
-        return [
-            {
-                "name": spec.name,
-                "path": str(spec.path),
-                "source": spec.source,
-                "weight": spec.weight,
-                "dim": spec.dim,
-                "document_prefix": spec.settings.document_prefix,
-                "query_prefix": spec.settings.query_prefix,
-                "max_seq_length": spec.settings.max_seq_length,
-                "truncate_dim": spec.settings.truncate_dim,
-                "fingerprint": fp,
-                "vector_name": name if self.combine == "named" else "",
-            }
-            for spec, fp, name in zip(self.specs, self.fingerprints, vector_names(self.specs))
-        ]
+    def models(self, dtype: str) -> tuple[ModelRecord, ...]:
+        """The models as the run record keeps them."""
+        names = vector_names(self.specs)
+        return tuple(
+            ModelRecord(
+                name=spec.name,
+                path=str(spec.path),
+                source=spec.source,
+                weight=spec.weight,
+                dim=spec.dim,
+                document_prefix=spec.settings.document_prefix,
+                query_prefix=spec.settings.query_prefix,
+                max_seq_length=spec.settings.max_seq_length,
+                truncate_dim=spec.settings.truncate_dim,
+                fingerprint=fingerprint,
+                backend=backend,
+                dtype=dtype,
+                vector_name=name if self.combine == "named" else "",
+            )
+            for spec, fingerprint, backend, name in zip(
+                self.specs, self.fingerprints, self.backends, names
+            )
+        )
+
+    def record(self, config: RunConfig, layout: VectorLayout | None) -> RunRecord:
+        """What this run is, as `run_config.json` keeps it (no secrets)."""
+        engine = config.engine
+        sparse = SparseRecord(**self.sparse.describe()) if self.sparse else None
+        return RunRecord(
+            chunked_dir=str(config.chunked_dir),
+            models=self.models(engine.dtype),
+            combine=self.combine,
+            layout=layout,
+            sparse=sparse,
+            store=StoreRecord(
+                config.qdrant_url, None if config.qdrant_url else str(config.store_path)
+            ),
+            cache=str(config.embedding_cache_path),
+            model_cache_dir=str(config.model_cache_dir) if config.model_cache_dir else None,
+            trust_remote_code=config.trust_remote_code,
+            engine=EngineRecord(
+                engine.device, engine.dtype, engine.backend, engine.quantize, engine.batch_size
+            ),
+        )
 
 
 def prepare_ensemble(config: RunConfig) -> Ensemble:
@@ -105,12 +143,16 @@ def prepare_ensemble(config: RunConfig) -> Ensemble:
         config.truncate_dim,
     )
     check_combine(config.combine, [s.dim for s in specs], [s.name for s in specs])
+    backends = decide_backends(specs, config.engine)
     hashes = {spec.path: fingerprint_folder(spec.path) for spec in specs}
-    fingerprints = [model_fingerprint(s, config.engine, hashes[s.path]) for s in specs]
+    fingerprints = [
+        model_fingerprint(spec, backend, config.engine.dtype, hashes[spec.path])
+        for spec, backend in zip(specs, backends)
+    ]
     encoder = None
     if config.sparse:
         encoder = sparse_vectors.create_encoder(config.sparse, config.sparse_language)
-    return Ensemble(specs, fingerprints, config.combine, encoder)
+    return Ensemble(specs, fingerprints, config.combine, backends, encoder)
 
 
 @contextmanager
@@ -153,7 +195,7 @@ def check_store_layouts(
     clashes = []
     for name in names:
         existing = store.layout(name)
-        if existing is not None and existing != layout:
+        if existing is not None and not existing.matches(layout):
             clashes.append(f'"{name}" has {existing.describe()}')
     if clashes:
         raise StoreError(
@@ -195,22 +237,21 @@ def run_logged(config: RunConfig) -> RunSummary:
         try:
             if store is not None:
                 check_store_layouts(store, list(selected), ensemble.layout(cache), config.recreate)
-            for wave in load_waves(selected, config, summary):
-                process_wave(wave, ensemble, cache, store, config, summary)
+            with Progress(
+                len(selected), "store", "collection", config.engine.show_progress, "point"
+            ) as progress:
+                for wave in load_waves(selected, config, summary):
+                    process_wave(wave, ensemble, cache, store, config, summary, progress)
         finally:
             if store is not None:
                 store.close()
         layout = ensemble.layout(cache)
-        saved = saved_config(config, ensemble.describe(), layout.to_json() if layout else {})
-        saved["sparse_settings"] = ensemble.sparse.describe() if ensemble.sparse else None
-        write_json_atomic(config.output_dir / RUN_CONFIG_FILE, saved)
+        write_run_record(config.output_dir, ensemble.record(config, layout))
     summary.extra.update(run_extras(config, ensemble, layout, time.perf_counter() - started))
     summary.extra["skipped_records"] = sum(r.skipped_records for r in summary.results.values())
     summary.extra["file_errors"] = sum(len(r.file_errors) for r in summary.results.values())
     write_json_atomic(config.output_dir / SUMMARY_FILE, summary.to_json())
     if config.export:
-        from embed_collections.export import finish_export
-
         finish_export(config, summary)
     log_processing_summary(summary)
     return summary
@@ -282,15 +323,17 @@ def process_wave(
     store: Store | None,
     config: RunConfig,
     summary: RunSummary,
+    progress: Progress | None = None,
 ) -> None:
     """Embed a wave's unique texts model by model, then combine and store each collection."""
     texts = {text_digest(c.text): c.text for loaded in wave for c in loaded.chunks}
     missing_before = {fp: set(cache.missing(fp, texts)) for fp in ensemble.fingerprints}
     events_by_model: dict[str, list[LeaseEvent]] = {}
     wave_telemetry: dict[str, ModelTelemetry] = {}
-    for spec, fingerprint in zip(ensemble.specs, ensemble.fingerprints):
+    for spec, fingerprint, backend in zip(ensemble.specs, ensemble.fingerprints, ensemble.backends):
         events: list[LeaseEvent] = []
-        telemetry = embed_pending(spec, fingerprint, texts, cache, config.engine, events)
+        options = replace(config.engine, backend=backend, quantize="")  # decided in preflight
+        telemetry = embed_pending(spec, fingerprint, texts, cache, options, events)
         events_by_model[spec.name] = events
         wave_telemetry[spec.name] = telemetry
         if spec.name in ensemble.telemetry:
@@ -309,6 +352,8 @@ def process_wave(
             log.debug("Collection %s failed", loaded.name, exc_info=True)
             summary.failed_collections[loaded.name] = f"{error}"
             log.error("❌ Failed collection %s: %s", loaded.name, error)
+            if progress is not None:
+                progress.update(1, 0)
             continue
         digests = {text_digest(c.text) for c in loaded.chunks}
         for spec, fp in zip(ensemble.specs, ensemble.fingerprints):
@@ -320,6 +365,8 @@ def process_wave(
         result.processing_time = round(time.perf_counter() - started + share, 3)
         summary.results[loaded.name] = result
         log_collection_completion(result)
+        if progress is not None:
+            progress.update(1, len(loaded.chunks))
 
 
 def embed_share(
@@ -380,10 +427,10 @@ def store_collection(
     with ExitStack() as stack:
         exporter = None
         if config.export:
-            from embed_collections.export import CollectionExporter
-
             exporter = stack.enter_context(
-                CollectionExporter(config.output_dir, loaded.name, ensemble, layout)
+                CollectionExporter(
+                    config.output_dir, loaded.name, ensemble.record(config, layout), layout
+                )
             )
         for start in range(0, len(chunks), config.upload_batch_size):
             part = chunks[start : start + config.upload_batch_size]
@@ -430,7 +477,7 @@ def is_unchanged(
     Checked without opening the collection (the store's layout record must still be there), so
     an unchanged re-run over hundreds of collections costs milliseconds each.
     """
-    return cache.recall(state_key) == signature and store.layout(collection) == layout
+    return cache.recall(state_key) == signature and layout.matches(store.layout(collection))
 
 
 def prune_and_finish(

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from embed_collections.errors import EmbedCollectionsError, ModelError, UsageError
+from embed_collections.backends import Backend, SentenceTransformerBackend
+from embed_collections.errors import EmbedCollectionsError, ModelError
 from embed_collections.models import ModelSpec, fingerprint_folder, user_cache_home
 
 log = logging.getLogger(__name__)
@@ -156,8 +157,6 @@ def export_onnx(spec: ModelSpec, folder: Path) -> dict:
     return the manifest. Loaded without the run's overrides, so one export serves every
     --max-seq-length and --truncate-dim."""
     import torch
-
-    from embed_collections.backends import SentenceTransformerBackend
 
     plain = replace(spec, settings=replace(spec.settings, max_seq_length=None, truncate_dim=None))
     reference = SentenceTransformerBackend(plain, "float32")
@@ -367,70 +366,11 @@ def cosines(a: np.ndarray, b: np.ndarray) -> list[float]:
     return [float(c) for c in np.sum(a * b, axis=1) / norms]
 
 
-def measure_agreement(spec: ModelSpec, runtime: str) -> dict:
-    """Cosines of a runtime's vectors to torch fp32 on CHECK_TEXTS; a refused model fails."""
-    from embed_collections.backends import SentenceTransformerBackend
+def create_backend(spec: ModelSpec, backend: str = "torch", dtype: str | None = None) -> Backend:
+    """The backend for a model: torch (sentence-transformers), or onnx / openvino [-int8] on CPU.
 
-    try:
-        candidate = RuntimeBackend(spec, runtime)
-        candidate.load("cpu")
-        ours = candidate.embed(list(CHECK_TEXTS))
-    except ModelError as error:
-        return {"passed": False, "reason": str(error)}
-    reference = SentenceTransformerBackend(spec, "float32")
-    reference.load("cpu")
-    values = cosines(ours, reference.embed(list(CHECK_TEXTS)))
-    passed = min(values) >= LOSSLESS_COSINE
-    return {"passed": passed, "min_cosine": min(values), "mean_cosine": float(np.mean(values))}
-
-
-def runtime_agrees(spec: ModelSpec, runtime: str) -> bool:
-    """The once-per-model check that a runtime reproduces torch fp32, cached with the export."""
-    record_file = export_root() / fingerprint_folder(spec.path) / f"check-{runtime}.json"
-    version = importlib.metadata.version(RUNTIMES[runtime])
-    record = json.loads(record_file.read_text()) if record_file.exists() else {}
-    if record.get("runtime_version") != version:  # checked again when the runtime changes
-        record = {**measure_agreement(spec, runtime), "runtime_version": version}
-        record_file.parent.mkdir(parents=True, exist_ok=True)
-        staging = record_file.with_name(f".{record_file.name}.{os.getpid()}")
-        staging.write_text(json.dumps(record, indent=2))
-        staging.replace(record_file)  # atomic: a concurrent reader sees the old or the new
-        low = record.get("min_cosine", 0)
-        problem = record.get("reason") or f"{runtime} differs from torch (min cosine {low:.6f})"
-        if not record["passed"]:
-            log.warning(
-                "%s: %s; auto uses torch (delete %s to check again)",
-                *(spec.name, problem, record_file),
-            )
-    return bool(record["passed"])
-
-
-def resolve_backend(
-    spec: ModelSpec | None, backend: str, device: str, quantize: str = "", dtype: str = ""
-) -> str:
-    """The concrete backend (torch, onnx, openvino, onnx-int8 or openvino-int8) for a request.
-    `auto`: torch on accelerators; on CPU the first installed runtime of AUTO_ORDER that passed
-    the one-time agreement check for this model, else torch (without a spec, no check is made)."""
-    cpu, fp32 = (device or "cpu").startswith("cpu"), dtype in ("", "float32")
-    explicit = backend in RUNTIMES
-    misplaced = bool(quantize) and (backend == "torch" or not cpu or not fp32)
-    problems = (
-        (quantize not in ("", "int8"), f"--quantize {quantize} is not supported (choose int8)"),
-        (backend not in ("auto", "torch", *RUNTIMES), f"Unknown backend {backend} (see --help)"),
-        (explicit and not cpu, f"--backend {backend} runs on CPU only (use torch on {device})"),
-        (explicit and not fp32, f"--backend {backend} runs float32 only (drop --dtype {dtype})"),
-        (misplaced, "--quantize int8 needs CPU, float32 and --backend onnx, openvino or auto"),
-        (quantize and not runtime_installed("onnx"), "--quantize int8 needs onnxruntime installed"),
-    )
-    for problem in (problem for found, problem in problems if found):
-        raise UsageError(problem)
-    if explicit:
-        return backend + ("-int8" if quantize else "")
-    if backend == "torch" or not cpu or not fp32:
-        return "torch"  # auto on an accelerator, or in a precision only torch runs
-    if quantize:
-        return next(r for r in INT8_ORDER if runtime_installed(r)) + "-int8"
-    installed = [runtime for runtime in AUTO_ORDER if runtime_installed(runtime)]
-    if spec is None:
-        return installed[0] if installed else "torch"
-    return next((runtime for runtime in installed if runtime_agrees(spec, runtime)), "torch")
+    Pass a decided backend (`preflight.decide_backends`); `auto` means torch here.
+    """
+    if backend in ("auto", "torch"):
+        return SentenceTransformerBackend(spec, dtype)
+    return RuntimeBackend(spec, backend)  # a ModelError naming the choices for unknown names

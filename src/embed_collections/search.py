@@ -4,18 +4,18 @@ mode, query prefixes) and search the run's store, dense, sparse or fused."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from embed_collections import sparse as sparse_vectors
-from embed_collections.backends import create_backend, default_device, default_dtype
-from embed_collections.config import load_saved_config
+from embed_collections.backends import default_device, default_dtype
 from embed_collections.ensemble import combine_vectors
 from embed_collections.errors import UsageError
 from embed_collections.models import ModelSettings, ModelSpec, locate_model
+from embed_collections.record import RunRecord, read_run_record
+from embed_collections.runtimes import create_backend
 from embed_collections.stores import Hit, SearchQuery, Store
 from embed_collections.stores.open import open_store
 
@@ -36,35 +36,36 @@ class QueryEncoder:
     device: str = ""
 
     @classmethod
-    def from_saved(cls, saved: dict[str, Any], device: str = "") -> QueryEncoder:
+    def from_record(cls, record: RunRecord, device: str = "") -> QueryEncoder:
+        """The encoder for a run: its models (found again if moved), weights, prefixes, sparse."""
+        model_cache_dir = Path(record.model_cache_dir) if record.model_cache_dir else None
         specs = []
-        for model in saved["models"]:
-            path = Path(model["path"])
+        for model in record.models:
+            path = Path(model.path)
             if not path.is_dir():
-                path = locate_model(model["name"], None)[0]
+                path = locate_model(model.name, model_cache_dir)[0]
             settings = ModelSettings(
-                document_prefix=model["document_prefix"],
-                query_prefix=model["query_prefix"],
-                max_seq_length=model["max_seq_length"],
-                truncate_dim=model["truncate_dim"],
+                document_prefix=model.document_prefix,
+                query_prefix=model.query_prefix,
+                max_seq_length=model.max_seq_length,
+                truncate_dim=model.truncate_dim,
             )
             specs.append(
                 ModelSpec(
-                    name=model["name"],
+                    name=model.name,
                     path=path,
                     source="saved run",
                     settings=settings,
-                    weight=model["weight"],
-                    dim=model["dim"],
-                    trust_remote_code=saved.get("trust_remote_code", False),
+                    weight=model.weight,
+                    dim=model.dim,
+                    trust_remote_code=record.trust_remote_code,
                 )
             )
         sparse = None
-        if saved.get("sparse"):
-            sparse_settings = saved.get("sparse_settings") or {"kind": saved["sparse"]}
-            sparse = sparse_vectors.create_encoder(**sparse_settings)
-        names = [m.get("vector_name") or "" for m in saved["models"]]
-        return cls(specs, saved["combine"], names, sparse, device)
+        if record.sparse:
+            sparse = sparse_vectors.create_encoder(**asdict(record.sparse))
+        names = [model.vector_name for model in record.models]
+        return cls(specs, record.combine, names, sparse, device)
 
     def dense(self, queries: list[str], batch_size: int = 64) -> dict[str, np.ndarray]:
         """Combined dense query vectors (vector name -> Q x D); models load one at a time."""
@@ -123,16 +124,15 @@ def build_queries(
     return queries
 
 
-def open_run_store(saved: dict[str, Any], api_key: str | None = None) -> Store:
-    """The store a saved run wrote to."""
-    store = saved["store"]
-    path = Path(store["path"]) if store.get("path") else None
-    return open_store(store.get("url"), path, api_key)
+def open_run_store(record: RunRecord, api_key: str | None = None) -> Store:
+    """The store a run wrote to."""
+    path = Path(record.store.path) if record.store.path else None
+    return open_store(record.store.url, path, api_key)
 
 
-def default_mode(saved: dict[str, Any]) -> str:
+def default_mode(record: RunRecord) -> str:
     """hybrid when the run stored sparse vectors, else dense."""
-    return "hybrid" if saved.get("sparse") else "dense"
+    return "hybrid" if record.sparse else "dense"
 
 
 def search_collection(
@@ -146,16 +146,18 @@ def search_collection(
     api_key: str | None = None,
 ) -> list[Hit]:
     """Search one collection of an earlier run for one query text."""
-    saved = load_saved_config(output_dir)
-    encoder = QueryEncoder.from_saved(saved)
-    store = open_run_store(saved, api_key)
+    record = read_run_record(output_dir)
+    encoder = QueryEncoder.from_record(record)
+    store = open_run_store(record, api_key)
     try:
         available = store.collections()
         if collection not in available:
             raise UsageError(
                 f'Unknown collection "{collection}". Available: {", ".join(sorted(available))}'
             )
-        queries = build_queries(encoder, [query], mode or default_mode(saved), top_k, fusion, rrf_k)
+        queries = build_queries(
+            encoder, [query], mode or default_mode(record), top_k, fusion, rrf_k
+        )
         return store.search(collection, queries)[0]
     finally:
         store.close()

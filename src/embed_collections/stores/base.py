@@ -28,6 +28,12 @@ class VectorLayout:
         sparse = ", ".join(self.sparse)
         return f"dense{{{dense}}}, sparse[{sparse}]"
 
+    def matches(self, other: VectorLayout | None) -> bool:
+        """True when points of one layout fit a collection of the other (sparse order aside)."""
+        if other is None:
+            return False
+        return self.dense == other.dense and sorted(self.sparse) == sorted(other.sparse)
+
     def to_json(self) -> dict[str, Any]:
         return {"dense": dict(self.dense), "sparse": list(self.sparse)}
 

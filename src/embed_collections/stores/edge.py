@@ -36,6 +36,7 @@ from qdrant_edge import (
     UpdateOperation,
 )
 
+from embed_collections.atomic import write_json_atomic
 from embed_collections.errors import StoreError
 from embed_collections.stores.base import Hit, PointBatch, SearchQuery, SparseVec, VectorLayout
 
@@ -153,15 +154,7 @@ class EdgeStore:
         return shard
 
     def _write_layout(self, collection: str, layout: VectorLayout) -> None:
-        target = self._layout_file(collection)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{collection}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(layout.to_json(), handle)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json_atomic(self._layout_file(collection), layout.to_json())
 
     def _drop(self, collection: str) -> None:
         """Delete a collection's shard and sidecar, after taking its lock (so never in use)."""
@@ -217,7 +210,7 @@ class EdgeStore:
             self._drop(collection)
         existing = self.layout(collection)
         if existing is not None:
-            if existing.dense != layout.dense or sorted(existing.sparse) != sorted(layout.sparse):
+            if not existing.matches(layout):
                 raise StoreError(
                     f'Collection "{collection}" exists with {existing.describe()} but this run '
                     f"needs {layout.describe()} (use --recreate to replace it)"

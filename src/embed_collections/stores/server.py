@@ -198,7 +198,7 @@ class ServerStore:
         """Create the collection, or check it matches `layout` (StoreError naming both if not)."""
         existing = self.layout(collection)
         if existing is not None and not recreate:
-            if existing.dense != layout.dense or sorted(existing.sparse) != sorted(layout.sparse):
+            if not existing.matches(layout):
                 raise StoreError(
                     f'Collection "{collection}" exists with {existing.describe()} but this run '
                     f"needs {layout.describe()} (use --recreate to replace it)"
