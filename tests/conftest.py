@@ -12,8 +12,13 @@ from typing import Any
 
 import pytest
 
+import embed_collections
 from embed_collections.tiny_model import build_tiny_model
 
+# Child processes must import the package under test, not another installed copy (a relative
+# PYTHONPATH=src means nothing in a child started in tmp_path).
+PACKAGE_ROOT = str(Path(embed_collections.__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")])
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -50,27 +55,50 @@ def minilm_dir() -> Path:
 
 @dataclass
 class Result:
-    """Exit code and output of one CLI invocation."""
+    """Exit code and output of one CLI invocation (`modules`: heavy ones it imported)."""
 
     code: int
     out: str
     err: str
+    modules: frozenset[str] = frozenset()
 
 
-def run_cli(args: list[Any], cwd: Path, env: dict[str, str] | None = None) -> Result:
-    """Run `python -m embed_collections ARGS` in a child process, offline, off Kaggle."""
+HEAVY_MODULES = ("torch", "sentence_transformers", "transformers", "onnxruntime", "openvino")
+# Runs the CLI's main() and reports, on stderr's last line, which HEAVY_MODULES it imported.
+DRIVER = f"""
+import json, sys
+from embed_collections.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exit_:
+    code = exit_.code
+loaded = [name for name in {HEAVY_MODULES!r} if name in sys.modules]
+print("MODULES " + json.dumps(loaded), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def run_cli(
+    args: list[Any], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> Result:
+    """Run the CLI (`embed-collections ARGS`) in a child process, offline, off Kaggle.
+
+    The one subprocess CLI helper of the suite; `timeout` only stops a hung child.
+    """
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     full_env.pop("KAGGLE_KERNEL_RUN_TYPE", None)
     full_env.update(env or {})
     done = subprocess.run(
-        [sys.executable, "-m", "embed_collections", *map(str, args)],
+        [sys.executable, "-c", DRIVER, *map(str, args)],
         cwd=cwd,
         env=full_env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
-    return Result(done.returncode, done.stdout, done.stderr)
+    err, _, report = done.stderr.rpartition("MODULES ")
+    modules = frozenset(json.loads(report)) if report else frozenset()
+    return Result(done.returncode, done.stdout, err if report else done.stderr, modules)
 
 
 def write_chunks(path: Path, texts: list[str], stem_ids: bool = True) -> Path:

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import write_chunks
+from conftest import Result, run_cli, write_chunks
 
 from embed_collections import export
 from embed_collections.config import SUMMARY_FILE, RunConfig
@@ -363,31 +363,26 @@ def test_unknown_collection_is_a_usage_error(concat_run, tmp_path):
         upload_export(archive_of(concat_run[0]), EdgeStore(tmp_path / "e"), ["Gamma"])
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "embed_collections", "upload", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def cli(*args: str) -> Result:
+    return run_cli(["upload", *args], Path.cwd())
 
 
 def test_upload_cli_loads_and_reports_counts(concat_run, tmp_path):
     archive = archive_of(concat_run[0])
     done = cli(str(archive), "--qdrant-path", str(tmp_path / "q"), "--json")
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"Alpha": 10, "beta_docs": 11}
+    assert done.code == 0, done.err
+    assert json.loads(done.out) == {"Alpha": 10, "beta_docs": 11}
     done = cli(str(archive), "--qdrant-path", str(tmp_path / "q"), "--collections", "beta_docs")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[2].split() == ["beta_docs", "11"]
+    assert done.code == 0, done.err
+    assert done.out.split("\n")[2].split() == ["beta_docs", "11"]
 
 
 def test_upload_cli_bad_archive_is_one_line_error(concat_run, tmp_path):
     cut = tmp_path / "cut.zip"
     cut.write_bytes(archive_of(concat_run[0]).read_bytes()[:-50])
     done = cli(str(cut), "--qdrant-path", str(tmp_path / "q"))
-    assert done.returncode == 1
-    assert done.stderr.startswith("Error: ") and done.stderr.count("\n") == 1
-    assert "Traceback" not in done.stderr and "cut.zip" in done.stderr
+    assert done.code == 1
+    assert done.err.startswith("Error: ") and done.err.count("\n") == 1
+    assert "Traceback" not in done.err and "cut.zip" in done.err
     done = cli(str(cut))
-    assert done.returncode == 2 and "--qdrant-path" in done.stderr
+    assert done.code == 2 and "--qdrant-path" in done.err

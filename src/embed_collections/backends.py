@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,8 +36,17 @@ class Backend(Protocol):
     def unload(self) -> None: ...
 
 
+def gpu_driver_present() -> bool:
+    """False only where CUDA surely cannot work: Linux without NVIDIA or ROCm device files."""
+    if not sys.platform.startswith("linux"):
+        return True  # no cheap test elsewhere: ask torch
+    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/kfd").exists()
+
+
 def default_device() -> str:
-    """cuda when a GPU is usable, else cpu."""
+    """cuda when a GPU is usable, else cpu; torch (seconds to import) only asked on GPU hosts."""
+    if not gpu_driver_present():
+        return "cpu"
     try:
         import torch
 
