@@ -12,10 +12,12 @@ import click
 
 from embed_collections.cli_options import (
     ListOptionCommand,
+    discovery_options,
     engine_options,
     ensemble_options,
     ensemble_settings,
     quiet_option,
+    server_options,
     split_list,
     verbose_option,
 )
@@ -92,8 +94,7 @@ def render_table(headers: list[str], rows: list[list[object]]) -> str:
 
 @cli.command()
 @click.argument("chunked_dir", required=False, type=click.Path(path_type=Path))
-@click.option("--pattern", default="*_chunks.json", show_default=True, help="Chunk file glob.")
-@click.option("--max-depth", default=5, show_default=True, help="Deepest level searched.")
+@discovery_options
 @click.option(
     "--stats", is_flag=True, help="Also load every collection and count chunks and problems."
 )
@@ -171,8 +172,7 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
     is_flag=True,
     help="Accepted for the seed's scripts; exclusive (one model at a time) is the only mode.",
 )
-@click.option("--qdrant-url", envvar="QDRANT_URL", help="Qdrant server URL (env QDRANT_URL).")
-@click.option("--qdrant-api-key", envvar="QDRANT_API_KEY", help="API key (env QDRANT_API_KEY).")
+@server_options
 @click.option("--qdrant-host", "--qdrant_host", "qdrant_host", help="Server host (seed spelling).")
 @click.option("--qdrant-port", "--qdrant_port", "qdrant_port", type=int, help="Server port.")
 @click.option(
@@ -205,8 +205,7 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
     default="deflated",
     show_default=True,
 )
-@click.option("--pattern", default="*_chunks.json", show_default=True, help="Chunk file glob.")
-@click.option("--max-depth", default=5, show_default=True, help="Deepest level searched.")
+@discovery_options
 @click.option(
     "--wave-size",
     default=50_000,
@@ -226,7 +225,7 @@ def run(**options):
     Exit codes: 0 all collections succeeded, 3 some failed (summary written),
     1 nothing could be done, 2 usage error.
     """
-    from embed_collections.config import RunConfig, default_paths, detect_environment
+    from embed_collections.config import SUMMARY_FILE, RunConfig, default_paths, detect_environment
     from embed_collections.pipeline import run as run_pipeline
 
     setup_logging(options["verbose"], options["quiet"])
@@ -276,7 +275,7 @@ def run(**options):
             if name not in summary.results
         ]
         click.echo(render_table(["collection", "chunks", "points", "status"], rows))
-        click.echo(f"\nSummary: {config.output_dir / 'embedding_summary_v6.json'}")
+        click.echo(f"\nSummary: {config.output_dir / SUMMARY_FILE}")
     return summary.exit_code
 
 
@@ -458,8 +457,7 @@ def eval_command(**options):
 
 @cli.command(cls=ListOptionCommand)
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--qdrant-url", envvar="QDRANT_URL", help="Qdrant server URL (env QDRANT_URL).")
-@click.option("--qdrant-api-key", envvar="QDRANT_API_KEY", help="API key (env QDRANT_API_KEY).")
+@server_options
 @click.option(
     "--qdrant-path",
     type=click.Path(path_type=Path),

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from embed_collections.discovery import CHUNK_FILE_PATTERN, MAX_DISCOVERY_DEPTH
+
 # Options that take several values. The seed spelled them argparse-style
 # (`--ensemble_models a b c`); click wants one value per option, so such runs are rewritten to
 # `--ensemble_models a,b,c` before parsing.
@@ -81,6 +83,25 @@ def stack(*decorators):
         return function
 
     return apply
+
+
+# Where collections are found (`discover`, `run`).
+discovery_options = stack(
+    click.option(
+        "--pattern", default=CHUNK_FILE_PATTERN, show_default=True, help="Chunk file glob."
+    ),
+    click.option(
+        "--max-depth",
+        default=MAX_DISCOVERY_DEPTH,
+        show_default=True,
+        help="Deepest level searched.",
+    ),
+)
+# A Qdrant server and its key (`run`, `upload`).
+server_options = stack(
+    click.option("--qdrant-url", envvar="QDRANT_URL", help="Qdrant server URL (env QDRANT_URL)."),
+    click.option("--qdrant-api-key", envvar="QDRANT_API_KEY", help="API key (env QDRANT_API_KEY)."),
+)
 
 
 # Options shared by every command that embeds (`run`, `eval`): which models, and how they run.
@@ -174,7 +195,7 @@ engine_options = stack(
 
 def ensemble_settings(options: dict) -> dict:
     """The RunConfig fields that `ensemble_options` and `engine_options` set."""
-    from embed_collections.embedding import EngineOptions
+    from embed_collections.engine_options import EngineOptions
     from embed_collections.models import DEFAULT_ENSEMBLE_MODELS
 
     return dict(
