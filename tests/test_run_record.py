@@ -7,6 +7,7 @@ notebook cell); later commands read its record back.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 
 import pytest
@@ -56,6 +57,34 @@ def test_progress_lines_reach_a_piped_stderr_and_the_log(exported_run):
     log = (out / "embedding_v6.log").read_text(encoding="utf-8")
     assert line in log and "chunks/s" in log
     assert "tiny32: backend torch (--backend torch)" in log
+
+
+class Collect(logging.Handler):
+    """Keeps the messages it is given (independent of the CLI's propagate setting)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_progress_off_a_terminal_logs_about_every_tenth():
+    logger, collect = logging.getLogger("embed_collections.progress"), Collect()
+    logger.addHandler(collect)
+    logger.setLevel(logging.INFO)
+    try:
+        with Progress(100, "model", "chunk", terminal=False, rate_unit="point") as bar:
+            for _ in range(20):
+                bar.update(5, 50, seconds=0.5)
+    finally:
+        logger.removeHandler(collect)
+        logger.setLevel(logging.NOTSET)
+    lines = collect.messages
+    assert len(lines) == 10
+    assert lines[0].startswith("model: 10/100 chunks (10%), 100.0 points/s, ETA ")
+    assert lines[-1] == "model: 100/100 chunks (100%), 100.0 points/s"
 
 
 def test_quiet_hides_progress(tmp_path):

@@ -353,7 +353,7 @@ def process_wave(
             summary.failed_collections[loaded.name] = f"{error}"
             log.error("❌ Failed collection %s: %s", loaded.name, error)
             if progress is not None:
-                progress.update(1, 0)
+                progress.update(1, 0, time.perf_counter() - started)
             continue
         digests = {text_digest(c.text) for c in loaded.chunks}
         for spec, fp in zip(ensemble.specs, ensemble.fingerprints):
@@ -366,7 +366,7 @@ def process_wave(
         summary.results[loaded.name] = result
         log_collection_completion(result)
         if progress is not None:
-            progress.update(1, len(loaded.chunks))
+            progress.update(1, len(loaded.chunks), time.perf_counter() - started)
 
 
 def embed_share(

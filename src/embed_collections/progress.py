@@ -36,8 +36,9 @@ class Progress:
         self.total, self.label, self.unit, self.rate_unit = total, label, unit, rate_unit
         self.done = 0
         self.measured = 0  # what the rate counts: `unit`, or `rate_unit` when given
+        self.active: float | None = None  # seconds spent on the work, when the caller times it
         self.started = self.last_time = time.monotonic()
-        self.last_fraction = 0.0
+        self.last_done = 0
         on_terminal = sys.stderr.isatty() if terminal is None else terminal
         self.bar: Any = None
         self.lines = enabled and not on_terminal
@@ -55,26 +56,30 @@ class Progress:
     ) -> None:
         self.close()
 
-    def update(self, count: int, measured: int | None = None) -> None:
-        """Record `count` more units done (`measured` more of `rate_unit`, if it has one)."""
+    def update(self, count: int, measured: int | None = None, seconds: float | None = None) -> None:
+        """Record `count` more units done (`measured` more of `rate_unit`, if it has one).
+
+        `seconds`: time this work took, when other work runs in between (the rate uses the sum).
+        """
         self.done += count
         self.measured += count if measured is None else measured
+        if seconds is not None:
+            self.active = (self.active or 0.0) + seconds
         if self.bar is not None:
             self.bar.update(count)
             return
         if not self.lines or not self.total:
             return
         now = time.monotonic()
-        fraction = self.done / self.total
-        step = fraction - self.last_fraction >= LINE_STEP
+        step = self.done - self.last_done >= self.total * LINE_STEP
         if step or now - self.last_time >= LINE_SECONDS or self.done >= self.total:
-            self.last_fraction, self.last_time = fraction, now
+            self.last_done, self.last_time = self.done, now
             log.info("%s", self.line(now))
 
     def line(self, now: float) -> str:
         """`all-MiniLM-L6-v2: 320/1000 chunks (32%), 41.2 chunks/s, ETA 17s`."""
         elapsed = max(now - self.started, 1e-9)
-        rate = self.measured / elapsed
+        rate = self.measured / max(elapsed if self.active is None else self.active, 1e-9)
         text = f"{self.label}: {self.done}/{self.total} {self.unit}s ({self.done / self.total:.0%})"
         text += f", {rate:.1f} {self.rate_unit or self.unit}s/s"
         if self.done < self.total and self.done:
