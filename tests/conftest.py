@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 
 import embed_collections
+from embed_collections.cli import main
 from embed_collections.tiny_model import build_tiny_model
 
 # Child processes must import the package under test, not another installed copy (a relative
@@ -76,6 +79,19 @@ loaded = [name for name in {HEAVY_MODULES!r} if name in sys.modules]
 print("MODULES " + json.dumps(loaded), file=sys.stderr)
 sys.exit(code)
 """
+
+
+def invoke(args: list[Any]) -> Result:
+    """Run the CLI in this process through `main()` (its error mapping included); stderr is not
+    a terminal here."""
+    out, err = io.StringIO(), io.StringIO()
+    code: Any = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exit_:
+            code = exit_.code
+    return Result(code if isinstance(code, int) else 1, out.getvalue(), err.getvalue())
 
 
 def run_cli(

@@ -3,9 +3,7 @@ tiny models, its output read back by a fresh reader of the store, the summary an
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import math
 import re
@@ -18,10 +16,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Result, run_cli, write_chunks
+from conftest import invoke, run_cli, write_chunks
 from qdrant_edge import EdgeShard, ScrollRequest
 
-from embed_collections.cli import main
 from embed_collections.stores.edge import EdgeStore
 from embed_collections.stores.open import point_id
 
@@ -67,18 +64,6 @@ RESULT_KEYS = [
     "processing_time",
 ]
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - (DEBUG|INFO|WARNING|ERROR) - .*$")
-
-
-def invoke(args: list[Any]) -> Result:
-    """Run the CLI in this process through `main()` (its error mapping included)."""
-    out, err = io.StringIO(), io.StringIO()
-    code: Any = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as exit_:
-            code = exit_.code
-    return Result(code if isinstance(code, int) else 1, out.getvalue(), err.getvalue())
 
 
 def write_corpus(root: Path, corpus: dict[str, dict[str, list[str]]] = CORPUS) -> Path:

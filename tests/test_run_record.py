@@ -1,7 +1,7 @@
 """The run record (`run_config.json`), a CLI that starts without torch, and progress off a terminal.
 
-One real run of a tiny model through the CLI in a child process (stderr is a pipe there, as in a
-notebook cell); later commands read its record back.
+One real run of a tiny model through the CLI (stderr is not a terminal there, as in a notebook
+cell); later commands, some in child processes, read its record back.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 from dataclasses import replace
 
 import pytest
-from conftest import run_cli, write_chunks
+from conftest import invoke, run_cli, write_chunks
 
 from embed_collections.errors import UsageError
 from embed_collections.progress import Progress
@@ -31,7 +31,7 @@ def exported_run(tmp_path_factory, tiny_models):
         *("--models", tiny_models["tiny32"], "--device", "cpu", "--backend", "torch"),
         *("--batch-size", "4", "--lease-dir", root / "leases", "--no-index", "--export"),
     ]
-    result = run_cli(args, root, {"EMBED_COLLECTIONS_CACHE_HOME": str(root / "home")})
+    result = invoke(args)
     assert result.code == 0, result.err
     return root, root / "out", result, args
 
@@ -49,7 +49,7 @@ def test_run_writes_a_versioned_record_that_reads_back(exported_run, tiny_models
     assert record.store.path == str(out / "qdrant") and record.store.url is None
 
 
-def test_progress_lines_reach_a_piped_stderr_and_the_log(exported_run):
+def test_progress_lines_reach_stderr_off_a_terminal_and_the_log(exported_run):
     _, out, result, _ = exported_run
     line = "tiny32: 40/40 chunks (100%), "
     assert line in result.err
@@ -136,11 +136,24 @@ def test_a_damaged_or_old_record_is_a_one_line_usage_error(
     copy.mkdir()
     original = (out / RUN_RECORD_FILE).read_text()
     (copy / RUN_RECORD_FILE).write_text(damage(original))
-    result = run_cli(["search", "docs", "paragraph", "--output-dir", copy], tmp_path)
+    result = invoke(["search", "docs", "paragraph", "--output-dir", copy])
     assert result.code == 2
     lines = result.err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.err, result.err
     assert lines[0].startswith(f"Error: {copy / RUN_RECORD_FILE}") and expected in lines[0]
+
+
+def test_a_truncated_record_is_one_line_in_a_child_process_too(exported_run, tmp_path):
+    _, out, _, _ = exported_run
+    (tmp_path / RUN_RECORD_FILE).write_text((out / RUN_RECORD_FILE).read_text()[:100])
+    result = run_cli(["search", "docs", "paragraph", "--output-dir", tmp_path], tmp_path)
+    assert result.code == 2 and "Traceback" not in result.err
+    [line] = result.err.strip().splitlines()
+    assert line.startswith(f"Error: {tmp_path / RUN_RECORD_FILE} cannot be read (")
+    assert line.endswith(
+        "re-run `embed-collections run` with the same options to rewrite it "
+        "(cached vectors are reused)"
+    )
 
 
 def test_search_finds_a_moved_model_through_the_saved_model_cache_dir(tmp_path, tiny_models):
