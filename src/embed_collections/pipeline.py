@@ -12,7 +12,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +34,7 @@ from embed_collections.ensemble import check_combine, combine_vectors, combined_
 from embed_collections.errors import EmbedCollectionsError, StoreError
 from embed_collections.lease import LeaseEvent
 from embed_collections.models import ModelSpec, fingerprint_folder, resolve_ensemble
+from embed_collections.sinks import ExportSink, Sink, StoreSink, verified_count
 from embed_collections.stores import PointBatch, Store, VectorLayout
 from embed_collections.stores.open import open_store, point_id
 from embed_collections.summary import (
@@ -304,7 +305,7 @@ def process_wave(
         started = time.perf_counter()
         result = CollectionResult(name=loaded.name)
         try:
-            store_collection(loaded, ensemble, cache, store, layout, config, result)
+            store_collection(loaded, Targets(ensemble, cache, store, config), layout, result)
         except Exception as error:  # per-collection boundary: record and go on
             log.debug("Collection %s failed", loaded.name, exc_info=True)
             summary.failed_collections[loaded.name] = f"{error}"
@@ -338,68 +339,82 @@ def embed_share(
     return share
 
 
+@dataclass(frozen=True)
+class Targets:
+    """What every collection of a run is combined from and written to."""
+
+    ensemble: Ensemble
+    cache: EmbeddingCache
+    store: Store | None
+    config: RunConfig
+
+
 def store_collection(
     loaded: LoadedCollection,
-    ensemble: Ensemble,
-    cache: EmbeddingCache,
-    store: Store | None,
+    targets: Targets,
     layout: VectorLayout | None,
-    config: RunConfig,
     result: CollectionResult,
 ) -> None:
-    """Combine cached vectors and upsert them in batches; prune points no longer in the input."""
+    """Combine cached vectors and feed them in batches to the sinks (store, export).
+
+    The store is skipped only when it proves it already holds exactly this load (its marker
+    and its own count); otherwise it is reloaded, pruned to the input and counted again.
+    """
+    ensemble, cache, store, config = targets.ensemble, targets.cache, targets.store, targets.config
     chunks = loaded.chunks
+    record_loaded(loaded, ensemble, result)
+    if layout is None:
+        raise StoreError("the ensemble's vector dimensions are unknown (no model was loaded)")
+    result.truncated_chunks = count_truncated(chunks, ensemble, cache)
+    signature = load_signature(loaded, ensemble, layout)
+    sinks: list[Sink] = []
+    if store is not None:
+        held = None
+        if not config.recreate:
+            held = verified_count(store, loaded.name, layout, signature, len(chunk_ids(loaded)))
+        if held is not None:
+            log.info(
+                "%s holds exactly this input (%d points); store left as it is", loaded.name, held
+            )
+            result.points_in_store = held
+            result.qdrant_collection = loaded.name
+        else:
+            sinks.append(StoreSink.open(store, loaded.name, layout, signature, config))
+    if config.export:
+        sinks.append(ExportSink(config.output_dir, loaded.name, ensemble, layout))
+    if not sinks:
+        return
+    dims = ensemble.dims(cache)
+    names = vector_names(ensemble.specs)
+    try:
+        for start in range(0, len(chunks), config.upload_batch_size):
+            part = chunks[start : start + config.upload_batch_size]
+            batch = build_batch(loaded.name, part, ensemble, cache, dims, names)
+            for sink in sinks:
+                sink.add(part, batch)
+        for sink in sinks:
+            sink.finish(result)
+    except BaseException:
+        for sink in sinks:
+            sink.abort()
+        raise
+
+
+def record_loaded(loaded: LoadedCollection, ensemble: Ensemble, result: CollectionResult) -> None:
+    """Copy what loading the chunk files found into the collection's result."""
     result.models_executed = [spec.name for spec in ensemble.specs]
-    result.total_embeddings_generated = len(chunks)
+    result.total_embeddings_generated = len(loaded.chunks)
     result.files = loaded.stats.files
     result.records = loaded.stats.records
     result.skipped_records = loaded.stats.skipped_records
     result.duplicate_ids = loaded.stats.duplicate_ids
     result.file_errors = list(loaded.stats.file_errors)
-    result.unique_texts = len({c.text for c in chunks})
-    if layout is None:
-        raise StoreError("the ensemble's vector dimensions are unknown (no model was loaded)")
-    result.truncated_chunks = count_truncated(chunks, ensemble, cache)
-    dims = ensemble.dims(cache)
-    names = vector_names(ensemble.specs)
-    signature = load_signature(loaded, ensemble, layout)
-    state_key = f"loaded:{store.location if store else ''}:{loaded.name}"
-    if config.recreate:
-        cache.remember(state_key, "")
-    if store is not None and is_unchanged(store, loaded.name, layout, signature, state_key, cache):
-        log.info("%s is unchanged since it was last loaded; store left as it is", loaded.name)
-        result.points_in_store = len(chunks)
-        result.qdrant_collection = loaded.name
-        store = None  # nothing to write; an export below still gets its vectors
-        if not config.export:
-            return
-    if store is not None:
-        store.ensure_collection(loaded.name, layout, recreate=config.recreate)
-    previous = store.point_ids(loaded.name) if store is not None else set()
-    written: set[str] = set()
-    with ExitStack() as stack:
-        exporter = None
-        if config.export:
-            from embed_collections.export import CollectionExporter
+    result.unique_texts = len({c.text for c in loaded.chunks})
 
-            exporter = stack.enter_context(
-                CollectionExporter(config.output_dir, loaded.name, ensemble, layout)
-            )
-        for start in range(0, len(chunks), config.upload_batch_size):
-            part = chunks[start : start + config.upload_batch_size]
-            batch = build_batch(loaded.name, part, ensemble, cache, dims, names)
-            written.update(batch.ids)
-            if store is not None:
-                store.upsert(loaded.name, batch)
-            if exporter is not None:
-                exporter.add(part, batch)
-        if store is not None:
-            stale = previous - written
-            prune_and_finish(store, loaded.name, stale, config, result)
-            # only a store holding exactly these points may be skipped next time
-            cache.remember(state_key, "" if stale and config.keep_stale else signature)
-        if exporter is not None:
-            result.export_dir = str(exporter.finish(result))
+
+def chunk_ids(loaded: LoadedCollection) -> set[str]:
+    """The point ids this collection's chunks get."""
+    return {point_id(loaded.name, c.chunk_id) for c in loaded.chunks}
 
 
 def load_signature(loaded: LoadedCollection, ensemble: Ensemble, layout: VectorLayout) -> str:
@@ -415,35 +430,6 @@ def load_signature(loaded: LoadedCollection, ensemble: Ensemble, layout: VectorL
         fields = [chunk.chunk_id, chunk.doc_id, chunk.source_file, chunk.text, chunk.metadata]
         digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
     return digest.hexdigest()
-
-
-def is_unchanged(
-    store: Store,
-    collection: str,
-    layout: VectorLayout,
-    signature: str,
-    state_key: str,
-    cache: EmbeddingCache,
-) -> bool:
-    """True when the last successful load of this collection wrote these very points.
-
-    Checked without opening the collection (the store's layout record must still be there), so
-    an unchanged re-run over hundreds of collections costs milliseconds each.
-    """
-    return cache.recall(state_key) == signature and store.layout(collection) == layout
-
-
-def prune_and_finish(
-    store: Store, collection: str, stale_ids: set[str], config: RunConfig, result: CollectionResult
-) -> None:
-    """Delete points whose chunks left the input, count, then flush and index the collection."""
-    if stale_ids and not config.keep_stale:
-        store.delete(collection, sorted(stale_ids))
-        result.points_deleted = len(stale_ids)
-        log.info("Deleted %d stale points from %s", len(stale_ids), collection)
-    result.points_in_store = store.count(collection)
-    store.finish(collection, build_index=config.build_index)
-    result.qdrant_collection = collection
 
 
 def count_truncated(
