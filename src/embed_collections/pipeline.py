@@ -28,6 +28,7 @@ from embed_collections.config import (
     saved_config,
     write_json_atomic,
 )
+from embed_collections.dirlock import output_lock
 from embed_collections.discovery import discover_collections, filter_collections, find_chunk_files
 from embed_collections.embedding import embed_pending, model_fingerprint
 from embed_collections.ensemble import check_combine, combine_vectors, combined_dims, vector_names
@@ -173,14 +174,15 @@ def run(config: RunConfig) -> RunSummary:
             f"Cannot create output directory {config.output_dir}: {error.strerror or error} "
             "(choose another --output-dir)"
         ) from error
-    with file_log(config.output_dir / LOG_FILE):
+    with output_lock(config.output_dir, wait=config.wait), file_log(config.output_dir / LOG_FILE):
         return run_logged(config)
 
 
 def run_logged(config: RunConfig) -> RunSummary:
     started = time.perf_counter()
     log.info("Environment: %s", config.environment)
-    found = discover_collections(config.chunked_dir, config.pattern, config.max_depth)
+    unreadable: list[tuple[Path, str]] = []
+    found = discover_collections(config.chunked_dir, config.pattern, config.max_depth, unreadable)
     selected = filter_collections(found, list(config.collections) or None)
     with EmbeddingCache(config.embedding_cache_path) as cache:
         ensemble = prepare_ensemble(config)
@@ -192,6 +194,11 @@ def run_logged(config: RunConfig) -> RunSummary:
             environment=config.environment,
             ensemble_models=[spec.name for spec in ensemble.specs],
         )
+        for directory, reason in unreadable:
+            summary.failed_collections[directory.name] = (
+                f"Cannot read directory {directory}: {reason} (fix its permissions)"
+            )
+            summary.extra["file_errors"] = summary.extra.get("file_errors", 0) + 1
         store = open_run_store(config)
         try:
             if store is not None:
@@ -206,8 +213,8 @@ def run_logged(config: RunConfig) -> RunSummary:
         saved["sparse_settings"] = ensemble.sparse.describe() if ensemble.sparse else None
         write_json_atomic(config.output_dir / RUN_CONFIG_FILE, saved)
     summary.extra.update(run_extras(config, ensemble, layout, time.perf_counter() - started))
-    summary.extra["skipped_records"] = sum(r.skipped_records for r in summary.results.values())
-    summary.extra["file_errors"] = sum(len(r.file_errors) for r in summary.results.values())
+    summary.extra.setdefault("skipped_records", 0)
+    summary.extra.setdefault("file_errors", 0)
     write_json_atomic(config.output_dir / SUMMARY_FILE, summary.to_json())
     if config.export:
         from embed_collections.export import finish_export
@@ -255,13 +262,20 @@ def load_waves(
     wave: list[LoadedCollection] = []
     size = 0
     for name, directory in selected.items():
-        log_collection_header(name, len(find_chunk_files(directory, config.pattern)))
         try:
+            log_collection_header(name, len(find_chunk_files(directory, config.pattern)))
             loaded = load_collection(name, directory, config.pattern, config.chunked_dir)
         except Exception as error:  # per-collection boundary: record and go on
             log.debug("Loading %s failed", name, exc_info=True)
             summary.failed_collections[name] = f"{type(error).__name__}: {error}"
+            summary.extra["file_errors"] = summary.extra.get("file_errors", 0) + 1
             continue
+        summary.extra["file_errors"] = summary.extra.get("file_errors", 0) + len(
+            loaded.stats.file_errors
+        )
+        summary.extra["skipped_records"] = (
+            summary.extra.get("skipped_records", 0) + loaded.stats.skipped_records
+        )
         if loaded.stats.file_errors:
             summary.failed_collections[name] = "; ".join(loaded.stats.file_errors)
         if not loaded.chunks:

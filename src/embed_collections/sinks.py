@@ -12,6 +12,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
+
 from embed_collections.errors import ShardDamagedError, StoreError, StoreInUseError
 from embed_collections.stores.base import PointBatch, Store, VectorLayout
 from embed_collections.summary import CollectionResult
@@ -67,6 +69,19 @@ def verified_count(
     return count
 
 
+def check_finite(batch: PointBatch, owner: str) -> None:
+    """Refuse a batch holding NaN or infinite vectors: they would poison every search."""
+    for name, rows in batch.dense.items():
+        bad = ~np.isfinite(rows).all(axis=1) if len(rows) else np.zeros(0, dtype=bool)
+        if bad.any():
+            first = batch.ids[int(np.argmax(bad))]
+            raise StoreError(
+                f"{owner}: {int(bad.sum())} vectors{f' {name!r}' if name else ''} hold NaN or "
+                f"infinity (first point {first}); nothing of this batch was stored (check the "
+                "model and --weights, or re-embed with --cache-dir pointing to a new folder)"
+            )
+
+
 class StoreSink:
     """Upserts into one collection, then deletes what the input lacks, counts and marks it."""
 
@@ -103,7 +118,8 @@ class StoreSink:
         return cls(store, collection, signature, previous, config)
 
     def add(self, chunks: list[Chunk] | tuple[Chunk, ...], batch: PointBatch) -> None:
-        """Upsert the batch."""
+        """Upsert the batch (refused whole when a vector is not finite)."""
+        check_finite(batch, f'Collection "{self.collection}"')
         self.store.upsert(self.collection, batch)
         self.written.update(batch.ids)
 
