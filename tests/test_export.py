@@ -391,3 +391,22 @@ def test_upload_cli_bad_archive_is_one_line_error(concat_run, tmp_path):
     assert "Traceback" not in done.stderr and "cut.zip" in done.stderr
     done = cli(str(cut))
     assert done.returncode == 2 and "--qdrant-path" in done.stderr
+
+
+def test_upload_refuses_an_export_holding_nan_before_writing(concat_run, tmp_path):
+    output, _ = concat_run
+    copy = Path(
+        shutil.copytree(output, tmp_path / "export", ignore=shutil.ignore_patterns("*.zip"))
+    )
+    npy = copy / "Alpha" / "Alpha_embeddings.npy"
+    old = hashlib.sha256(npy.read_bytes()).hexdigest()
+    array = np.load(npy)
+    array[3, 0] = np.nan
+    np.save(npy, array)
+    manifest = copy / MANIFEST_FILE
+    new = hashlib.sha256(npy.read_bytes()).hexdigest()
+    manifest.write_text(manifest.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+    with EdgeStore(tmp_path / "edge") as store:
+        with pytest.raises(ArchiveError, match=r"Alpha_embeddings\.npy row 3 holds NaN"):
+            upload_export(copy, store, ["Alpha"])
+        assert store.layout("Alpha") is None  # nothing was created or written

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,9 +29,16 @@ from embed_collections.config import (
 )
 from embed_collections.dirlock import output_lock
 from embed_collections.discovery import discover_collections, filter_collections, find_chunk_files
+from embed_collections.diskspace import (
+    BYTES_PER_CHUNK_FILE_BYTE,
+    WritePaths,
+    check_space,
+    estimate,
+    stops_the_run,
+)
 from embed_collections.embedding import embed_pending, model_fingerprint
 from embed_collections.ensemble import check_combine, combine_vectors, combined_dims, vector_names
-from embed_collections.errors import EmbedCollectionsError, StoreError
+from embed_collections.errors import DiskFullError, EmbedCollectionsError, StoreError
 from embed_collections.lease import LeaseEvent
 from embed_collections.models import ModelSpec, fingerprint_folder, resolve_ensemble
 from embed_collections.sinks import ExportSink, Sink, StoreSink, verified_count
@@ -48,8 +54,6 @@ from embed_collections.summary import (
 from embed_collections.telemetry import ModelTelemetry
 
 log = logging.getLogger("embed_collections.pipeline")
-
-MIN_FREE_BYTES = 200 * 1024 * 1024
 
 
 @dataclass
@@ -135,15 +139,53 @@ def file_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def check_disk(output_dir: Path) -> None:
-    """Refuse to start when the output disk is nearly full (the cache and store grow there)."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(output_dir).free
-    if free < MIN_FREE_BYTES:
-        raise EmbedCollectionsError(
-            f"Only {free // 2**20} MB free under {output_dir}; embedding needs at least "
-            f"{MIN_FREE_BYTES // 2**20} MB (free space or choose another --output-dir)"
-        )
+def write_paths(config: RunConfig, cache: EmbeddingCache | None = None) -> WritePaths:
+    """The directories a run writes to (each may sit on another filesystem)."""
+    embedded = config.upload and not config.qdrant_url
+    return WritePaths(
+        output_dir=config.output_dir,
+        cache_dir=(cache.path if cache else config.embedding_cache_path).parent,
+        store_dir=config.store_path if embedded else None,
+        export_dir=config.output_dir if config.export else None,
+    )
+
+
+def payload_size(chunks: tuple[Chunk, ...] | list[Chunk]) -> int:
+    """About the bytes the chunks' payloads take (text plus metadata)."""
+    return sum(len(c.text.encode("utf-8")) + 2 * len(c.metadata) * 16 + 200 for c in chunks)
+
+
+def preflight_space(config: RunConfig, selected: dict[str, Path], dims: list[int | None]) -> None:
+    """Refuse to start when the run will not fit (estimated from the chunk files' sizes)."""
+    file_bytes = 0
+    for directory in selected.values():
+        try:
+            file_bytes += sum(f.stat().st_size for f in find_chunk_files(directory, config.pattern))
+        except (OSError, EmbedCollectionsError):
+            continue  # the collection fails with its own message later
+    points = int(file_bytes * BYTES_PER_CHUNK_FILE_BYTE)
+    needs = estimate(
+        write_paths(config), points, file_bytes, [d or 0 for d in dims], config.build_index
+    )
+    check_space(needs, "Preflight")
+
+
+def check_wave_space(
+    wave: list[LoadedCollection],
+    dims: list[int | None],
+    missing: dict[str, set[bytes]],
+    config: RunConfig,
+) -> None:
+    """Before embedding a wave: room for its new cache rows and its points on every target."""
+    points = sum(len(loaded.chunks) for loaded in wave)
+    payload = sum(payload_size(loaded.chunks) for loaded in wave)
+    sizes = [d or 0 for d in dims]
+    paths = write_paths(config)
+    needs = estimate(paths, points, payload, sizes, config.build_index)
+    new_rows = max((len(m) for m in missing.values()), default=0)
+    needs[paths.cache_dir] = estimate(paths, new_rows, 0, sizes, False)[paths.cache_dir]
+    names = ", ".join(loaded.name for loaded in wave[:3]) + (", ..." if len(wave) > 3 else "")
+    check_space(needs, f"Before embedding {names}")
 
 
 def check_store_layouts(
@@ -188,7 +230,7 @@ def run_logged(config: RunConfig) -> RunSummary:
         ensemble = prepare_ensemble(config)
         for spec in ensemble.specs:
             log.info("Model %s from %s (weight %g)", spec.name, spec.source, spec.weight)
-        check_disk(config.output_dir)
+        preflight_space(config, selected, ensemble.dims(cache))
         summary = RunSummary(
             timestamp=datetime.now().isoformat(),
             environment=config.environment,
@@ -200,11 +242,18 @@ def run_logged(config: RunConfig) -> RunSummary:
             )
             summary.extra["file_errors"] = summary.extra.get("file_errors", 0) + 1
         store = open_run_store(config)
+        stopped: Exception | None = None
         try:
             if store is not None:
                 check_store_layouts(store, list(selected), ensemble.layout(cache), config.recreate)
             for wave in load_waves(selected, config, summary):
                 process_wave(wave, ensemble, cache, store, config, summary)
+        except Exception as error:  # a full or read-only disk: keep what is done, then stop
+            if not stops_the_run(error):
+                raise
+            stopped = error
+            summary.extra["stopped"] = str(error)
+            log.error("❌ Stopped: %s", error)
         finally:
             if store is not None:
                 store.close()
@@ -215,7 +264,14 @@ def run_logged(config: RunConfig) -> RunSummary:
     summary.extra.update(run_extras(config, ensemble, layout, time.perf_counter() - started))
     summary.extra.setdefault("skipped_records", 0)
     summary.extra.setdefault("file_errors", 0)
-    write_json_atomic(config.output_dir / SUMMARY_FILE, summary.to_json())
+    try:
+        write_json_atomic(config.output_dir / SUMMARY_FILE, summary.to_json())
+    except OSError as error:
+        log.error("The summary could not be written: %s", error)
+    if stopped is not None:
+        if isinstance(stopped, EmbedCollectionsError):
+            raise stopped
+        raise DiskFullError(f"The run stopped: {stopped}") from stopped
     if config.export:
         from embed_collections.export import finish_export
 
@@ -301,6 +357,7 @@ def process_wave(
     """Embed a wave's unique texts model by model, then combine and store each collection."""
     texts = {text_digest(c.text): c.text for loaded in wave for c in loaded.chunks}
     missing_before = {fp: set(cache.missing(fp, texts)) for fp in ensemble.fingerprints}
+    check_wave_space(wave, ensemble.dims(cache), missing_before, config)
     events_by_model: dict[str, list[LeaseEvent]] = {}
     wave_telemetry: dict[str, ModelTelemetry] = {}
     for spec, fingerprint in zip(ensemble.specs, ensemble.fingerprints):
@@ -324,6 +381,8 @@ def process_wave(
             log.debug("Collection %s failed", loaded.name, exc_info=True)
             summary.failed_collections[loaded.name] = f"{error}"
             log.error("❌ Failed collection %s: %s", loaded.name, error)
+            if stops_the_run(error):
+                raise
             continue
         digests = {text_digest(c.text) for c in loaded.chunks}
         for spec, fp in zip(ensemble.specs, ensemble.fingerprints):
@@ -399,6 +458,15 @@ def store_collection(
     if not sinks:
         return
     dims = ensemble.dims(cache)
+    needs = estimate(
+        write_paths(config, cache),
+        len(chunks),
+        payload_size(chunks),
+        [d or 0 for d in dims],
+        config.build_index,
+    )
+    needs.pop(write_paths(config, cache).cache_dir, None)
+    check_space(needs, f"Before writing collection {loaded.name}")
     names = vector_names(ensemble.specs)
     try:
         for start in range(0, len(chunks), config.upload_batch_size):
