@@ -207,3 +207,24 @@ def test_empty_list_and_empty_collection(tmp_path: Path):
     loaded = load_collection("e", tmp_path / "e")
     assert loaded.chunks == ()
     assert loaded.stats.files == 1 and loaded.stats.file_errors == ()
+
+
+def test_poison_records_are_refused_one_by_one(tmp_path: Path):
+    nested: dict = {}
+    for _ in range(300):
+        nested = {"n": nested}
+    records = [
+        {"text": "fine one"},
+        {"text": "deep", "metadata": nested},
+        {"text": "not finite", "metadata": {"score": float("inf")}},
+        {"text": "x" * (2 * 1024 * 1024)},
+        {"text": "fine two"},
+    ]
+    path = tmp_path / "p_chunks.json"
+    path.write_text(json.dumps(records), encoding="utf-8")
+    chunks, warnings, read, skipped = load_chunk_file(path, tmp_path)
+    assert [c.text for c in chunks] == ["fine one", "fine two"]
+    assert (read, skipped) == (5, 3)
+    assert "record 1: metadata is nested deeper than 32 levels (record skipped)" in warnings[0]
+    assert "record 2: metadata holds the non-finite number inf" in warnings[1]
+    assert "record 3: payload is 2048 KiB, over the 1024 KiB limit" in warnings[2]

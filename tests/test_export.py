@@ -143,7 +143,11 @@ def test_export_files_are_aligned_and_match_direct_encodes(concat_run, tiny_mode
     assert stats["vector_norms"][""]["min"] == pytest.approx(1.0, abs=1e-5)
     assert stats["timings"]["processing_time"] == summary.results["Alpha"].processing_time > 0
     assert summary.results["Alpha"].export_dir == str(output / "Alpha")
-    leftovers = [p for p in output.rglob(".*") if p.is_file() and "qdrant" not in p.parts]
+    leftovers = [
+        p
+        for p in output.rglob(".*")
+        if p.is_file() and "qdrant" not in p.parts and p.name != ".embed-collections.lock"
+    ]
     assert not leftovers
     for path in output.rglob("*"):
         if path.is_file() and path.suffix in {".json", ".jsonl", ".py", ".txt"}:
@@ -386,3 +390,22 @@ def test_upload_cli_bad_archive_is_one_line_error(concat_run, tmp_path):
     assert "Traceback" not in done.err and "cut.zip" in done.err
     done = cli(str(cut))
     assert done.code == 2 and "--qdrant-path" in done.err
+
+
+def test_upload_refuses_an_export_holding_nan_before_writing(concat_run, tmp_path):
+    output, _ = concat_run
+    copy = Path(
+        shutil.copytree(output, tmp_path / "export", ignore=shutil.ignore_patterns("*.zip"))
+    )
+    npy = copy / "Alpha" / "Alpha_embeddings.npy"
+    old = hashlib.sha256(npy.read_bytes()).hexdigest()
+    array = np.load(npy)
+    array[3, 0] = np.nan
+    np.save(npy, array)
+    manifest = copy / MANIFEST_FILE
+    new = hashlib.sha256(npy.read_bytes()).hexdigest()
+    manifest.write_text(manifest.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+    with EdgeStore(tmp_path / "edge") as store:
+        with pytest.raises(ArchiveError, match=r"Alpha_embeddings\.npy row 3 holds NaN"):
+            upload_export(copy, store, ["Alpha"])
+        assert store.layout("Alpha") is None  # nothing was created or written

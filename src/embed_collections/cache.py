@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from embed_collections.errors import EmbedCollectionsError
+from embed_collections.errors import DiskFullError, EmbedCollectionsError
 
 LOOKUP_CHUNK = 900  # stays under SQLite's default limit of host parameters per statement
 
@@ -33,12 +33,26 @@ class CacheError(EmbedCollectionsError):
     """The embedding cache is unreadable or inconsistent."""
 
 
+def damaged(path: Path, error: Exception) -> str:
+    """The message for a cache SQLite cannot read, naming the fix."""
+    return (
+        f"Embedding cache {path} is damaged or unreadable ({error}); delete it (vectors are "
+        "embedded again) or pass another --cache-dir"
+    )
+
+
 class EmbeddingCache:
     """Vectors keyed by model fingerprint and text digest, written as batches complete."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CacheError(
+                f"Embedding cache folder {path.parent} cannot be created: "
+                f"{error.strerror or error} (choose another --cache-dir)"
+            ) from error
         try:
             self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -55,7 +69,7 @@ class EmbeddingCache:
                 """
             )
         except sqlite3.DatabaseError as error:
-            raise CacheError(f"Embedding cache {path} cannot be opened: {error}") from error
+            raise CacheError(damaged(path, error)) from error
 
     def close(self) -> None:
         self.db.close()
@@ -105,14 +119,17 @@ class EmbeddingCache:
         if column not in ("value", "tokens"):
             raise ValueError(f"unknown cache column {column}")
         found: dict[bytes, Any] = {}
-        for part in chunked(list(dict.fromkeys(digests)), LOOKUP_CHUNK):
-            marks = ",".join("?" * len(part))
-            rows = self.db.execute(
-                f"SELECT digest, {column} FROM vectors "
-                f"WHERE fingerprint = ? AND digest IN ({marks})",
-                (fingerprint, *part),
-            )
-            found.update(rows)
+        try:
+            for part in chunked(list(dict.fromkeys(digests)), LOOKUP_CHUNK):
+                marks = ",".join("?" * len(part))
+                rows = self.db.execute(
+                    f"SELECT digest, {column} FROM vectors "
+                    f"WHERE fingerprint = ? AND digest IN ({marks})",
+                    (fingerprint, *part),
+                )
+                found.update(rows)
+        except sqlite3.DatabaseError as error:
+            raise CacheError(damaged(self.path, error)) from error
         return found
 
     def put_many(
@@ -124,12 +141,22 @@ class EmbeddingCache:
     ) -> None:
         """Store one batch in a single transaction: all of it survives a crash, or none."""
         token_counts = tokens if tokens is not None else [0] * len(digests)
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.executemany(
-                "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
-                [(fingerprint, d, v, t) for d, v, t in zip(digests, values, token_counts)],
-            )
+        try:
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
+                    [(fingerprint, d, v, t) for d, v, t in zip(digests, values, token_counts)],
+                )
+        except sqlite3.OperationalError as error:
+            if "full" in str(error):
+                raise DiskFullError(
+                    f"Embedding cache {self.path}: the disk is full ({error}); free space on "
+                    "that filesystem or pass --cache-dir elsewhere, then re-run"
+                ) from error
+            raise CacheError(damaged(self.path, error)) from error
+        except sqlite3.DatabaseError as error:
+            raise CacheError(damaged(self.path, error)) from error
 
     def put_vectors(
         self,
@@ -162,7 +189,8 @@ class EmbeddingCache:
         if matrix.size != len(values) * dim:
             raise CacheError(
                 f"Embedding cache {self.path} holds vectors of the wrong size for model "
-                f"{fingerprint[:12]} (expected {dim}); delete the cache folder to rebuild it"
+                f"{fingerprint[:12]} (expected {dim}); delete {self.path} (vectors are embedded "
+                "again) or pass another --cache-dir"
             )
         return matrix.reshape(len(values), dim)
 

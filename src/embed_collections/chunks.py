@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ METADATA_KEYS = ("metadata", "meta")
 LIST_KEYS = ("chunks", "data", "records", "items")
 # One broken export can hold thousands of bad records; every one is counted, few are listed.
 MAX_LISTED_PER_FILE = 20
+# Limits that keep one record from poisoning a shard (see `find_poison`).
+MAX_PAYLOAD_DEPTH = 32
+MAX_PAYLOAD_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,9 @@ def _build_chunk(
     for key, value in record.items():
         if key not in (text_key, metadata_key):
             metadata.setdefault(key, value)
+    poison = find_poison(text, metadata)
+    if poison:
+        return poison
     return Chunk(
         # Kept exactly: whitespace and newlines carry meaning in code chunks.
         text=text,
@@ -183,6 +190,32 @@ def _build_chunk(
         source_file=source_file,
         metadata=metadata,
     )
+
+
+def find_poison(text: str, metadata: dict[str, Any]) -> str | None:
+    """Why a record must not reach the store (too deep, non-finite, too large), or None.
+
+    The store's write-ahead log recurses over nested payloads: a record nested a few hundred
+    levels deep was stored and then left its shard unopenable.
+    """
+    stack: list[tuple[Any, int]] = [(metadata, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_PAYLOAD_DEPTH:
+            return f"metadata is nested deeper than {MAX_PAYLOAD_DEPTH} levels"
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            return f"metadata holds the non-finite number {value} (JSON has no such number)"
+    size = len(text.encode("utf-8")) + len(json.dumps(metadata, default=str).encode("utf-8"))
+    if size > MAX_PAYLOAD_BYTES:
+        return (
+            f"payload is {size // 1024} KiB, over the {MAX_PAYLOAD_BYTES // 1024} KiB limit "
+            "(split the chunk)"
+        )
+    return None
 
 
 def _first_id(metadata: dict[str, Any], keys: tuple[str, ...]) -> str | None:

@@ -174,7 +174,13 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
 )
 @server_options
 @click.option("--qdrant-host", "--qdrant_host", "qdrant_host", help="Server host (seed spelling).")
-@click.option("--qdrant-port", "--qdrant_port", "qdrant_port", type=int, help="Server port.")
+@click.option(
+    "--qdrant-port",
+    "--qdrant_port",
+    "qdrant_port",
+    type=click.IntRange(1, 65535),
+    help="Server port.",
+)
 @click.option(
     "--qdrant-path", type=click.Path(path_type=Path), help="Embedded store root [OUTPUT/qdrant]."
 )
@@ -208,9 +214,15 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
 @discovery_options
 @click.option(
     "--wave-size",
+    type=click.IntRange(min=1),
     default=50_000,
     show_default=True,
     help="Chunks loaded at once; bounds memory on huge corpora.",
+)
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="Fail at once when another run holds the output directory (default: wait for it).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary JSON on stdout.")
 @verbose_option
@@ -255,6 +267,7 @@ def run(**options):
         pattern=options["pattern"],
         max_depth=options["max_depth"],
         wave_size=options["wave_size"],
+        wait=not options["no_wait"],
     )
     summary = run_pipeline(config)
     if options["as_json"]:
@@ -289,7 +302,9 @@ def run(**options):
     type=click.Path(path_type=Path),
     help="Output directory of the run to search [./output].",
 )
-@click.option("--top-k", default=10, show_default=True, help="Number of hits.")
+@click.option(
+    "--top-k", type=click.IntRange(min=1), default=10, show_default=True, help="Number of hits."
+)
 @click.option(
     "--mode",
     type=click.Choice(["dense", "sparse", "hybrid"]),

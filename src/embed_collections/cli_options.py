@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -58,9 +59,14 @@ def parse_weights(values: tuple[str, ...] | None) -> list[float] | None:
     if not items:
         return None
     try:
-        return [float(item) for item in items]
+        weights = [float(item) for item in items]
     except ValueError as error:
         raise click.BadParameter(f"weights must be numbers ({error})") from error
+    if not all(math.isfinite(w) for w in weights):
+        raise click.BadParameter(
+            f"weights must be finite numbers, got {', '.join(items)}", param_hint="'--weights'"
+        )
+    return weights
 
 
 class ListOptionCommand(click.Command):
@@ -129,8 +135,16 @@ ensemble_options = stack(
         show_default=True,
         help="concat: weighted similarity fusion; named: one vector per model.",
     ),
-    click.option("--max-seq-length", type=int, help="Truncate texts to this many tokens."),
-    click.option("--truncate-dim", type=int, help="Cut Matryoshka models' vectors to this size."),
+    click.option(
+        "--max-seq-length",
+        type=click.IntRange(min=1),
+        help="Truncate texts to this many tokens.",
+    ),
+    click.option(
+        "--truncate-dim",
+        type=click.IntRange(min=1),
+        help="Cut Matryoshka models' vectors to this size.",
+    ),
     click.option("--trust-remote-code", is_flag=True, help="Allow models that run their own code."),
     click.option(
         "--model-cache-dir",
@@ -171,7 +185,7 @@ engine_options = stack(
         "--batch-size",
         "--batch_size",
         "batch_size",
-        type=int,
+        type=click.IntRange(min=0),
         default=0,
         help="Texts per forward pass [32 on CPU, 128 on CUDA].",
     ),

@@ -64,6 +64,7 @@ class RunConfig:
     max_depth: int = MAX_DISCOVERY_DEPTH
     wave_size: int = 50_000
     upload_batch_size: int = 1024
+    wait: bool = True  # for another run holding the output directory (False: --no-wait)
 
     @property
     def store_path(self) -> Path:

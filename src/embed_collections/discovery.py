@@ -37,12 +37,14 @@ def discover_collections(
     chunked_dir: Path,
     pattern: str = CHUNK_FILE_PATTERN,
     max_depth: int = MAX_DISCOVERY_DEPTH,
+    unreadable: list[tuple[Path, str]] | None = None,
 ) -> dict[str, Path]:
     """Map a stable, Qdrant-valid name to every collection directory within `max_depth`.
 
     The root is depth 0 (it is a collection too if it holds chunk files), its children depth 1.
     Collections nested inside collections count. Traversal is depth-first in sorted name order,
     so names never depend on file-system order; the first directory seen keeps the short name.
+    Directories that cannot be read are appended to `unreadable` as (path, reason) when given.
     """
     chunked_dir = Path(chunked_dir)
     if max_depth < 0:
@@ -60,7 +62,7 @@ def discover_collections(
 
     logger.info("Scanning for collections in: %s", chunked_dir)
     logger.info("Max recursion depth: %d", max_depth)
-    collections, too_deep = _walk(chunked_dir, pattern, max_depth)
+    collections, too_deep = _walk(chunked_dir, pattern, max_depth, unreadable)
     logger.info("Total collections discovered: %d", len(collections))
     if not collections:
         hint = f"; {too_deep} deeper directories do (raise the max depth)" if too_deep else ""
@@ -87,7 +89,9 @@ def filter_collections(
     return {name: path for name, path in collections.items() if name in wanted}
 
 
-def _walk(root: Path, pattern: str, max_depth: int) -> tuple[dict[str, Path], int]:
+def _walk(
+    root: Path, pattern: str, max_depth: int, unreadable: list[tuple[Path, str]] | None = None
+) -> tuple[dict[str, Path], int]:
     """Depth-first sorted walk; returns the collections and how many were too deep to take."""
     collections: dict[str, Path] = {}
     first_seen: dict[Path, Path] = {}  # real path -> the path it was first reached by
@@ -112,6 +116,8 @@ def _walk(root: Path, pattern: str, max_depth: int) -> tuple[dict[str, Path], in
             files, subdirs = _list_directory(directory, pattern)
         except OSError as exc:
             logger.warning("Cannot read directory %s: %s (skipped)", directory, _reason(exc))
+            if unreadable is not None:
+                unreadable.append((directory, _reason(exc)))
             continue
         if files and depth <= max_depth:
             name = _name_collection(root, directory, collections)

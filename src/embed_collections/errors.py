@@ -33,5 +33,17 @@ class StoreError(EmbedCollectionsError):
     """The vector store is unreachable, incompatible or refused a write."""
 
 
+class StoreInUseError(StoreError):
+    """Another process holds the store (or one of its collections) open for writing."""
+
+
+class ShardDamagedError(StoreError):
+    """A collection exists on disk but the engine cannot open it (rebuild it from the cache)."""
+
+
+class DiskFullError(EmbedCollectionsError):
+    """A target filesystem has (or will have) too little free space for the run."""
+
+
 class ArchiveError(EmbedCollectionsError):
     """An export directory or archive is incomplete, tampered with or unsafe."""

@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, replace
@@ -167,7 +168,27 @@ def resolve_model(
         revision=revision,
         trust_remote_code=trust_remote_code,
     )
+    check_model_limits(spec, max_seq_length, truncate_dim)
     return replace(spec, dim=read_embedding_dim(spec))
+
+
+def check_model_limits(
+    spec: ModelSpec, max_seq_length: int | None, truncate_dim: int | None
+) -> None:
+    """Usage errors for a --max-seq-length or --truncate-dim the model cannot honour."""
+    if truncate_dim:
+        full = read_embedding_dim(replace(spec, settings=replace(spec.settings, truncate_dim=None)))
+        if full and truncate_dim > full:
+            raise UsageError(
+                f'--truncate-dim {truncate_dim} is larger than model "{spec.name}"\'s '
+                f"dimension {full} (give a value from 1 to {full}, or omit --truncate-dim)"
+            )
+    positions = read_json_key(spec.path / "config.json", "max_position_embeddings")
+    if max_seq_length and positions and max_seq_length > positions:
+        raise UsageError(
+            f'--max-seq-length {max_seq_length} is longer than model "{spec.name}" reads '
+            f"({positions} positions); give a value from 1 to {positions}"
+        )
 
 
 def locate_model(name: str, model_cache_dir: Path | None) -> tuple[Path, str, str]:
@@ -308,8 +329,10 @@ def resolve_ensemble(
         raise UsageError(
             f"{len(weights)} weights given for {len(names)} models; give one weight per model"
         )
-    if any(not w > 0 for w in weights):
-        raise UsageError(f"Weights must be positive, got {', '.join(map(str, weights))}")
+    if any(not (w > 0 and math.isfinite(w)) for w in weights):
+        raise UsageError(
+            f"Weights must be positive finite numbers, got {', '.join(map(str, weights))}"
+        )
     canonical = [canonical_name(n) for n in names]
     duplicates = sorted({n for n in canonical if canonical.count(n) > 1})
     if duplicates:

@@ -9,10 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -22,11 +21,19 @@ from embed_collections.atomic import write_json_atomic
 from embed_collections.cache import EmbeddingCache, text_digest
 from embed_collections.chunks import Chunk, LoadedCollection, load_collection
 from embed_collections.config import LOG_FILE, SUMMARY_FILE, RunConfig
+from embed_collections.dirlock import output_lock
 from embed_collections.discovery import discover_collections, filter_collections, find_chunk_files
+from embed_collections.diskspace import (
+    BYTES_PER_CHUNK_FILE_BYTE,
+    WritePaths,
+    check_space,
+    estimate,
+    stops_the_run,
+)
 from embed_collections.embedding import embed_pending
 from embed_collections.ensemble import check_combine, combine_vectors, combined_dims, vector_names
-from embed_collections.errors import EmbedCollectionsError, StoreError
-from embed_collections.export import CollectionExporter, finish_export
+from embed_collections.errors import DiskFullError, EmbedCollectionsError, StoreError
+from embed_collections.export import finish_export
 from embed_collections.lease import LeaseEvent
 from embed_collections.models import (
     ModelSpec,
@@ -44,6 +51,7 @@ from embed_collections.record import (
     StoreRecord,
     write_run_record,
 )
+from embed_collections.sinks import ExportSink, Sink, StoreSink, verified_count
 from embed_collections.stores import PointBatch, Store, VectorLayout
 from embed_collections.stores.open import open_store, point_id
 from embed_collections.summary import (
@@ -56,8 +64,6 @@ from embed_collections.summary import (
 from embed_collections.telemetry import ModelTelemetry
 
 log = logging.getLogger("embed_collections.pipeline")
-
-MIN_FREE_BYTES = 200 * 1024 * 1024
 
 
 @dataclass
@@ -175,15 +181,53 @@ def file_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def check_disk(output_dir: Path) -> None:
-    """Refuse to start when the output disk is nearly full (the cache and store grow there)."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(output_dir).free
-    if free < MIN_FREE_BYTES:
-        raise EmbedCollectionsError(
-            f"Only {free // 2**20} MB free under {output_dir}; embedding needs at least "
-            f"{MIN_FREE_BYTES // 2**20} MB (free space or choose another --output-dir)"
-        )
+def write_paths(config: RunConfig, cache: EmbeddingCache | None = None) -> WritePaths:
+    """The directories a run writes to (each may sit on another filesystem)."""
+    embedded = config.upload and not config.qdrant_url
+    return WritePaths(
+        output_dir=config.output_dir,
+        cache_dir=(cache.path if cache else config.embedding_cache_path).parent,
+        store_dir=config.store_path if embedded else None,
+        export_dir=config.output_dir if config.export else None,
+    )
+
+
+def payload_size(chunks: tuple[Chunk, ...] | list[Chunk]) -> int:
+    """About the bytes the chunks' payloads take (text plus metadata)."""
+    return sum(len(c.text.encode("utf-8")) + 2 * len(c.metadata) * 16 + 200 for c in chunks)
+
+
+def preflight_space(config: RunConfig, selected: dict[str, Path], dims: list[int | None]) -> None:
+    """Refuse to start when the run will not fit (estimated from the chunk files' sizes)."""
+    file_bytes = 0
+    for directory in selected.values():
+        try:
+            file_bytes += sum(f.stat().st_size for f in find_chunk_files(directory, config.pattern))
+        except (OSError, EmbedCollectionsError):
+            continue  # the collection fails with its own message later
+    points = int(file_bytes * BYTES_PER_CHUNK_FILE_BYTE)
+    needs = estimate(
+        write_paths(config), points, file_bytes, [d or 0 for d in dims], config.build_index
+    )
+    check_space(needs, "Preflight")
+
+
+def check_wave_space(
+    wave: list[LoadedCollection],
+    dims: list[int | None],
+    missing: dict[str, set[bytes]],
+    config: RunConfig,
+) -> None:
+    """Before embedding a wave: room for its new cache rows and its points on every target."""
+    points = sum(len(loaded.chunks) for loaded in wave)
+    payload = sum(payload_size(loaded.chunks) for loaded in wave)
+    sizes = [d or 0 for d in dims]
+    paths = write_paths(config)
+    needs = estimate(paths, points, payload, sizes, config.build_index)
+    new_rows = max((len(m) for m in missing.values()), default=0)
+    needs[paths.cache_dir] = estimate(paths, new_rows, 0, sizes, False)[paths.cache_dir]
+    names = ", ".join(loaded.name for loaded in wave[:3]) + (", ..." if len(wave) > 3 else "")
+    check_space(needs, f"Before embedding {names}")
 
 
 def check_store_layouts(
@@ -214,26 +258,33 @@ def run(config: RunConfig) -> RunSummary:
             f"Cannot create output directory {config.output_dir}: {error.strerror or error} "
             "(choose another --output-dir)"
         ) from error
-    with file_log(config.output_dir / LOG_FILE):
+    with output_lock(config.output_dir, wait=config.wait), file_log(config.output_dir / LOG_FILE):
         return run_logged(config)
 
 
 def run_logged(config: RunConfig) -> RunSummary:
     started = time.perf_counter()
     log.info("Environment: %s", config.environment)
-    found = discover_collections(config.chunked_dir, config.pattern, config.max_depth)
+    unreadable: list[tuple[Path, str]] = []
+    found = discover_collections(config.chunked_dir, config.pattern, config.max_depth, unreadable)
     selected = filter_collections(found, list(config.collections) or None)
     with EmbeddingCache(config.embedding_cache_path) as cache:
         ensemble = prepare_ensemble(config)
         for spec in ensemble.specs:
             log.info("Model %s from %s (weight %g)", spec.name, spec.source, spec.weight)
-        check_disk(config.output_dir)
+        preflight_space(config, selected, ensemble.dims(cache))
         summary = RunSummary(
             timestamp=datetime.now().isoformat(),
             environment=config.environment,
             ensemble_models=[spec.name for spec in ensemble.specs],
         )
+        for directory, reason in unreadable:
+            summary.failed_collections[directory.name] = (
+                f"Cannot read directory {directory}: {reason} (fix its permissions)"
+            )
+            summary.extra["file_errors"] = summary.extra.get("file_errors", 0) + 1
         store = open_run_store(config)
+        stopped: Exception | None = None
         try:
             if store is not None:
                 check_store_layouts(store, list(selected), ensemble.layout(cache), config.recreate)
@@ -242,15 +293,28 @@ def run_logged(config: RunConfig) -> RunSummary:
             ) as progress:
                 for wave in load_waves(selected, config, summary):
                     process_wave(wave, ensemble, cache, store, config, summary, progress)
+        except Exception as error:  # a full or read-only disk: keep what is done, then stop
+            if not stops_the_run(error):
+                raise
+            stopped = error
+            summary.extra["stopped"] = str(error)
+            log.error("❌ Stopped: %s", error)
         finally:
             if store is not None:
                 store.close()
         layout = ensemble.layout(cache)
         write_run_record(config.output_dir, ensemble.record(config, layout))
     summary.extra.update(run_extras(config, ensemble, layout, time.perf_counter() - started))
-    summary.extra["skipped_records"] = sum(r.skipped_records for r in summary.results.values())
-    summary.extra["file_errors"] = sum(len(r.file_errors) for r in summary.results.values())
-    write_json_atomic(config.output_dir / SUMMARY_FILE, summary.to_json())
+    summary.extra.setdefault("skipped_records", 0)
+    summary.extra.setdefault("file_errors", 0)
+    try:
+        write_json_atomic(config.output_dir / SUMMARY_FILE, summary.to_json())
+    except OSError as error:
+        log.error("The summary could not be written: %s", error)
+    if stopped is not None:
+        if isinstance(stopped, EmbedCollectionsError):
+            raise stopped
+        raise DiskFullError(f"The run stopped: {stopped}") from stopped
     if config.export:
         finish_export(config, summary)
     log_processing_summary(summary)
@@ -295,13 +359,20 @@ def load_waves(
     wave: list[LoadedCollection] = []
     size = 0
     for name, directory in selected.items():
-        log_collection_header(name, len(find_chunk_files(directory, config.pattern)))
         try:
+            log_collection_header(name, len(find_chunk_files(directory, config.pattern)))
             loaded = load_collection(name, directory, config.pattern, config.chunked_dir)
         except Exception as error:  # per-collection boundary: record and go on
             log.debug("Loading %s failed", name, exc_info=True)
             summary.failed_collections[name] = f"{type(error).__name__}: {error}"
+            summary.extra["file_errors"] = summary.extra.get("file_errors", 0) + 1
             continue
+        summary.extra["file_errors"] = summary.extra.get("file_errors", 0) + len(
+            loaded.stats.file_errors
+        )
+        summary.extra["skipped_records"] = (
+            summary.extra.get("skipped_records", 0) + loaded.stats.skipped_records
+        )
         if loaded.stats.file_errors:
             summary.failed_collections[name] = "; ".join(loaded.stats.file_errors)
         if not loaded.chunks:
@@ -328,6 +399,7 @@ def process_wave(
     """Embed a wave's unique texts model by model, then combine and store each collection."""
     texts = {text_digest(c.text): c.text for loaded in wave for c in loaded.chunks}
     missing_before = {fp: set(cache.missing(fp, texts)) for fp in ensemble.fingerprints}
+    check_wave_space(wave, ensemble.dims(cache), missing_before, config)
     events_by_model: dict[str, list[LeaseEvent]] = {}
     wave_telemetry: dict[str, ModelTelemetry] = {}
     for spec, fingerprint, backend in zip(ensemble.specs, ensemble.fingerprints, ensemble.backends):
@@ -347,11 +419,13 @@ def process_wave(
         started = time.perf_counter()
         result = CollectionResult(name=loaded.name)
         try:
-            store_collection(loaded, ensemble, cache, store, layout, config, result)
+            store_collection(loaded, Targets(ensemble, cache, store, config), layout, result)
         except Exception as error:  # per-collection boundary: record and go on
             log.debug("Collection %s failed", loaded.name, exc_info=True)
             summary.failed_collections[loaded.name] = f"{error}"
             log.error("❌ Failed collection %s: %s", loaded.name, error)
+            if stops_the_run(error):
+                raise
             if progress is not None:
                 progress.update(1, 0, time.perf_counter() - started)
             continue
@@ -385,68 +459,93 @@ def embed_share(
     return share
 
 
+@dataclass(frozen=True)
+class Targets:
+    """What every collection of a run is combined from and written to."""
+
+    ensemble: Ensemble
+    cache: EmbeddingCache
+    store: Store | None
+    config: RunConfig
+
+
 def store_collection(
     loaded: LoadedCollection,
-    ensemble: Ensemble,
-    cache: EmbeddingCache,
-    store: Store | None,
+    targets: Targets,
     layout: VectorLayout | None,
-    config: RunConfig,
     result: CollectionResult,
 ) -> None:
-    """Combine cached vectors and upsert them in batches; prune points no longer in the input."""
+    """Combine cached vectors and feed them in batches to the sinks (store, export).
+
+    The store is skipped only when it proves it already holds exactly this load (its marker
+    and its own count); otherwise it is reloaded, pruned to the input and counted again.
+    """
+    ensemble, cache, store, config = targets.ensemble, targets.cache, targets.store, targets.config
     chunks = loaded.chunks
+    record_loaded(loaded, ensemble, result)
+    if layout is None:
+        raise StoreError("the ensemble's vector dimensions are unknown (no model was loaded)")
+    result.truncated_chunks = count_truncated(chunks, ensemble, cache)
+    signature = load_signature(loaded, ensemble, layout)
+    sinks: list[Sink] = []
+    if store is not None:
+        held = None
+        if not config.recreate:
+            held = verified_count(store, loaded.name, layout, signature, len(chunk_ids(loaded)))
+        if held is not None:
+            log.info(
+                "%s holds exactly this input (%d points); store left as it is", loaded.name, held
+            )
+            result.points_in_store = held
+            result.qdrant_collection = loaded.name
+        else:
+            sinks.append(StoreSink.open(store, loaded.name, layout, signature, config))
+    if config.export:
+        sinks.append(
+            ExportSink(config.output_dir, loaded.name, ensemble.record(config, layout), layout)
+        )
+    if not sinks:
+        return
+    dims = ensemble.dims(cache)
+    needs = estimate(
+        write_paths(config, cache),
+        len(chunks),
+        payload_size(chunks),
+        [d or 0 for d in dims],
+        config.build_index,
+    )
+    needs.pop(write_paths(config, cache).cache_dir, None)
+    check_space(needs, f"Before writing collection {loaded.name}")
+    names = vector_names(ensemble.specs)
+    try:
+        for start in range(0, len(chunks), config.upload_batch_size):
+            part = chunks[start : start + config.upload_batch_size]
+            batch = build_batch(loaded.name, part, ensemble, cache, dims, names)
+            for sink in sinks:
+                sink.add(part, batch)
+        for sink in sinks:
+            sink.finish(result)
+    except BaseException:
+        for sink in sinks:
+            sink.abort()
+        raise
+
+
+def record_loaded(loaded: LoadedCollection, ensemble: Ensemble, result: CollectionResult) -> None:
+    """Copy what loading the chunk files found into the collection's result."""
     result.models_executed = [spec.name for spec in ensemble.specs]
-    result.total_embeddings_generated = len(chunks)
+    result.total_embeddings_generated = len(loaded.chunks)
     result.files = loaded.stats.files
     result.records = loaded.stats.records
     result.skipped_records = loaded.stats.skipped_records
     result.duplicate_ids = loaded.stats.duplicate_ids
     result.file_errors = list(loaded.stats.file_errors)
-    result.unique_texts = len({c.text for c in chunks})
-    if layout is None:
-        raise StoreError("the ensemble's vector dimensions are unknown (no model was loaded)")
-    result.truncated_chunks = count_truncated(chunks, ensemble, cache)
-    dims = ensemble.dims(cache)
-    names = vector_names(ensemble.specs)
-    signature = load_signature(loaded, ensemble, layout)
-    state_key = f"loaded:{store.location if store else ''}:{loaded.name}"
-    if config.recreate:
-        cache.remember(state_key, "")
-    if store is not None and is_unchanged(store, loaded.name, layout, signature, state_key, cache):
-        log.info("%s is unchanged since it was last loaded; store left as it is", loaded.name)
-        result.points_in_store = len(chunks)
-        result.qdrant_collection = loaded.name
-        store = None  # nothing to write; an export below still gets its vectors
-        if not config.export:
-            return
-    if store is not None:
-        store.ensure_collection(loaded.name, layout, recreate=config.recreate)
-    previous = store.point_ids(loaded.name) if store is not None else set()
-    written: set[str] = set()
-    with ExitStack() as stack:
-        exporter = None
-        if config.export:
-            exporter = stack.enter_context(
-                CollectionExporter(
-                    config.output_dir, loaded.name, ensemble.record(config, layout), layout
-                )
-            )
-        for start in range(0, len(chunks), config.upload_batch_size):
-            part = chunks[start : start + config.upload_batch_size]
-            batch = build_batch(loaded.name, part, ensemble, cache, dims, names)
-            written.update(batch.ids)
-            if store is not None:
-                store.upsert(loaded.name, batch)
-            if exporter is not None:
-                exporter.add(part, batch)
-        if store is not None:
-            stale = previous - written
-            prune_and_finish(store, loaded.name, stale, config, result)
-            # only a store holding exactly these points may be skipped next time
-            cache.remember(state_key, "" if stale and config.keep_stale else signature)
-        if exporter is not None:
-            result.export_dir = str(exporter.finish(result))
+    result.unique_texts = len({c.text for c in loaded.chunks})
+
+
+def chunk_ids(loaded: LoadedCollection) -> set[str]:
+    """The point ids this collection's chunks get."""
+    return {point_id(loaded.name, c.chunk_id) for c in loaded.chunks}
 
 
 def load_signature(loaded: LoadedCollection, ensemble: Ensemble, layout: VectorLayout) -> str:
@@ -462,35 +561,6 @@ def load_signature(loaded: LoadedCollection, ensemble: Ensemble, layout: VectorL
         fields = [chunk.chunk_id, chunk.doc_id, chunk.source_file, chunk.text, chunk.metadata]
         digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
     return digest.hexdigest()
-
-
-def is_unchanged(
-    store: Store,
-    collection: str,
-    layout: VectorLayout,
-    signature: str,
-    state_key: str,
-    cache: EmbeddingCache,
-) -> bool:
-    """True when the last successful load of this collection wrote these very points.
-
-    Checked without opening the collection (the store's layout record must still be there), so
-    an unchanged re-run over hundreds of collections costs milliseconds each.
-    """
-    return cache.recall(state_key) == signature and layout.matches(store.layout(collection))
-
-
-def prune_and_finish(
-    store: Store, collection: str, stale_ids: set[str], config: RunConfig, result: CollectionResult
-) -> None:
-    """Delete points whose chunks left the input, count, then flush and index the collection."""
-    if stale_ids and not config.keep_stale:
-        store.delete(collection, sorted(stale_ids))
-        result.points_deleted = len(stale_ids)
-        log.info("Deleted %d stale points from %s", len(stale_ids), collection)
-    result.points_in_store = store.count(collection)
-    store.finish(collection, build_index=config.build_index)
-    result.qdrant_collection = collection
 
 
 def count_truncated(

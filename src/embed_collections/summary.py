@@ -55,10 +55,10 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 all succeeded, 3 some failed, 1 nothing succeeded."""
+        """0 all succeeded, 3 some failed or loaded partly, 1 nothing was stored at all."""
         if not self.failed_collections:
             return 0
-        return 3 if self.succeeded else 1
+        return 3 if self.results else 1
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {

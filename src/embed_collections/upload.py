@@ -15,7 +15,7 @@ import re
 import stat
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -282,23 +282,46 @@ def verify_archive(path: Path, manifest: bytes, paths: list[str]) -> None:
         pass
 
 
-def read_vectors(export: ExportSource, name: str, rows: int, dim: int) -> np.ndarray:
-    """One .npy file of an export (a collection's vectors fit in memory), shape-checked."""
+def vector_blocks(
+    export: ExportSource, name: str, rows: int, dim: int, block: int = UPLOAD_BATCH
+) -> Generator[np.ndarray, None, None]:
+    """One .npy file of an export, shape-checked from its header and read `block` rows at a time
+    (memory stays bounded however large the entry); a non-finite row is an ArchiveError."""
     with export.open(name) as handle:
         try:
-            array = np.load(handle, allow_pickle=False)
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
         except (ValueError, *READ_ERRORS) as exc:
             raise ArchiveError(f"{export.source}: {name} is not a NumPy .npy file ({exc})") from exc
-    if array.dtype != np.float32 or array.shape != (rows, dim):
-        raise ArchiveError(
-            f"{export.source}: {name} holds {array.dtype} {array.shape}, expected float32 "
-            f"({rows}, {dim}) (export it again)"
-        )
-    return array
+        if dtype != np.dtype("<f4") or fortran or tuple(shape) != (rows, dim):
+            raise ArchiveError(
+                f"{export.source}: {name} holds {dtype} {tuple(shape)}, expected float32 "
+                f"({rows}, {dim}) (export it again)"
+            )
+        for start in range(0, rows, block):
+            count = min(block, rows - start)
+            data = handle.read(count * dim * 4)
+            if len(data) != count * dim * 4:
+                raise ArchiveError(f"{export.source}: {name} is truncated (export it again)")
+            array = np.frombuffer(data, dtype="<f4").reshape(count, dim)
+            bad = ~np.isfinite(array).all(axis=1)
+            if bad.any():
+                raise ArchiveError(
+                    f"{export.source}: {name} row {start + int(np.argmax(bad))} holds NaN or "
+                    "infinity; nothing was loaded from it (export it again)"
+                )
+            yield array
 
 
 def load_collection(export: ExportSource, folder: str, store: Store, recreate: bool) -> int:
-    """Load one exported collection into the store in batches; returns the points sent."""
+    """Load one exported collection into the store in batches; returns the points sent.
+
+    Vectors are streamed twice: once to check every row is finite before anything is written,
+    once to upsert, so memory holds one batch of vectors at a time.
+    """
     stats = export.read_json(f"{folder}/{folder}{STATS_SUFFIX}")
     where = f"{export.source}: {folder}"
     if not isinstance(stats, dict) or stats.get("format") != EXPORT_FORMAT:
@@ -309,25 +332,31 @@ def load_collection(export: ExportSource, folder: str, store: Store, recreate: b
     texts = export.read_json(f"{folder}/{files['texts']}")
     if not isinstance(metadata, list) or not isinstance(texts, list) or len(metadata) != len(texts):
         raise ArchiveError(f"{where}: metadata and texts are not aligned lists")
-    vectors = {
-        name: read_vectors(export, f"{folder}/{files['embeddings'][name]}", len(texts), size)
-        for name, size in layout.dense.items()
-    }
+    paths = {name: f"{folder}/{files['embeddings'][name]}" for name in layout.dense}
+    for name, size in layout.dense.items():
+        for _ in vector_blocks(export, paths[name], len(texts), size):
+            pass
     sparse: list[tuple[list[int], list[float]]] = []
     if layout.sparse:
         with export.open(f"{folder}/{files['sparse']}") as handle:
             sparse = list(_sparse_rows(handle, metadata, where))
     store.ensure_collection(collection, layout, recreate=recreate)
+    streams = {
+        name: vector_blocks(export, paths[name], len(texts), size)
+        for name, size in layout.dense.items()
+    }
     for start in range(0, len(texts), UPLOAD_BATCH):
         stop = start + UPLOAD_BATCH
         batch = PointBatch(
             ids=[m["point_id"] for m in metadata[start:stop]],
-            dense={name: array[start:stop] for name, array in vectors.items()},
+            dense={name: next(stream) for name, stream in streams.items()},
             payloads=[_payload(t, m) for t, m in zip(texts[start:stop], metadata[start:stop])],
         )
         if layout.sparse:
             batch.sparse[layout.sparse[0]] = sparse[start:stop]
         store.upsert(collection, batch)
+    for stream in streams.values():
+        stream.close()
     store.finish(collection)
     total = store.count(collection)
     log.info('Loaded %d points into "%s" (%d in the store)', len(texts), collection, total)

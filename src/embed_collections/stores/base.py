@@ -106,6 +106,19 @@ class Store(Protocol):
     ) -> None:
         """Create the collection, or check it matches `layout` (StoreError naming both if not)."""
 
+    def drop(self, collection: str) -> None:
+        """Delete the collection, also one too damaged to open (never one in use)."""
+
+    def loaded_marker(self, collection: str) -> dict[str, Any] | None:
+        """{"signature", "count"} of the last complete load, or None (no marker, or a write
+        since: every write clears it)."""
+
+    def mark_loaded(self, collection: str, signature: str, count: int) -> None:
+        """Record that the collection now holds exactly `count` points made from `signature`."""
+
+    def clear_loaded(self, collection: str) -> None:
+        """Remove the marker (done by every write before it writes)."""
+
     def upsert(self, collection: str, batch: PointBatch) -> None:
         """Insert or overwrite points by id."""
 

@@ -37,12 +37,13 @@ from qdrant_edge import (
 )
 
 from embed_collections.atomic import write_json_atomic
-from embed_collections.errors import StoreError
+from embed_collections.errors import ShardDamagedError, StoreError, StoreInUseError
 from embed_collections.stores.base import Hit, PointBatch, SearchQuery, SparseVec, VectorLayout
 
 logger = logging.getLogger(__name__)
 
 LAYOUT_SUFFIX = ".layout.json"
+MARKER_SUFFIX = ".loaded.json"
 
 
 @contextmanager
@@ -105,6 +106,7 @@ class EdgeStore:
         self.root = Path(root)
         self.location = str(self.root)
         self._shards: dict[str, EdgeShard] = {}
+        self._unmarked: set[str] = set()  # collections whose loaded marker this object removed
 
     def __enter__(self) -> EdgeStore:
         return self
@@ -120,8 +122,11 @@ class EdgeStore:
     def _layout_file(self, collection: str) -> Path:
         return self.root / f"{collection}{LAYOUT_SUFFIX}"
 
+    def _marker_file(self, collection: str) -> Path:
+        return self.root / f"{collection}{MARKER_SUFFIX}"
+
     def _in_use(self, path: Path) -> StoreError:
-        return StoreError(
+        return StoreInUseError(
             f"Qdrant store {path} is in use by another process "
             "(close it or use another --qdrant-path)"
         )
@@ -135,7 +140,7 @@ class EdgeStore:
             # in the message text.
             if "WouldBlock" in str(exc):
                 raise self._in_use(path) from exc
-            raise StoreError(f"Cannot open Qdrant Edge shard {path}: {exc}{hint}") from exc
+            raise ShardDamagedError(f"Cannot open Qdrant Edge shard {path}: {exc}{hint}") from exc
 
     def _shard(self, collection: str) -> EdgeShard:
         """The open shard of `collection`, loaded on first use and kept until close()."""
@@ -156,12 +161,23 @@ class EdgeStore:
     def _write_layout(self, collection: str, layout: VectorLayout) -> None:
         write_json_atomic(self._layout_file(collection), layout.to_json())
 
-    def _drop(self, collection: str) -> None:
-        """Delete a collection's shard and sidecar, after taking its lock (so never in use)."""
+    def drop(self, collection: str) -> None:
+        """Delete a collection's shard and sidecars, even one the engine can no longer open.
+
+        The shard is opened first to take its lock (so a shard in use is never deleted); a
+        shard too damaged to open is deleted anyway, which is what replacing it means.
+        """
         path = self._shard_dir(collection)
+        self.clear_loaded(collection)
         if path.is_dir():
-            self._shard(collection)
-            self._close_one(collection)
+            try:
+                self._shard(collection)
+                self._close_one(collection)
+            except StoreInUseError:
+                raise
+            except StoreError as exc:
+                self._shards.pop(collection, None)
+                logger.warning("replacing damaged collection %s: %s", collection, exc)
             shutil.rmtree(path)
         self._layout_file(collection).unlink(missing_ok=True)
         logger.info('deleted collection "%s" from %s', collection, self.root)
@@ -207,7 +223,7 @@ class EdgeStore:
         path = self._shard_dir(collection)
         self.root.mkdir(parents=True, exist_ok=True)
         if recreate:
-            self._drop(collection)
+            self.drop(collection)
         existing = self.layout(collection)
         if existing is not None:
             if not existing.matches(layout):
@@ -230,8 +246,31 @@ class EdgeStore:
             logger.info('created collection "%s" in %s: %s', collection, path, layout.describe())
         self._write_layout(collection, layout)
 
+    def loaded_marker(self, collection: str) -> dict[str, Any] | None:
+        """What the last complete load recorded ({"signature", "count"}), or None."""
+        try:
+            data = json.loads(self._marker_file(collection).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("count"), int):
+            return None
+        return data
+
+    def mark_loaded(self, collection: str, signature: str, count: int) -> None:
+        """Record that the collection holds exactly the `count` points of `signature`."""
+        write_json_atomic(self._marker_file(collection), {"signature": signature, "count": count})
+        self._unmarked.discard(collection)
+
+    def clear_loaded(self, collection: str) -> None:
+        """Forget the loaded marker: done before any write, so an interrupted or foreign write
+        (a killed run, `upload`) never leaves a marker that vouches for the old points."""
+        if collection not in self._unmarked:
+            self._marker_file(collection).unlink(missing_ok=True)
+            self._unmarked.add(collection)
+
     def upsert(self, collection: str, batch: PointBatch) -> None:
         """Insert or overwrite points by id, ~1024 points per engine update."""
+        self.clear_loaded(collection)
         shard = self._shard(collection)
         # One tolist() per whole array: per-row conversion is the ingest bottleneck.
         dense = {name: np.asarray(a, dtype=np.float32).tolist() for name, a in batch.dense.items()}
@@ -263,6 +302,7 @@ class EdgeStore:
 
     def delete(self, collection: str, ids: list[str]) -> None:
         """Delete points by id."""
+        self.clear_loaded(collection)
         shard = self._shard(collection)
         with _edge_errors(f'Delete from collection "{collection}" in {self.root} failed'):
             for start in range(0, len(ids), self.scroll_page):

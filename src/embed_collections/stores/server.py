@@ -230,6 +230,24 @@ class ServerStore:
             'created collection "%s" at %s: %s', collection, self.location, layout.describe()
         )
 
+    def drop(self, collection: str) -> None:
+        """Delete the collection if it exists."""
+        try:
+            if self.client.collection_exists(collection):
+                self.client.delete_collection(collection)
+        except CLIENT_ERRORS as exc:
+            raise self._failed(f'Deleting collection "{collection}"', exc) from exc
+
+    def loaded_marker(self, collection: str) -> dict[str, Any] | None:
+        """None: a server keeps no marker, so every run reloads (upserts are idempotent)."""
+        return None
+
+    def mark_loaded(self, collection: str, signature: str, count: int) -> None:
+        """Nothing is recorded on a server (see `loaded_marker`)."""
+
+    def clear_loaded(self, collection: str) -> None:
+        """Nothing is recorded on a server (see `loaded_marker`)."""
+
     def _send(self, collection: str, points: list[models.PointStruct], wait: bool) -> None:
         """One upsert request, retried with exponential back-off on transient failures."""
         for attempt in range(self.max_retries + 1):

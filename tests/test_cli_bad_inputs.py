@@ -1,0 +1,196 @@
+"""Every bad input of issue 12 is a one-line message with the documented exit code, never a
+traceback: the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Result, run_cli, write_chunks
+
+from embed_collections.dirlock import output_lock
+from embed_collections.stores.edge import EdgeStore
+from embed_collections.tiny_model import build_tiny_model
+
+
+def assert_message(result: Result, code: int, *texts: str) -> None:
+    assert result.code == code, (result.code, result.err)
+    assert "Traceback" not in result.err
+    for text in texts:
+        assert text in result.err, result.err
+
+
+def base_args(chunked: Path, out: Path, model: Path, *extra: Any) -> list[Any]:
+    return [
+        "run",
+        "--chunked-dir",
+        chunked,
+        "--output-dir",
+        out,
+        "--lease-dir",
+        out.parent / "leases",
+        "--models",
+        model,
+        "--device",
+        "cpu",
+        "--no-index",
+        "-q",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def chunked(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bad") / "Chunked"
+    write_chunks(root / "alpha" / "alpha_chunks.json", [f"alpha {i} text" for i in range(5)])
+    return root
+
+
+@pytest.mark.parametrize(
+    ("extra", "option"),
+    [
+        (["--batch-size", "-5"], "--batch-size"),
+        (["--max-seq-length", "-4"], "--max-seq-length"),
+        (["--wave-size", "0"], "--wave-size"),
+        (["--qdrant-port", "0"], "--qdrant-port"),
+        (["--truncate-dim", "0"], "--truncate-dim"),
+    ],
+)
+def test_out_of_range_numbers_are_usage_errors(chunked, tiny_models, tmp_path, extra, option):
+    result = run_cli(base_args(chunked, tmp_path / "out", tiny_models["tiny32"], *extra), tmp_path)
+    assert_message(result, 2, f"Invalid value for '{option}'")
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 3 and lines[-1].startswith("Error: ")  # usage line, hint, the error
+
+
+def test_search_top_k_below_one_is_a_usage_error(tmp_path):
+    result = run_cli(["search", "alpha", "query", "--top-k", "-1"], tmp_path)
+    assert_message(result, 2, "Invalid value for '--top-k'")
+
+
+def test_non_finite_weight_is_a_usage_error(chunked, tiny_models, tmp_path):
+    args = base_args(chunked, tmp_path / "out", tiny_models["tiny32"], "--weights", "inf")
+    assert_message(run_cli(args, tmp_path), 2, "weights must be finite numbers")
+
+
+def test_model_limits_are_usage_errors_naming_the_range(chunked, tiny_models, tmp_path):
+    model = tiny_models["tiny32"]
+    too_long = run_cli(
+        base_args(chunked, tmp_path / "o1", model, "--max-seq-length", "1024"), tmp_path
+    )
+    assert_message(too_long, 2, "--max-seq-length 1024 is longer than", "512 positions")
+    too_wide = run_cli(base_args(chunked, tmp_path / "o2", model, "--truncate-dim", "64"), tmp_path)
+    assert_message(too_wide, 2, "--truncate-dim 64 is larger than", "from 1 to 32")
+    assert "cache" not in too_wide.err
+
+
+def test_cache_dir_that_cannot_be_created(chunked, tiny_models, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    args = base_args(chunked, tmp_path / "out", tiny_models["tiny32"], "--cache-dir", blocker / "c")
+    assert_message(run_cli(args, tmp_path), 1, "cannot be created", "choose another --cache-dir")
+
+
+def test_damaged_cache_names_the_fix(chunked, tiny_models, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "embeddings.sqlite").write_bytes(b"SQLite format 3\x00" + os.urandom(8192))
+    args = base_args(chunked, tmp_path / "out", tiny_models["tiny32"], "--cache-dir", cache)
+    assert_message(run_cli(args, tmp_path), 1, "is damaged or unreadable", "delete it")
+
+
+def test_second_run_with_no_wait_names_the_holder(chunked, tiny_models, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with output_lock(out):
+        args = base_args(chunked, out, tiny_models["tiny32"], "--no-wait")
+        result = run_cli(args, tmp_path)
+    assert_message(result, 1, f"is in use by another run (pid {os.getpid()})")
+
+
+def test_partly_loaded_collection_with_poison_exits_3(tiny_models, tmp_path):
+    chunked = tmp_path / "Chunked"
+    nested: dict = {}
+    for _ in range(300):
+        nested = {"n": nested}
+    records = [{"text": f"good {i}"} for i in range(4)] + [{"text": "deep", "metadata": nested}]
+    (chunked / "mixed").mkdir(parents=True)
+    (chunked / "mixed" / "a_chunks.json").write_text(json.dumps(records), encoding="utf-8")
+    (chunked / "mixed" / "b_chunks.json").write_text("{broken", encoding="utf-8")
+    out = tmp_path / "out"
+    result = run_cli(base_args(chunked, out, tiny_models["tiny32"]), tmp_path)
+    assert_message(result, 3, "nested deeper than 32 levels", "not valid JSON")
+    summary = json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
+    assert summary["file_errors"] == 1 and summary["skipped_records"] == 1
+    assert "mixed" in summary["failed_collections"]
+    with EdgeStore(out / "qdrant") as store:
+        assert store.count("mixed") == 4  # the shard still opens: poison never reached it
+
+
+def as_nobody(args: list[Any], cwd: Path) -> subprocess.CompletedProcess:
+    """The CLI as uid 65534, without root's permission override."""
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(
+            str(Path(p).resolve())
+            for p in os.environ.get("PYTHONPATH", "src").split(os.pathsep)
+            if p
+        ),
+    }
+    env["EMBED_COLLECTIONS_CACHE_HOME"] = str(cwd / "home")
+    env["EMBED_COLLECTIONS_EXPORT_DIR"] = str(cwd / "home" / "exported")
+    env["HOME"] = str(cwd / "home")
+    command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    command += [sys.executable, "-m", "embed_collections"]
+    return subprocess.run(
+        [*command, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture
+def world(tmp_path_factory):
+    """A directory every user may use, with a tiny model readable by all."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the CLI as a user without DAC override")
+    root = Path(tempfile.mkdtemp(prefix="ec-world-"))
+    root.chmod(0o777)
+    build_tiny_model(root / "model", 32, seed=1)
+    (root / "home").mkdir(mode=0o777)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_unreadable_collection_directory_fails_in_the_summary(world):
+    chunked = world / "Chunked"
+    write_chunks(chunked / "alpha" / "alpha_chunks.json", ["alpha one", "alpha two"])
+    write_chunks(chunked / "secret" / "secret_chunks.json", ["hidden"])
+    for path in [chunked, *chunked.rglob("*")]:
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    (chunked / "secret").chmod(0o000)
+    out = world / "out"
+    result = as_nobody(base_args(chunked, out, world / "model"), world)
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    summary = json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
+    assert "Permission denied" in summary["failed_collections"]["secret"]
+    assert summary["results"]["alpha"]["points_in_store"] == 2
+
+
+def test_read_only_output_directory_is_one_line(world, chunked):
+    out = world / "readonly"
+    out.mkdir(mode=0o555)
+    out.chmod(0o555)
+    result = as_nobody(base_args(chunked, out, world / "model"), world)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "not writable" in result.stderr and "--output-dir" in result.stderr

@@ -1,0 +1,187 @@
+"""The store is the truth: after any corruption a re-run ends with the store equal to the input.
+
+Each test damages a copy of one finished run the way a killed run, another tool or a disk would
+(orphan points, a foreign upload, a deleted segment file), re-runs the real CLI and reads the
+points back from the shard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import Result, write_chunks
+from qdrant_edge import EdgeShard, Point, ScrollRequest, UpdateOperation
+
+from embed_collections.cli import main
+from embed_collections.stores import PointBatch
+from embed_collections.stores.edge import EdgeStore
+from embed_collections.stores.open import point_id
+
+TEXTS = {
+    "alpha": [f"Alpha page {i}: the quick brown fox jumps over dog {i}." for i in range(9)],
+    "beta": [f"Beta step {i}: install the package and run command {i}." for i in range(7)],
+}
+
+
+def invoke(args: list[Any]) -> Result:
+    """The CLI in this process through `main()` (its error mapping included)."""
+    out, err = io.StringIO(), io.StringIO()
+    code: Any = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exit_:
+            code = exit_.code
+    return Result(code if isinstance(code, int) else 1, out.getvalue(), err.getvalue())
+
+
+def expected_ids(collection: str) -> set[str]:
+    return {
+        point_id(collection, f"{collection}_chunks-{i:04d}") for i in range(len(TEXTS[collection]))
+    }
+
+
+def read_store(store_root: Path, collection: str) -> dict[str, list[float]]:
+    """point id -> vector, read straight from the shard on disk."""
+    shard = EdgeShard.load(str(store_root / collection))
+    try:
+        records, offset = shard.scroll(ScrollRequest(limit=1000, with_vector=True))
+        assert offset is None
+        return {str(r.id): r.vector for r in records}
+    finally:
+        shard.close()
+
+
+def run_args(chunked: Path, out: Path, model: Path, *extra: Any) -> list[Any]:
+    return [
+        "run",
+        "--chunked-dir",
+        chunked,
+        "--output-dir",
+        out,
+        "--lease-dir",
+        out.parent / "leases",
+        "--models",
+        model,
+        "--device",
+        "cpu",
+        "--no-index",
+        "-q",
+        *extra,
+    ]
+
+
+def summary(out: Path) -> dict[str, Any]:
+    return json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
+
+
+def assert_store_equals_input(out: Path, reference: dict[str, dict[str, list[float]]]) -> None:
+    for collection in TEXTS:
+        points = read_store(out / "qdrant", collection)
+        assert set(points) == expected_ids(collection)
+        for pid, vector in points.items():
+            np.testing.assert_allclose(vector, reference[collection][pid], rtol=1e-5, atol=1e-6)
+        result = summary(out)["results"][collection]
+        assert result["points_in_store"] == len(TEXTS[collection])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_models) -> dict[str, Any]:
+    """One complete run over two collections, and the vectors it stored."""
+    root = tmp_path_factory.mktemp("integrity")
+    chunked = root / "Chunked"
+    for name, texts in TEXTS.items():
+        write_chunks(chunked / name / f"{name}_chunks.json", texts)
+    out = root / "out"
+    result = invoke(run_args(chunked, out, tiny_models["tiny32"]))
+    assert result.code == 0, result.err
+    vectors = {name: read_store(out / "qdrant", name) for name in TEXTS}
+    return {"chunked": chunked, "out": out, "vectors": vectors}
+
+
+def copy_out(finished: dict[str, Any], tmp_path: Path) -> Path:
+    return Path(shutil.copytree(finished["out"], tmp_path / "out"))
+
+
+def rerun(finished: dict[str, Any], out: Path, model: Path, *extra: Any) -> Result:
+    return invoke(run_args(finished["chunked"], out, model, *extra))
+
+
+def test_complete_run_leaves_a_marker_with_the_count(finished):
+    with EdgeStore(finished["out"] / "qdrant") as store:
+        marker = store.loaded_marker("alpha")
+    assert marker is not None and marker["count"] == len(TEXTS["alpha"])
+
+
+def test_orphan_points_written_by_another_tool_are_removed(finished, tiny_models, tmp_path):
+    out = copy_out(finished, tmp_path)
+    shard = EdgeShard.load(str(out / "qdrant" / "alpha"))
+    orphans = [Point(str(uuid.uuid4()), {"": [0.1] * 32}, {"text": "orphan"}) for _ in range(3)]
+    shard.update(UpdateOperation.upsert_points(orphans))
+    shard.flush()
+    shard.close()
+
+    result = rerun(finished, out, tiny_models["tiny32"])
+
+    assert result.code == 0, result.err
+    assert_store_equals_input(out, finished["vectors"])
+    assert summary(out)["results"]["alpha"]["points_deleted"] == 3
+    assert summary(out)["cache_misses"] == 0
+
+
+def test_foreign_upload_of_other_vectors_is_replaced(finished, tiny_models, tmp_path):
+    out = copy_out(finished, tmp_path)
+    ids = sorted(expected_ids("beta"))
+    foreign = np.full((len(ids), 32), 0.5, dtype=np.float32)
+    with EdgeStore(out / "qdrant") as store:  # the very path `upload` writes through
+        store.upsert("beta", PointBatch(ids=ids, dense={"": foreign}, payloads=[{}] * len(ids)))
+        store.finish("beta", build_index=False)
+
+    result = rerun(finished, out, tiny_models["tiny32"])
+
+    assert result.code == 0, result.err
+    assert_store_equals_input(out, finished["vectors"])
+
+
+def test_shard_with_a_deleted_segment_file_is_rebuilt_from_the_cache(
+    finished, tiny_models, tmp_path
+):
+    out = copy_out(finished, tmp_path)
+    (segment,) = (out / "qdrant" / "alpha" / "segments").iterdir()
+    (segment / "segment.json").unlink()
+
+    result = rerun(finished, out, tiny_models["tiny32"])
+
+    assert result.code == 0, result.err
+    assert "rebuilding it from the embedding cache" in result.err
+    assert_store_equals_input(out, finished["vectors"])
+    assert summary(out)["cache_misses"] == 0
+
+
+def test_recreate_replaces_a_shard_that_no_longer_opens(finished, tiny_models, tmp_path):
+    out = copy_out(finished, tmp_path)
+    (segment,) = (out / "qdrant" / "beta" / "segments").iterdir()
+    (segment / "segment.json").unlink()
+
+    result = rerun(finished, out, tiny_models["tiny32"], "--recreate")
+
+    assert result.code == 0, result.err
+    assert_store_equals_input(out, finished["vectors"])
+
+
+@pytest.mark.slow
+def test_kill_and_corrupt_loop_never_leaves_a_store_unequal_to_its_input(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import integrity
+
+    assert integrity.main(["--kills", "2", "--seed", "3", "--workdir", str(tmp_path)]) == 0
