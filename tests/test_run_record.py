@@ -103,7 +103,7 @@ def test_help_discover_unchanged_rerun_and_upload_never_import_torch(exported_ru
     assert "torch" not in discovered.modules
     again = run_cli(args, root, env)
     assert again.code == 0, again.err
-    assert "unchanged since it was last loaded" in again.err
+    assert "holds exactly this input" in again.err
     assert not again.modules, again.modules  # no torch, transformers or runtime
     uploaded = run_cli(["upload", out, "--qdrant-path", tmp_path / "q", "--json"], tmp_path)
     assert uploaded.code == 0, uploaded.err
