@@ -11,7 +11,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -172,8 +172,21 @@ def run(config: RunConfig) -> RunSummary:
             f"Cannot create output directory {config.output_dir}: {error.strerror or error} "
             "(choose another --output-dir)"
         ) from error
-    with file_log(config.output_dir / LOG_FILE):
+    with file_log(config.output_dir / LOG_FILE), ExitStack() as stack:
+        if config.executor == "ray":  # preflight: join Ray and check its devices before any model
+            from embed_collections.ray_executor import cluster_session
+
+            config = stack.enter_context(cluster_session(config))
         return run_logged(config)
+
+
+def choose_executor(config: RunConfig) -> Callable[..., ModelTelemetry]:
+    """The `embed_pending` of `config.executor`: in this process (local) or on Ray actors."""
+    if config.executor == "ray":
+        from embed_collections import ray_executor
+
+        return ray_executor.embed_pending
+    return embed_pending
 
 
 def run_logged(config: RunConfig) -> RunSummary:
@@ -233,7 +246,14 @@ def run_extras(
     config: RunConfig, ensemble: Ensemble, layout: VectorLayout | None, seconds: float
 ) -> dict:
     """The keys the summary adds after the seed's schema."""
+    ray_cluster = None
+    if config.executor == "ray":
+        from embed_collections.ray_executor import describe_cluster
+
+        ray_cluster = describe_cluster()
     return {
+        "executor": config.executor,
+        "ray": ray_cluster,
         "combine": config.combine,
         "weights": ensemble.weights,
         "dimension": layout.dense if layout else None,
@@ -288,9 +308,10 @@ def process_wave(
     missing_before = {fp: set(cache.missing(fp, texts)) for fp in ensemble.fingerprints}
     events_by_model: dict[str, list[LeaseEvent]] = {}
     wave_telemetry: dict[str, ModelTelemetry] = {}
+    embed = choose_executor(config)
     for spec, fingerprint in zip(ensemble.specs, ensemble.fingerprints):
         events: list[LeaseEvent] = []
-        telemetry = embed_pending(spec, fingerprint, texts, cache, config.engine, events)
+        telemetry = embed(spec, fingerprint, texts, cache, config.engine, events)
         events_by_model[spec.name] = events
         wave_telemetry[spec.name] = telemetry
         if spec.name in ensemble.telemetry:
