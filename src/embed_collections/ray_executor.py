@@ -121,7 +121,7 @@ def connect(address: str | None) -> Cluster:
             probe_address(address)
         try:
             ray.init(
-                address=address,
+                address=address or "local",  # not a cluster found on disk: the one asked for
                 include_dashboard=False,
                 log_to_driver=False,
                 logging_level=logging.WARNING,
@@ -264,7 +264,7 @@ class ShardEmbedder:
         order = sorted(range(len(texts)), key=lambda i: -counts[i])
         vectors: np.ndarray | None = None
         limit = self.backend.max_seq_length
-        stats = {"batches": 0, "padded_tokens": 0, "oom_retries": 0}
+        stats: dict[str, Any] = {"batches": 0, "padded_tokens": 0, "oom_retries": 0}
         batch_size, done = self.batch_size, 0
         while done < len(order):
             rows = order[done : done + batch_size]
@@ -475,7 +475,7 @@ def run_pool(
     pool = ActorPool(actors)
     results = pool.map_unordered(
         lambda actor, shard: actor.embed.remote(shard, [inputs[i] for i in shards[shard]]),
-        range(len(shards)),
+        list(range(len(shards))),
     )
     with tqdm(
         total=len(inputs), desc=spec.slug, unit="chunk", file=sys.stderr, dynamic_ncols=True
