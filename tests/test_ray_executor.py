@@ -18,8 +18,9 @@ import embed_collections
 from embed_collections.cache import EmbeddingCache, text_digest
 from embed_collections.config import RunConfig
 from embed_collections.embedding import EngineOptions
+from embed_collections.errors import UsageError
 from embed_collections.pipeline import run
-from embed_collections.ray_executor import KILL_ONCE_ENV
+from embed_collections.ray_executor import KILL_ONCE_ENV, Cluster, cluster_engine, cut_shards
 
 SRC = Path(embed_collections.__file__).resolve().parents[1]
 SHARED = "Both collections quote this paragraph about installing the package."
@@ -178,3 +179,22 @@ def test_unreachable_ray_address_fails_before_any_model_loads(corpus, tiny_model
         .startswith(f"Error: Ray cluster at {address} is unreachable (")
     )
     assert "Acquired" not in result.err
+
+
+def test_the_cluster_not_the_driver_chooses_the_device():
+    gpus = Cluster(address="head:6379", cpus=32, gpus=2, nodes=2, started_here=False)
+    cpus = replace(gpus, gpus=0)
+    engine = cluster_engine(EngineOptions(device=""), gpus)
+    assert (engine.device, engine.dtype, engine.batch_size) == ("cuda", "float16", 128)
+    engine = cluster_engine(EngineOptions(device=""), cpus)
+    assert (engine.device, engine.dtype, engine.batch_size) == ("cpu", "float32", 32)
+    with pytest.raises(UsageError, match=r"at head:6379 has none \(32 CPUs on 2 node\(s\)\)"):
+        cluster_engine(EngineOptions(device="cuda:1"), cpus)
+
+
+def test_shards_hold_similar_lengths_and_every_text_once():
+    texts = [("word " * n).strip() for n in (5, 90, 12, 44, 3, 60, 7, 21, 33)]
+    shards = cut_shards(texts, actors=1)
+    assert sorted(i for shard in shards for i in shard) == list(range(len(texts)))
+    assert len(shards) == 3  # ceil(9 / (1 actor x 4 shards per actor)) = 3 texts per shard
+    assert [len(texts[i]) for i in shards[0]] == sorted((len(t) for t in texts), reverse=True)[:3]
