@@ -375,7 +375,9 @@ def embed_pending(
         info = described[0]
         telemetry.loads = len(described)
         telemetry.load_seconds = max(d["load_seconds"] for d in described)
-        telemetry.lease_wait_seconds = events[0].wait_seconds
+        telemetry.lease_wait_seconds = next(
+            e for e in events if e.device == pool_label
+        ).wait_seconds
         telemetry.dim, telemetry.max_seq_length = info["dim"], info["max_seq_length"]
         cache.register_model(
             fingerprint,
@@ -392,7 +394,16 @@ def embed_pending(
         )
         with Timer() as embed_timer:
             workers = run_pool(
-                ray, actors, described, spec, fingerprint, missing, texts, cache, telemetry
+                ray,
+                actors,
+                described,
+                spec,
+                fingerprint,
+                missing,
+                texts,
+                cache,
+                telemetry,
+                options.show_progress,
             )
         telemetry.embed_seconds = embed_timer.seconds
         telemetry.workers = sorted(workers.values(), key=lambda w: w["actor"])
@@ -461,6 +472,7 @@ def run_pool(
     texts: dict[bytes, str],
     cache: EmbeddingCache,
     telemetry: ModelTelemetry,
+    show_progress: bool = True,
 ) -> dict[int, dict]:
     """Hand out shards, cache each one as it comes back; returns per-actor telemetry."""
     from ray.util import ActorPool
@@ -478,7 +490,12 @@ def run_pool(
         list(range(len(shards))),
     )
     with tqdm(
-        total=len(inputs), desc=spec.slug, unit="chunk", file=sys.stderr, dynamic_ncols=True
+        total=len(inputs),
+        desc=spec.slug,
+        unit="chunk",
+        file=sys.stderr,
+        disable=None if show_progress else True,
+        dynamic_ncols=True,
     ) as bar:
         while True:
             try:
