@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -172,6 +173,18 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
     is_flag=True,
     help="Accepted for the seed's scripts; exclusive (one model at a time) is the only mode.",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where models run: this process, or actors on a Ray cluster (extra: [ray]).",
+)
+@click.option(
+    "--ray-address",
+    envvar="RAY_ADDRESS",
+    help="Ray cluster to join with --executor ray (env RAY_ADDRESS) [start one on this machine].",
+)
 @server_options
 @click.option("--qdrant-host", "--qdrant_host", "qdrant_host", help="Server host (seed spelling).")
 @click.option(
@@ -246,12 +259,19 @@ def run(**options):
     url = options["qdrant_url"]
     if not url and (options["qdrant_host"] or options["qdrant_port"]):
         url = f"http://{options['qdrant_host'] or 'localhost'}:{options['qdrant_port'] or 6333}"
+    settings = ensemble_settings(options)
+    if options["executor"] == "ray" and not options["device"]:
+        # the cluster's devices, not this machine's, decide (ray_executor.cluster_engine)
+        raw = {"device": "", "dtype": options["dtype"], "batch_size": options["batch_size"]}
+        settings["engine"] = replace(settings["engine"], **raw)
     config = RunConfig(
         chunked_dir=options["chunked_dir"] or default_chunked,
         output_dir=options["output_dir"] or default_output,
         environment=environment,
         collections=tuple(split_list(options["collections"])),
-        **ensemble_settings(options),
+        **settings,
+        executor=options["executor"],
+        ray_address=options["ray_address"],
         qdrant_url=url,
         qdrant_api_key=options["qdrant_api_key"],
         qdrant_path=options["qdrant_path"],

@@ -48,6 +48,8 @@ class RunConfig:
     max_seq_length: int | None = None
     truncate_dim: int | None = None
     engine: EngineOptions = field(default_factory=EngineOptions)
+    executor: str = "local"  # or "ray": ray_executor embeds on a Ray cluster's actors
+    ray_address: str | None = None
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
     qdrant_path: Path | None = None

@@ -10,8 +10,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -258,8 +258,25 @@ def run(config: RunConfig) -> RunSummary:
             f"Cannot create output directory {config.output_dir}: {error.strerror or error} "
             "(choose another --output-dir)"
         ) from error
-    with output_lock(config.output_dir, wait=config.wait), file_log(config.output_dir / LOG_FILE):
+    with (
+        output_lock(config.output_dir, wait=config.wait),
+        file_log(config.output_dir / LOG_FILE),
+        ExitStack() as stack,
+    ):
+        if config.executor == "ray":  # preflight: join Ray and check its devices before any model
+            from embed_collections.ray_executor import cluster_session
+
+            config = stack.enter_context(cluster_session(config))
         return run_logged(config)
+
+
+def choose_executor(config: RunConfig) -> Callable[..., ModelTelemetry]:
+    """The `embed_pending` of `config.executor`: in this process (local) or on Ray actors."""
+    if config.executor == "ray":
+        from embed_collections import ray_executor
+
+        return ray_executor.embed_pending
+    return embed_pending
 
 
 def run_logged(config: RunConfig) -> RunSummary:
@@ -338,7 +355,14 @@ def run_extras(
     config: RunConfig, ensemble: Ensemble, layout: VectorLayout | None, seconds: float
 ) -> dict:
     """The keys the summary adds after the seed's schema."""
+    ray_cluster = None
+    if config.executor == "ray":
+        from embed_collections.ray_executor import describe_cluster
+
+        ray_cluster = describe_cluster()
     return {
+        "executor": config.executor,
+        "ray": ray_cluster,
         "combine": config.combine,
         "weights": ensemble.weights,
         "dimension": layout.dense if layout else None,
@@ -402,10 +426,11 @@ def process_wave(
     check_wave_space(wave, ensemble.dims(cache), missing_before, config)
     events_by_model: dict[str, list[LeaseEvent]] = {}
     wave_telemetry: dict[str, ModelTelemetry] = {}
+    embed = choose_executor(config)
     for spec, fingerprint, backend in zip(ensemble.specs, ensemble.fingerprints, ensemble.backends):
         events: list[LeaseEvent] = []
         options = replace(config.engine, backend=backend, quantize="")  # decided in preflight
-        telemetry = embed_pending(spec, fingerprint, texts, cache, options, events)
+        telemetry = embed(spec, fingerprint, texts, cache, options, events)
         events_by_model[spec.name] = events
         wave_telemetry[spec.name] = telemetry
         if spec.name in ensemble.telemetry:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass
@@ -31,12 +31,15 @@ class ModelTelemetry:
     cache_hits: int = 0
     cache_misses: int = 0
     peak_memory_bytes: int | None = None
+    workers: list[dict] = field(default_factory=list)  # per worker (Ray actor): where, how much
 
     def add(self, other: ModelTelemetry) -> None:
         """Accumulate another wave's numbers of the same model."""
         for item in fields(self):
             mine, theirs = getattr(self, item.name), getattr(other, item.name)
-            if item.name == "peak_memory_bytes":
+            if item.name == "workers":
+                self.workers = self.workers + list(theirs)
+            elif item.name == "peak_memory_bytes":
                 if theirs is not None:
                     setattr(self, item.name, max(mine or 0, theirs))
             elif isinstance(mine, (int, float)) and not isinstance(mine, bool):

@@ -1,0 +1,200 @@
+"""`--executor ray`: the same run on a local Ray cluster (one per test session, 2 CPUs, a small
+object store), an actor killed mid-shard, and the usage error without the extra."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli, write_chunks
+
+import embed_collections
+from embed_collections.cache import EmbeddingCache, text_digest
+from embed_collections.config import RunConfig
+from embed_collections.embedding import EngineOptions
+from embed_collections.errors import UsageError
+from embed_collections.pipeline import run
+from embed_collections.ray_executor import KILL_ONCE_ENV, Cluster, cluster_engine, cut_shards
+
+SRC = Path(embed_collections.__file__).resolve().parents[1]
+SHARED = "Both collections quote this paragraph about installing the package."
+CORPUS = {
+    "alpha/alpha_chunks.json": [f"Alpha note {i}: the fox jumps over dog {i}." for i in range(9)]
+    + [SHARED],
+    "beta/beta_chunks.json": [f"Beta step {i}: run command {i} " * (1 + i % 4) for i in range(11)]
+    + [SHARED],
+}
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every Ray test: 2 CPUs, 80 MiB object store, no dashboard."""
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2,
+        object_store_memory=80 * 2**20,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ray-corpus")
+    for name, texts in CORPUS.items():
+        write_chunks(root / name, texts)
+    return root
+
+
+def make_config(corpus: Path, output: Path, models: list[Path], executor: str) -> RunConfig:
+    """A run of `models` on CPU with torch (no runtime export), the embedded store in `output`."""
+    engine = EngineOptions(device="cpu", backend="torch", batch_size=4, show_progress=False)
+    return RunConfig(
+        chunked_dir=corpus,
+        output_dir=output,
+        models=tuple(str(m) for m in models),
+        engine=engine.resolved(),
+        executor=executor,
+        build_index=False,
+    )
+
+
+def cached_vectors(config: RunConfig, fingerprint: str, dim: int) -> np.ndarray:
+    """Every corpus text's vector of one model, in a fixed order."""
+    digests = sorted({text_digest(t) for texts in CORPUS.values() for t in texts})
+    with EmbeddingCache(config.embedding_cache_path) as cache:
+        return cache.get_vectors(fingerprint, digests, dim)
+
+
+def test_ray_run_matches_local_and_survives_a_killed_actor(
+    ray_session, corpus, tiny_models, tmp_path, monkeypatch
+):
+    model = tiny_models["tiny32"]
+    local_config = make_config(corpus, tmp_path / "local", [model], "local")
+    local = run(local_config)
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(KILL_ONCE_ENV, str(marker))
+    config = make_config(corpus, tmp_path / "ray", [model], "ray")
+    summary = run(config)
+    assert summary.exit_code == 0
+    assert summary.extra["executor"] == "ray" and summary.extra["ray"]["cpus"] == 2
+    # the actor's process really was SIGKILLed mid-shard, and Ray restarted it
+    telemetry, local_telemetry = (
+        summary.extra["models"][str(model)],
+        local.extra["models"][str(model)],
+    )
+    (worker,) = telemetry["workers"]
+    assert worker["restarted"] and worker["loads"] == 2
+    assert int(marker.read_text()) in worker["pids"] and worker["device"] == "cpu"
+    # nothing lost or duplicated: each pending text came back once, each chunk is one point
+    unique = len({t for texts in CORPUS.values() for t in texts})
+    assert telemetry["chunks_embedded"] == worker["chunks"] == telemetry["cache_misses"] == unique
+    assert telemetry["tokens_embedded"] == local_telemetry["tokens_embedded"]
+    for path, texts in CORPUS.items():
+        name = path.split("/")[0]
+        assert summary.results[name].points_in_store == local.results[name].points_in_store
+        assert summary.results[name].points_in_store == len(texts)
+    dim = telemetry["dim"]
+    ours = cached_vectors(config, telemetry["fingerprint"], dim)
+    theirs = cached_vectors(local_config, local_telemetry["fingerprint"], dim)
+    cosines = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
+    assert cosines.min() >= 0.9999
+    events = summary.results["alpha"].lease_events
+    kinds = [(e["event_type"], e["device"].split("@")[0]) for e in events]
+    assert kinds == [
+        ("acquire", "ray:1xcpu"),
+        ("acquire", "ray-actor-0"),
+        ("release", "ray-actor-0"),
+        ("release", "ray:1xcpu"),
+    ]
+
+
+def test_ray_executor_without_the_extra_is_a_usage_error(corpus, tiny_models, tmp_path):
+    fake = tmp_path / "site"
+    (fake / "ray").mkdir(parents=True)
+    (fake / "ray" / "__init__.py").write_text('raise ImportError("No module named ray")\n')
+    args = ["run", "--chunked-dir", corpus, "--output-dir", tmp_path / "out"]
+    args += ["--models", tiny_models["tiny32"], "--executor", "ray", "--device", "cpu"]
+    result = run_cli(args, tmp_path, env={"PYTHONPATH": f"{fake}:{SRC}"})
+    assert result.code == 2
+    assert result.err.strip().splitlines() == [
+        "Error: --executor ray needs Ray, which is not importable (No module named ray); "
+        'pip install "embed-collections[ray]"'
+    ]
+
+
+def test_local_run_never_imports_ray(corpus, tiny_models, tmp_path):
+    config = make_config(corpus, tmp_path / "out", [tiny_models["tiny32"]], "local")
+    script = (
+        "import sys; from pathlib import Path; from embed_collections.config import RunConfig; "
+        "from embed_collections.embedding import EngineOptions; "
+        "from embed_collections.pipeline import run; "
+        f"engine = EngineOptions(device='cpu', backend='torch', show_progress=False).resolved(); "
+        f"run(RunConfig(chunked_dir=Path({str(corpus)!r}), output_dir=Path({str(tmp_path)!r}), "
+        f"models=({str(config.models[0])!r},), engine=engine, build_index=False)); "
+        "print('ray' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_cuda_on_a_cluster_without_gpus_is_a_usage_error(
+    ray_session, corpus, tiny_models, tmp_path
+):
+    config = make_config(corpus, tmp_path / "ray", [tiny_models["tiny32"]], "ray")
+    config = replace(config, engine=replace(config.engine, device="cuda"))
+    with pytest.raises(Exception) as caught:
+        run(config)
+    assert caught.value.exit_code == 2
+    assert "has none (2 CPUs on 1 node(s))" in str(caught.value)
+
+
+def test_unreachable_ray_address_fails_before_any_model_loads(corpus, tiny_models, tmp_path):
+    pytest.importorskip("ray")
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    args = ["run", "--chunked-dir", corpus, "--output-dir", tmp_path / "out"]
+    args += ["--models", tiny_models["tiny32"], "--executor", "ray", "--ray-address", address]
+    result = run_cli(args, tmp_path, env={"PYTHONPATH": str(SRC)})
+    assert result.code == 1
+    assert (
+        result.err.strip()
+        .splitlines()[-1]
+        .startswith(f"Error: Ray cluster at {address} is unreachable (")
+    )
+    assert "Acquired" not in result.err
+
+
+def test_the_cluster_not_the_driver_chooses_the_device():
+    gpus = Cluster(address="head:6379", cpus=32, gpus=2, nodes=2, started_here=False)
+    cpus = replace(gpus, gpus=0)
+    engine = cluster_engine(EngineOptions(device=""), gpus)
+    assert (engine.device, engine.dtype, engine.batch_size) == ("cuda", "float16", 128)
+    engine = cluster_engine(EngineOptions(device=""), cpus)
+    assert (engine.device, engine.dtype, engine.batch_size) == ("cpu", "float32", 32)
+    with pytest.raises(UsageError, match=r"at head:6379 has none \(32 CPUs on 2 node\(s\)\)"):
+        cluster_engine(EngineOptions(device="cuda:1"), cpus)
+
+
+def test_shards_hold_similar_lengths_and_every_text_once():
+    texts = [("word " * n).strip() for n in (5, 90, 12, 44, 3, 60, 7, 21, 33)]
+    shards = cut_shards(texts, actors=1)
+    assert sorted(i for shard in shards for i in shard) == list(range(len(texts)))
+    assert len(shards) == 3  # ceil(9 / (1 actor x 4 shards per actor)) = 3 texts per shard
+    assert [len(texts[i]) for i in shards[0]] == sorted((len(t) for t in texts), reverse=True)[:3]
