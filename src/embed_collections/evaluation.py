@@ -31,6 +31,7 @@ from embed_collections.search import (
 )
 from embed_collections.stores import Store
 from embed_collections.stores.open import point_id
+from embed_collections.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -235,18 +236,7 @@ def evaluate_beir(
     queries = dataset.judged_queries()
     if not queries:
         raise UsageError(f"No query in {beir_dir} has a relevant document in qrels/{split}.tsv")
-    chunked_dir = config.output_dir / "beir"
-    if write_corpus_chunks(dataset, chunked_dir / dataset.name / CORPUS_CHUNK_FILE):
-        log.info("Wrote %d corpus documents to %s", len(dataset.corpus), chunked_dir / dataset.name)
-    config = replace(config, chunked_dir=chunked_dir, collections=(dataset.name,), upload=True)
-
-    started = time.perf_counter()
-    summary = run_pipeline(config)
-    index_seconds = time.perf_counter() - started
-    if dataset.name in summary.failed_collections:
-        raise EmbedCollectionsError(
-            f"Indexing the BEIR corpus failed: {summary.failed_collections[dataset.name]}"
-        )
+    config, summary, index_seconds = index_corpus(dataset, config, upload=True)
 
     saved = load_saved_config(config.output_dir)
     encoder = QueryEncoder.from_saved(saved, device=config.engine.device)
@@ -293,6 +283,25 @@ def evaluate_beir(
         store.close()
     write_json_atomic(config.output_dir / RESULTS_FILE, report.to_json())
     return report
+
+
+def index_corpus(
+    dataset: BeirDataset, config: RunConfig, upload: bool
+) -> tuple[RunConfig, RunSummary, float]:
+    """Write the corpus as a chunk file and run the pipeline on it (embedding through the cache);
+    returns the config used, the run's summary and its seconds."""
+    chunked_dir = config.output_dir / "beir"
+    if write_corpus_chunks(dataset, chunked_dir / dataset.name / CORPUS_CHUNK_FILE):
+        log.info("Wrote %d corpus documents to %s", len(dataset.corpus), chunked_dir / dataset.name)
+    config = replace(config, chunked_dir=chunked_dir, collections=(dataset.name,), upload=upload)
+    started = time.perf_counter()
+    summary = run_pipeline(config)
+    seconds = time.perf_counter() - started
+    if dataset.name in summary.failed_collections:
+        raise EmbedCollectionsError(
+            f"Indexing the BEIR corpus failed: {summary.failed_collections[dataset.name]}"
+        )
+    return config, summary, seconds
 
 
 @dataclass

@@ -15,7 +15,7 @@ from embed_collections.backends import create_backend, default_device, default_d
 from embed_collections.config import load_saved_config
 from embed_collections.ensemble import combine_vectors
 from embed_collections.errors import UsageError
-from embed_collections.models import ModelSettings, ModelSpec, locate_model
+from embed_collections.models import ModelSettings, ModelSpec, locate_model, static_format
 from embed_collections.stores import Hit, SearchQuery, Store
 from embed_collections.stores.open import open_store
 
@@ -57,6 +57,7 @@ class QueryEncoder:
                     weight=model["weight"],
                     dim=model["dim"],
                     trust_remote_code=saved.get("trust_remote_code", False),
+                    static=static_format(path) is not None,
                 )
             )
         sparse = None
@@ -68,6 +69,12 @@ class QueryEncoder:
 
     def dense(self, queries: list[str], batch_size: int = 64) -> dict[str, np.ndarray]:
         """Combined dense query vectors (vector name -> Q x D); models load one at a time."""
+        weights = [spec.weight for spec in self.specs]
+        per_model = self.per_model(queries, batch_size)
+        return combine_vectors(per_model, weights, self.combine, self.vector_names)
+
+    def per_model(self, queries: list[str], batch_size: int = 64) -> list[np.ndarray]:
+        """Each model's raw query vectors (Q x d_i), in the run's model order."""
         device = self.device or default_device()
         per_model = []
         for spec in self.specs:
@@ -80,8 +87,7 @@ class QueryEncoder:
             ]
             per_model.append(np.vstack(parts))
             backend.unload()
-        weights = [spec.weight for spec in self.specs]
-        return combine_vectors(per_model, weights, self.combine, self.vector_names)
+        return per_model
 
     def sparse_queries(self, queries: list[str]) -> list[tuple[list[int], list[float]]]:
         if self.sparse is None:
