@@ -5,6 +5,7 @@ static models loaded through the normal path; their token vectors decide what ea
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ from conftest import run_cli
 from embed_collections.config import RunConfig
 from embed_collections.embedding import EngineOptions
 from embed_collections.errors import UsageError
+from embed_collections.evaluation import evaluate_beir
 from embed_collections.models import find_in_package
+from embed_collections.search import search_collection
 from embed_collections.tiny_model import build_static_model, minilm_vocab_size
 from embed_collections.tuning import (
     apply_weights_file,
@@ -270,3 +273,28 @@ def test_weights_file_is_validated(tmp_path):
         read_weights_file(path)
     with pytest.raises(UsageError, match="does not exist"):
         read_weights_file(tmp_path / "absent.json")
+
+
+# --- query-time weights for --combine named ----------------------------------------------------
+
+
+def test_named_run_fuses_weights_at_query_time(world, tmp_path):
+    folder, models = world
+    config = replace(
+        config_for(tmp_path, models["left"], models["right"]), combine="named", weights=(1.0, 1.0)
+    )
+    report = evaluate_beir(folder, config)
+    fused, exact = report.modes["dense"].metrics, report.modes["dense-exact"].metrics
+    assert exact["ndcg@10"] > 0.8  # each member alone scores about 0.5 here
+    assert fused["ndcg@10"] == pytest.approx(exact["ndcg@10"], abs=0.02)
+
+    # the same stored vectors, other weights: nothing is embedded, the ranking follows the weights
+    query = json.loads((folder / "queries.jsonl").read_text().splitlines()[0])["text"]  # topic 0
+    found = {
+        weights: search_collection(config.output_dir, report.collection, query, 2, weights=weights)
+        for weights in ((1.0, 0.0), (0.0, 1.0))
+    }
+    assert {hit.payload["chunk_id"] for hit in found[(1.0, 0.0)]} == {"d0-0", "d0-1"}  # left knows
+    assert not {hit.payload["chunk_id"] for hit in found[(0.0, 1.0)]} & {"d0-0", "d0-1"}
+    with pytest.raises(UsageError, match=r"1 weights given for the run's 2 models"):
+        search_collection(config.output_dir, report.collection, query, weights=[1.0])

@@ -15,6 +15,7 @@ from embed_collections.cli_options import (
     engine_options,
     ensemble_options,
     ensemble_settings,
+    parse_weights,
     quiet_option,
     split_list,
     verbose_option,
@@ -280,7 +281,7 @@ def run(**options):
     return summary.exit_code
 
 
-@cli.command()
+@cli.command(cls=ListOptionCommand)
 @click.argument("collection")
 @click.argument("query")
 @click.option(
@@ -301,6 +302,11 @@ def run(**options):
     "--rrf-k", default=60, show_default=True, help="RRF constant k: score = sum 1/(k + rank)."
 )
 @click.option("--qdrant-api-key", envvar="QDRANT_API_KEY", help="API key (env QDRANT_API_KEY).")
+@click.option(
+    "--weights",
+    multiple=True,
+    help="Query-time weight per model for a --combine named run [the run's weights].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
 @verbose_option
 @quiet_option
@@ -313,6 +319,7 @@ def search(
     fusion,
     rrf_k,
     qdrant_api_key,
+    weights,
     as_json,
     verbose,
     quiet,
@@ -322,6 +329,7 @@ def search(
     \b
     Example:
       embed-collections search Docling "How do I convert a PDF?" --output-dir ./output --top-k 5
+      embed-collections search Docling "convert a PDF" --weights 0.8,0.2  # a --combine named run
     """
     from embed_collections.config import default_paths, detect_environment
     from embed_collections.search import search_collection
@@ -329,7 +337,15 @@ def search(
     setup_logging(verbose, quiet or not verbose)
     output_dir = output_dir or default_paths(detect_environment())[1]
     hits = search_collection(
-        output_dir, collection, query, top_k, mode, fusion, rrf_k, qdrant_api_key
+        output_dir,
+        collection,
+        query,
+        top_k,
+        mode,
+        fusion,
+        rrf_k,
+        qdrant_api_key,
+        weights=parse_weights(weights),
     )
     if as_json:
         echo_json(

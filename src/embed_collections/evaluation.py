@@ -28,6 +28,8 @@ from embed_collections.search import (
     QueryEncoder,
     build_queries,
     open_run_store,
+    uses_weighted_fusion,
+    weighted_named_search,
 )
 from embed_collections.stores import Store
 from embed_collections.stores.open import point_id
@@ -281,6 +283,8 @@ def evaluate_beir(
             )
     finally:
         store.close()
+    if "dense" in chosen and uses_weighted_fusion(encoder, "dense"):
+        report.modes["dense-exact"] = exact_dense_result(config, saved, encoder, queries, qrels)
     write_json_atomic(config.output_dir / RESULTS_FILE, report.to_json())
     return report
 
@@ -302,6 +306,28 @@ def index_corpus(
             f"Indexing the BEIR corpus failed: {summary.failed_collections[dataset.name]}"
         )
     return config, summary, seconds
+
+
+def exact_dense_result(
+    config: RunConfig,
+    saved: dict[str, Any],
+    encoder: QueryEncoder,
+    queries: dict[str, str],
+    qrels: dict[str, dict[str, int]],
+) -> ModeResult:
+    """Beside a `named` run's weighted fusion in the store: exact search by the same weighted
+    cosines in numpy, which is what `concat` with these weights would rank by."""
+    from embed_collections.tuning import cached_corpus_vectors, exact_search_metrics
+
+    started = time.perf_counter()
+    corpus_ids, corpus_vectors = cached_corpus_vectors(config, saved, config.collections[0])
+    dense = encoder.dense(list(queries.values()))
+    weights = [spec.weight for spec in encoder.specs]
+    per_model = [dense[name] for name in encoder.vector_names]
+    metrics = exact_search_metrics(
+        per_model, corpus_vectors, weights, list(queries), qrels, corpus_ids
+    )
+    return ModeResult("dense-exact", metrics, time.perf_counter() - started, len(queries))
 
 
 @dataclass
@@ -359,6 +385,15 @@ def search_all(
     """
     by_point = {point_id(collection, doc_id): doc_id for doc_id in corpus_ids}
     ids = list(queries)
+    if uses_weighted_fusion(encoder, mode):
+        texts = list(queries.values())
+        results = weighted_named_search(
+            store, collection, encoder, texts, SEARCH_LIMIT, with_payload=False
+        )
+        return {
+            qid: [doc for doc in (by_point.get(h.id, "") for h in hits) if doc and doc != qid]
+            for qid, hits in zip(ids, results)
+        }
     built = [
         replace(query, with_payload=False)
         for query in build_queries(

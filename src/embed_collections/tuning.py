@@ -416,6 +416,37 @@ class TuningReport:
         }
 
 
+def cached_corpus_vectors(
+    config: Any, saved: dict[str, Any], collection: str
+) -> tuple[list[str], list[np.ndarray]]:
+    """(chunk ids, per-model N x d_i vectors) of an indexed collection, from the run's cache."""
+    from embed_collections.cache import EmbeddingCache, text_digest
+    from embed_collections.chunks import load_collection
+
+    loaded = load_collection(collection, config.chunked_dir / collection)
+    digests = [text_digest(chunk.text) for chunk in loaded.chunks]
+    with EmbeddingCache(config.embedding_cache_path) as cache:
+        vectors = [
+            cache.get_vectors(fp, digests, int(cache.model_dim(fp) or 0))
+            for fp in (m["fingerprint"] for m in saved["models"])
+        ]
+    return [chunk.chunk_id for chunk in loaded.chunks], vectors
+
+
+def exact_search_metrics(
+    query_vectors: Sequence[np.ndarray],
+    corpus_vectors: Sequence[np.ndarray],
+    weights: Sequence[float],
+    queries: list[str],
+    qrels: dict[str, dict[str, int]],
+    corpus_ids: list[str],
+) -> dict[str, float]:
+    """Metrics of exact search by sum_i w_i * cos_i (what concat with these weights ranks by)."""
+    scores = cosine_scores(query_vectors, corpus_vectors)
+    mask_self_hits(scores, queries, corpus_ids)
+    return exact_metrics(scores, weights, judge(queries, qrels, corpus_ids), corpus_ids)
+
+
 def check_splits(beir_dir: Path, tune_split: str, split: str) -> None:
     """Both qrels splits exist, or a usage error naming those that do."""
     folder = Path(beir_dir) / "qrels"
@@ -440,8 +471,6 @@ def tune_beir(
     search, score every member and the ensemble on `split`, and write the weights file."""
     import time
 
-    from embed_collections.cache import EmbeddingCache, text_digest
-    from embed_collections.chunks import load_collection
     from embed_collections.config import load_saved_config, write_json_atomic
     from embed_collections.evaluation import index_corpus, load_beir, read_qrels
     from embed_collections.search import QueryEncoder
@@ -473,16 +502,7 @@ def tune_beir(
         )
     config, summary, _ = index_corpus(dataset, config, upload=False)
     saved = load_saved_config(config.output_dir)
-    loaded = load_collection(dataset.name, config.chunked_dir / dataset.name)
-    corpus_ids = [chunk.chunk_id for chunk in loaded.chunks]
-    digests = [text_digest(chunk.text) for chunk in loaded.chunks]
-    with EmbeddingCache(config.embedding_cache_path) as cache:
-        corpus_vectors = [
-            cache.get_vectors(
-                m["fingerprint"], digests, int(cache.model_dim(m["fingerprint"]) or 0)
-            )
-            for m in saved["models"]
-        ]
+    corpus_ids, corpus_vectors = cached_corpus_vectors(config, saved, dataset.name)
     query_ids = list(dict.fromkeys([*tune_queries, *eval_queries]))
     texts = [dataset.queries[q] for q in query_ids]
     encoder = QueryEncoder.from_saved(saved, device=config.engine.device)
