@@ -380,6 +380,7 @@ class TuningReport:
     member_metrics: list[dict[str, float]]
     ensemble_metrics: dict[str, float]
     tuned_metrics: dict[str, float]
+    equal_metrics: dict[str, float]
     result: TuningResult
     weights_file: str
     corpus_size: int
@@ -403,6 +404,7 @@ class TuningReport:
             "tuning": {
                 **self.result.to_json(),
                 "tuned_weights_on_eval_split": rounded(self.tuned_metrics),
+                "equal_weights_on_eval_split": rounded(self.equal_metrics),
             },
             "dataset": self.dataset,
             "split": self.split,
@@ -524,6 +526,7 @@ def tune_beir(
     ]
     ensemble = exact_metrics(eval_scores, result.weights, evaluation, corpus_ids)
     tuned = exact_metrics(eval_scores, result.tuned_weights, evaluation, corpus_ids)
+    equal = exact_metrics(eval_scores, [1.0] * len(models), evaluation, corpus_ids)
     weights_path = Path(weights_out or config.output_dir / WEIGHTS_FILE)
     write_weights_file(
         weights_path,
@@ -539,6 +542,7 @@ def tune_beir(
         member_metrics=members,
         ensemble_metrics=ensemble,
         tuned_metrics=tuned,
+        equal_metrics=equal,
         result=result,
         weights_file=str(weights_path),
         corpus_size=len(corpus_ids),
