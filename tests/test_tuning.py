@@ -253,6 +253,7 @@ def test_weights_file_is_validated(tmp_path):
     path = tmp_path / "w.json"
     write_weights_file(path, ["a", "b"], [0.7, 0.3], {})
     assert apply_weights_file(path, ["a", "b"], None) == (("a", "b"), (0.7, 0.3))
+    assert apply_weights_file(path, None, None) == (("a", "b"), (0.7, 0.3))
     with pytest.raises(UsageError, match=r"is for models a, b, but this run has a, c"):
         apply_weights_file(path, ["a", "c"], None)
     with pytest.raises(UsageError, match="Give --weights or --weights-file, not both"):

@@ -184,10 +184,11 @@ def ensemble_settings(options: dict) -> dict:
 
     models = tuple(split_list(options["models"])) or DEFAULT_ENSEMBLE_MODELS
     weights = tuple(w) if (w := parse_weights(options["weights"])) else None
-    if options.get("weights_file"):
+    if options.get("weights_file"):  # without --models, the file's models
         from embed_collections.tuning import apply_weights_file
 
-        models, weights = apply_weights_file(options["weights_file"], models, weights)
+        listed = tuple(split_list(options["models"])) or None
+        models, weights = apply_weights_file(options["weights_file"], listed, weights)
     return dict(
         models=models,
         weights=weights,

@@ -342,15 +342,17 @@ def read_weights_file(path: Path) -> WeightsFile:
 
 
 def apply_weights_file(
-    path: Path, models: Sequence[str], explicit_weights: Sequence[float] | None
+    path: Path, models: Sequence[str] | None, explicit_weights: Sequence[float] | None
 ) -> tuple[tuple[str, ...], tuple[float, ...]]:
     """The run's models and weights from a weights file: names must match the run's models
-    (aliases expanded); members weighted 0 are left out of the run (they would add nothing)."""
+    (aliases expanded; None: the file's models); members weighted 0 are left out of the run
+    (they would add nothing)."""
     from embed_collections.models import canonical_name
 
     if explicit_weights:
         raise UsageError("Give --weights or --weights-file, not both")
     read = read_weights_file(path)
+    models = list(read.weights) if models is None else models
     run = {canonical_name(m): m for m in models}
     listed = {canonical_name(m): m for m in read.weights}
     if set(run) != set(listed):
