@@ -17,6 +17,7 @@ from embed_collections.cli_options import (
     engine_options,
     ensemble_options,
     ensemble_settings,
+    parse_weights,
     quiet_option,
     server_options,
     split_list,
@@ -312,7 +313,7 @@ def run(**options):
     return summary.exit_code
 
 
-@cli.command()
+@cli.command(cls=ListOptionCommand)
 @click.argument("collection")
 @click.argument("query")
 @click.option(
@@ -335,6 +336,11 @@ def run(**options):
     "--rrf-k", default=60, show_default=True, help="RRF constant k: score = sum 1/(k + rank)."
 )
 @click.option("--qdrant-api-key", envvar="QDRANT_API_KEY", help="API key (env QDRANT_API_KEY).")
+@click.option(
+    "--weights",
+    multiple=True,
+    help="Query-time weight per model for a --combine named run [the run's weights].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
 @verbose_option
 @quiet_option
@@ -347,6 +353,7 @@ def search(
     fusion,
     rrf_k,
     qdrant_api_key,
+    weights,
     as_json,
     verbose,
     quiet,
@@ -356,6 +363,7 @@ def search(
     \b
     Example:
       embed-collections search Docling "How do I convert a PDF?" --output-dir ./output --top-k 5
+      embed-collections search Docling "convert a PDF" --weights 0.8,0.2  # a --combine named run
     """
     from embed_collections.config import default_paths, detect_environment
     from embed_collections.search import search_collection
@@ -363,7 +371,15 @@ def search(
     setup_logging(verbose, quiet or not verbose)
     output_dir = output_dir or default_paths(detect_environment())[1]
     hits = search_collection(
-        output_dir, collection, query, top_k, mode, fusion, rrf_k, qdrant_api_key
+        output_dir,
+        collection,
+        query,
+        top_k,
+        mode,
+        fusion,
+        rrf_k,
+        qdrant_api_key,
+        weights=parse_weights(weights),
     )
     if as_json:
         echo_json(
@@ -426,6 +442,20 @@ def search(
     is_flag=True,
     help="Rebuild the corpus collection when an earlier eval used other models.",
 )
+@click.option(
+    "--tune-weights",
+    is_flag=True,
+    help="Learn per-model weights on --tune-split (exact search, cross-validated) and score "
+    "members and ensemble on --split.",
+)
+@click.option(
+    "--tune-split", default="train", show_default=True, help="qrels split to learn weights on."
+)
+@click.option(
+    "--weights-out",
+    type=click.Path(path_type=Path),
+    help="Where --tune-weights writes the weights file [OUTPUT/weights.json].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON on stdout.")
 @verbose_option
 @quiet_option
@@ -437,9 +467,15 @@ def eval_command(**options):
     OUTPUT/eval_results.json.
 
     \b
+    With --tune-weights, weights are learned on --tune-split instead (see README, "Choosing
+    ensemble weights") and written to a file that `run --weights-file` reads.
+
+    \b
     Example:
       embed-collections eval --beir ./scifact --models minilm --sparse bm25
       embed-collections eval --beir ./scifact --models minilm,static --weights 0.9,0.1 --json
+      embed-collections eval --beir ./scifact --models minilm,./static --tune-weights \\
+          --tune-split train --split test
     """
     from embed_collections.config import RunConfig, default_paths, detect_environment
     from embed_collections.evaluation import RESULTS_FILE, evaluate_beir
@@ -456,6 +492,8 @@ def eval_command(**options):
         sparse=options["sparse"],
         sparse_language=options["sparse_language"],
     )
+    if options["tune_weights"]:
+        return render_tuning(options, config)
     report = evaluate_beir(
         options["beir_dir"],
         config,
@@ -488,6 +526,38 @@ def eval_command(**options):
         f"query embedding {data['query_embedding_seconds']:.1f} s"
     )
     click.echo(f"Results: {output_dir / RESULTS_FILE}")
+
+
+def render_tuning(options: dict, config) -> None:
+    """Run `eval --tune-weights` and print its table (or JSON)."""
+    from embed_collections.tuning import tune_beir
+
+    report = tune_beir(
+        options["beir_dir"],
+        config,
+        tune_split=options["tune_split"],
+        split=options["split"],
+        weights_out=options["weights_out"],
+    )
+    data = report.to_json()
+    if options["as_json"]:
+        echo_json(data)
+        return
+    metrics = ("ndcg@10", "recall@100", "mrr@10")
+    rows: list[list[object]] = [
+        [f"{m['model']} alone", "-", *(f"{m[k]:.4f}" for k in metrics)] for m in data["members"]
+    ]
+    weights = ", ".join(f"{w:g}" for w in data["weights"])
+    rows.append(["ensemble", weights, *(f"{data['ensemble'][k]:.4f}" for k in metrics)])
+    click.echo(render_table(["model", "weights", "nDCG@10", "Recall@100", "MRR@10"], rows))
+    tuning = data["tuning"]
+    click.echo(
+        f"\nWeights learned on {tuning['split']} ({tuning['queries']} queries, "
+        f"{tuning['folds']}-fold cross-validation); scores on {data['split']} "
+        f"({data['eval_queries']} queries, {data['corpus_size']} documents, exact search)."
+    )
+    click.echo(tuning["message"])
+    click.echo(f"Weights: {data['weights_file']} (use with run --weights-file)")
 
 
 @cli.command(cls=ListOptionCommand)

@@ -129,6 +129,11 @@ ensemble_options = stack(
         help="One positive weight per model [equal].",
     ),
     click.option(
+        "--weights-file",
+        type=click.Path(path_type=Path),
+        help="Weights per model from a JSON file (as eval --tune-weights writes it).",
+    ),
+    click.option(
         "--combine",
         type=click.Choice(["concat", "average", "named"]),
         default="concat",
@@ -212,9 +217,16 @@ def ensemble_settings(options: dict) -> dict:
     from embed_collections.engine_options import EngineOptions
     from embed_collections.models import DEFAULT_ENSEMBLE_MODELS
 
+    models = tuple(split_list(options["models"])) or DEFAULT_ENSEMBLE_MODELS
+    weights = tuple(w) if (w := parse_weights(options["weights"])) else None
+    if options.get("weights_file"):  # without --models, the file's models
+        from embed_collections.tuning import apply_weights_file
+
+        listed = tuple(split_list(options["models"])) or None
+        models, weights = apply_weights_file(options["weights_file"], listed, weights)
     return dict(
-        models=tuple(split_list(options["models"])) or DEFAULT_ENSEMBLE_MODELS,
-        weights=tuple(w) if (w := parse_weights(options["weights"])) else None,
+        models=models,
+        weights=weights,
         combine=options["combine"],
         model_cache_dir=options["model_cache_dir"],
         cache_dir=options["cache_dir"],

@@ -22,6 +22,7 @@ from embed_collections.telemetry import ModelTelemetry, Timer
 log = logging.getLogger(__name__)
 
 TOKENIZE_CHUNK = 4096  # texts tokenised per call, to bound memory on huge pending sets
+STATIC_BATCH = 4096  # texts per call of a static model: no padding, so size costs no compute
 
 
 def weights_size(spec: ModelSpec) -> int:
@@ -114,6 +115,9 @@ def run_batches(
     """Sort the pending texts by token count, then embed and cache them batch by batch."""
     prefix = spec.settings.document_prefix
     inputs = [prefix + texts[d] for d in missing]
+    if hasattr(backend, "embed_with_counts"):
+        run_static_batches(backend, spec, fingerprint, missing, inputs, cache, telemetry)
+        return
     counts: list[int] = []
     for start in range(0, len(inputs), TOKENIZE_CHUNK):
         counts.extend(backend.token_counts(inputs[start : start + TOKENIZE_CHUNK]))
@@ -156,6 +160,31 @@ def run_batches(
             telemetry.batches += 1
             done += len(rows)
             bar.update(len(rows))
+
+
+def run_static_batches(
+    backend,
+    spec: ModelSpec,
+    fingerprint: str,
+    missing: list[bytes],
+    inputs: list[str],
+    cache: EmbeddingCache,
+    telemetry: ModelTelemetry,
+) -> None:
+    """A static model's fast path: no sorting or padding, large batches, one tokenisation."""
+    limit = backend.max_seq_length  # 0: no limit, the usual case for static models
+    for start in range(0, len(inputs), STATIC_BATCH):
+        vectors, counts = backend.embed_with_counts(inputs[start : start + STATIC_BATCH])
+        cache.put_vectors(fingerprint, missing[start : start + len(counts)], vectors, counts)
+        used = [min(c, limit) if limit else c for c in counts]
+        telemetry.chunks_embedded += len(counts)
+        telemetry.tokens_embedded += sum(used)
+        telemetry.padded_tokens += sum(used)  # a token bag pads nothing
+        if limit:
+            telemetry.truncated_chunks += sum(1 for c in counts if c > limit)
+            telemetry.truncated_tokens += sum(max(0, c - limit) for c in counts)
+        telemetry.batches += 1
+    log.info("%s: static model, %d texts in %d batches", spec.name, len(inputs), telemetry.batches)
 
 
 def release_accelerator_memory() -> None:

@@ -24,15 +24,18 @@ from embed_collections.config import RunConfig
 from embed_collections.errors import EmbedCollectionsError, UsageError
 from embed_collections.metrics import evaluate_run
 from embed_collections.pipeline import run as run_pipeline
-from embed_collections.record import read_run_record
+from embed_collections.record import RunRecord, read_run_record
 from embed_collections.search import (
     SEARCH_MODES,
     QueryEncoder,
     build_queries,
     open_run_store,
+    uses_weighted_fusion,
+    weighted_named_search,
 )
 from embed_collections.stores import Store
 from embed_collections.stores.open import point_id
+from embed_collections.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -234,18 +237,7 @@ def evaluate_beir(
     queries = dataset.judged_queries()
     if not queries:
         raise UsageError(f"No query in {beir_dir} has a relevant document in qrels/{split}.tsv")
-    chunked_dir = config.output_dir / "beir"
-    if write_corpus_chunks(dataset, chunked_dir / dataset.name / CORPUS_CHUNK_FILE):
-        log.info("Wrote %d corpus documents to %s", len(dataset.corpus), chunked_dir / dataset.name)
-    config = replace(config, chunked_dir=chunked_dir, collections=(dataset.name,), upload=True)
-
-    started = time.perf_counter()
-    summary = run_pipeline(config)
-    index_seconds = time.perf_counter() - started
-    if dataset.name in summary.failed_collections:
-        raise EmbedCollectionsError(
-            f"Indexing the BEIR corpus failed: {summary.failed_collections[dataset.name]}"
-        )
+    config, summary, index_seconds = index_corpus(dataset, config, upload=True)
 
     record = read_run_record(config.output_dir)
     encoder = QueryEncoder.from_record(record, device=config.engine.device)
@@ -290,8 +282,51 @@ def evaluate_beir(
             )
     finally:
         store.close()
+    if "dense" in chosen and uses_weighted_fusion(encoder, "dense"):
+        report.modes["dense-exact"] = exact_dense_result(config, record, encoder, queries, qrels)
     write_json_atomic(config.output_dir / RESULTS_FILE, report.to_json())
     return report
+
+
+def index_corpus(
+    dataset: BeirDataset, config: RunConfig, upload: bool
+) -> tuple[RunConfig, RunSummary, float]:
+    """Write the corpus as a chunk file and run the pipeline on it (embedding through the cache);
+    returns the config used, the run's summary and its seconds."""
+    chunked_dir = config.output_dir / "beir"
+    if write_corpus_chunks(dataset, chunked_dir / dataset.name / CORPUS_CHUNK_FILE):
+        log.info("Wrote %d corpus documents to %s", len(dataset.corpus), chunked_dir / dataset.name)
+    config = replace(config, chunked_dir=chunked_dir, collections=(dataset.name,), upload=upload)
+    started = time.perf_counter()
+    summary = run_pipeline(config)
+    seconds = time.perf_counter() - started
+    if dataset.name in summary.failed_collections:
+        raise EmbedCollectionsError(
+            f"Indexing the BEIR corpus failed: {summary.failed_collections[dataset.name]}"
+        )
+    return config, summary, seconds
+
+
+def exact_dense_result(
+    config: RunConfig,
+    record: RunRecord,
+    encoder: QueryEncoder,
+    queries: dict[str, str],
+    qrels: dict[str, dict[str, int]],
+) -> ModeResult:
+    """Beside a `named` run's weighted fusion in the store: exact search by the same weighted
+    cosines in numpy, which is what `concat` with these weights would rank by."""
+    from embed_collections.tuning import cached_corpus_vectors, exact_search_metrics
+
+    started = time.perf_counter()
+    corpus_ids, corpus_vectors = cached_corpus_vectors(config, record, config.collections[0])
+    dense = encoder.dense(list(queries.values()))
+    weights = [spec.weight for spec in encoder.specs]
+    per_model = [dense[name] for name in encoder.vector_names]
+    metrics = exact_search_metrics(
+        per_model, corpus_vectors, weights, list(queries), qrels, corpus_ids
+    )
+    return ModeResult("dense-exact", metrics, time.perf_counter() - started, len(queries))
 
 
 @dataclass
@@ -349,6 +384,15 @@ def search_all(
     """
     by_point = {point_id(collection, doc_id): doc_id for doc_id in corpus_ids}
     ids = list(queries)
+    if uses_weighted_fusion(encoder, mode):
+        texts = list(queries.values())
+        results = weighted_named_search(
+            store, collection, encoder, texts, SEARCH_LIMIT, with_payload=False
+        )
+        return {
+            qid: [doc for doc in (by_point.get(h.id, "") for h in hits) if doc and doc != qid]
+            for qid, hits in zip(ids, results)
+        }
     built = [
         replace(query, with_payload=False)
         for query in build_queries(

@@ -36,6 +36,8 @@ ALIASES = {
     "nomic": "nomic-ai/nomic-embed-text-v1.5",
 }
 
+STATIC_MODULE = "StaticEmbedding"  # sentence-transformers' module for static (token-bag) models
+
 BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 
 
@@ -81,6 +83,7 @@ class ModelSpec:
     dim: int | None = None
     revision: str = ""
     trust_remote_code: bool = False
+    static: bool = False
 
     @property
     def slug(self) -> str:
@@ -167,6 +170,7 @@ def resolve_model(
         weight=weight,
         revision=revision,
         trust_remote_code=trust_remote_code,
+        static=static_format(path) is not None,
     )
     check_model_limits(spec, max_seq_length, truncate_dim)
     return replace(spec, dim=read_embedding_dim(spec))
@@ -242,6 +246,8 @@ def read_embedding_dim(spec: ModelSpec) -> int | None:
     """The output dimension read from the folder's config files, without loading weights."""
     if spec.settings.truncate_dim:
         return spec.settings.truncate_dim
+    if spec.static:
+        return static_embedding_dim(spec.path)
     dim = None
     modules_file = spec.path / "modules.json"
     modules = json.loads(modules_file.read_text()) if modules_file.exists() else []
@@ -256,6 +262,43 @@ def read_embedding_dim(spec: ModelSpec) -> int | None:
         for key in ("hidden_size", "dim", "d_model", "n_embd"):
             dim = dim or read_json_key(spec.path / "config.json", key)
     return dim
+
+
+def static_format(path: Path) -> str | None:
+    """`sentence-transformers` for a folder whose first module is `StaticEmbedding`, `model2vec`
+    for a model2vec folder (config.json says so, no modules.json), None for other models."""
+    modules_file = path / "modules.json"
+    if modules_file.exists():
+        modules = json.loads(modules_file.read_text())
+        first = modules[0].get("type", "") if modules and isinstance(modules[0], dict) else ""
+        return "sentence-transformers" if first.endswith(STATIC_MODULE) else None
+    config_file = path / "config.json"
+    if not config_file.exists():
+        return None
+    config = json.loads(config_file.read_text())
+    return "model2vec" if config.get("model_type") == "model2vec" else None
+
+
+def static_embedding_dim(path: Path) -> int | None:
+    """A static model's dimension, from its safetensors header (the weights are not read)."""
+    for file in (path / "model.safetensors", path / "0_StaticEmbedding" / "model.safetensors"):
+        if file.exists():
+            for key in ("embedding.weight", "embeddings"):
+                shape = read_safetensors_shape(file, key)
+                if shape and len(shape) == 2:
+                    return int(shape[1])
+    return read_json_key(path / "config.json", "hidden_dim")
+
+
+def read_safetensors_shape(path: Path, key: str) -> list[int] | None:
+    """The shape of one tensor of a safetensors file (its JSON header: 8-byte length, then JSON)."""
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if not 0 < length < 100_000_000:
+            return None
+        header = json.loads(handle.read(length))
+    entry = header.get(key)
+    return list(entry["shape"]) if isinstance(entry, dict) and "shape" in entry else None
 
 
 def read_json_key(path: Path, key: str) -> int | None:

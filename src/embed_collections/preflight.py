@@ -23,6 +23,7 @@ from embed_collections.runtimes import (
     AUTO_ORDER,
     CHECK_TEXTS,
     INT8_ORDER,
+    LAYOUT,
     LOSSLESS_COSINE,
     RUNTIMES,
     RuntimeBackend,
@@ -92,6 +93,13 @@ def resolve_backend(
     )
     for problem in (problem for found, problem in problems if found):
         raise UsageError(problem)
+    if spec is not None and spec.static:
+        if explicit:
+            raise UsageError(
+                f'Model "{spec.name}" is a static embedding model; --backend {backend} runs '
+                f"{LAYOUT} only (use --backend auto or torch: static models are fast on torch)"
+            )
+        return "torch"  # a token-bag model: nothing for a runtime to speed up
     if explicit:
         return backend + ("-int8" if quantize else "")
     if backend == "torch" or not cpu or not fp32:

