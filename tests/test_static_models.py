@@ -10,12 +10,13 @@ import pytest
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer
 
-from embed_collections.backends import create_backend
 from embed_collections.cache import EmbeddingCache, text_digest
-from embed_collections.embedding import EngineOptions, embed_pending, model_fingerprint
+from embed_collections.embedding import embed_pending
+from embed_collections.engine_options import EngineOptions
 from embed_collections.errors import UsageError
-from embed_collections.models import find_in_package, resolve_model
-from embed_collections.runtimes import resolve_backend
+from embed_collections.models import find_in_package, model_fingerprint, resolve_model
+from embed_collections.preflight import resolve_backend
+from embed_collections.runtimes import create_backend
 from embed_collections.tiny_model import build_static_model, minilm_vocab_size
 
 LONG_TEXT = "static embedding models read every token of a long chunk " * 40  # > 128 tokens
@@ -66,8 +67,10 @@ def test_static_folder_resolves_as_static_with_its_dimension(static_model, model
 def test_static_model_embeds_every_token_without_a_limit(static_model, tmp_path):
     folder, matrix = static_model
     spec = resolve_model(str(folder))
-    options = EngineOptions(device="cpu", show_progress=False, lease_dir=tmp_path).resolved()
-    fingerprint = model_fingerprint(spec, options)
+    options = EngineOptions(
+        device="cpu", backend="torch", show_progress=False, lease_dir=tmp_path
+    ).resolved()
+    fingerprint = model_fingerprint(spec, options.backend, options.dtype)
     texts = {text_digest(t): t for t in ("short text", LONG_TEXT, "")}
     with EmbeddingCache(tmp_path / "cache.sqlite") as cache:
         telemetry = embed_pending(spec, fingerprint, texts, cache, options, [])

@@ -13,7 +13,7 @@ import pytest
 from conftest import run_cli
 
 from embed_collections.config import RunConfig
-from embed_collections.embedding import EngineOptions
+from embed_collections.engine_options import EngineOptions
 from embed_collections.errors import UsageError
 from embed_collections.evaluation import evaluate_beir
 from embed_collections.models import find_in_package
