@@ -127,7 +127,7 @@ def child_peer(args: argparse.Namespace) -> None:
         model = TextEmbedding(
             FASTEMBED_NAME,
             specific_model_path=str(args.model),
-            cuda=args.child == "fastembed-gpu",
+            cuda=args.child == "fastembed-gpu",  # not AUTO: the CPU peer stays on the CPU
         )
 
         def embed(texts: list[str]):
@@ -323,8 +323,9 @@ def fastembed_gpu_available() -> bool:
     return out.stdout.strip() == "True"
 
 
-def bench(args: argparse.Namespace) -> dict:
-    """Set up once (export, folders, a warm-up run), then the interleaved repeats."""
+def bench(args: argparse.Namespace, save: Path) -> dict:
+    """Set up once (export, folders, a warm-up run), then the interleaved repeats; the raw data
+    is saved to `save` after every process."""
     from embed_collections.discovery import discover_collections
     from embed_collections.models import resolve_model
     from embed_collections.runtimes import ensure_exported
@@ -373,6 +374,23 @@ def bench(args: argparse.Namespace) -> dict:
     rows: dict[str, list[dict]] = {p: [] for p in peers}
     gemm: list[dict] = []
     loads = [load_average()]
+    data = {
+        "machine": machine(),
+        "cpu_model": lscpu_model(),
+        "date": now(),
+        "command": " ".join(["python bench/peers.py", *sys.argv[1:]]),
+        "collections": len(names),
+        "chunks": len(texts),
+        "unique_texts": len(unique),
+        "max_seq_length": max_seq,
+        "fastembed_stock_max_length": stock_max,
+        "flops": flops,
+        "peer_store": args.peer_store,
+        "gpu": gpu,
+        "loads": loads,
+        "gemm": gemm,
+        "rows": rows,
+    }
     for repeat in range(args.repeats):
         gemm_command = [sys.executable, str(Path(__file__).resolve()), "--child", "gemm",
                         "--model", str(model)]  # fmt: skip
@@ -395,29 +413,15 @@ def bench(args: argparse.Namespace) -> dict:
                 result = run_measured(command)
             rows[peer].append(result)
             shutil.rmtree(out, ignore_errors=True)
+            save.write_text(json.dumps(data, indent=2))  # a stopped run keeps finished rounds
             print(
                 f"repeat {repeat + 1} {peer}: {result['wall']:.1f} s wall, {result['cpu']:.1f} s "
                 f"CPU, {result['rss'] / 2**20:.0f} MiB; load {load_average()}",
                 flush=True,
             )
         loads.append(load_average())
-    return {
-        "machine": machine(),
-        "cpu_model": lscpu_model(),
-        "date": now(),
-        "command": " ".join(["python bench/peers.py", *sys.argv[1:]]),
-        "collections": len(names),
-        "chunks": len(texts),
-        "unique_texts": len(unique),
-        "max_seq_length": max_seq,
-        "fastembed_stock_max_length": stock_max,
-        "flops": flops,
-        "peer_store": args.peer_store,
-        "gpu": gpu,
-        "loads": loads,
-        "gemm": gemm,
-        "rows": rows,
-    }
+        save.write_text(json.dumps(data, indent=2))
+    return data
 
 
 def lscpu_model() -> str:
@@ -447,13 +451,14 @@ def ours_embed_seconds(result: dict) -> float | None:
 
 def report(data: dict) -> str:
     """The markdown table: medians over repeats, ratios to ours, GEMM shares."""
-    rows = data["rows"]
+    rows = {peer: results for peer, results in data["rows"].items() if results}
     gemm_cpu = median([max(g["numpy"], g["torch"]) for g in data["gemm"]])
     ours = {k: median([r[k] for r in rows["ours"]]) for k in ("wall", "cpu", "rss")}
     lines = [
         f"Machine: {data['cpu_model']} ({data['machine']}); date {data['date']}; command "
         f"`{data['command']}`; {data['collections']} collections, {data['chunks']} chunks "
-        f"({data['unique_texts']} unique); medians of {len(rows['ours'])} interleaved repeats; "
+        f"({data['unique_texts']} unique); medians of {len(rows['ours'])} interleaved repeats "
+        f"(runs per process in the last column); "
         f"peers store into {'Qdrant Edge' if data['peer_store'] == 'edge' else 'qdrant-client local mode'}; "  # noqa: E501
         f"load average (1/5/15 min) per round: {' | '.join(data['loads'])}.",
         "",
@@ -518,6 +523,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="[3; 1 with --quick]")
     parser.add_argument("--peers", nargs="+", default=list(CPU_PEERS), choices=CPU_PEERS)
     parser.add_argument("--peer-store", choices=("edge", "local"), default="edge")
+    parser.add_argument("--report", type=Path, help="only print the table of a saved .json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
@@ -526,6 +532,8 @@ def main() -> None:
         return child_gemm(args)
     if args.child:
         return child_peer(args)
+    if args.report:
+        return print(report(json.loads(args.report.read_text())))
     if args.quick and not args.collections:
         from embed_collections.discovery import discover_collections
 
@@ -533,11 +541,10 @@ def main() -> None:
         args.collections = docs[:3]
     args.repeats = args.repeats or (1 if args.quick else 3)
     WORK.mkdir(parents=True, exist_ok=True)
-    data = bench(args)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    data = bench(args, WORK / f"peers-{stamp}.json")
     text = report(data)
     print(text)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (WORK / f"peers-{stamp}.json").write_text(json.dumps(data, indent=2))
     (WORK / f"peers-{stamp}.md").write_text(text + "\n")
 
 
