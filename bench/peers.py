@@ -175,28 +175,39 @@ def child_gemm(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     rates: dict[str, float] = {}
 
-    def best(run, m: int, k: int, n: int, reps: int = 5) -> float:
+    def best(run, m: int, k: int, n: int, reps: int = 3, clock=time.perf_counter) -> float:
         run()  # warm
         times = []
         for _ in range(reps):
-            t = time.perf_counter()
+            t = clock()
             run()
-            times.append(time.perf_counter() - t)
-        return 2 * m * k * n / min(times) / 1e9
+            times.append(clock() - t)
+        return 2 * m * k * n / max(min(times), 1e-9) / 1e9
 
-    for lib in ("numpy", "torch"):
+    def measure(lib: str, clock) -> float:
         flops = seconds = 0.0
         for m, k, n in shapes:
             a = rng.standard_normal((m, k), dtype=np.float32)
             b = rng.standard_normal((k, n), dtype=np.float32)
             if lib == "torch":
                 ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-                rate = best(lambda ta=ta, tb=tb: torch.matmul(ta, tb), m, k, n)
+                rate = best(lambda ta=ta, tb=tb: torch.matmul(ta, tb), m, k, n, clock=clock)
             else:
-                rate = best(lambda a=a, b=b: a @ b, m, k, n)
+                rate = best(lambda a=a, b=b: a @ b, m, k, n, clock=clock)
             flops += 2 * m * k * n
             seconds += 2 * m * k * n / rate  # weighted by each shape's share of the model
-        rates[lib] = flops / seconds
+        return flops / seconds
+
+    for lib in ("numpy", "torch"):
+        rates[lib] = measure(lib, time.perf_counter)  # all cores, per wall second
+    # One thread per CPU second: the per-core rate, which other processes on a shared machine
+    # disturb far less than the wall-clock rate.
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        for lib in ("numpy", "torch"):
+            rates[f"{lib}-1-thread-cpu"] = measure(lib, time.process_time)
     if torch.cuda.is_available():
         for dtype in (torch.float32, torch.float16):
             m, k, n = GEMM_TOKENS * 4, h, inner
@@ -376,6 +387,7 @@ def bench(args: argparse.Namespace, save: Path) -> dict:
     loads = [load_average()]
     data = {
         "machine": machine(),
+        "cores": os.cpu_count(),
         "cpu_model": lscpu_model(),
         "date": now(),
         "command": " ".join(["python bench/peers.py", *sys.argv[1:]]),
@@ -453,6 +465,12 @@ def report(data: dict) -> str:
     """The markdown table: medians over repeats, ratios to ours, GEMM shares."""
     rows = {peer: results for peer, results in data["rows"].items() if results}
     gemm_cpu = median([max(g["numpy"], g["torch"]) for g in data["gemm"]])
+    singles = [
+        max(g["numpy-1-thread-cpu"], g["torch-1-thread-cpu"])
+        for g in data["gemm"]
+        if "torch-1-thread-cpu" in g
+    ]
+    per_core = median(singles) if singles else gemm_cpu / data.get("cores", os.cpu_count() or 1)
     ours = {k: median([r[k] for r in rows["ours"]]) for k in ("wall", "cpu", "rss")}
     lines = [
         f"Machine: {data['cpu_model']} ({data['machine']}); date {data['date']}; command "
@@ -463,13 +481,17 @@ def report(data: dict) -> str:
         f"load average (1/5/15 min) per round: {' | '.join(data['loads'])}.",
         "",
         f"fp32 GEMM at the model's shapes ({GEMM_TOKENS} tokens x hidden/MLP): "
-        + ", ".join(f"{k} {median([g[k] for g in data['gemm']]):.1f}" for k in data["gemm"][0])
-        + " GFLOP/s (median over rounds of each round's best); ceiling = the faster of numpy "
-        f"and torch: {gemm_cpu:.1f} GFLOP/s.",
+        + ", ".join(
+            f"{k} {median([g[k] for g in data['gemm'] if k in g]):.1f}"
+            for k in dict.fromkeys(k for g in data["gemm"] for k in g)
+        )
+        + " GFLOP/s (median over rounds of each round's best; `-1-thread-cpu`: one thread, per "
+        f"CPU second); ceiling = the faster of numpy and torch: {gemm_cpu:.1f} GFLOP/s on all "
+        f"cores per wall second, {per_core:.1f} GFLOP/s per CPU second.",
         "",
         "| process | wall s | CPU s | peak RSS MiB | chunks/s | wall vs ours | CPU vs ours | "
-        "RSS vs ours | share of GEMM | runs (wall) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "RSS vs ours | share of GEMM (wall) | share of GEMM (CPU s) | runs (wall) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for peer, results in rows.items():
         wall = median([r["wall"] for r in results])
@@ -479,17 +501,16 @@ def report(data: dict) -> str:
             key = "unique" if peer != "seed" else "all"
         else:
             key = "all-stock" if peer == "fastembed" else "all"
-        share = (
-            ""
-            if peer.endswith(("cuda", "gpu", "fp16"))
-            else (f"{100 * data['flops'][key][0] / wall / 1e9 / gemm_cpu:.0f}%")
-        )
+        share = share_cpu = ""
+        if not peer.endswith(("cuda", "gpu", "fp16")):
+            share = f"{100 * data['flops'][key][0] / wall / 1e9 / gemm_cpu:.0f}%"
+            share_cpu = f"{100 * data['flops'][key][0] / cpu / 1e9 / per_core:.0f}%"
         runs = ", ".join(f"{r['wall']:.1f}" for r in results)
         lines.append(
             f"| {peer} | {wall:.1f} | {cpu:.1f} | {rss / 2**20:.0f} | "
             f"{data['chunks'] / wall:.1f} | "
             f"{wall / ours['wall']:.2f}x | {cpu / ours['cpu']:.2f}x | {rss / ours['rss']:.2f}x | "
-            f"{share} | {runs} |"
+            f"{share} | {share_cpu} | {runs} |"
         )
     embed = [ours_embed_seconds(r) for r in rows["ours"]]
     if all(embed):
@@ -503,7 +524,9 @@ def report(data: dict) -> str:
     tokens = {k: v[1] for k, v in data["flops"].items()}
     lines += [
         "",
-        f"Share of GEMM = model FLOPs at the real token counts / whole-process wall / ceiling; "
+        "Share of GEMM (wall) = model FLOPs at the real token counts / whole-process wall / "
+        "ceiling; (CPU s) = the same FLOPs / the process's CPU seconds / the one-thread rate, "
+        "which a loaded machine disturbs less; "
         f"tokens: {tokens['unique']} (unique texts, ours), {tokens['all']} (every chunk at "
         f"{data['max_seq_length']}), {tokens['all-stock']} (every chunk at "
         f"{data['fastembed_stock_max_length']}, fastembed with the stock tokenizer_config).",
