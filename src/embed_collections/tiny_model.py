@@ -37,3 +37,49 @@ def build_tiny_model(folder: Path, hidden_size: int, seed: int = 0, layers: int 
     pooling = models.Pooling(hidden_size, pooling_mode="mean")
     SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(folder))
     return folder
+
+
+REMOTE_CODE = '''"""A BERT under a model type unknown to transformers (remote code only)."""
+
+from transformers import BertConfig, BertModel
+
+
+class AcmeBertConfig(BertConfig):
+    model_type = "acme-bert"
+
+
+class AcmeBertModel(BertModel):
+    config_class = AcmeBertConfig
+'''
+
+
+def build_remote_code_model(
+    folder: Path, code_cache: Path | None, repo: str = "acme/bert-code", seed: int = 3
+) -> Path:
+    """A tiny model whose config needs code from another hub repository (as nomic's does).
+
+    Its `model_type` is unknown to transformers and its `auto_map` points at `repo`; when
+    `code_cache` is given, that repository is written there in the hub cache layout
+    (models--org--name/snapshots/<rev>/, refs/main), else the code is missing.
+    """
+    import json
+
+    build_tiny_model(folder, 32, seed=seed)
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text())
+    config["model_type"] = "acme-bert"
+    config["architectures"] = ["AcmeBertModel"]
+    config["auto_map"] = {
+        "AutoConfig": f"{repo}--modeling_acme.AcmeBertConfig",
+        "AutoModel": f"{repo}--modeling_acme.AcmeBertModel",
+    }
+    config_file.write_text(json.dumps(config, indent=2))
+    if code_cache is not None:
+        revision = "0" * 40
+        repo_dir = code_cache / f"models--{repo.replace('/', '--')}"
+        snapshot = repo_dir / "snapshots" / revision
+        snapshot.mkdir(parents=True, exist_ok=True)
+        (snapshot / "modeling_acme.py").write_text(REMOTE_CODE)
+        (repo_dir / "refs").mkdir(exist_ok=True)
+        (repo_dir / "refs" / "main").write_text(revision)
+    return folder
