@@ -66,22 +66,23 @@ def test_packaged_minilm_matches_sentence_transformers_encode(tmp_path, minilm_d
 
 
 def test_out_of_memory_halves_the_batch_and_retries(tmp_path, tiny_models, monkeypatch):
-    original = SentenceTransformerBackend.embed
+    original = SentenceTransformerBackend.forward
     sizes = []
 
-    def embed_or_oom(self, texts):
+    def embed_or_oom(self, batch):
+        texts = batch.texts
         sizes.append(len(texts))
         if len(texts) > 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return original(self, texts)
+        return original(self, batch)
 
-    monkeypatch.setattr(SentenceTransformerBackend, "embed", embed_or_oom)
+    monkeypatch.setattr(SentenceTransformerBackend, "forward", embed_or_oom)
     spec = resolve_model(str(tiny_models["tiny32"]))
     with EmbeddingCache(tmp_path / "c.sqlite") as cache:
         fingerprint, telemetry, _ = embed(spec, TEXTS, cache, options(tmp_path, batch_size=4))
         assert cache.missing(fingerprint, [text_digest(t) for t in TEXTS]) == []
     assert sizes[:3] == [4, 2, 1]
-    assert telemetry.oom_retries == 2
+    assert telemetry.oom_retries >= 2  # a budget in tokens: shorter texts try bigger batches
     assert telemetry.batches == len(TEXTS)
 
 
@@ -89,7 +90,7 @@ def test_other_errors_are_not_mistaken_for_out_of_memory(tmp_path, tiny_models, 
     def broken(self, texts):
         raise ValueError("bad input")
 
-    monkeypatch.setattr(SentenceTransformerBackend, "embed", broken)
+    monkeypatch.setattr(SentenceTransformerBackend, "forward", broken)
     spec = resolve_model(str(tiny_models["tiny32"]))
     with EmbeddingCache(tmp_path / "c.sqlite") as cache, pytest.raises(ValueError):
         embed(spec, TEXTS, cache, options(tmp_path))
@@ -164,19 +165,19 @@ def test_killed_run_resumes_embedding_only_what_is_missing(tmp_path, tiny_models
         from embed_collections.embedding import EngineOptions
         from embed_collections.pipeline import run
 
-        original = SentenceTransformerBackend.embed
+        original = SentenceTransformerBackend.forward
         kill_after = int(sys.argv[1])
         calls = []
 
-        def logged(self, texts):
+        def logged(self, batch):
             if len(calls) == kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
             calls.append(1)
             with open({str(log)!r}, "a") as f:
-                f.write(json.dumps(texts) + "\\n")
-            return original(self, texts)
+                f.write(json.dumps(batch.texts) + "\\n")
+            return original(self, batch)
 
-        SentenceTransformerBackend.embed = logged
+        SentenceTransformerBackend.forward = logged
         run(RunConfig(
             chunked_dir=Path({str(tmp_path / "Chunked")!r}),
             output_dir=Path({str(tmp_path / "out")!r}),

@@ -125,12 +125,17 @@ ensemble_options = stack(
     ),
 )
 engine_options = stack(
-    click.option("--device", default="", help="cpu, cuda, cuda:1 ... [cuda if available]."),
+    click.option(
+        "--device",
+        default="",
+        help="cpu, cuda (every visible GPU), cuda:0,cuda:2, or cpu:0,cpu:1 (two CPU workers) "
+        "[cuda if available].",
+    ),
     click.option(
         "--dtype",
         type=click.Choice(["", "float32", "float16", "bfloat16"]),
         default="",
-        help="Model precision [float16 on CUDA, float32 on CPU].",
+        help="Model precision [bfloat16 on GPUs with it, float16 on older GPUs, float32 on CPU].",
     ),
     click.option(
         "--backend",
@@ -152,7 +157,13 @@ engine_options = stack(
         "batch_size",
         type=int,
         default=0,
-        help="Texts per forward pass [32 on CPU, 128 on CUDA].",
+        help="At most this many texts per forward pass [no cap below the token budget].",
+    ),
+    click.option(
+        "--max-batch-tokens",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Padded tokens per forward pass [8192 on CPU, 65536 on CUDA].",
     ),
     click.option("--lease-dir", type=click.Path(path_type=Path), help="Device lease lock files."),
     click.option(
@@ -192,6 +203,7 @@ def ensemble_settings(options: dict) -> dict:
             backend=options["backend"],
             quantize=options["quantize"] or "",
             batch_size=options["batch_size"],
+            max_batch_tokens=options["max_batch_tokens"] or 0,
             lease_dir=options["lease_dir"],
             lease_timeout=options["lease_timeout"],
             check_interval=options["check_interval"],

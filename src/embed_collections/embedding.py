@@ -1,8 +1,13 @@
-"""The model-major schedule: one model at a time, under the device lease, embeds every pending text.
+"""The model-major schedule: one model at a time, under its device lease(s), embeds every text.
 
-Pending means unique texts whose vector for this model is not cached yet. Texts are sorted by
-token count across the whole pending set (string length still wastes about a fifth of the compute
-on padding) and batched; an out-of-memory error halves the batch and retries it.
+Pending means unique texts whose vector for this model is not cached yet, listed once the lease is
+held (so two runs sharing a cache never embed the same text twice). Texts are sorted by token
+count across the whole pending set and batched by a token budget; the next batch is tokenised on
+a thread while the current one runs. An out-of-memory error halves the budget (and it grows back
+after a run of successes); a batch with a NaN/Inf vector is re-run in float32, and a text still
+non-finite is reported and never cached. With several devices (`--device cuda` on a multi-GPU box,
+or `cpu:0,cpu:1`) one worker process per device pulls units from a queue (`workers.py`); with one
+device everything stays in this process.
 """
 
 from __future__ import annotations
@@ -10,57 +15,88 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import signal
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from embed_collections.backends import (
+    Batch,
     create_backend,
-    default_device,
     default_dtype,
     is_out_of_memory,
 )
 from embed_collections.cache import EmbeddingCache
+from embed_collections.devices import check_dtype, is_cuda, parse_devices
 from embed_collections.errors import ModelError
 from embed_collections.lease import DeviceLease, LeaseEvent
 from embed_collections.models import ModelSpec, fingerprint_folder
 from embed_collections.runtimes import resolve_backend
-from embed_collections.telemetry import ModelTelemetry, Timer
+from embed_collections.telemetry import (
+    MAX_REPORTED_TEXTS,
+    DeviceTelemetry,
+    ModelTelemetry,
+    Timer,
+)
 
 log = logging.getLogger(__name__)
 
 TOKENIZE_CHUNK = 4096  # texts tokenised per call, to bound memory on huge pending sets
+MAX_BATCH_TEXTS = 1024  # a cap on texts per batch whatever the budget (very short texts)
+GROW_AFTER = 8  # successful batches after an out-of-memory halving before the budget doubles
+# Tokens (padded) per forward pass. CPU: 8192 matches the old 32-text batches on the longest
+# MiniLM texts and is measured no slower on short ones (bench/README.md, "Token budget").
+# CUDA: 65536 keeps a T4 (16 GB) well inside memory for BERT-base at 512 tokens in fp16; the
+# out-of-memory back-off covers the rest. bench/gpu.py sweeps it.
+CPU_BATCH_TOKENS = 8192
+CUDA_BATCH_TOKENS = 65536
+FAULT_VARIABLE = "EMBED_COLLECTIONS_FAULT"
+
+
+def default_batch_tokens(device: str) -> int:
+    """The token budget per forward pass for a device."""
+    return CUDA_BATCH_TOKENS if is_cuda(device) else CPU_BATCH_TOKENS
 
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How models run: device, precision, backend, batching, lease and progress settings."""
+    """How models run: devices, precision, backend, batching, lease and progress settings."""
 
     device: str = ""
     dtype: str = ""
     backend: str = "auto"
     quantize: str = ""
     batch_size: int = 0
+    max_batch_tokens: int = 0
     lease_dir: Path | None = None
     lease_timeout: float = 600.0
     check_interval: float = 30.0
     show_progress: bool = True
 
+    @property
+    def devices(self) -> list[str]:
+        """The concrete devices (`cuda` expanded to every visible GPU)."""
+        return parse_devices(self.device)
+
     def resolved(self) -> EngineOptions:
-        """Fill device-dependent defaults: cuda if present, fp16 there, batch 128 vs 32 on CPU."""
-        device = self.device or default_device()
-        return EngineOptions(
-            device=device,
-            dtype=self.dtype or default_dtype(device),
-            backend=self.backend,
-            quantize=self.quantize,
-            batch_size=self.batch_size or (128 if device.startswith("cuda") else 32),
-            lease_dir=self.lease_dir,
-            lease_timeout=self.lease_timeout,
-            check_interval=self.check_interval,
-            show_progress=self.show_progress,
+        """Fill device-dependent defaults (every GPU if present, bf16/fp16 there, token budget).
+
+        Bad device lists and `--dtype bfloat16` on a GPU without it are usage errors here.
+        """
+        devices = parse_devices(self.device)
+        check_dtype(devices, self.dtype)
+        return replace(
+            self,
+            device=",".join(devices),
+            dtype=self.dtype or default_dtype(devices[0]),
+            max_batch_tokens=self.max_batch_tokens or default_batch_tokens(devices[0]),
         )
 
 
@@ -101,7 +137,8 @@ def embed_pending(
 ) -> ModelTelemetry:
     """Embed the texts (digest -> text) this model has not cached yet; the model loads only if any.
 
-    Vectors are written to the cache batch by batch, so a crash keeps everything finished.
+    Vectors are written to the cache batch by batch (this process is the only writer), so a crash
+    keeps everything finished.
     """
     telemetry = ModelTelemetry(
         model=spec.name,
@@ -114,120 +151,303 @@ def embed_pending(
         or spec.settings.max_seq_length
         or 0,
     )
-    missing = cache.missing(fingerprint, texts)
-    telemetry.cache_hits = len(texts) - len(missing)
-    telemetry.cache_misses = len(missing)
-    if not missing:
+    if not cache.missing(fingerprint, texts):
+        telemetry.cache_hits = len(texts)
         log.info("%s: all %d texts cached, model not loaded", spec.name, len(texts))
         return telemetry
-    required = int(weights_size(spec) * (0.5 if options.dtype == "float16" else 1.0) * 1.5)
-    with DeviceLease(
-        spec.name,
-        options.device,
-        lease_dir=options.lease_dir,
-        max_wait_time=options.lease_timeout,
-        check_interval=options.check_interval,
-        required_memory_bytes=required if options.device.startswith("cuda") else None,
-        events=events,
-    ) as lease:
-        telemetry.lease_wait_seconds = events[-1].wait_seconds if events else 0.0
-        with Timer() as load_timer:
-            backend = create_backend(spec, telemetry.backend, options.dtype)
-            backend.load(options.device)
-            lease.hold(backend)
-        telemetry.loads = 1
-        telemetry.load_seconds = load_timer.seconds
-        telemetry.dim = backend.dim
-        telemetry.max_seq_length = backend.max_seq_length
-        info = {
-            "model": spec.name,
-            "path": str(spec.path),
-            "max_seq_length": backend.max_seq_length,
-        }
-        cache.register_model(fingerprint, backend.dim, info)
-        log.info(
-            "%s: embedding %d texts (%d cached) on %s, loaded in %.1fs",
-            spec.name,
-            len(missing),
-            telemetry.cache_hits,
-            options.device,
-            load_timer.seconds,
-        )
-        with Timer() as embed_timer:
-            run_batches(backend, spec, fingerprint, missing, texts, cache, options, telemetry)
-        telemetry.embed_seconds = embed_timer.seconds
-        backend.unload()
-    if events and events[-1].event_type == "release":
-        telemetry.peak_memory_bytes = events[-1].peak_memory_bytes
+    devices = options.devices
+    if len(devices) > 1:
+        from embed_collections.workers import embed_on_devices
+
+        embed_on_devices(spec, fingerprint, texts, cache, options, events, telemetry, devices)
+        return telemetry
+    embed_in_process(spec, fingerprint, texts, cache, options, events, telemetry, devices[0])
     return telemetry
 
 
-def run_batches(
-    backend,
+def lease_for(spec: ModelSpec, device: str, options: EngineOptions, events: list) -> DeviceLease:
+    """The lease of one device for one model (asking CUDA for room for the weights)."""
+    required = int(weights_size(spec) * (1.0 if options.dtype == "float32" else 0.5) * 1.5)
+    return DeviceLease(
+        spec.name,
+        device,
+        lease_dir=options.lease_dir,
+        max_wait_time=options.lease_timeout,
+        check_interval=options.check_interval,
+        required_memory_bytes=required if is_cuda(device) else None,
+        events=events,
+    )
+
+
+def torch_device(device: str) -> str:
+    """The torch device for a worker's device (`cpu:1` is a second CPU worker, torch's `cpu`)."""
+    return "cpu" if device.startswith("cpu") else device
+
+
+def load_backend(spec: ModelSpec, backend: str, options: EngineOptions, device: str):
+    """Create and load a model's backend on a device."""
+    loaded = create_backend(spec, backend, options.dtype)
+    loaded.load(torch_device(device))
+    return loaded
+
+
+def embed_in_process(
     spec: ModelSpec,
     fingerprint: str,
-    missing: list[bytes],
     texts: dict[bytes, str],
     cache: EmbeddingCache,
     options: EngineOptions,
+    events: list[LeaseEvent],
     telemetry: ModelTelemetry,
+    device: str,
 ) -> None:
-    """Sort the pending texts by token count, then embed and cache them batch by batch."""
+    """One device: lease, list what is missing, load, embed, all in this process."""
+    with lease_for(spec, device, options, events) as lease:
+        telemetry.lease_wait_seconds = events[-1].wait_seconds if events else 0.0
+        missing = cache.missing(fingerprint, texts)  # after the lease: another run may have
+        telemetry.cache_hits = len(texts) - len(missing)  # embedded them while we waited
+        telemetry.cache_misses = len(missing)
+        if not missing:
+            log.info("%s: embedded by another run while waiting for the lease", spec.name)
+            return
+        with Timer() as load_timer:
+            backend = lease.hold(load_backend(spec, telemetry.backend, options, device))
+        record_load(spec, fingerprint, cache, telemetry, backend, load_timer.seconds)
+        log.info(
+            "%s: embedding %d texts (%d cached) on %s, loaded in %.1fs",
+            spec.name, len(missing), telemetry.cache_hits, device, load_timer.seconds,
+        )  # fmt: skip
+        inputs = prefixed(spec, texts, missing)
+        counts = count_tokens(backend, inputs)
+        order = sorted(range(len(inputs)), key=lambda i: -counts[i])  # longest first
+        stats = DeviceTelemetry(device=device)
+        skipped: list[int] = []
+
+        def deliver(rows: list[int], vectors: np.ndarray) -> None:
+            cache.put_vectors(
+                fingerprint, [missing[order[r]] for r in rows], vectors,
+                [counts[order[r]] for r in rows],
+            )  # fmt: skip
+            bar.update(len(rows))
+
+        with Timer() as embed_timer, progress_bar(spec, len(order), options) as bar:
+            run_batches(
+                backend,
+                [inputs[i] for i in order],
+                [counts[i] for i in order],
+                options.max_batch_tokens,
+                options.batch_size,
+                stats,
+                deliver,
+                skipped.append,
+                spec.name,
+            )
+        telemetry.embed_seconds = embed_timer.seconds
+        stats.seconds = embed_timer.seconds
+        backend.unload()
+    if events and events[-1].event_type == "release":
+        stats.peak_memory_bytes = events[-1].peak_memory_bytes
+    telemetry.absorb(stats)
+    report_non_finite(telemetry, [inputs[order[r]] for r in skipped])
+
+
+def record_load(spec, fingerprint, cache, telemetry, backend, seconds: float) -> None:
+    """Note a model load in the telemetry and in the cache (its dimension and sequence length)."""
+    telemetry.loads += 1
+    telemetry.load_seconds += seconds
+    telemetry.dim = backend.dim
+    telemetry.max_seq_length = backend.max_seq_length
+    info = {"model": spec.name, "path": str(spec.path), "max_seq_length": backend.max_seq_length}
+    cache.register_model(fingerprint, backend.dim, info)
+
+
+def prefixed(spec: ModelSpec, texts: dict[bytes, str], digests: list[bytes]) -> list[str]:
+    """The texts as the model sees them (with its document prefix)."""
     prefix = spec.settings.document_prefix
-    inputs = [prefix + texts[d] for d in missing]
+    return [prefix + texts[d] for d in digests]
+
+
+def count_tokens(backend, inputs: list[str]) -> list[int]:
+    """Untruncated token counts of every input, tokenised in bounded chunks."""
     counts: list[int] = []
     for start in range(0, len(inputs), TOKENIZE_CHUNK):
         counts.extend(backend.token_counts(inputs[start : start + TOKENIZE_CHUNK]))
-    limit = backend.max_seq_length
-    order = sorted(range(len(inputs)), key=lambda i: -counts[i])  # longest first: OOM shows early
-    batch_size = options.batch_size
-    done = 0
+    return counts
+
+
+def report_non_finite(telemetry: ModelTelemetry, texts: list[str]) -> None:
+    """Record texts whose vectors stayed non-finite (they are not cached) and warn."""
+    if not texts:
+        return
+    telemetry.non_finite_chunks += len(texts)
+    room = MAX_REPORTED_TEXTS - len(telemetry.non_finite_texts)
+    telemetry.non_finite_texts.extend(t[:80] for t in texts[: max(0, room)])
+    log.warning(
+        "%s: %d texts give NaN/Inf vectors even in float32 and were skipped, e.g. %r",
+        telemetry.model, len(texts), texts[0][:80],
+    )  # fmt: skip
+
+
+@contextmanager
+def progress_bar(spec: ModelSpec, total: int, options: EngineOptions) -> Iterator[tqdm]:
+    """The one progress bar of the embedding loop (counts chunks), on stderr."""
     with tqdm(
-        total=len(order),
+        total=total,
         desc=spec.slug,
         unit="chunk",
         file=sys.stderr,
         disable=None if options.show_progress else True,
         dynamic_ncols=True,
     ) as bar:
-        while done < len(order):
-            rows = order[done : done + batch_size]
+        yield bar
+
+
+def next_batch_end(
+    counts: list[int], start: int, limit: int, max_tokens: int, max_texts: int
+) -> int:
+    """End of the batch starting at `start`: padded tokens within the budget, at least one text.
+
+    Inputs are sorted longest first, so the first text sets the padded length of the batch.
+    """
+    width = max(1, min(counts[start], limit))
+    size = max(1, min(max_texts, max_tokens // width, len(counts) - start))
+    return start + size
+
+
+class Faults:
+    """Fault injection for tests: EMBED_COLLECTIONS_FAULT=kind@device#n[,...].
+
+    kind: kill (SIGKILL this process), oom (raise an out-of-memory error once), nan (NaN vectors
+    once, in the working precision only) or nan-always; `device` is the worker's device (or *);
+    the fault fires at the n-th batch (from 0) that device runs.
+    """
+
+    def __init__(self, device: str):
+        self.armed: list[tuple[str, int]] = []
+        for item in filter(None, os.environ.get(FAULT_VARIABLE, "").split(",")):
+            kind, _, rest = item.partition("@")
+            where, _, count = rest.partition("#")
+            if where in ("*", device):
+                self.armed.append((kind, int(count or 0)))
+
+    def before_forward(self, batch_index: int) -> None:
+        """Kill the process or raise an out-of-memory error where armed."""
+        for kind, at in self.armed:
+            if kind == "kill" and batch_index >= at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if kind == "oom" and batch_index == at:
+                self.armed.remove((kind, at))
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+    def after_forward(self, batch_index: int, vectors: np.ndarray, float32: bool) -> np.ndarray:
+        """Turn vectors into NaN where armed."""
+        for kind, at in self.armed:
+            if (kind == "nan" and batch_index == at and not float32) or kind == "nan-always":
+                return np.full_like(vectors, np.nan)
+        return vectors
+
+
+def run_batches(
+    backend,
+    inputs: list[str],
+    counts: list[int],
+    max_tokens: int,
+    max_texts: int,
+    stats: DeviceTelemetry,
+    deliver: Callable[[list[int], np.ndarray], None],
+    skip: Callable[[int], None],
+    model: str,
+) -> None:
+    """Embed inputs (sorted longest first) batch by batch; `deliver(rows, vectors)` each batch.
+
+    Shared by every backend and by the worker processes: the token budget, the tokenising of
+    the next batch on a thread, the out-of-memory back-off and the non-finite check live here.
+    Rows whose vector stays non-finite in float32 go to `skip(row)` instead of `deliver`.
+    """
+    limit = backend.max_seq_length
+    budget = full_budget = max(1, max_tokens)
+    max_texts = max_texts or MAX_BATCH_TEXTS
+    tokenize: Callable[[list[str]], Batch] = getattr(backend, "tokenize", None) or Batch
+    forward = getattr(backend, "forward", None) if hasattr(backend, "tokenize") else None
+    faults = Faults(stats.device)
+    successes = 0
+    position = 0
+    ahead: tuple[int, int, Future] | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
+        while position < len(inputs):
+            end = next_batch_end(counts, position, limit, budget, max_texts)
+            if ahead and ahead[:2] == (position, end):
+                batch = ahead[2].result()
+            else:
+                batch = tokenize(inputs[position:end])
+            ahead = None
+            if end < len(inputs):  # tokenise the next batch while this one runs
+                after = next_batch_end(counts, end, limit, budget, max_texts)
+                ahead = (end, after, pool.submit(tokenize, inputs[end:after]))
+            out_of_memory = False
             try:
-                vectors = backend.embed([inputs[i] for i in rows])
+                faults.before_forward(stats.batches)
+                vectors = forward(batch) if forward else backend.embed(batch.texts)
             except Exception as error:
                 if not is_out_of_memory(error):
                     raise
-                if batch_size == 1:
-                    raise ModelError(
-                        f'Model "{spec.name}" runs out of memory on {options.device} even one text '
-                        "at a time (lower --max-seq-length or use a smaller model)"
-                    ) from error
-                batch_size = max(1, batch_size // 2)
-                telemetry.oom_retries += 1
-                log.warning(
-                    "%s: out of memory on %s; retrying the batch with batch size %d",
-                    spec.name,
-                    options.device,
-                    batch_size,
-                )
+                out_of_memory = True  # handled below, once the traceback (and its tensors) is gone
+            if out_of_memory:
+                batch = None  # type: ignore[assignment]  # drop the failed batch, then free memory
                 release_accelerator_memory()
+                if end - position == 1:
+                    raise ModelError(
+                        f'Model "{model}" runs out of memory on {stats.device} even one text '
+                        "at a time (lower --max-seq-length or use a smaller model)"
+                    )
+                budget = max(1, min(budget, (end - position) * min(counts[position], limit)) // 2)
+                successes = 0
+                stats.oom_retries += 1
+                log.warning(
+                    "%s: out of memory on %s; retrying with a budget of %d tokens",
+                    model, stats.device, budget,
+                )  # fmt: skip
                 continue
-            cache.put_vectors(
-                fingerprint, [missing[i] for i in rows], vectors, [counts[i] for i in rows]
-            )
-            used = [min(counts[i], limit) for i in rows]
-            telemetry.chunks_embedded += len(rows)
-            telemetry.tokens_embedded += sum(used)
-            telemetry.padded_tokens += max(used) * len(rows)
-            telemetry.truncated_chunks += sum(1 for i in rows if counts[i] > limit)
-            telemetry.truncated_tokens += sum(max(0, counts[i] - limit) for i in rows)
-            telemetry.batches += 1
-            done += len(rows)
-            bar.update(len(rows))
+            vectors = faults.after_forward(stats.batches, vectors, float32=False)
+            rows = list(range(position, end))
+            rows, vectors = keep_finite(backend, batch.texts, rows, vectors, stats, faults, skip)
+            if rows:
+                deliver(rows, vectors)
+            used = [min(counts[i], limit) for i in range(position, end)]
+            stats.chunks += len(rows)
+            stats.tokens += sum(used)
+            stats.padded_tokens += max(used) * len(used)
+            stats.truncated_chunks += sum(1 for i in range(position, end) if counts[i] > limit)
+            stats.truncated_tokens += sum(max(0, counts[i] - limit) for i in range(position, end))
+            stats.batches += 1
+            position = end
+            successes += 1
+            if budget < full_budget and successes >= GROW_AFTER:
+                budget, successes = min(full_budget, budget * 2), 0
+
+
+def keep_finite(backend, texts, rows, vectors, stats, faults, skip):
+    """Re-run a batch holding NaN/Inf vectors in float32; rows still non-finite are skipped."""
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if not bad.any():
+        return rows, vectors
+    stats.non_finite_retries += 1
+    again = [i for i, b in enumerate(bad) if b]
+    rerun = getattr(backend, "embed_float32", backend.embed)
+    fixed = faults.after_forward(stats.batches, rerun([texts[i] for i in again]), float32=True)
+    vectors = vectors.copy()
+    vectors[again] = fixed
+    finite = np.isfinite(vectors).all(axis=1)
+    for i in np.flatnonzero(~finite):
+        skip(rows[i])
+    return [r for r, ok in zip(rows, finite) if ok], vectors[finite]
 
 
 def release_accelerator_memory() -> None:
     """Free cached CUDA blocks after an OOM so the smaller retry has room."""
+    import gc
+
+    gc.collect()
     try:
         import torch
 
