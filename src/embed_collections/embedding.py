@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -318,8 +319,9 @@ class Faults:
     """Fault injection for tests: EMBED_COLLECTIONS_FAULT=kind@device#n[,...].
 
     kind: kill (SIGKILL this process), oom (raise an out-of-memory error once), nan (NaN vectors
-    once, in the working precision only) or nan-always; `device` is the worker's device (or *);
-    the fault fires at the n-th batch (from 0) that device runs.
+    once, in the working precision only), nan-always, or slow (sleep n milliseconds before every
+    batch), or late (a worker waits n milliseconds before taking its lease); `device` is the
+    worker's device (or *); the fault fires at the n-th batch (from 0) that device runs.
     """
 
     def __init__(self, device: str):
@@ -330,9 +332,17 @@ class Faults:
             if where in ("*", device):
                 self.armed.append((kind, int(count or 0)))
 
+    def before_lease(self) -> None:
+        """Delay a worker's start where armed (to decide which worker gets the first units)."""
+        for kind, at in self.armed:
+            if kind == "late":
+                time.sleep(at / 1000)
+
     def before_forward(self, batch_index: int) -> None:
         """Kill the process or raise an out-of-memory error where armed."""
         for kind, at in self.armed:
+            if kind == "slow":
+                time.sleep(at / 1000)
             if kind == "kill" and batch_index >= at:
                 os.kill(os.getpid(), signal.SIGKILL)
             if kind == "oom" and batch_index == at:

@@ -52,13 +52,15 @@ class WorkerState:
     device: str
     process: Any
     finished: bool = False  # reported its end, or died
+    chunks: int = 0  # what the parent cached from it, counted for a worker that dies
+    tokens: int = 0
     unit: Unit | None = None
     received: set[int] = field(default_factory=set)
 
 
 def worker_main(spec: ModelSpec, options: Any, device: str, cpu_workers: int, tasks, results):
     """The body of a worker process: lease, load, then embed units until told to stop."""
-    from embed_collections.embedding import lease_for, load_backend, run_batches
+    from embed_collections.embedding import Faults, lease_for, load_backend, run_batches
 
     events: list[LeaseEvent] = []
     stats = DeviceTelemetry(device=device)
@@ -67,6 +69,7 @@ def worker_main(spec: ModelSpec, options: Any, device: str, cpu_workers: int, ta
             import torch
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // cpu_workers))
+        Faults(device).before_lease()
         with lease_for(spec, device, options, events) as lease:
             with Timer() as load_timer:
                 backend = lease.hold(load_backend(spec, backend_of(options, spec), options, device))
@@ -181,7 +184,7 @@ def embed_on_devices(
                 if message is not None:
                     handle(message, spec, fingerprint, texts, cache, options, telemetry, events,
                            workers, plan, tasks, bar)  # fmt: skip
-                requeue_dead_workers(spec, workers, plan.pending, tasks)
+                requeue_dead_workers(spec, telemetry, workers, plan.pending, tasks)
                 if plan.listed and len(plan.done) >= len(plan.order) and not stop_sent:
                     for _ in workers:
                         tasks.put(None)
@@ -211,6 +214,7 @@ class Plan:
     """The parent's view of one model's work: sorted inputs, units out, positions done."""
 
     listed: bool = False
+    limit: int = 0
     missing: list[bytes] = field(default_factory=list)
     order: list[int] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
@@ -237,6 +241,7 @@ def handle(message, spec, fingerprint, texts, cache, options, telemetry, events,
             return
         # The first lease is held: only now list what is still missing.
         plan.listed = True
+        plan.limit = max_seq_length
         plan.missing = cache.missing(fingerprint, texts)
         telemetry.cache_hits = len(texts) - len(plan.missing)
         telemetry.cache_misses = len(plan.missing)
@@ -271,6 +276,8 @@ def handle(message, spec, fingerprint, texts, cache, options, telemetry, events,
         )
         plan.done.update(positions[i] for i in fresh)
         worker.received.update(rows)
+        worker.chunks += len(fresh)
+        worker.tokens += sum(min(plan.counts[positions[i]], plan.limit) for i in fresh)
         bar.update(len(fresh))
     elif kind == "finished":
         _, _, unit_id, rows = message
@@ -303,12 +310,15 @@ def queue_unit(tasks, unit_id: int, positions: list[int], inputs, counts, attemp
     return unit
 
 
-def requeue_dead_workers(spec: ModelSpec, workers: dict, pending: dict, tasks) -> None:
+def requeue_dead_workers(
+    spec: ModelSpec, telemetry: ModelTelemetry, workers: dict, pending: dict, tasks
+) -> None:
     """Queue again what a dead worker had not sent back; a unit that killed two workers fails."""
     for worker in workers.values():
         if worker.finished or worker.process.is_alive() or worker.process.exitcode == 0:
             continue  # a clean exit's "stopped" message is still on its way
         worker.finished = True
+        telemetry.absorb(DeviceTelemetry(worker.device, chunks=worker.chunks, tokens=worker.tokens))
         unit = worker.unit
         log.warning(
             "%s: worker on %s died (exit code %s)%s",
