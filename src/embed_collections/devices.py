@@ -36,8 +36,10 @@ def parse_devices(text: str, gpus: int | None = None) -> list[str]:
 
     `gpus` overrides the visible GPU count (tests); a bad list is a UsageError.
     """
-    count = cuda_device_count() if gpus is None else gpus
     names = [part.strip() for part in (text or "").split(",") if part.strip()]
+    needs_count = not names or any(not name.lower().startswith("cpu") for name in names)
+    # Counting GPUs imports torch (seconds): a CPU-only list does without it.
+    count = gpus if gpus is not None else cuda_device_count() if needs_count else 0
     if not names:
         names = ["cuda"] if count else ["cpu"]
     devices: list[str] = []

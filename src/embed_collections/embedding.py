@@ -375,7 +375,7 @@ def run_batches(
     Rows whose vector stays non-finite in float32 go to `skip(row)` instead of `deliver`.
     """
     limit = backend.max_seq_length
-    budget = full_budget = max(1, max_tokens)
+    budget = full_budget = max_tokens or default_batch_tokens(stats.device)
     max_texts = max_texts or MAX_BATCH_TEXTS
     tokenize: Callable[[list[str]], Batch] = getattr(backend, "tokenize", None) or Batch
     forward = getattr(backend, "forward", None) if hasattr(backend, "tokenize") else None
@@ -389,6 +389,8 @@ def run_batches(
             if ahead and ahead[:2] == (position, end):
                 batch = ahead[2].result()
             else:
+                if ahead:  # the budget changed: wait, as a tokenizer must not run on two threads
+                    ahead[2].exception()
                 batch = tokenize(inputs[position:end])
             ahead = None
             if end < len(inputs):  # tokenise the next batch while this one runs

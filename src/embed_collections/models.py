@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -353,7 +354,9 @@ def code_references(auto_map: dict) -> list[str]:
 def preflight_code(spec: ModelSpec, model_cache_dir: Path | None = None) -> ModelSpec:
     """Load a model's configuration and remote code (never its weights) before anything embeds.
 
-    A model with an `auto_map` needs --trust-remote-code (a usage error otherwise); its code,
+    A model with an `auto_map` needs --trust-remote-code (a usage error otherwise); its config
+    and code are loaded through transformers (models without remote code only when transformers
+    is already imported, to keep preflight fast); its code,
     also code in another hub repository (`org/repo--module.Class`), must be in a model cache or
     downloadable now, so a missing piece fails the run in seconds instead of after the first
     model. Returns the spec with the cache folder its code came from.
@@ -376,6 +379,10 @@ def preflight_code(spec: ModelSpec, model_cache_dir: Path | None = None) -> Mode
             f'Model "{spec.name}" runs its own code ({refs[0]}); pass --trust-remote-code to '
             "allow it, or choose another model with --models"
         )
+    if not refs and "transformers" not in sys.modules:
+        # Importing transformers costs seconds (torch with it) before the store's preflight; a
+        # model without remote code is checked whenever it is already imported.
+        return spec
     import transformers
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
