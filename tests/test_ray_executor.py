@@ -17,7 +17,7 @@ from conftest import run_cli, write_chunks
 import embed_collections
 from embed_collections.cache import EmbeddingCache, text_digest
 from embed_collections.config import RunConfig
-from embed_collections.embedding import EngineOptions
+from embed_collections.engine_options import EngineOptions
 from embed_collections.errors import UsageError
 from embed_collections.pipeline import run
 from embed_collections.ray_executor import KILL_ONCE_ENV, Cluster, cluster_engine, cut_shards
@@ -135,7 +135,7 @@ def test_local_run_never_imports_ray(corpus, tiny_models, tmp_path):
     config = make_config(corpus, tmp_path / "out", [tiny_models["tiny32"]], "local")
     script = (
         "import sys; from pathlib import Path; from embed_collections.config import RunConfig; "
-        "from embed_collections.embedding import EngineOptions; "
+        "from embed_collections.engine_options import EngineOptions; "
         "from embed_collections.pipeline import run; "
         f"engine = EngineOptions(device='cpu', backend='torch', show_progress=False).resolved(); "
         f"run(RunConfig(chunked_dir=Path({str(corpus)!r}), output_dir=Path({str(tmp_path)!r}), "

@@ -6,14 +6,16 @@ A backend only embeds what it is given; sorting, batching, OOM back-off and cach
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from embed_collections.devices import gpu_driver_present, supports_bfloat16
 from embed_collections.errors import ModelError
 from embed_collections.models import ModelSpec, static_format
 
@@ -36,13 +38,6 @@ class Backend(Protocol):
     def unload(self) -> None: ...
 
 
-def gpu_driver_present() -> bool:
-    """False only where CUDA surely cannot work: Linux without NVIDIA or ROCm device files."""
-    if not sys.platform.startswith("linux"):
-        return True  # no cheap test elsewhere: ask torch
-    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/kfd").exists()
-
-
 def default_device() -> str:
     """cuda when a GPU is usable, else cpu; torch (seconds to import) only asked on GPU hosts."""
     if not gpu_driver_present():
@@ -56,12 +51,28 @@ def default_device() -> str:
 
 
 def default_dtype(device: str) -> str:
-    """fp16 on CUDA (about 3x fp32 there), fp32 on CPU (fp16 is slower on CPUs)."""
-    return "float16" if device.startswith("cuda") else "float32"
+    """bf16 on GPUs that have it, fp16 on older GPUs (T4, V100), fp32 on CPU.
+
+    On Ampere and newer, bf16 and fp16 run at the same tensor-core rate; bf16 keeps fp32's
+    exponent range, so long texts cannot overflow to Inf as they can in fp16. CPUs without AMX
+    run both half types slower than fp32.
+    """
+    if not device.startswith("cuda"):
+        return "float32"
+    return "bfloat16" if supports_bfloat16(device) else "float16"
+
+
+_ALLOCATION_FAILURES = (
+    "out of memory",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+    "cuda error: out of memory",
+    "failed to allocate",
+)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """True for a CUDA (or other accelerator) out-of-memory error."""
+    """True for an accelerator allocation failure: torch's OOM type, or cuBLAS/cuDNN ones."""
     try:
         import torch
 
@@ -69,7 +80,26 @@ def is_out_of_memory(error: BaseException) -> bool:
             return True
     except ImportError:  # pragma: no cover
         pass
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(m in text for m in _ALLOCATION_FAILURES)
+
+
+def attention_implementation(device: str) -> str:
+    """flash_attention_2 where installed on compute capability >= 8.0, else PyTorch's SDPA."""
+    if device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
+        import torch
+
+        if torch.cuda.get_device_capability(device)[0] >= 8:
+            return "flash_attention_2"
+    return "sdpa"
+
+
+@dataclass
+class Batch:
+    """Texts and their tokenised features, prepared (possibly on another thread) for `forward`."""
+
+    texts: list[str]
+    features: Any = None
 
 
 def dtype_keyword() -> str:
@@ -90,25 +120,31 @@ class SentenceTransformerBackend:
         self.model: Any = None
         self.dim = spec.dim or 0
         self.max_seq_length = spec.settings.max_seq_length or 512
+        self.device = "cpu"
 
     def load(self, device: str) -> None:
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # On a GPU the tokenizer's own threads feed the device; on CPU they would compete with
+        # the forward pass for the same cores.
+        parallel = "true" if device.startswith("cuda") else "false"
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", parallel)
         try:
             import torch
             import transformers
-            from sentence_transformers import SentenceTransformer
 
             transformers.utils.logging.disable_progress_bar()  # ours is the one progress bar
 
             dtype = self.dtype or default_dtype(device)
-            self.model = SentenceTransformer(
-                str(self.spec.path),
-                device=device,
-                trust_remote_code=self.spec.trust_remote_code,
-                truncate_dim=self.spec.settings.truncate_dim,
-                model_kwargs={dtype_keyword(): getattr(torch, dtype)},
-                local_files_only=True,
-            )
+            self.device = device
+            kwargs: dict[str, Any] = {dtype_keyword(): getattr(torch, dtype)}
+            attention = attention_implementation(device)
+            if attention == "flash_attention_2" and dtype == "float32":
+                attention = "sdpa"  # flash-attention runs only in half precision
+            try:
+                self.model = self.open(device, {**kwargs, "attn_implementation": attention})
+            except (ValueError, ImportError) as error:
+                # Architectures without SDPA (some remote-code models) refuse the keyword.
+                log.debug("%s: %s attention refused (%s)", self.name, attention, error)
+                self.model = self.open(device, kwargs)
         except Exception as error:  # loading raises anything from OSError to ValueError
             raise ModelError(
                 f'Model "{self.name}" could not be loaded from {self.spec.path}: '
@@ -121,6 +157,21 @@ class SentenceTransformerBackend:
         dimension = dimension or self.model.get_sentence_embedding_dimension
         self.dim = int(dimension())
 
+    def open(self, device: str, model_kwargs: dict[str, Any]) -> Any:
+        """The SentenceTransformer on `device`, offline, remote code from the model's code cache."""
+        from sentence_transformers import SentenceTransformer
+
+        cache = self.spec.code_cache_dir
+        return SentenceTransformer(
+            str(self.spec.path),
+            device=device,
+            trust_remote_code=self.spec.trust_remote_code,
+            truncate_dim=self.spec.settings.truncate_dim,
+            model_kwargs=model_kwargs,
+            cache_folder=str(cache) if cache else None,
+            local_files_only=True,
+        )
+
     def token_counts(self, texts: list[str]) -> list[int]:
         """Untruncated token counts (special tokens included), used to sort and to report cuts."""
         tokenizer = self.model.tokenizer
@@ -129,15 +180,54 @@ class SentenceTransformerBackend:
         )
         return [len(ids) for ids in encoded["input_ids"]]
 
+    def tokenize(self, texts: list[str]) -> Batch:
+        """Tokenise a batch (thread-safe: the engine prefetches the next batch on a thread).
+
+        sentence-transformers 6's `preprocess` also returns non-tensor entries (`modality`),
+        which stay as they are; tensors are pinned on CUDA so the copy can overlap compute.
+        """
+        import torch
+
+        prepare = getattr(self.model, "preprocess", None) or self.model.tokenize
+        features = dict(prepare(texts))
+        if self.device.startswith("cuda"):
+            for key, value in features.items():
+                if isinstance(value, torch.Tensor):
+                    features[key] = value.pin_memory()
+        return Batch(texts, features)
+
+    def forward(self, batch: Batch) -> np.ndarray:
+        """Embed a tokenised batch: non-blocking copy in, forward pass, float32 vectors out."""
+        import torch
+
+        features = {
+            key: value.to(self.device, non_blocking=True)
+            if isinstance(value, torch.Tensor)
+            else value
+            for key, value in batch.features.items()
+        }
+        with torch.inference_mode():
+            vectors = self.model(features)["sentence_embedding"]
+            if self.spec.settings.truncate_dim:
+                vectors = vectors[:, : self.spec.settings.truncate_dim]
+            return vectors.float().cpu().numpy()
+
     def embed(self, texts: list[str]) -> np.ndarray:
-        vectors = self.model.encode(
-            texts,
-            batch_size=len(texts),
-            convert_to_numpy=True,
-            normalize_embeddings=False,
-            show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32)
+        """Embed texts in one forward pass."""
+        return self.forward(self.tokenize(texts))
+
+    def embed_float32(self, texts: list[str]) -> np.ndarray:
+        """Embed texts with the model temporarily in float32 (the re-run for non-finite vectors)."""
+        import torch
+
+        dtype = next(self.model.parameters()).dtype
+        if dtype == torch.float32:
+            return self.embed(texts)
+        self.model.float()
+        try:
+            return self.embed(texts)
+        finally:
+            self.model.to(dtype)
 
     def unload(self) -> None:
         self.model = None

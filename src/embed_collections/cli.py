@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -261,10 +260,6 @@ def run(**options):
     if not url and (options["qdrant_host"] or options["qdrant_port"]):
         url = f"http://{options['qdrant_host'] or 'localhost'}:{options['qdrant_port'] or 6333}"
     settings = ensemble_settings(options)
-    if options["executor"] == "ray" and not options["device"]:
-        # the cluster's devices, not this machine's, decide (ray_executor.cluster_engine)
-        raw = {"device": "", "dtype": options["dtype"], "batch_size": options["batch_size"]}
-        settings["engine"] = replace(settings["engine"], **raw)
     config = RunConfig(
         chunked_dir=options["chunked_dir"] or default_chunked,
         output_dir=options["output_dir"] or default_output,

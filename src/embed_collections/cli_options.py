@@ -165,12 +165,17 @@ ensemble_options = stack(
     ),
 )
 engine_options = stack(
-    click.option("--device", default="", help="cpu, cuda, cuda:1 ... [cuda if available]."),
+    click.option(
+        "--device",
+        default="",
+        help="cpu, cuda (every visible GPU), cuda:0,cuda:2, or cpu:0,cpu:1 (two CPU workers) "
+        "[cuda if available].",
+    ),
     click.option(
         "--dtype",
         type=click.Choice(["", "float32", "float16", "bfloat16"]),
         default="",
-        help="Model precision [float16 on CUDA, float32 on CPU].",
+        help="Model precision [bfloat16 on GPUs with it, float16 on older GPUs, float32 on CPU].",
     ),
     click.option(
         "--backend",
@@ -192,7 +197,13 @@ engine_options = stack(
         "batch_size",
         type=click.IntRange(min=0),
         default=0,
-        help="Texts per forward pass [32 on CPU, 128 on CUDA].",
+        help="At most this many texts per forward pass [no cap below the token budget].",
+    ),
+    click.option(
+        "--max-batch-tokens",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Padded tokens per forward pass [8192 on CPU, 65536 on CUDA].",
     ),
     click.option("--lease-dir", type=click.Path(path_type=Path), help="Device lease lock files."),
     click.option(
@@ -213,7 +224,11 @@ engine_options = stack(
 
 
 def ensemble_settings(options: dict) -> dict:
-    """The RunConfig fields that `ensemble_options` and `engine_options` set."""
+    """The RunConfig fields that `ensemble_options` and `engine_options` set.
+
+    Device defaults are resolved on this machine, except with `--executor ray`, where the
+    cluster's devices decide (`ray_executor.cluster_engine`).
+    """
     from embed_collections.engine_options import EngineOptions
     from embed_collections.models import DEFAULT_ENSEMBLE_MODELS
 
@@ -224,6 +239,18 @@ def ensemble_settings(options: dict) -> dict:
 
         listed = tuple(split_list(options["models"])) or None
         models, weights = apply_weights_file(options["weights_file"], listed, weights)
+    engine = EngineOptions(
+        device=options["device"],
+        dtype=options["dtype"],
+        backend=options["backend"],
+        quantize=options["quantize"] or "",
+        batch_size=options["batch_size"],
+        max_batch_tokens=options["max_batch_tokens"] or 0,
+        lease_dir=options["lease_dir"],
+        lease_timeout=options["lease_timeout"],
+        check_interval=options["check_interval"],
+        show_progress=not options["quiet"],
+    )
     return dict(
         models=models,
         weights=weights,
@@ -233,15 +260,5 @@ def ensemble_settings(options: dict) -> dict:
         trust_remote_code=options["trust_remote_code"],
         max_seq_length=options["max_seq_length"],
         truncate_dim=options["truncate_dim"],
-        engine=EngineOptions(
-            device=options["device"],
-            dtype=options["dtype"],
-            backend=options["backend"],
-            quantize=options["quantize"] or "",
-            batch_size=options["batch_size"],
-            lease_dir=options["lease_dir"],
-            lease_timeout=options["lease_timeout"],
-            check_interval=options["check_interval"],
-            show_progress=not options["quiet"],
-        ).resolved(),
+        engine=engine if options.get("executor") == "ray" else engine.resolved(),
     )

@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 import os
+import re
 import resource
 import sys
 import time
@@ -16,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from embed_collections.devices import physical_key
 from embed_collections.errors import LeaseTimeoutError
 from embed_collections.models import user_cache_home
 
@@ -96,8 +98,15 @@ class DeviceLease:
 
     @property
     def lock_path(self) -> Path:
-        """Lock file of this device, shared by every process using the same lease folder."""
-        name = self.device.replace(":", "_").replace("/", "_")
+        """Lock file of this device, shared by every process using the same lease folder.
+
+        A GPU's lock is named after the physical device (UUID or PCI bus id), so `cuda`, `cuda:0`
+        and a remapped CUDA_VISIBLE_DEVICES all meet on one lock.
+        """
+        if re.fullmatch(r"cuda(:\d+)?", self.device):
+            name = physical_key(self.device)
+        else:
+            name = self.device.replace(":", "_").replace("/", "_")
         return self.lease_dir / f"{name}.lock"
 
     @property

@@ -76,6 +76,13 @@ class Progress:
             self.last_done, self.last_time = self.done, now
             log.info("%s", self.line(now))
 
+    def reset(self, total: int) -> None:
+        """Set the total once it is known (work counted so far is kept)."""
+        self.total = total
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.refresh()
+
     def line(self, now: float) -> str:
         """`all-MiniLM-L6-v2: 320/1000 chunks (32%), 41.2 chunks/s, ETA 17s`."""
         elapsed = max(now - self.started, 1e-9)

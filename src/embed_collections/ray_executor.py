@@ -27,7 +27,6 @@ import math
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,11 +36,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm import tqdm
 
-from embed_collections.backends import is_out_of_memory
+from embed_collections.batches import progress_bar, report_non_finite, run_batches
 from embed_collections.cache import EmbeddingCache
-from embed_collections.engine_options import EngineOptions
+from embed_collections.engine_options import EngineOptions, default_batch_tokens
 from embed_collections.errors import (
     EmbedCollectionsError,
     LeaseTimeoutError,
@@ -51,7 +49,7 @@ from embed_collections.errors import (
 from embed_collections.lease import LeaseEvent
 from embed_collections.models import ModelSpec
 from embed_collections.runtimes import create_backend
-from embed_collections.telemetry import ModelTelemetry, Timer
+from embed_collections.telemetry import DeviceTelemetry, ModelTelemetry, Timer
 
 if TYPE_CHECKING:
     from embed_collections.config import RunConfig
@@ -154,6 +152,15 @@ def cluster_engine(engine: EngineOptions, cluster: Cluster) -> EngineOptions:
             "GPU nodes"
         )
     device = engine.device or ("cuda" if cluster.gpus >= 1 else "cpu")
+    if device.startswith("cuda"):
+        # The GPUs are the cluster's: this machine may have none, so nothing local is asked.
+        # fp16 runs on every GPU generation (a batch that overflows is re-run in float32).
+        return replace(
+            engine,
+            device="cuda",
+            dtype=engine.dtype or "float16",
+            max_batch_tokens=engine.max_batch_tokens or default_batch_tokens("cuda"),
+        )
     return replace(engine, device=device).resolved()
 
 
@@ -228,11 +235,12 @@ class ShardEmbedder:
         dtype: str,
         device: str,
         batch_size: int,
+        max_batch_tokens: int,
         env: dict[str, str],
     ):
         os.environ.update(env)
-        self.index = index
-        self.batch_size = batch_size
+        self.index, self.name = index, spec.name
+        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         # Inside Ray a GPU actor sees only its own GPU (CUDA_VISIBLE_DEVICES): it is cuda:0.
         self.device = "cuda" if device.startswith("cuda") else device
         with Timer() as timer:
@@ -259,39 +267,37 @@ class ShardEmbedder:
         }
 
     def embed(self, shard: int, texts: list[str]) -> tuple[int, np.ndarray, list[int], dict]:
-        """Vectors (in input order), untruncated token counts and this shard's statistics."""
+        """Vectors (in input order; NaN rows: non-finite even in float32), untruncated token
+        counts and this shard's statistics. The shared batch loop does the batching by token
+        budget, the out-of-memory back-off and the float32 re-run (`batches.run_batches`)."""
         started = time.perf_counter()
         counts = self.backend.token_counts(texts)
         order = sorted(range(len(texts)), key=lambda i: -counts[i])
-        vectors: np.ndarray | None = None
-        limit = self.backend.max_seq_length
-        stats: dict[str, Any] = {"batches": 0, "padded_tokens": 0, "oom_retries": 0}
-        batch_size, done = self.batch_size, 0
-        while done < len(order):
-            rows = order[done : done + batch_size]
-            try:
-                block = self.backend.embed([texts[i] for i in rows])
-            except Exception as error:
-                if not is_out_of_memory(error) or batch_size == 1:
-                    raise
-                batch_size = max(1, batch_size // 2)
-                stats["oom_retries"] += 1
-                free_accelerator_memory()
-                continue
-            if vectors is None:
-                vectors = np.zeros((len(texts), block.shape[1]), dtype=np.float32)
-            vectors[rows] = block
-            stats["batches"] += 1
-            stats["padded_tokens"] += min(max(counts[i] for i in rows), limit) * len(rows)
-            done += len(rows)
+        vectors = np.full((len(texts), self.backend.dim), np.nan, dtype=np.float32)
+        stats = DeviceTelemetry(device=self.device)
+
+        def deliver(rows: list[int], block: np.ndarray) -> None:
+            vectors[[order[r] for r in rows]] = block
             kill_once_after_first_batch()
-        stats.update(self.describe(), seconds=time.perf_counter() - started)
-        return (
-            shard,
-            vectors if vectors is not None else np.zeros((0, 0), np.float32),
-            counts,
+
+        run_batches(
+            self.backend,
+            [texts[i] for i in order],
+            [counts[i] for i in order],
+            self.max_batch_tokens,
+            self.batch_size,
             stats,
+            deliver,
+            lambda row: None,  # left NaN: the driver reports and skips it
+            self.name,
         )
+        summary: dict[str, Any] = {
+            "batches": stats.batches,
+            "padded_tokens": stats.padded_tokens,
+            "oom_retries": stats.oom_retries,
+        }
+        summary.update(self.describe(), seconds=time.perf_counter() - started)
+        return shard, vectors, counts, summary
 
 
 def kill_once_after_first_batch() -> None:
@@ -301,17 +307,6 @@ def kill_once_after_first_batch() -> None:
         return
     Path(marker).write_text(str(os.getpid()), encoding="utf-8")
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-def free_accelerator_memory() -> None:
-    """Free cached CUDA blocks after an OOM so the smaller retry has room."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def forwarded_env() -> dict[str, str]:
@@ -368,7 +363,16 @@ def embed_pending(
     env = forwarded_env()
     created = time.perf_counter()
     actors = [
-        actor_class.remote(i, spec, backend, options.dtype, options.device, options.batch_size, env)
+        actor_class.remote(
+            i,
+            spec,
+            backend,
+            options.dtype,
+            options.device,
+            options.batch_size,
+            options.max_batch_tokens,
+            env,
+        )  # fmt: skip
         for i in range(plan.actors)
     ]
     try:
@@ -404,7 +408,7 @@ def embed_pending(
                 texts,
                 cache,
                 telemetry,
-                options.show_progress,
+                options,
             )
         telemetry.embed_seconds = embed_timer.seconds
         telemetry.workers = sorted(workers.values(), key=lambda w: w["actor"])
@@ -473,7 +477,7 @@ def run_pool(
     texts: dict[bytes, str],
     cache: EmbeddingCache,
     telemetry: ModelTelemetry,
-    show_progress: bool = True,
+    options: EngineOptions,
 ) -> dict[int, dict]:
     """Hand out shards, cache each one as it comes back; returns per-actor telemetry."""
     from ray.util import ActorPool
@@ -490,14 +494,7 @@ def run_pool(
         lambda actor, shard: actor.embed.remote(shard, [inputs[i] for i in shards[shard]]),
         list(range(len(shards))),
     )
-    with tqdm(
-        total=len(inputs),
-        desc=spec.slug,
-        unit="chunk",
-        file=sys.stderr,
-        disable=None if show_progress else True,
-        dynamic_ncols=True,
-    ) as bar:
+    with progress_bar(spec, len(inputs), options) as bar:
         while True:
             try:
                 shard, vectors, counts, stats = next(results)
@@ -509,9 +506,17 @@ def run_pool(
                     f"restarts: {ray_error(error)} (finished shards are cached; re-run to resume)"
                 ) from error
             rows = shards[shard]
-            cache.put_vectors(fingerprint, [missing[i] for i in rows], vectors, counts)
+            finite = np.isfinite(vectors).all(axis=1)
+            report_non_finite(telemetry, [inputs[r] for r, ok in zip(rows, finite) if not ok])
+            kept = [k for k, ok in enumerate(finite) if ok]
+            cache.put_vectors(
+                fingerprint,
+                [missing[rows[k]] for k in kept],
+                vectors[finite],
+                [counts[k] for k in kept],
+            )
             used = [min(c, limit) for c in counts]
-            telemetry.chunks_embedded += len(rows)
+            telemetry.chunks_embedded += len(kept)
             telemetry.tokens_embedded += sum(used)
             telemetry.padded_tokens += stats["padded_tokens"]
             telemetry.truncated_chunks += sum(1 for c in counts if c > limit)

@@ -77,7 +77,9 @@ class QueryEncoder:
 
     def per_model(self, queries: list[str], batch_size: int = 64) -> list[np.ndarray]:
         """Each model's raw query vectors (Q x d_i), in the run's model order."""
-        device = self.device or default_device()
+        # Queries run on the first device of a run's list (`cuda:0,cuda:1`, `cpu:0,cpu:1`).
+        device = (self.device or default_device()).split(",")[0]
+        device = "cpu" if device.startswith("cpu") else device
         per_model = []
         for spec in self.specs:
             backend = create_backend(spec, "torch", default_dtype(device))

@@ -7,6 +7,36 @@ from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass
+class DeviceTelemetry:
+    """What one device (one worker) did for one model."""
+
+    device: str
+    chunks: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    truncated_chunks: int = 0
+    truncated_tokens: int = 0
+    batches: int = 0
+    oom_retries: int = 0
+    non_finite_retries: int = 0
+    seconds: float = 0.0
+    peak_memory_bytes: int | None = None
+
+    def add(self, other: DeviceTelemetry) -> None:
+        """Accumulate another wave (or unit) of the same device."""
+        for item in fields(self):
+            mine, theirs = getattr(self, item.name), getattr(other, item.name)
+            if item.name == "peak_memory_bytes":
+                if theirs is not None:
+                    self.peak_memory_bytes = max(mine or 0, theirs)
+            elif isinstance(mine, (int, float)):
+                setattr(self, item.name, mine + theirs)
+
+
+MAX_REPORTED_TEXTS = 20
+
+
+@dataclass
 class ModelTelemetry:
     """What one model cost in a run; summed over the waves of a run with `add`."""
 
@@ -32,6 +62,30 @@ class ModelTelemetry:
     cache_misses: int = 0
     peak_memory_bytes: int | None = None
     workers: list[dict] = field(default_factory=list)  # per worker (Ray actor): where, how much
+    non_finite_chunks: int = 0  # texts whose vector stayed NaN/Inf in float32: not cached
+    non_finite_texts: list[str] = field(default_factory=list)  # their first characters
+    devices: list[DeviceTelemetry] = field(default_factory=list)
+
+    def absorb(self, device: DeviceTelemetry) -> None:
+        """Add one device's work to the totals and to the per-device list."""
+        self.chunks_embedded += device.chunks
+        self.tokens_embedded += device.tokens
+        self.padded_tokens += device.padded_tokens
+        self.truncated_chunks += device.truncated_chunks
+        self.truncated_tokens += device.truncated_tokens
+        self.batches += device.batches
+        self.oom_retries += device.oom_retries
+        if device.peak_memory_bytes is not None:
+            self.peak_memory_bytes = max(self.peak_memory_bytes or 0, device.peak_memory_bytes)
+        self.merge_device(device)
+
+    def merge_device(self, device: DeviceTelemetry) -> None:
+        """Add a device's numbers to its entry in `devices` (a new entry the first time)."""
+        for mine in self.devices:
+            if mine.device == device.device:
+                mine.add(device)
+                return
+        self.devices.append(DeviceTelemetry(**asdict(device)))
 
     def add(self, other: ModelTelemetry) -> None:
         """Accumulate another wave's numbers of the same model."""
@@ -39,6 +93,11 @@ class ModelTelemetry:
             mine, theirs = getattr(self, item.name), getattr(other, item.name)
             if item.name == "workers":
                 self.workers = self.workers + list(theirs)
+            elif item.name == "devices":
+                for device in theirs:
+                    self.merge_device(device)
+            elif item.name == "non_finite_texts":
+                self.non_finite_texts = (mine + theirs)[:MAX_REPORTED_TEXTS]
             elif item.name == "peak_memory_bytes":
                 if theirs is not None:
                     setattr(self, item.name, max(mine or 0, theirs))
@@ -59,6 +118,10 @@ class ModelTelemetry:
         )
         for key in ("load_seconds", "lease_wait_seconds", "embed_seconds"):
             data[key] = round(data[key], 3)
+        for device in data["devices"]:
+            device["seconds"] = round(device["seconds"], 3)
+            seconds = device["seconds"]
+            device["chunks_per_second"] = round(device["chunks"] / seconds, 2) if seconds else None
         return data
 
 

