@@ -185,9 +185,11 @@ def test_the_cluster_not_the_driver_chooses_the_device():
     gpus = Cluster(address="head:6379", cpus=32, gpus=2, nodes=2, started_here=False)
     cpus = replace(gpus, gpus=0)
     engine = cluster_engine(EngineOptions(device=""), gpus)
-    assert (engine.device, engine.dtype, engine.batch_size) == ("cuda", "float16", 128)
+    assert (engine.device, engine.dtype, engine.max_batch_tokens) == ("cuda", "float16", 65536)
+    engine = cluster_engine(EngineOptions(device="cuda"), gpus)  # this machine has no GPU
+    assert (engine.device, engine.dtype) == ("cuda", "float16")
     engine = cluster_engine(EngineOptions(device=""), cpus)
-    assert (engine.device, engine.dtype, engine.batch_size) == ("cpu", "float32", 32)
+    assert (engine.device, engine.dtype, engine.max_batch_tokens) == ("cpu", "float32", 8192)
     with pytest.raises(UsageError, match=r"at head:6379 has none \(32 CPUs on 2 node\(s\)\)"):
         cluster_engine(EngineOptions(device="cuda:1"), cpus)
 
