@@ -117,6 +117,25 @@ def run_cli(
     return Result(done.returncode, done.stdout, err if report else done.stderr, modules)
 
 
+def cli_run_args(chunked: Path, out: Path, models: list[Any], *extra: Any) -> list[Any]:
+    """A `run` command line over `models` on the CPU, with a private lease dir, quiet."""
+    return [
+        "run",
+        "--chunked-dir",
+        chunked,
+        "--output-dir",
+        out,
+        "--lease-dir",
+        out.parent / "leases",
+        "--models",
+        *models,
+        "--device",
+        "cpu",
+        "-q",
+        *extra,
+    ]
+
+
 def write_chunks(path: Path, texts: list[str], stem_ids: bool = True) -> Path:
     """Write a chunk file in the corpus's shape: a list of {text, metadata{chunk_id,...}}."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Result, run_cli, write_chunks
+from conftest import Result, cli_run_args, run_cli, write_chunks
 
 from embed_collections.dirlock import output_lock
 from embed_collections.stores.edge import EdgeStore
@@ -28,22 +28,7 @@ def assert_message(result: Result, code: int, *texts: str) -> None:
 
 
 def base_args(chunked: Path, out: Path, model: Path, *extra: Any) -> list[Any]:
-    return [
-        "run",
-        "--chunked-dir",
-        chunked,
-        "--output-dir",
-        out,
-        "--lease-dir",
-        out.parent / "leases",
-        "--models",
-        model,
-        "--device",
-        "cpu",
-        "--no-index",
-        "-q",
-        *extra,
-    ]
+    return cli_run_args(chunked, out, [model], "--no-index", *extra)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import invoke, run_cli, write_chunks
+from conftest import cli_run_args, invoke, run_cli, write_chunks
 from qdrant_edge import EdgeShard, ScrollRequest
 
 from embed_collections.stores.edge import EdgeStore
@@ -129,21 +129,8 @@ def model_args(tiny_models: dict[str, Path]) -> list[Any]:
 
 
 def run_args(chunked: Path, out: Path, tiny_models: dict[str, Path], *extra: Any) -> list[Any]:
-    """A `run` command line with the tiny models, private lease and output dirs, on the CPU."""
-    return [
-        "run",
-        "--chunked-dir",
-        chunked,
-        "--output-dir",
-        out,
-        "--lease-dir",
-        out.parent / "leases",
-        *model_args(tiny_models),
-        "--device",
-        "cpu",
-        "-q",
-        *extra,
-    ]
+    """A `run` command line with the two tiny models, private lease and output dirs, on the CPU."""
+    return cli_run_args(chunked, out, [tiny_models["tiny32"], tiny_models["tiny48"]], *extra)
 
 
 def free_port() -> int:

@@ -36,7 +36,6 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(target)], check=False)
 
 
-@pytest.mark.slow
 def test_full_disk_stops_cleanly_and_a_rerun_with_space_finishes(small_disk, tiny_models, tmp_path):
     chunked = tmp_path / "Chunked"
     write_chunks(chunked / "a_small" / "small_chunks.json", [f"small {i}" for i in range(10)])

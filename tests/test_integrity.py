@@ -7,8 +7,6 @@ points back from the shard.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 import uuid
@@ -17,10 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Result, write_chunks
+from conftest import Result, cli_run_args, invoke, write_chunks
 from qdrant_edge import EdgeShard, Point, ScrollRequest, UpdateOperation
 
-from embed_collections.cli import main
 from embed_collections.stores import PointBatch
 from embed_collections.stores.edge import EdgeStore
 from embed_collections.stores.open import point_id
@@ -29,18 +26,6 @@ TEXTS = {
     "alpha": [f"Alpha page {i}: the quick brown fox jumps over dog {i}." for i in range(9)],
     "beta": [f"Beta step {i}: install the package and run command {i}." for i in range(7)],
 }
-
-
-def invoke(args: list[Any]) -> Result:
-    """The CLI in this process through `main()` (its error mapping included)."""
-    out, err = io.StringIO(), io.StringIO()
-    code: Any = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as exit_:
-            code = exit_.code
-    return Result(code if isinstance(code, int) else 1, out.getvalue(), err.getvalue())
 
 
 def expected_ids(collection: str) -> set[str]:
@@ -61,22 +46,7 @@ def read_store(store_root: Path, collection: str) -> dict[str, list[float]]:
 
 
 def run_args(chunked: Path, out: Path, model: Path, *extra: Any) -> list[Any]:
-    return [
-        "run",
-        "--chunked-dir",
-        chunked,
-        "--output-dir",
-        out,
-        "--lease-dir",
-        out.parent / "leases",
-        "--models",
-        model,
-        "--device",
-        "cpu",
-        "--no-index",
-        "-q",
-        *extra,
-    ]
+    return cli_run_args(chunked, out, [model], "--no-index", *extra)
 
 
 def summary(out: Path) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_chunks
+from conftest import cli_run_args, run_cli, write_chunks
 
 from embed_collections.errors import ModelError, UsageError
 from embed_collections.models import resolve_model
@@ -47,24 +47,8 @@ def run_env(remote_models, tmp_path) -> dict[str, str]:
 
 
 def run_args(chunked: Path, out: Path, *models: Path, trust: bool = True) -> list:
-    return [
-        "run",
-        "--chunked-dir",
-        chunked,
-        "--output-dir",
-        out,
-        "--lease-dir",
-        out.parent / "leases",
-        "--models",
-        *models,
-        "--device",
-        "cpu",
-        "--backend",
-        "torch",
-        "--no-upload",
-        "--quiet",
-        *(["--trust-remote-code"] if trust else []),
-    ]
+    trusted = ["--trust-remote-code"] if trust else []
+    return cli_run_args(chunked, out, list(models), "--backend", "torch", "--no-upload", *trusted)
 
 
 def test_remote_code_from_another_repository_loads_and_embeds(tmp_path, tiny_models, remote_models):

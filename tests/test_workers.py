@@ -60,7 +60,6 @@ def test_two_cpu_workers_give_the_one_worker_vectors(tmp_path, tiny_models, monk
     assert telemetry.loads == 2
 
 
-@pytest.mark.slow
 def test_a_killed_worker_loses_only_its_unit_which_the_other_embeds(
     tmp_path, tiny_models, monkeypatch
 ):
@@ -72,7 +71,6 @@ def test_a_killed_worker_loses_only_its_unit_which_the_other_embeds(
     assert telemetry.chunks_embedded == len(TEXTS)
 
 
-@pytest.mark.slow
 def test_every_worker_killed_then_a_rerun_embeds_only_what_is_missing(
     tmp_path, tiny_models, monkeypatch
 ):
@@ -93,7 +91,6 @@ def test_every_worker_killed_then_a_rerun_embeds_only_what_is_missing(
     assert telemetry.chunks_embedded == len(TEXTS) - cached
 
 
-@pytest.mark.slow
 def test_out_of_memory_in_one_worker_stays_in_that_worker(tmp_path, tiny_models, monkeypatch):
     monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "oom@cpu:1#0,late@cpu:0#3000")
     spec = resolve_model(str(tiny_models["tiny32"]))

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from embed_collections.backends import Batch, is_out_of_memory
+from embed_collections.cache import EmbeddingCache
 from embed_collections.devices import is_cuda
 from embed_collections.engine_options import EngineOptions, default_batch_tokens
 from embed_collections.errors import ModelError
@@ -34,6 +35,23 @@ TOKENIZE_CHUNK = 4096  # texts tokenised per call, to bound memory on huge pendi
 MAX_BATCH_TEXTS = 1024  # a cap on texts per batch whatever the budget (very short texts)
 GROW_AFTER = 8  # successful batches after an out-of-memory halving before the budget doubles
 FAULT_VARIABLE = "EMBED_COLLECTIONS_FAULT"
+
+
+def start_telemetry(
+    spec: ModelSpec, fingerprint: str, cache: EmbeddingCache, options: EngineOptions, device: str
+) -> ModelTelemetry:
+    """A model's telemetry before any work: what the cache already knows of its shape."""
+    return ModelTelemetry(
+        model=spec.name,
+        fingerprint=fingerprint,
+        device=device,
+        backend="torch" if options.backend == "auto" else options.backend,  # decided in preflight
+        dtype=options.dtype,
+        dim=cache.model_dim(fingerprint) or spec.dim or 0,
+        max_seq_length=cache.model_info(fingerprint).get("max_seq_length")
+        or spec.settings.max_seq_length
+        or 0,
+    )
 
 
 def weights_size(spec: ModelSpec) -> int:

@@ -25,6 +25,7 @@ from embed_collections.batches import (
     record_load,
     report_non_finite,
     run_batches,
+    start_telemetry,
 )
 from embed_collections.cache import EmbeddingCache
 from embed_collections.engine_options import EngineOptions
@@ -50,17 +51,7 @@ def embed_pending(
     Vectors are written to the cache batch by batch (this process is the only writer), so a crash
     keeps everything finished.
     """
-    telemetry = ModelTelemetry(
-        model=spec.name,
-        fingerprint=fingerprint,
-        device=options.device,
-        backend="torch" if options.backend == "auto" else options.backend,  # decided in preflight
-        dtype=options.dtype,
-        dim=cache.model_dim(fingerprint) or spec.dim or 0,
-        max_seq_length=cache.model_info(fingerprint).get("max_seq_length")
-        or spec.settings.max_seq_length
-        or 0,
-    )
+    telemetry = start_telemetry(spec, fingerprint, cache, options, options.device)
     if not cache.missing(fingerprint, texts):
         telemetry.cache_hits = len(texts)
         log.info("%s: all %d texts cached, model not loaded", spec.name, len(texts))

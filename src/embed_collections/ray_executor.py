@@ -37,7 +37,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embed_collections.batches import progress_bar, report_non_finite, run_batches
+from embed_collections.batches import (
+    progress_bar,
+    report_non_finite,
+    run_batches,
+    start_telemetry,
+)
 from embed_collections.cache import EmbeddingCache
 from embed_collections.engine_options import EngineOptions, default_batch_tokens
 from embed_collections.errors import (
@@ -333,18 +338,8 @@ def embed_pending(
     ray = import_ray()
     if not ray.is_initialized():
         connect(None)
-    backend = options.backend  # decided once in preflight
-    telemetry = ModelTelemetry(
-        model=spec.name,
-        fingerprint=fingerprint,
-        device=f"ray:{options.device}",
-        backend=backend,
-        dtype=options.dtype,
-        dim=cache.model_dim(fingerprint) or spec.dim or 0,
-        max_seq_length=cache.model_info(fingerprint).get("max_seq_length")
-        or spec.settings.max_seq_length
-        or 0,
-    )
+    telemetry = start_telemetry(spec, fingerprint, cache, options, f"ray:{options.device}")
+    backend = telemetry.backend
     missing = cache.missing(fingerprint, texts)
     telemetry.cache_hits = len(texts) - len(missing)
     telemetry.cache_misses = len(missing)
