@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,18 @@ def test_second_run_with_no_wait_names_the_holder(chunked, tiny_models, tmp_path
         args = base_args(chunked, out, tiny_models["tiny32"], "--no-wait")
         result = run_cli(args, tmp_path)
     assert_message(result, 1, f"is in use by another run (pid {os.getpid()})")
+
+
+def test_two_concurrent_recreates_take_turns_and_leave_the_input(chunked, tiny_models, tmp_path):
+    out = tmp_path / "out"
+    args = base_args(chunked, out, tiny_models["tiny32"], "--recreate")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda _: run_cli(args, tmp_path), range(2)))
+    for result in results:
+        assert result.code == 0, result.err
+        assert "Traceback" not in result.err and "Error" not in result.err
+    with EdgeStore(out / "qdrant") as store:
+        assert store.count("alpha") == 5
 
 
 def test_partly_loaded_collection_with_poison_exits_3(tiny_models, tmp_path):

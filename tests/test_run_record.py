@@ -201,3 +201,26 @@ def test_search_finds_a_moved_model_through_the_saved_model_cache_dir(tmp_path, 
     with pytest.raises(UsageError, match="incomplete or damaged"):
         RunRecord.from_json({**record.to_json(), "engine": None})
     assert replace(record, combine="named") != record
+
+
+def test_queries_use_the_runs_backend_and_precision_where_the_device_allows():
+    from embed_collections.search import QueryEncoder
+
+    cpu_run = QueryEncoder([], "concat", [], None, "cpu", ["onnx", "torch"], ["float32"] * 2, "cpu")
+    assert cpu_run.query_backend(0, "cpu") == ("onnx", "float32")
+    assert cpu_run.query_backend(1, "cpu") == ("torch", "float32")
+    gpu_run = QueryEncoder([], "concat", [], None, "", ["torch"], ["float16"], "cuda:0,cuda:1")
+    assert gpu_run.query_backend(0, "cpu") == ("torch", "float32")  # searched from a laptop
+    assert gpu_run.query_backend(0, "cuda:0") == ("torch", "float16")
+
+
+def test_json_files_never_hold_bare_nan_or_infinity(tmp_path):
+    from embed_collections.atomic import write_json_atomic
+
+    path = tmp_path / "summary.json"
+    write_json_atomic(path, {"weights": [1.0, float("inf")], "nested": {"score": float("nan")}})
+    refuse = {"parse_constant": lambda name: pytest.fail(f"bare {name} in the JSON")}
+    assert json.loads(path.read_text(encoding="utf-8"), **refuse) == {
+        "weights": [1.0, None],
+        "nested": {"score": None},
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -26,5 +27,18 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """`write_bytes_atomic` for indented JSON (paths and other objects as strings)."""
-    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    """`write_bytes_atomic` for indented JSON (paths and other objects as strings; NaN and
+    infinity as null, since a bare `NaN` or `Infinity` is not JSON and breaks every reader)."""
+    text = json.dumps(finite_json(data), indent=2, ensure_ascii=False, default=str, allow_nan=False)
+    write_text_atomic(path, text)
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with every non-finite float (at any depth) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ from embed_collections.ensemble import combine_vectors
 from embed_collections.errors import UsageError
 from embed_collections.models import ModelSettings, ModelSpec, locate_model, static_format
 from embed_collections.record import RunRecord, read_run_record
-from embed_collections.runtimes import create_backend
+from embed_collections.runtimes import create_backend, runtime_installed
 from embed_collections.stores import Hit, SearchQuery, Store
 from embed_collections.stores.open import open_store
 
@@ -35,6 +35,9 @@ class QueryEncoder:
     vector_names: list[str]
     sparse: sparse_vectors.SparseEncoder | None
     device: str = ""
+    backends: list[str] = field(default_factory=list)  # per model, as the run embedded
+    dtypes: list[str] = field(default_factory=list)
+    run_device: str = ""
 
     @classmethod
     def from_record(cls, record: RunRecord, device: str = "") -> QueryEncoder:
@@ -67,7 +70,25 @@ class QueryEncoder:
         if record.sparse:
             sparse = sparse_vectors.create_encoder(**asdict(record.sparse))
         names = [model.vector_name for model in record.models]
-        return cls(specs, record.combine, names, sparse, device)
+        backends = [model.backend for model in record.models]
+        dtypes = [model.dtype for model in record.models]
+        return cls(
+            specs, record.combine, names, sparse, device, backends, dtypes, record.engine.device
+        )
+
+    def query_backend(self, index: int, device: str) -> tuple[str, str]:
+        """The backend and precision the run embedded this model with, where `device` can use
+        them (the same kind of device, the runtime installed), else torch in the device's default
+        precision (a run made on GPUs, searched from a laptop)."""
+        backend = self.backends[index] if index < len(self.backends) else "torch"
+        dtype = self.dtypes[index] if index < len(self.dtypes) else ""
+        same_kind = device.startswith("cuda") == self.run_device.startswith("cuda")
+        if not same_kind or not dtype:
+            dtype = default_dtype(device)
+        runtime = backend.partition("-")[0]
+        if backend != "torch" and (device != "cpu" or not runtime_installed(runtime)):
+            backend = "torch"
+        return backend, dtype
 
     def dense(self, queries: list[str], batch_size: int = 64) -> dict[str, np.ndarray]:
         """Combined dense query vectors (vector name -> Q x D); models load one at a time."""
@@ -81,8 +102,8 @@ class QueryEncoder:
         device = (self.device or default_device()).split(",")[0]
         device = "cpu" if device.startswith("cpu") else device
         per_model = []
-        for spec in self.specs:
-            backend = create_backend(spec, "torch", default_dtype(device))
+        for index, spec in enumerate(self.specs):
+            backend = create_backend(spec, *self.query_backend(index, device))
             backend.load(device)
             prefixed = [spec.settings.query_prefix + q for q in queries]
             parts = [
