@@ -546,3 +546,21 @@ def test_kaggle_environment_is_recorded(corpus, tiny_models, tmp_path, monkeypat
     assert result.code == 0, result.err
     assert read_summary(out)["environment"] == "Kaggle"
     assert "Environment: Kaggle" in (out / "embedding_v6.log").read_text(encoding="utf-8")
+
+
+def test_chunks_without_a_finite_vector_are_skipped_and_the_rest_stored(
+    tmp_path, tiny_models, monkeypatch
+):
+    chunked, out = tmp_path / "Chunked", tmp_path / "out"
+    write_chunks(chunked / "docs" / "a_chunks.json", ["first text", "second text"])
+    args = cli_run_args(chunked, out, [tiny_models["tiny32"]], "--no-index")
+    assert invoke(args).code == 0
+    write_chunks(chunked / "docs" / "b_chunks.json", ["a text that overflows"])
+    monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "nan-always@*#0")  # NaN even in float32
+    result = invoke(args)
+    assert result.code == 0, result.err
+    summary = read_summary(out)
+    assert summary["results"]["docs"]["points_in_store"] == 2
+    assert summary["results"]["docs"]["skipped_records"] == 1 and summary["skipped_records"] == 1
+    model = next(iter(summary["models"].values()))
+    assert model["non_finite_texts"] == ["a text that overflows"]

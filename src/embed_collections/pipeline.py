@@ -463,6 +463,8 @@ def process_wave(
         share = embed_share(ensemble, wave_telemetry, missing_before, digests)
         result.processing_time = round(time.perf_counter() - started + share, 3)
         summary.results[loaded.name] = result
+        unembedded = result.skipped_records - loaded.stats.skipped_records  # drop_unembedded
+        summary.extra["skipped_records"] = summary.extra.get("skipped_records", 0) + unembedded
         log_collection_completion(result)
         if progress is not None:
             progress.update(1, len(loaded.chunks), time.perf_counter() - started)
@@ -506,8 +508,9 @@ def store_collection(
     and its own count); otherwise it is reloaded, pruned to the input and counted again.
     """
     ensemble, cache, store, config = targets.ensemble, targets.cache, targets.store, targets.config
-    chunks = loaded.chunks
     record_loaded(loaded, ensemble, result)
+    loaded = drop_unembedded(loaded, ensemble, cache, result)
+    chunks = loaded.chunks
     if layout is None:
         raise StoreError("the ensemble's vector dimensions are unknown (no model was loaded)")
     result.truncated_chunks = count_truncated(chunks, ensemble, cache)
@@ -566,6 +569,28 @@ def record_loaded(loaded: LoadedCollection, ensemble: Ensemble, result: Collecti
     result.duplicate_ids = loaded.stats.duplicate_ids
     result.file_errors = list(loaded.stats.file_errors)
     result.unique_texts = len({c.text for c in loaded.chunks})
+
+
+def drop_unembedded(
+    loaded: LoadedCollection, ensemble: Ensemble, cache: EmbeddingCache, result: CollectionResult
+) -> LoadedCollection:
+    """The collection without the chunks a model could not embed (NaN/Inf even in float32, never
+    cached): they are skipped and counted like bad records, and the rest is stored."""
+    digests = [text_digest(c.text) for c in loaded.chunks]
+    unembedded: set[bytes] = set()
+    for fingerprint in ensemble.fingerprints:
+        unembedded.update(cache.missing(fingerprint, digests))
+    if not unembedded:
+        return loaded
+    kept = tuple(c for c, d in zip(loaded.chunks, digests) if d not in unembedded)
+    result.skipped_records += len(loaded.chunks) - len(kept)
+    log.warning(
+        "%s: %d chunks have no finite vector from every model (the summary's non_finite_texts "
+        "lists them); skipped",
+        loaded.name,
+        len(loaded.chunks) - len(kept),
+    )
+    return replace(loaded, chunks=kept)
 
 
 def chunk_ids(loaded: LoadedCollection) -> set[str]:
