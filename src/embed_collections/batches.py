@@ -79,9 +79,11 @@ def torch_device(device: str) -> str:
     return "cpu" if device.startswith("cpu") else device
 
 
-def load_backend(spec: ModelSpec, backend: str, options: EngineOptions, device: str):
-    """Create and load a model's backend on a device."""
-    loaded = create_backend(spec, backend, options.dtype)
+def load_backend(
+    spec: ModelSpec, backend: str, options: EngineOptions, device: str, threads: int | None = None
+):
+    """Create and load a model's backend on a device (`threads`: a CPU worker's share)."""
+    loaded = create_backend(spec, backend, options.dtype, threads)
     loaded.load(torch_device(device))
     return loaded
 

@@ -366,13 +366,17 @@ def cosines(a: np.ndarray, b: np.ndarray) -> list[float]:
     return [float(c) for c in np.sum(a * b, axis=1) / norms]
 
 
-def create_backend(spec: ModelSpec, backend: str = "torch", dtype: str | None = None) -> Backend:
+def create_backend(
+    spec: ModelSpec, backend: str = "torch", dtype: str | None = None, threads: int | None = None
+) -> Backend:
     """The backend for a model: torch (sentence-transformers), or onnx / openvino [-int8] on CPU.
 
-    Pass a decided backend (`preflight.decide_backends`); `auto` means torch here.
+    Pass a decided backend (`preflight.decide_backends`); `auto` means torch here. `threads`:
+    the CPU threads a runtime may use (a CPU worker's share of the cores; torch's are set per
+    process).
     """
     if backend in ("auto", "torch") and spec.static:
         return StaticBackend(spec, dtype)  # a token-bag model runs on torch only
     if backend in ("auto", "torch"):
         return SentenceTransformerBackend(spec, dtype)
-    return RuntimeBackend(spec, backend)  # a ModelError naming the choices for unknown names
+    return RuntimeBackend(spec, backend, threads)  # a ModelError naming the choices if unknown

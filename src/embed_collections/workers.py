@@ -75,14 +75,18 @@ def worker_main(spec: ModelSpec, options: Any, device: str, cpu_workers: int, ta
     events: list[LeaseEvent] = []
     stats = DeviceTelemetry(device=device)
     try:
-        if device.startswith("cpu") and cpu_workers > 1:
+        threads = None
+        if device.startswith("cpu") and cpu_workers > 1:  # share the cores, never oversubscribe
             import torch
 
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // cpu_workers))
+            threads = max(1, (os.cpu_count() or 1) // cpu_workers)
+            torch.set_num_threads(threads)
         Faults(device).before_lease()
         with lease_for(spec, device, options, events) as lease:
             with Timer() as load_timer:
-                backend = lease.hold(load_backend(spec, backend_of(options, spec), options, device))
+                backend = lease.hold(
+                    load_backend(spec, backend_of(options, spec), options, device, threads)
+                )
             results.put(
                 ("ready", device, events[-1].wait_seconds, load_timer.seconds,
                  backend.dim, backend.max_seq_length)
