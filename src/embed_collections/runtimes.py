@@ -334,7 +334,8 @@ def open_openvino(folder: Path, threads: int | None):
     import openvino as ov
 
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-    config.update({"INFERENCE_NUM_THREADS": str(threads)} if threads else {})
+    if threads:  # a CPU worker's share: pinned threads of two workers would land on one core
+        config.update({"INFERENCE_NUM_THREADS": str(threads), "ENABLE_CPU_PINNING": "NO"})
     compiled = ov.Core().compile_model(folder / "model.xml", "CPU", config)
     return lambda feeds: compiled(feeds)[0]
 
