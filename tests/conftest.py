@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -134,6 +135,18 @@ def cli_run_args(chunked: Path, out: Path, models: list[Any], *extra: Any) -> li
         "-q",
         *extra,
     ]
+
+
+def cached_vectors(out: Path) -> int:
+    """Vectors in a run's embedding cache (0 before it exists)."""
+    path = out / "cache" / "embeddings.sqlite"
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+    finally:
+        db.close()
 
 
 def write_chunks(path: Path, texts: list[str], stem_ids: bool = True) -> Path:

@@ -9,14 +9,13 @@ import math
 import re
 import shutil
 import socket
-import sqlite3
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import cli_run_args, invoke, run_cli, write_chunks
+from conftest import cached_vectors, cli_run_args, invoke, run_cli, write_chunks
 from qdrant_edge import EdgeShard, ScrollRequest
 
 from embed_collections.stores.edge import EdgeStore
@@ -107,17 +106,6 @@ def read_points(store_root: Path, collection: str) -> dict[str, tuple[Any, dict]
 def store_counts(store_root: Path) -> dict[str, int]:
     with EdgeStore(store_root) as store:
         return {name: store.count(name) for name in store.collections()}
-
-
-def cached_vectors(out: Path) -> int:
-    path = out / "cache" / "embeddings.sqlite"
-    if not path.exists():
-        return 0
-    db = sqlite3.connect(path)
-    try:
-        return db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
-    finally:
-        db.close()
 
 
 def read_summary(out: Path) -> dict[str, Any]:

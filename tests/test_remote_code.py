@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import cli_run_args, run_cli, write_chunks
+from conftest import cached_vectors, cli_run_args, run_cli, write_chunks
 
 from embed_collections.errors import ModelError, UsageError
 from embed_collections.models import resolve_model
 from embed_collections.tiny_model import build_remote_code_model
-
-
-def cached_vectors(out: Path) -> int:
-    path = out / "cache" / "embeddings.sqlite"
-    if not path.exists():
-        return 0
-    db = sqlite3.connect(path)
-    try:
-        return db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
-    finally:
-        db.close()
 
 
 @pytest.fixture(scope="module")
