@@ -37,6 +37,11 @@ GROW_AFTER = 8  # successful batches after an out-of-memory halving before the b
 FAULT_VARIABLE = "EMBED_COLLECTIONS_FAULT"
 
 
+def decided_backend(options: EngineOptions) -> str:
+    """The backend preflight decided (`auto` is passed only where preflight did not run: torch)."""
+    return "torch" if options.backend == "auto" else options.backend
+
+
 def start_telemetry(
     spec: ModelSpec, fingerprint: str, cache: EmbeddingCache, options: EngineOptions, device: str
 ) -> ModelTelemetry:
@@ -45,7 +50,7 @@ def start_telemetry(
         model=spec.name,
         fingerprint=fingerprint,
         device=device,
-        backend="torch" if options.backend == "auto" else options.backend,  # decided in preflight
+        backend=decided_backend(options),
         dtype=options.dtype,
         dim=cache.model_dim(fingerprint) or spec.dim or 0,
         max_seq_length=cache.model_info(fingerprint).get("max_seq_length")

@@ -299,7 +299,7 @@ def run_logged(config: RunConfig) -> RunSummary:
             summary.failed_collections[directory.name] = (
                 f"Cannot read directory {directory}: {reason} (fix its permissions)"
             )
-            summary.extra["file_errors"] = summary.extra.get("file_errors", 0) + 1
+            summary.count("file_errors", 1)
         store = open_run_store(config)
         stopped: Exception | None = None
         try:
@@ -322,8 +322,8 @@ def run_logged(config: RunConfig) -> RunSummary:
         layout = ensemble.layout(cache)
         write_run_record(config.output_dir, ensemble.record(config, layout))
     summary.extra.update(run_extras(config, ensemble, layout, time.perf_counter() - started))
-    summary.extra.setdefault("skipped_records", 0)
-    summary.extra.setdefault("file_errors", 0)
+    summary.count("skipped_records", 0)  # present even when nothing was skipped
+    summary.count("file_errors", 0)
     try:
         write_json_atomic(config.output_dir / SUMMARY_FILE, summary.to_json())
     except OSError as error:
@@ -389,14 +389,10 @@ def load_waves(
         except Exception as error:  # per-collection boundary: record and go on
             log.debug("Loading %s failed", name, exc_info=True)
             summary.failed_collections[name] = f"{type(error).__name__}: {error}"
-            summary.extra["file_errors"] = summary.extra.get("file_errors", 0) + 1
+            summary.count("file_errors", 1)
             continue
-        summary.extra["file_errors"] = summary.extra.get("file_errors", 0) + len(
-            loaded.stats.file_errors
-        )
-        summary.extra["skipped_records"] = (
-            summary.extra.get("skipped_records", 0) + loaded.stats.skipped_records
-        )
+        summary.count("file_errors", len(loaded.stats.file_errors))
+        summary.count("skipped_records", loaded.stats.skipped_records)
         if loaded.stats.file_errors:
             summary.failed_collections[name] = "; ".join(loaded.stats.file_errors)
         if not loaded.chunks:
@@ -463,8 +459,8 @@ def process_wave(
         share = embed_share(ensemble, wave_telemetry, missing_before, digests)
         result.processing_time = round(time.perf_counter() - started + share, 3)
         summary.results[loaded.name] = result
-        unembedded = result.skipped_records - loaded.stats.skipped_records  # drop_unembedded
-        summary.extra["skipped_records"] = summary.extra.get("skipped_records", 0) + unembedded
+        # chunks drop_unembedded skipped (loading's skipped records are counted already)
+        summary.count("skipped_records", result.skipped_records - loaded.stats.skipped_records)
         log_collection_completion(result)
         if progress is not None:
             progress.update(1, len(loaded.chunks), time.perf_counter() - started)
@@ -535,14 +531,11 @@ def store_collection(
     if not sinks:
         return
     dims = ensemble.dims(cache)
+    paths = write_paths(config, cache)
     needs = estimate(
-        write_paths(config, cache),
-        len(chunks),
-        payload_size(chunks),
-        [d or 0 for d in dims],
-        config.build_index,
+        paths, len(chunks), payload_size(chunks), [d or 0 for d in dims], config.build_index
     )
-    needs.pop(write_paths(config, cache).cache_dir, None)
+    needs.pop(paths.cache_dir, None)  # the vectors are cached already
     check_space(needs, f"Before writing collection {loaded.name}")
     names = vector_names(ensemble.specs)
     try:
@@ -575,7 +568,13 @@ def drop_unembedded(
     loaded: LoadedCollection, ensemble: Ensemble, cache: EmbeddingCache, result: CollectionResult
 ) -> LoadedCollection:
     """The collection without the chunks a model could not embed (NaN/Inf even in float32, never
-    cached): they are skipped and counted like bad records, and the rest is stored."""
+    cached): they are skipped and counted like bad records, and the rest is stored.
+
+    Such texts are re-tried, and counted again, whenever a wave holds them, so the cache is only
+    asked when a model reported one: an ordinary collection costs nothing here.
+    """
+    if not any(t.non_finite_chunks for t in ensemble.telemetry.values()):
+        return loaded
     digests = [text_digest(c.text) for c in loaded.chunks]
     unembedded: set[bytes] = set()
     for fingerprint in ensemble.fingerprints:

@@ -49,6 +49,10 @@ class RunSummary:
     failed_collections: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def count(self, key: str, number: int) -> None:
+        """Add to one of the run-wide counters in `extra` (file_errors, skipped_records)."""
+        self.extra[key] = self.extra.get(key, 0) + number
+
     @property
     def succeeded(self) -> list[str]:
         return [name for name in self.results if name not in self.failed_collections]

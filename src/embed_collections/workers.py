@@ -23,7 +23,9 @@ import numpy as np
 
 from embed_collections.batches import (
     MAX_BATCH_TEXTS,
+    TOKENIZE_CHUNK,
     Faults,
+    decided_backend,
     lease_for,
     load_backend,
     next_batch_end,
@@ -34,6 +36,7 @@ from embed_collections.batches import (
     run_batches,
 )
 from embed_collections.cache import EmbeddingCache
+from embed_collections.engine_options import EngineOptions
 from embed_collections.errors import ModelError
 from embed_collections.lease import LeaseEvent
 from embed_collections.models import ModelSpec, transformer_folder
@@ -70,7 +73,9 @@ class WorkerState:
     received: set[int] = field(default_factory=set)
 
 
-def worker_main(spec: ModelSpec, options: Any, device: str, cpu_workers: int, tasks, results):
+def worker_main(
+    spec: ModelSpec, options: EngineOptions, device: str, cpu_workers: int, tasks, results
+):
     """The body of a worker process: lease, load, then embed units until told to stop."""
     events: list[LeaseEvent] = []
     stats = DeviceTelemetry(device=device)
@@ -85,7 +90,7 @@ def worker_main(spec: ModelSpec, options: Any, device: str, cpu_workers: int, ta
         with lease_for(spec, device, options, events) as lease:
             with Timer() as load_timer:
                 backend = lease.hold(
-                    load_backend(spec, backend_of(options, spec), options, device, threads)
+                    load_backend(spec, decided_backend(options), options, device, threads)
                 )
             results.put(
                 ("ready", device, events[-1].wait_seconds, load_timer.seconds,
@@ -113,11 +118,6 @@ def worker_main(spec: ModelSpec, options: Any, device: str, cpu_workers: int, ta
         results.put(("error", device, message))
 
 
-def backend_of(options: Any, spec: ModelSpec) -> str:
-    """The concrete backend preflight decided (the parent passes it in `options.backend`)."""
-    return "torch" if options.backend == "auto" else options.backend
-
-
 def count_tokens_in_parent(spec: ModelSpec, inputs: list[str]) -> list[int]:
     """Token counts for sorting, from the model's own tokenizer (no model weights loaded)."""
     from transformers import AutoTokenizer
@@ -127,9 +127,9 @@ def count_tokens_in_parent(spec: ModelSpec, inputs: list[str]) -> list[int]:
         str(folder), trust_remote_code=spec.trust_remote_code, local_files_only=True
     )
     counts: list[int] = []
-    for start in range(0, len(inputs), 4096):
+    for start in range(0, len(inputs), TOKENIZE_CHUNK):
         encoded = tokenizer(
-            inputs[start : start + 4096],
+            inputs[start : start + TOKENIZE_CHUNK],
             add_special_tokens=True, truncation=False, padding=False, verbose=False,
         )  # fmt: skip
         counts.extend(len(ids) for ids in encoded["input_ids"])
@@ -156,7 +156,7 @@ def embed_on_devices(
     fingerprint: str,
     texts: dict[bytes, str],
     cache: EmbeddingCache,
-    options: Any,
+    options: EngineOptions,
     events: list[LeaseEvent],
     telemetry: ModelTelemetry,
     devices: list[str],
