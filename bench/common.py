@@ -21,7 +21,7 @@ def slice_collections(corpus: Path, quick: bool) -> list[str]:
     """The documented slice: Docling plus the first 40 Qdrant documentation collections
     (1,755 chunks in 41 collections: one large collection and many small ones, as users have).
     Quick mode: Docling's neighbours, five small collections."""
-    from embed_collections.discovery import discover_collections
+    from embed_collections.corpus.discovery import discover_collections
 
     names = list(discover_collections(corpus))
     docs = [n for n in names if n.startswith("documentation")]
@@ -30,16 +30,16 @@ def slice_collections(corpus: Path, quick: bool) -> list[str]:
 
 def load_texts(corpus: Path, names: list[str]) -> dict[str, list[str]]:
     """Chunk texts per collection, in file order (what a naive script would embed)."""
-    from embed_collections.chunks import load_collection
-    from embed_collections.discovery import discover_collections
+    from embed_collections.corpus.chunks import load_collection
+    from embed_collections.corpus.discovery import discover_collections
 
     found = discover_collections(corpus)
     return {n: [c.text for c in load_collection(n, found[n]).chunks] for n in names}
 
 
 def tiny_model(size: int) -> Path:
-    """A cached random model folder (generated once; see embed_collections.tiny_model)."""
-    from embed_collections.tiny_model import build_tiny_model
+    """A cached random model folder (generated once; see embed_collections.engine.tiny_model)."""
+    from embed_collections.engine.tiny_model import build_tiny_model
 
     folder = WORK / "models" / f"tiny{size}"
     if not (folder / "modules.json").exists():

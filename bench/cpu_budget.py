@@ -28,10 +28,10 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     args = parser.parse_args()
 
-    from embed_collections.cache import EmbeddingCache, text_digest
-    from embed_collections.embedding import embed_pending
-    from embed_collections.engine_options import EngineOptions
-    from embed_collections.models import model_fingerprint, resolve_model
+    from embed_collections.engine.cache import EmbeddingCache, text_digest
+    from embed_collections.engine.local_executor import embed_pending
+    from embed_collections.engine.models import model_fingerprint, resolve_model
+    from embed_collections.engine.options import EngineOptions
 
     texts = list(
         dict.fromkeys(

@@ -59,7 +59,7 @@ class Clock:
 
 def make_texts(count: int, seed: int = 0) -> list[str]:
     """Unique texts, word counts log-normal around 120 (5 to 1,500), in tokenizer-known words."""
-    from embed_collections.tiny_model import pseudo_words
+    from embed_collections.engine.tiny_model import pseudo_words
 
     words = pseudo_words()
     rng = random.Random(seed)
@@ -72,8 +72,8 @@ def make_texts(count: int, seed: int = 0) -> list[str]:
 
 def corpus_texts(corpus: Path, count: int) -> list[str]:
     """Unique chunk texts of a chunked corpus, in discovery order."""
-    from embed_collections.chunks import load_collection
-    from embed_collections.discovery import discover_collections
+    from embed_collections.corpus.chunks import load_collection
+    from embed_collections.corpus.discovery import discover_collections
 
     texts: dict[str, None] = {}
     for name, files in discover_collections(corpus).items():
@@ -90,7 +90,7 @@ def build_model(folder: Path, shape: dict, seed: int) -> Path:
     from sentence_transformers import SentenceTransformer, models  # type: ignore[attr-defined]
     from transformers import BertConfig, BertModel
 
-    from embed_collections.tiny_model import tiny_tokenizer
+    from embed_collections.engine.tiny_model import tiny_tokenizer
 
     torch.manual_seed(seed)
     config = BertConfig(
@@ -122,7 +122,7 @@ def plain_encode(folder: Path, texts: list[str], device: str, dtype: str) -> dic
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from embed_collections.backends import dtype_keyword
+    from embed_collections.engine.backends import dtype_keyword
 
     model = SentenceTransformer(
         str(folder), device=device, model_kwargs={dtype_keyword(): getattr(torch, dtype)}
@@ -155,11 +155,11 @@ def engine_run(
     import numpy as np
     import torch
 
-    from embed_collections.backends import SentenceTransformerBackend
-    from embed_collections.cache import EmbeddingCache, text_digest
-    from embed_collections.embedding import embed_pending
-    from embed_collections.engine_options import EngineOptions
-    from embed_collections.models import model_fingerprint, resolve_model
+    from embed_collections.engine.backends import SentenceTransformerBackend
+    from embed_collections.engine.cache import EmbeddingCache, text_digest
+    from embed_collections.engine.local_executor import embed_pending
+    from embed_collections.engine.models import model_fingerprint, resolve_model
+    from embed_collections.engine.options import EngineOptions
 
     spec = resolve_model(str(folder))
     options = EngineOptions(
@@ -311,8 +311,8 @@ def main() -> None:
 
     import torch
 
-    from embed_collections.devices import supports_bfloat16
-    from embed_collections.models import find_in_package
+    from embed_collections.engine.devices import supports_bfloat16
+    from embed_collections.engine.models import find_in_package
 
     device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda:0"
     if device == "cpu" and not args.smoke:

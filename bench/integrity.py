@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args(argv)
-    from embed_collections.tiny_model import build_tiny_model
+    from embed_collections.engine.tiny_model import build_tiny_model
 
     rng = random.Random(args.seed)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="integrity-"))

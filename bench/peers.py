@@ -47,8 +47,8 @@ FASTEMBED_NAME = "embed-collections/all-MiniLM-L6-v2-onnx"
 
 def chunk_texts(corpus: Path, names: list[str]) -> dict[str, list[tuple[str, str]]]:
     """(chunk_id, text) per collection, in file order: what a hand-written script would embed."""
-    from embed_collections.chunks import load_collection
-    from embed_collections.discovery import discover_collections
+    from embed_collections.corpus.chunks import load_collection
+    from embed_collections.corpus.discovery import discover_collections
 
     found = discover_collections(corpus)
     return {n: [(c.chunk_id, c.text) for c in load_collection(n, found[n]).chunks] for n in names}
@@ -337,9 +337,9 @@ def fastembed_gpu_available() -> bool:
 def bench(args: argparse.Namespace, save: Path) -> dict:
     """Set up once (export, folders, a warm-up run), then the interleaved repeats; the raw data
     is saved to `save` after every process."""
-    from embed_collections.discovery import discover_collections
-    from embed_collections.models import resolve_model
-    from embed_collections.runtimes import ensure_exported
+    from embed_collections.corpus.discovery import discover_collections
+    from embed_collections.engine.models import resolve_model
+    from embed_collections.engine.runtimes import ensure_exported
 
     found = list(discover_collections(args.corpus))
     names = args.collections or found
@@ -558,7 +558,7 @@ def main() -> None:
     if args.report:
         return print(report(json.loads(args.report.read_text())))
     if args.quick and not args.collections:
-        from embed_collections.discovery import discover_collections
+        from embed_collections.corpus.discovery import discover_collections
 
         docs = [n for n in discover_collections(args.corpus) if n.startswith("documentation")]
         args.collections = docs[:3]

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 import embed_collections
-from embed_collections.cli import main
-from embed_collections.tiny_model import build_tiny_model
+from embed_collections.cli.main import main
+from embed_collections.engine.tiny_model import build_tiny_model
 
 # Child processes must import the package under test, not another installed copy (a relative
 # PYTHONPATH=src means nothing in a child started in tmp_path).
@@ -71,7 +71,7 @@ HEAVY_MODULES = ("torch", "sentence_transformers", "transformers", "onnxruntime"
 # Runs the CLI's main() and reports, on stderr's last line, which HEAVY_MODULES it imported.
 DRIVER = f"""
 import json, sys
-from embed_collections.cli import main
+from embed_collections.cli.main import main
 try:
     main(sys.argv[1:])
 except SystemExit as exit_:
@@ -158,3 +158,9 @@ def write_chunks(path: Path, texts: list[str], stem_ids: bool = True) -> Path:
     ]
     path.write_text(json.dumps(records), encoding="utf-8")
     return path
+
+
+def search_run(output_dir, collection, query, top_k=10, mode=None, weights=None):
+    """One collection of a run, searched through the public API."""
+    with embed_collections.open(output_dir) as opened:
+        return opened.search(query, [collection], top_k, mode, weights=weights)

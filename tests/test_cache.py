@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from embed_collections.cache import CacheError, EmbeddingCache, text_digest
+from embed_collections.engine.cache import CacheError, EmbeddingCache, text_digest
 
 
 def test_round_trip_keeps_order_and_exact_values(tmp_path):
@@ -36,7 +36,7 @@ def test_committed_batches_survive_kill_and_torn_transaction_is_dropped(tmp_path
     script = textwrap.dedent(
         f"""
         import os, signal, numpy as np
-        from embed_collections.cache import EmbeddingCache, text_digest
+        from embed_collections.engine.cache import EmbeddingCache, text_digest
         cache = EmbeddingCache(__import__("pathlib").Path({str(path)!r}))
         for batch in range(5):
             digests = [text_digest(f"{{batch}}-{{i}}") for i in range(100)]

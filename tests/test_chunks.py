@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import write_chunks
 
-from embed_collections.chunks import Chunk, load_chunk_file, load_collection
+from embed_collections.corpus.chunks import Chunk, load_chunk_file, load_collection
 from embed_collections.errors import ChunkFileError
 
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from conftest import Result, cli_run_args, run_cli, write_chunks
 
-from embed_collections.dirlock import output_lock
+from embed_collections.engine.tiny_model import build_tiny_model
+from embed_collections.runner.dirlock import output_lock
 from embed_collections.stores.edge import EdgeStore
-from embed_collections.tiny_model import build_tiny_model
 
 
 def assert_message(result: Result, code: int, *texts: str) -> None:

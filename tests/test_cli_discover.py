@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import Result, run_cli, write_chunks
 
-from embed_collections.cli import cli
+from embed_collections.cli.main import cli
 
 
 def discover(*args: Any, cwd: Path) -> Result:

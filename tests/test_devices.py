@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from embed_collections.devices import parse_devices, physical_key
+from embed_collections.engine.devices import parse_devices, physical_key
 from embed_collections.errors import UsageError
 
 
@@ -48,7 +48,7 @@ def test_cpu_lease_keys_keep_their_names():
 def test_cuda_without_cuda_is_exit_2_from_the_cli(tmp_path):
     from conftest import run_cli
 
-    from embed_collections.devices import cuda_device_count
+    from embed_collections.engine.devices import cuda_device_count
 
     if cuda_device_count():
         pytest.skip("this machine has CUDA")

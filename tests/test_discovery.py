@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import write_chunks
 
-from embed_collections.discovery import (
+from embed_collections.corpus.discovery import (
     discover_collections,
     filter_collections,
     find_chunk_files,

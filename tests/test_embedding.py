@@ -12,13 +12,13 @@ import pytest
 import torch
 from conftest import write_chunks
 
-from embed_collections.backends import SentenceTransformerBackend
-from embed_collections.cache import EmbeddingCache, text_digest
-from embed_collections.config import RunConfig
-from embed_collections.embedding import embed_pending
-from embed_collections.engine_options import EngineOptions
-from embed_collections.models import model_fingerprint, resolve_model
-from embed_collections.pipeline import run
+from embed_collections.engine.backends import SentenceTransformerBackend
+from embed_collections.engine.cache import EmbeddingCache, text_digest
+from embed_collections.engine.local_executor import embed_pending
+from embed_collections.engine.models import model_fingerprint, resolve_model
+from embed_collections.engine.options import EngineOptions
+from embed_collections.record.config import RunConfig
+from embed_collections.runner.pipeline import run
 
 TEXTS = [
     "Docling converts PDF files to Markdown.",
@@ -179,10 +179,10 @@ def test_killed_run_resumes_embedding_only_what_is_missing(tmp_path, tiny_models
         f"""
         import json, os, signal, sys
         from pathlib import Path
-        from embed_collections.backends import SentenceTransformerBackend
-        from embed_collections.config import RunConfig
-        from embed_collections.engine_options import EngineOptions
-        from embed_collections.pipeline import run
+        from embed_collections.engine.backends import SentenceTransformerBackend
+        from embed_collections.record.config import RunConfig
+        from embed_collections.engine.options import EngineOptions
+        from embed_collections.runner.pipeline import run
 
         original = SentenceTransformerBackend.forward
         kill_after = int(sys.argv[1])
@@ -278,7 +278,7 @@ def test_missing_texts_are_listed_after_the_lease(tmp_path, tiny_models):
     """A run that waited for the lease embeds nothing another run embedded meanwhile."""
     import threading
 
-    from embed_collections.lease import DeviceLease
+    from embed_collections.engine.lease import DeviceLease
 
     spec = resolve_model(str(tiny_models["tiny32"]))
     opts = options(tmp_path)

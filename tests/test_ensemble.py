@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from embed_collections.ensemble import check_combine, combine_vectors
+from embed_collections.engine.combine import check_combine, combine_vectors
 from embed_collections.errors import UsageError
 
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import Result, run_cli
 
-from embed_collections.config import RunConfig
-from embed_collections.engine_options import EngineOptions
+from embed_collections.engine.options import EngineOptions
 from embed_collections.errors import UsageError
-from embed_collections.evaluation import (
+from embed_collections.query.evaluation import (
     CORPUS_CHUNK_FILE,
     RESULTS_FILE,
     evaluate_beir,
@@ -21,7 +20,7 @@ from embed_collections.evaluation import (
     resolve_modes,
     write_corpus_chunks,
 )
-from embed_collections.metrics import (
+from embed_collections.query.metrics import (
     dcg,
     evaluate_run,
     mrr_at_k,
@@ -29,6 +28,7 @@ from embed_collections.metrics import (
     query_ndcg,
     recall_at_k,
 )
+from embed_collections.record.config import RunConfig
 
 CLI = [sys.executable, "-m", "embed_collections"]
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"

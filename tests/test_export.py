@@ -16,17 +16,22 @@ import numpy as np
 import pytest
 from conftest import Result, run_cli, write_chunks
 
-from embed_collections import export
-from embed_collections.config import SUMMARY_FILE, RunConfig
-from embed_collections.engine_options import EngineOptions
-from embed_collections.ensemble import combine_vectors
+from embed_collections.archive import export
+from embed_collections.archive.upload import (
+    MANIFEST_FILE,
+    open_export,
+    parse_manifest,
+    upload_export,
+)
+from embed_collections.engine.combine import combine_vectors
+from embed_collections.engine.options import EngineOptions
 from embed_collections.errors import ArchiveError, UsageError
-from embed_collections.pipeline import run
+from embed_collections.record.config import SUMMARY_FILE, RunConfig
+from embed_collections.runner.pipeline import run
 from embed_collections.stores.base import SearchQuery, VectorLayout
 from embed_collections.stores.edge import EdgeStore
 from embed_collections.stores.open import point_id
 from embed_collections.stores.server import ServerStore
-from embed_collections.upload import MANIFEST_FILE, open_export, parse_manifest, upload_export
 
 SECRET = "sk-test-secret-0123456789"
 TEXTS = {

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embed_collections.cache import EmbeddingCache, text_digest
-from embed_collections.embedding import embed_pending
-from embed_collections.engine_options import EngineOptions
-from embed_collections.models import model_fingerprint, resolve_model
-from embed_collections.tiny_model import build_tiny_model
+from embed_collections.engine.cache import EmbeddingCache, text_digest
+from embed_collections.engine.local_executor import embed_pending
+from embed_collections.engine.models import model_fingerprint, resolve_model
+from embed_collections.engine.options import EngineOptions
+from embed_collections.engine.tiny_model import build_tiny_model
 
 torch = pytest.importorskip("torch")
 pytestmark = [

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from embed_collections.engine.lease import DeviceLease, LeaseEvent, default_lease_dir
 from embed_collections.errors import EmbedCollectionsError, LeaseTimeoutError
-from embed_collections.lease import DeviceLease, LeaseEvent, default_lease_dir
 
 # Takes the lease, says so on stdout, holds it, then writes its acquire/release times.
 HOLDER = """
 import json, sys, time
 from datetime import datetime
-from embed_collections.lease import DeviceLease
+from embed_collections.engine.lease import DeviceLease
 
 lease_dir, device, model, hold_s, out = sys.argv[1:6]
 with DeviceLease(model, device, lease_dir=lease_dir, max_wait_time=10.0):
@@ -139,7 +139,7 @@ def test_waiting_logs_every_check_interval(
 ) -> None:
     proc = start_holder(tmp_path, 1.0)
     with (
-        caplog.at_level(logging.INFO, logger="embed_collections.lease"),
+        caplog.at_level(logging.INFO, logger="embed_collections.engine.lease"),
         DeviceLease("model-b", "cpu", lease_dir=tmp_path, check_interval=0.2, max_wait_time=10),
     ):
         pass
@@ -174,7 +174,7 @@ def test_lock_file_names_and_default_dir(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_import_does_not_load_torch() -> None:
-    code = "import sys, embed_collections.lease; print('torch' in sys.modules)"
+    code = "import sys, embed_collections.engine.lease; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

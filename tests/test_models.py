@@ -4,13 +4,13 @@ import shutil
 
 import pytest
 
-from embed_collections.errors import ModelError, UsageError
-from embed_collections.models import (
+from embed_collections.engine.models import (
     BGE_QUERY_INSTRUCTION,
     KNOWN_SETTINGS,
     resolve_ensemble,
     resolve_model,
 )
+from embed_collections.errors import ModelError, UsageError
 
 
 def test_packaged_minilm_resolves_by_hub_id_and_alias(minilm_dir):

@@ -15,12 +15,12 @@ import pytest
 from conftest import run_cli, write_chunks
 
 import embed_collections
-from embed_collections.cache import EmbeddingCache, text_digest
-from embed_collections.config import RunConfig
-from embed_collections.engine_options import EngineOptions
+from embed_collections.engine.cache import EmbeddingCache, text_digest
+from embed_collections.engine.options import EngineOptions
+from embed_collections.engine.ray_executor import KILL_ONCE_ENV, Cluster, cluster_engine, cut_shards
 from embed_collections.errors import UsageError
-from embed_collections.pipeline import run
-from embed_collections.ray_executor import KILL_ONCE_ENV, Cluster, cluster_engine, cut_shards
+from embed_collections.record.config import RunConfig
+from embed_collections.runner.pipeline import run
 
 SRC = Path(embed_collections.__file__).resolve().parents[1]
 SHARED = "Both collections quote this paragraph about installing the package."
@@ -134,9 +134,10 @@ def test_ray_executor_without_the_extra_is_a_usage_error(corpus, tiny_models, tm
 def test_local_run_never_imports_ray(corpus, tiny_models, tmp_path):
     config = make_config(corpus, tmp_path / "out", [tiny_models["tiny32"]], "local")
     script = (
-        "import sys; from pathlib import Path; from embed_collections.config import RunConfig; "
-        "from embed_collections.engine_options import EngineOptions; "
-        "from embed_collections.pipeline import run; "
+        "import sys; from pathlib import Path; "
+        "from embed_collections.record.config import RunConfig; "
+        "from embed_collections.engine.options import EngineOptions; "
+        "from embed_collections.runner.pipeline import run; "
         f"engine = EngineOptions(device='cpu', backend='torch', show_progress=False).resolved(); "
         f"run(RunConfig(chunked_dir=Path({str(corpus)!r}), output_dir=Path({str(tmp_path)!r}), "
         f"models=({str(config.models[0])!r},), engine=engine, build_index=False)); "

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import cached_vectors, cli_run_args, run_cli, write_chunks
 
+from embed_collections.engine.models import resolve_model
+from embed_collections.engine.tiny_model import build_remote_code_model
 from embed_collections.errors import ModelError, UsageError
-from embed_collections.models import resolve_model
-from embed_collections.tiny_model import build_remote_code_model
 
 
 @pytest.fixture(scope="module")

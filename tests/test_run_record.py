@@ -15,8 +15,13 @@ from conftest import invoke, run_cli, write_chunks
 
 from embed_collections.errors import UsageError
 from embed_collections.progress import Progress
-from embed_collections.record import FORMAT_VERSION, RUN_RECORD_FILE, RunRecord, read_run_record
-from embed_collections.search import QueryEncoder
+from embed_collections.query.search import QueryEncoder
+from embed_collections.record.run_record import (
+    FORMAT_VERSION,
+    RUN_RECORD_FILE,
+    RunRecord,
+    read_run_record,
+)
 
 TEXTS = [f"Record test paragraph {i}: converting documents for vector search." for i in range(40)]
 
@@ -204,7 +209,7 @@ def test_search_finds_a_moved_model_through_the_saved_model_cache_dir(tmp_path, 
 
 
 def test_queries_use_the_runs_backend_and_precision_where_the_device_allows():
-    from embed_collections.search import QueryEncoder
+    from embed_collections.query.search import QueryEncoder
 
     cpu_run = QueryEncoder([], "concat", [], None, "cpu", ["onnx", "torch"], ["float32"] * 2, "cpu")
     assert cpu_run.query_backend(0, "cpu") == ("onnx", "float32")

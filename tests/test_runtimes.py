@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from embed_collections import preflight, runtimes
-from embed_collections.backends import SentenceTransformerBackend
-from embed_collections.cache import EmbeddingCache, text_digest
-from embed_collections.embedding import embed_pending
-from embed_collections.engine_options import EngineOptions
+from embed_collections.engine import preflight, runtimes
+from embed_collections.engine.backends import SentenceTransformerBackend
+from embed_collections.engine.cache import EmbeddingCache, text_digest
+from embed_collections.engine.local_executor import embed_pending
+from embed_collections.engine.models import fingerprint_folder, model_fingerprint, resolve_model
+from embed_collections.engine.options import EngineOptions
+from embed_collections.engine.preflight import decide_backends, resolve_backend
+from embed_collections.engine.runtimes import RuntimeBackend, cosines, create_backend
 from embed_collections.errors import ModelError, UsageError
-from embed_collections.models import fingerprint_folder, model_fingerprint, resolve_model
-from embed_collections.preflight import decide_backends, resolve_backend
-from embed_collections.runtimes import RuntimeBackend, cosines, create_backend
 
 LONG = " ".join(
     f"Section {i}: Docling parses tables, figures and reading order." for i in range(40)
@@ -250,7 +250,7 @@ def test_preflight_decides_auto_per_model_and_fingerprints_it(tiny_models, tmp_p
 
 
 def test_run_help_lists_the_backends_and_quantize():
-    from embed_collections.cli import cli
+    from embed_collections.cli.main import cli
 
     result = CliRunner().invoke(cli, ["run", "--help"])
     assert result.exit_code == 0

@@ -9,17 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_chunks
+from conftest import search_run, write_chunks
 
-from embed_collections.config import RunConfig
-from embed_collections.engine_options import EngineOptions
+from embed_collections.engine.options import EngineOptions
 from embed_collections.errors import UsageError
-from embed_collections.pipeline import run
-from embed_collections.search import search_collection
-from embed_collections.sparse import VECTOR_NAME, create_encoder
+from embed_collections.record.config import RunConfig
+from embed_collections.runner.pipeline import run
 from embed_collections.stores import PointBatch, SearchQuery, VectorLayout
 from embed_collections.stores.edge import EdgeStore
 from embed_collections.stores.open import point_id
+from embed_collections.stores.sparse import VECTOR_NAME, create_encoder
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -139,19 +138,19 @@ def minilm_run(tmp_path_factory) -> Path:
 
 
 def test_hybrid_ranks_lexical_only_match_first_where_dense_does_not(minilm_run):
-    dense = search_collection(minilm_run, "Notes", IDENTIFIER_QUERY, mode="dense")
-    sparse = search_collection(minilm_run, "Notes", IDENTIFIER_QUERY, mode="sparse")
-    hybrid = search_collection(minilm_run, "Notes", IDENTIFIER_QUERY, mode="hybrid")
-    dense_ids = [h.payload["chunk_id"] for h in dense]
+    dense = search_run(minilm_run, "Notes", IDENTIFIER_QUERY, mode="dense")
+    sparse = search_run(minilm_run, "Notes", IDENTIFIER_QUERY, mode="sparse")
+    hybrid = search_run(minilm_run, "Notes", IDENTIFIER_QUERY, mode="hybrid")
+    dense_ids = [h.chunk_id for h in dense]
     assert dense_ids.index(IDENTIFIER_CHUNK) >= 2  # measured: 5th of 8
-    assert [h.payload["chunk_id"] for h in sparse] == [IDENTIFIER_CHUNK]
-    assert hybrid[0].payload["chunk_id"] == IDENTIFIER_CHUNK
+    assert [h.chunk_id for h in sparse] == [IDENTIFIER_CHUNK]
+    assert hybrid[0].chunk_id == IDENTIFIER_CHUNK
     assert len(hybrid) == len(IDENTIFIER_CORPUS)
 
 
 def test_default_mode_is_hybrid_when_the_run_stored_sparse_vectors(minilm_run):
-    hits = search_collection(minilm_run, "Notes", IDENTIFIER_QUERY, top_k=3)
-    assert hits[0].payload["chunk_id"] == IDENTIFIER_CHUNK
+    hits = search_run(minilm_run, "Notes", IDENTIFIER_QUERY, top_k=3)
+    assert hits[0].chunk_id == IDENTIFIER_CHUNK
     assert len(hits) == 3
 
 

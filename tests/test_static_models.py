@@ -10,14 +10,14 @@ import pytest
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer
 
-from embed_collections.cache import EmbeddingCache, text_digest
-from embed_collections.embedding import embed_pending
-from embed_collections.engine_options import EngineOptions
+from embed_collections.engine.cache import EmbeddingCache, text_digest
+from embed_collections.engine.local_executor import embed_pending
+from embed_collections.engine.models import find_in_package, model_fingerprint, resolve_model
+from embed_collections.engine.options import EngineOptions
+from embed_collections.engine.preflight import resolve_backend
+from embed_collections.engine.runtimes import create_backend
+from embed_collections.engine.tiny_model import build_static_model, minilm_vocab_size
 from embed_collections.errors import UsageError
-from embed_collections.models import find_in_package, model_fingerprint, resolve_model
-from embed_collections.preflight import resolve_backend
-from embed_collections.runtimes import create_backend
-from embed_collections.tiny_model import build_static_model, minilm_vocab_size
 
 LONG_TEXT = "static embedding models read every token of a long chunk " * 40  # > 128 tokens
 

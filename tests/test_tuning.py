@@ -10,24 +10,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, search_run
 
-from embed_collections.config import RunConfig
-from embed_collections.engine_options import EngineOptions
+from embed_collections.engine.models import find_in_package
+from embed_collections.engine.options import EngineOptions
+from embed_collections.engine.tiny_model import build_static_model, minilm_vocab_size
 from embed_collections.errors import UsageError
-from embed_collections.evaluation import evaluate_beir
-from embed_collections.models import find_in_package
-from embed_collections.search import search_collection
-from embed_collections.tiny_model import build_static_model, minilm_vocab_size
-from embed_collections.tuning import (
-    apply_weights_file,
+from embed_collections.query.evaluation import evaluate_beir
+from embed_collections.query.tune_beir import tune_beir
+from embed_collections.query.tuning import (
     judge,
     ndcg_per_query,
-    read_weights_file,
     search_simplex,
     simplex_grid,
-    tune_beir,
     tune_weights,
+)
+from embed_collections.record.config import RunConfig
+from embed_collections.record.weights import (
+    apply_weights_file,
+    read_weights_file,
     write_weights_file,
 )
 
@@ -292,10 +293,10 @@ def test_named_run_fuses_weights_at_query_time(world, tmp_path):
     # the same stored vectors, other weights: nothing is embedded, the ranking follows the weights
     query = json.loads((folder / "queries.jsonl").read_text().splitlines()[0])["text"]  # topic 0
     found = {
-        weights: search_collection(config.output_dir, report.collection, query, 2, weights=weights)
+        weights: search_run(config.output_dir, report.collection, query, 2, weights=weights)
         for weights in ((1.0, 0.0), (0.0, 1.0))
     }
-    assert {hit.payload["chunk_id"] for hit in found[(1.0, 0.0)]} == {"d0-0", "d0-1"}  # left knows
-    assert not {hit.payload["chunk_id"] for hit in found[(0.0, 1.0)]} & {"d0-0", "d0-1"}
+    assert {hit.chunk_id for hit in found[(1.0, 0.0)]} == {"d0-0", "d0-1"}  # left knows
+    assert not {hit.chunk_id for hit in found[(0.0, 1.0)]} & {"d0-0", "d0-1"}
     with pytest.raises(UsageError, match=r"1 weights given for the run's 2 models"):
-        search_collection(config.output_dir, report.collection, query, weights=[1.0])
+        search_run(config.output_dir, report.collection, query, weights=[1.0])

@@ -1,3 +1,136 @@
-"""embed-collections: embed trees of pre-chunked documents with a model ensemble into Qdrant."""
+"""embed-collections: embed trees of pre-chunked documents with a model ensemble into Qdrant
+collections, then search them.
+
+    import embed_collections as ec
+
+    found = ec.discover("Chunked")                      # {name: Path}
+    summary = ec.run("Chunked", "output", models=["sentence-transformers/all-MiniLM-L6-v2"],
+                     sparse="bm25")                     # every `run` option as a keyword
+    summary.ok, summary.exit_code, summary.collections
+    with ec.open("output") as cols:                     # a finished run's collections + models
+        hits = cols.search("how do I validate a field?", collections=["pydantic"], top_k=5)
+        hits[0].collection, hits[0].chunk_id, hits[0].score, hits[0].text, hits[0].metadata
+
+Expected failures raise `EmbedCollectionsError` (or a subclass) with a one-line message: the same
+message the command line prints. The command line is a client of these functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from embed_collections.errors import (
+    ArchiveError,
+    ChunkFileError,
+    DiscoveryError,
+    DiskFullError,
+    EmbedCollectionsError,
+    LeaseTimeoutError,
+    ModelError,
+    ShardDamagedError,
+    StoreError,
+    StoreInUseError,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from embed_collections.query.collections import Collections, SearchHit
+    from embed_collections.record.config import RunOptions
+    from embed_collections.record.summary import CollectionResult, RunSummary
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ArchiveError",
+    "ChunkFileError",
+    "CollectionResult",
+    "Collections",
+    "DiscoveryError",
+    "DiskFullError",
+    "EmbedCollectionsError",
+    "LeaseTimeoutError",
+    "ModelError",
+    "RunSummary",
+    "SearchHit",
+    "ShardDamagedError",
+    "StoreError",
+    "StoreInUseError",
+    "UsageError",
+    "__version__",
+    "discover",
+    "open",
+    "run",
+]
+
+# The types load with their modules on first use, so `import embed_collections` stays instant
+# (and a worker process started as `python -m embed_collections.engine.workers` imports only
+# what it needs).
+LAZY_TYPES = {
+    "Collections": "embed_collections.query.collections",
+    "SearchHit": "embed_collections.query.collections",
+    "RunSummary": "embed_collections.record.summary",
+    "CollectionResult": "embed_collections.record.summary",
+    "RunOptions": "embed_collections.record.config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in LAZY_TYPES:
+        import importlib
+
+        return getattr(importlib.import_module(LAZY_TYPES[name]), name)
+    raise AttributeError(f"module 'embed_collections' has no attribute {name!r}")
+
+
+def discover(
+    chunked_dir: str | Path | None = None,
+    pattern: str | None = None,
+    max_depth: int | None = None,
+) -> dict[str, Path]:
+    """Every collection under `chunked_dir` by name, as `embed-collections discover` lists them
+    (a folder directly holding chunk files, at most `max_depth` levels down)."""
+    from embed_collections.corpus.discovery import (
+        CHUNK_FILE_PATTERN,
+        MAX_DISCOVERY_DEPTH,
+        discover_collections,
+    )
+    from embed_collections.record.config import default_paths, detect_environment
+
+    root = Path(chunked_dir) if chunked_dir else default_paths(detect_environment())[0]
+    return discover_collections(
+        root, pattern or CHUNK_FILE_PATTERN, MAX_DISCOVERY_DEPTH if max_depth is None else max_depth
+    )
+
+
+def run(
+    chunked_dir: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    **options: Unpack[RunOptions],
+) -> RunSummary:
+    """Embed every collection under `chunked_dir` with the ensemble and load it into Qdrant.
+
+    Keywords are `embed-collections run`'s long options (`models=[...]`, `weights=[...]`,
+    `sparse="bm25"`, `device="cuda"`, `qdrant_url=...`, `quiet=True` hides progress, ...); see
+    `RunOptions`. Returns the summary also written to `output_dir`; `summary.exit_code` is what
+    the command line would exit with (0 ok, 3 some collections failed).
+    """
+    from embed_collections.record.config import build_run_config
+    from embed_collections.runner.pipeline import run as run_pipeline
+
+    return run_pipeline(build_run_config(chunked_dir, output_dir, options))
+
+
+def open(  # noqa: A001 - the library's verb, as in `ec.open("output")`
+    output_dir: str | Path | None = None,
+    qdrant_api_key: str | None = None,
+    device: str = "",
+) -> Collections:
+    """The collections of a finished run in `output_dir`, ready to search."""
+    from embed_collections.query.collections import Collections
+    from embed_collections.record.config import default_paths, detect_environment
+
+    root = Path(output_dir) if output_dir else default_paths(detect_environment())[1]
+    return Collections.open(root, qdrant_api_key, device)

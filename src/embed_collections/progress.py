@@ -1,6 +1,7 @@
 """Progress a reader sees wherever the run's stderr goes.
 
-On a terminal, tqdm's bar. Anywhere else (a file, a pipe, a notebook cell such as Kaggle's
+On a terminal, tqdm's bar; in a Jupyter notebook run from Python (`ec.run(...)`), tqdm.auto's
+widget bar. Anywhere else (a file, a pipe, a notebook cell such as Kaggle's
 `!embed-collections run`), a log line about every 10% or 30 s with count, percent, rate and ETA,
 through the package logger, so it reaches stderr and the run's log file. Disabled: nothing.
 """
@@ -14,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from tqdm import tqdm
+from tqdm.auto import tqdm as notebook_tqdm
 
 log = logging.getLogger("embed_collections.progress")
 
@@ -39,10 +41,13 @@ class Progress:
         self.active: float | None = None  # seconds spent on the work, when the caller times it
         self.started = self.last_time = time.monotonic()
         self.last_done = 0
+        notebook = terminal is None and in_notebook()
         on_terminal = sys.stderr.isatty() if terminal is None else terminal
         self.bar: Any = None
-        self.lines = enabled and not on_terminal
-        if enabled and on_terminal:
+        self.lines = enabled and not on_terminal and not notebook
+        if enabled and notebook:
+            self.bar = notebook_tqdm(total=total, desc=label, unit=unit)
+        elif enabled and on_terminal:
             self.bar = tqdm(total=total, desc=label, unit=unit, file=sys.stderr, dynamic_ncols=True)
 
     def __enter__(self) -> Progress:
@@ -109,3 +114,10 @@ def format_seconds(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def in_notebook() -> bool:
+    """Running inside a Jupyter kernel (a notebook cell calling the library, not `!cmd`)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None  # type: ignore[attr-defined]
+    return type(shell).__name__ == "ZMQInteractiveShell"

@@ -1,0 +1,400 @@
+"""`run --export`: per-collection files streamed batch by batch, the run's MANIFEST.txt, and the
+verified zip of `--create-zip`. Files are written under hidden temporary names and renamed when
+complete, so a crash never leaves a half file that looks finished.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import shutil
+import time
+import zipfile
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from string import Template
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from embed_collections.archive import upload as reading
+from embed_collections.archive.upload import MANIFEST_FILE, STATS_SUFFIX, ManifestEntry, human_size
+from embed_collections.atomic import write_json_atomic, write_text_atomic
+from embed_collections.errors import ArchiveError
+from embed_collections.record.config import SUMMARY_FILE
+from embed_collections.record.summary import CollectionResult, RunSummary
+from embed_collections.stores.base import PointBatch, VectorLayout
+
+if TYPE_CHECKING:
+    from embed_collections.corpus.chunks import Chunk
+    from embed_collections.record.config import RunConfig
+    from embed_collections.record.run_record import RunRecord
+
+log = logging.getLogger(__name__)
+
+ZIP_MODES = {"deflated": zipfile.ZIP_DEFLATED, "stored": zipfile.ZIP_STORED}
+DISK_MARGIN = 64 * 1024 * 1024
+STREAMED = ("_embeddings.npy", "_sparse.jsonl", "_metadata.json", "_texts.json")
+
+
+def export_files(collection: str, layout: VectorLayout) -> dict[str, Any]:
+    """The file names of a collection's export (relative to its folder), by role."""
+    return {
+        "embeddings": {
+            name: f"{collection}_{name + '_' if name else ''}embeddings.npy"
+            for name in layout.dense
+        },
+        "metadata": f"{collection}_metadata.json",
+        "texts": f"{collection}_texts.json",
+        "sparse": f"{collection}_sparse.jsonl" if layout.sparse else None,
+        "stats": f"{collection}{STATS_SUFFIX}",
+        "upload_script": f"{collection}_upload_script.py",
+    }
+
+
+def listed_files(files: dict[str, Any]) -> list[str]:
+    """Every file name of `export_files`, flattened; the streamed ones first."""
+    names = list(files["embeddings"].values())
+    names += [files[k] for k in ("metadata", "texts", "sparse", "stats", "upload_script")]
+    return [name for name in names if name]
+
+
+class CollectionExporter:
+    """Streams one collection's export: `add` per upload batch, `finish` once at the end.
+
+    Vectors go to raw temporary files as they arrive and get their .npy header at `finish`, so
+    memory stays flat however large the collection is.
+    """
+
+    def __init__(
+        self, output_dir: Path, collection: str, record: RunRecord, layout: VectorLayout
+    ) -> None:
+        self.collection, self.record, self.layout = collection, record, layout
+        self.directory = Path(output_dir) / collection
+        self.started = time.perf_counter()
+        self.count = self.sparse_rows = 0
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.abort()  # temporary files of an export that crashed
+        self.files = export_files(collection, layout)
+        self.norms = {name: [np.inf, 0.0, -np.inf] for name in layout.dense}  # min, sum, max
+        streamed = listed_files(self.files)[:-2]  # stats and script are written at finish
+        self._handles = {name: self._temp(name).open("wb") for name in streamed}
+        self._handles[self.files["metadata"]].write(b"[")
+        self._handles[self.files["texts"]].write(b"[")
+
+    def __enter__(self) -> CollectionExporter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def _temp(self, name: str) -> Path:
+        return self.directory / f".{name}.tmp"
+
+    def add(self, chunks: list[Chunk] | tuple[Chunk, ...], batch: PointBatch) -> None:
+        """Append one batch of points (aligned with their chunks) to every export file."""
+        if len(chunks) != len(batch):
+            raise ArchiveError(f"{self.collection}: {len(batch)} points for {len(chunks)} chunks")
+        for name, file in self.files["embeddings"].items():
+            rows = np.ascontiguousarray(batch.dense[name], dtype="<f4")
+            if rows.shape != (len(batch), self.layout.dense[name]):
+                raise ArchiveError(
+                    f"{self.collection}: vectors {name!r} have shape {rows.shape}, "
+                    f"expected ({len(batch)}, {self.layout.dense[name]})"
+                )
+            self._handles[file].write(rows.tobytes())
+            if len(rows):
+                norms = np.linalg.norm(rows.astype(np.float64), axis=1)
+                low, total, high = self.norms[name]
+                self.norms[name] = [
+                    min(low, norms.min()),
+                    total + norms.sum(),
+                    max(high, norms.max()),
+                ]
+        metadata, texts = self._handles[self.files["metadata"]], self._handles[self.files["texts"]]
+        for i, (chunk, point) in enumerate(zip(chunks, batch.ids)):
+            sep = b",\n  " if self.count + i else b"\n  "
+            meta: dict[str, Any] = {"point_id": point, "chunk_id": chunk.chunk_id}
+            meta["doc_id"] = chunk.doc_id
+            meta |= {"source_file": chunk.source_file, "metadata": chunk.metadata}
+            metadata.write(sep + _json(meta))
+            texts.write(sep + _json(chunk.text))
+        sparse = batch.sparse.get("bm25")
+        if self.files["sparse"] and sparse is not None:
+            for point, (indices, values) in zip(batch.ids, sparse):
+                row = {"point_id": point, "indices": np.asarray(indices, int).tolist()}
+                row["values"] = np.asarray(values, float).tolist()
+                self._handles[self.files["sparse"]].write(_json(row) + b"\n")
+            self.sparse_rows += len(sparse)
+        self.count += len(batch)
+
+    def finish(self, result: CollectionResult) -> Path:
+        """Complete every file, write stats and the upload script, rename; returns the folder."""
+        self._handles[self.files["metadata"]].write(b"\n]\n")
+        self._handles[self.files["texts"]].write(b"\n]\n")
+        for handle in self._handles.values():
+            handle.close()
+        if self.files["sparse"] and self.sparse_rows != self.count:
+            self.abort()
+            raise ArchiveError(
+                f"{self.collection}: {self.sparse_rows} sparse vectors for {self.count} points"
+            )
+        for name, file in self.files["embeddings"].items():
+            self._add_npy_header(file, self.layout.dense[name])
+        write_json_atomic(self._temp(self.files["stats"]), self.stats(result))
+        script = render_upload_script(self.collection, self.layout, self.files)
+        self._temp(self.files["upload_script"]).write_text(script, encoding="utf-8")
+        wanted = listed_files(self.files)
+        for name in wanted:
+            os.replace(self._temp(name), self.directory / name)
+        # Files of an earlier export with another layout (other vector names, no sparse).
+        for old in self.directory.glob(f"{glob.escape(self.collection)}_*"):
+            if old.name not in wanted and old.name.endswith(STREAMED) and old.is_file():
+                old.unlink()
+        log.info("Exported %d points of %s to %s", self.count, self.collection, self.directory)
+        return self.directory
+
+    def abort(self) -> None:
+        """Close and delete the temporary files (the collection failed)."""
+        for handle in getattr(self, "_handles", {}).values():
+            handle.close()
+        for stale in self.directory.glob(f".{glob.escape(self.collection)}_*.tmp"):
+            stale.unlink(missing_ok=True)
+
+    def _add_npy_header(self, file: str, dim: int) -> None:
+        """Turn the raw rows into a .npy file (header, then the rows copied after it)."""
+        raw, target = self._temp(file), self.directory / f".{file}.npy.tmp"
+        header = {"descr": "<f4", "fortran_order": False, "shape": (self.count, dim)}
+        with target.open("wb") as out, raw.open("rb") as rows:
+            np.lib.format.write_array_header_1_0(out, header)
+            shutil.copyfileobj(rows, out, 1 << 20)
+        os.replace(target, raw)
+
+    def stats(self, result: CollectionResult) -> dict[str, Any]:
+        """The `<collection>_stats.json` content."""
+        record, layout, count = self.record, self.layout, self.count
+        models = [asdict(model) for model in record.models]
+        counts = {"points": count, "sparse_vectors": self.sparse_rows, "chunk_files": result.files}
+        for key in ("unique_texts", "records", "skipped_records", "duplicate_ids"):
+            counts[key] = getattr(result, key)
+        timings = result_timings(result)
+        timings["store_and_export_seconds"] = round(time.perf_counter() - self.started, 3)
+        return {
+            "format": reading.EXPORT_FORMAT,
+            "collection": self.collection,
+            "created": datetime.now().isoformat(),
+            "counts": counts,
+            "dimension": layout.dense[""] if set(layout.dense) == {""} else dict(layout.dense),
+            "combine": record.combine,
+            "models": models,
+            "weights": record.weights,
+            "prefixes": {
+                m["name"]: {"document": m["document_prefix"], "query": m["query_prefix"]}
+                for m in models
+            },
+            "vector_norms": {
+                name: {"min": low, "mean": total / count, "max": high} if count else None
+                for name, (low, total, high) in self.norms.items()
+            },
+            "timings": timings,
+            "layout": layout.to_json(),
+            "sparse": asdict(record.sparse) if record.sparse else None,
+            "files": self.files,
+        }
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+
+
+def result_timings(result: CollectionResult) -> dict[str, Any]:
+    """A collection's timings; `processing_time` is final only after the pipeline's finish."""
+    return {"processing_time": result.processing_time, "embedded_now": dict(result.embedded_now)}
+
+
+def render_upload_script(collection: str, layout: VectorLayout, files: dict[str, Any]) -> str:
+    """The standalone upload script of a collection: its constants filled into the template."""
+    values = {"COLLECTION": collection, "DENSE": dict(layout.dense), "SPARSE": list(layout.sparse)}
+    values |= {"EMBEDDINGS": files["embeddings"], "METADATA": files["metadata"]}
+    values |= {"TEXTS": files["texts"], "SPARSE_FILE": files["sparse"]}
+    return UPLOAD_SCRIPT.substitute({key: repr(value) for key, value in values.items()})
+
+
+def finish_export(config: RunConfig, summary: RunSummary) -> Path | None:
+    """Write MANIFEST.txt over the summary and the exported collections, and the zip if asked."""
+    output_dir, stamp = Path(config.output_dir), datetime.now()
+    archive = output_dir / f"embeddings_{stamp:%Y-%m-%d_%H-%M-%S}.zip"
+    summary.extra["export"] = {"manifest": MANIFEST_FILE}
+    summary.extra["export"]["archive"] = archive.name if config.create_zip else None
+    write_json_atomic(output_dir / SUMMARY_FILE, summary.to_json())
+    paths = [SUMMARY_FILE]
+    for name, result in summary.results.items():
+        if not result.export_dir:
+            continue
+        folder = Path(result.export_dir)
+        stats = json.loads((folder / f"{name}{STATS_SUFFIX}").read_text(encoding="utf-8"))
+        # processing_time is measured after the exporter finished; record the final one.
+        stats["timings"] |= result_timings(result)
+        write_json_atomic(folder / f"{name}{STATS_SUFFIX}", stats)
+        relative = folder.relative_to(output_dir).as_posix()
+        paths += [f"{relative}/{file}" for file in listed_files(stats["files"])]
+    entries = [file_entry(output_dir, path) for path in paths]
+    compression = config.zip_compression if config.create_zip else "none"
+    manifest = reading.render_manifest(entries, stamp.isoformat(), compression)
+    write_text_atomic(output_dir / MANIFEST_FILE, manifest)
+    log.info("Manifest of %d files written to %s", len(entries), output_dir / MANIFEST_FILE)
+    return create_archive(archive, entries, compression) if config.create_zip else None
+
+
+def file_entry(output_dir: Path, path: str) -> ManifestEntry:
+    """The manifest line of one exported file, hashed from disk."""
+    with (output_dir / path).open("rb") as handle:
+        size, sha256 = reading.hash_stream(handle)
+    return ManifestEntry(path, size, sha256)
+
+
+def create_archive(target: Path, entries: list[ManifestEntry], compression: str) -> Path:
+    """Zip MANIFEST.txt, then every file it lists; verify, or delete the archive and raise."""
+    output_dir, manifest = target.parent, target.parent / MANIFEST_FILE
+    total = manifest.stat().st_size + sum(e.size for e in entries)
+    free, needed = shutil.disk_usage(output_dir).free, total + max(DISK_MARGIN, total // 20)
+    if free < needed:
+        raise ArchiveError(
+            f"Not enough free disk in {output_dir} for the archive: {human_size(needed)} needed, "
+            f"{human_size(free)} free (free space, or use --export without --create-zip)"
+        )
+    temp = output_dir / f".{target.name}.tmp"
+    try:
+        with zipfile.ZipFile(temp, "w", ZIP_MODES[compression], strict_timestamps=False) as archive:
+            archive.write(manifest, MANIFEST_FILE)
+            for entry in entries:
+                archive.write(output_dir / entry.path, entry.path)
+        reading.verify_archive(temp, manifest.read_bytes(), [e.path for e in entries])
+    except BaseException as error:
+        temp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise ArchiveError(f"Writing the archive {target} failed: {error}") from error
+        raise
+    os.replace(temp, target)
+    packed = target.stat().st_size
+    ratio, saved = 100.0 * packed / max(total, 1), human_size(max(0, total - packed))
+    log.info(
+        "Archive %s: %d files, %s packed from %s (compression ratio %.1f%%, %s saved)",
+        *(target, len(entries) + 1, human_size(packed), human_size(total), ratio, saved),
+    )
+    return target
+
+
+UPLOAD_SCRIPT = Template('''#!/usr/bin/env python3
+"""Recreate the Qdrant collection COLLECTION (below) from the export files beside this script.
+
+Needs only numpy and qdrant-client. Point ids are fixed, so a second run leaves the same points;
+an existing collection with the same configuration is reused (--recreate drops it first).
+    QDRANT_API_KEY=... python THIS_SCRIPT --url https://my-qdrant:6333
+    python THIS_SCRIPT --path ./qdrant_local     # qdrant-client local mode
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+HERE = Path(__file__).resolve().parent
+COLLECTION = $COLLECTION
+DENSE = $DENSE  # vector name -> size; "" is the single unnamed vector (cosine, on disk)
+SPARSE = $SPARSE  # sparse vectors: BM25 term weights, Qdrant applies the IDF modifier
+EMBEDDINGS = $EMBEDDINGS  # vector name -> .npy file
+METADATA_FILE, TEXTS_FILE, SPARSE_FILE = $METADATA, $TEXTS, $SPARSE_FILE
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="Qdrant server URL (API key from env QDRANT_API_KEY)")
+    where.add_argument("--path", help="folder for qdrant-client local mode")
+    parser.add_argument("--collection", default=COLLECTION, help="target collection name")
+    parser.add_argument("--batch-size", type=int, default=256, help="points per request")
+    parser.add_argument("--retries", type=int, default=3, help="retries of a failed request")
+    parser.add_argument("--recreate", action="store_true", help="drop the collection first")
+    return parser.parse_args()
+
+
+def load():
+    metadata = json.loads((HERE / METADATA_FILE).read_text(encoding="utf-8"))
+    texts = json.loads((HERE / TEXTS_FILE).read_text(encoding="utf-8"))
+    vectors = {name: np.load(HERE / file, mmap_mode="r") for name, file in EMBEDDINGS.items()}
+    sparse = []
+    if SPARSE_FILE:
+        with open(HERE / SPARSE_FILE, encoding="utf-8") as handle:
+            sparse = [json.loads(line) for line in handle]
+    if len({len(metadata), len(texts), len(sparse or texts), *map(len, vectors.values())}) != 1:
+        sys.exit(f"{HERE}: the export files are not aligned (export or download them again)")
+    return metadata, texts, vectors, sparse
+
+
+def ensure_collection(client, name, recreate):
+    if client.collection_exists(name) and not recreate:
+        params = client.get_collection(name).config.params
+        vectors = params.vectors if isinstance(params.vectors, dict) else {"": params.vectors}
+        dense = {key: value.size for key, value in vectors.items()}
+        if dense != DENSE or sorted(params.sparse_vectors or {}) != sorted(SPARSE):
+            sys.exit(f"Collection {name!r} exists with another configuration (use --recreate)")
+        return
+    if client.collection_exists(name):
+        client.delete_collection(name)
+    params = {n: models.VectorParams(size=size, distance=models.Distance.COSINE, on_disk=True)
+              for n, size in DENSE.items()}
+    sparse = {n: models.SparseVectorParams(modifier=models.Modifier.IDF) for n in SPARSE}
+    client.create_collection(name, vectors_config=params.get("") if set(DENSE) == {""} else params,
+                             sparse_vectors_config=sparse or None)
+
+
+def point(i, metadata, texts, vectors, sparse):
+    meta, text = metadata[i], texts[i]
+    vector = {name: np.asarray(rows[i], np.float32).tolist() for name, rows in vectors.items()}
+    for name in SPARSE:
+        vector[name] = models.SparseVector(indices=sparse[i]["indices"], values=sparse[i]["values"])
+    if set(vector) == {""}:
+        vector = vector[""]
+    fields = {key: meta[key] for key in ("chunk_id", "doc_id", "source_file", "metadata")}
+    payload = {"text": text, **fields, "content_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    return models.PointStruct(id=meta["point_id"], vector=vector, payload=payload)
+
+
+def main():
+    args = parse_args()
+    metadata, texts, vectors, sparse = load()
+    key = os.environ.get("QDRANT_API_KEY")
+    client = QdrantClient(url=args.url, api_key=key) if args.url else QdrantClient(path=args.path)
+    try:
+        ensure_collection(client, args.collection, args.recreate)
+        for start in range(0, len(texts), max(1, args.batch_size)):
+            rows = range(start, min(start + max(1, args.batch_size), len(texts)))
+            points = [point(i, metadata, texts, vectors, sparse) for i in rows]
+            for attempt in range(args.retries + 1):
+                try:
+                    client.upsert(args.collection, points=points, wait=True)
+                    break
+                except Exception as error:  # any failed request is retried, then reported
+                    if attempt == args.retries:
+                        sys.exit(f"Upsert to {args.collection!r} failed: {error}")
+                    time.sleep(0.5 * 2**attempt)
+        count = client.count(args.collection, exact=True).count
+        print(f"{args.collection}: {len(texts)} points uploaded, {count} in the collection")
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    main()
+''')

@@ -1,0 +1,54 @@
+"""The command line: parse, call the library, render. Errors become one-line messages here."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from embed_collections.cli.commands import discover, run, upload
+from embed_collections.cli.query import eval_command, search
+from embed_collections.cli.render import log
+from embed_collections.errors import EmbedCollectionsError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="embed-collections")
+def cli() -> None:
+    """Embed trees of pre-chunked documents with a model ensemble into Qdrant collections.
+
+    \b
+    Example:
+      embed-collections discover ./Chunked
+      embed-collections run --chunked-dir ./Chunked --output-dir ./output
+      embed-collections search Docling "install with pip" --output-dir ./output
+    """
+
+
+for command in (discover, run, search, eval_command, upload):
+    cli.add_command(command)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point: run the CLI and map expected failures to messages and exit codes."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if args is None else args)
+    verbose = "--verbose" in argv or "-v" in argv
+    try:
+        code = cli.main(argv, prog_name="embed-collections", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except EmbedCollectionsError as error:
+        if verbose:
+            log.exception("Failed")
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted; finished batches are cached, re-run to resume.", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,553 @@
+"""The Ray executor: a model's pending texts embedded by a pool of Ray actors, cached by the driver.
+
+Same contract as `embedding.embed_pending`; the pipeline picks it with `--executor ray`. The driver
+keeps the run's logic (dedup, cache, model-major order, combine, store); per model it cuts the
+pending unique texts into shards, and a pool of actors (one per GPU with `num_gpus=1`, or one per
+node on CPU) loads the model once each and embeds the shards. Vectors come back as shards finish
+and the driver, the cache's only writer, stores them at once: a killed driver resumes from the
+cache, and a killed actor is restarted by Ray, which re-runs its shard (`max_restarts`,
+`max_task_retries`), so no scheduler of ours is involved.
+
+Ray Core (`ActorPool.map_unordered`) rather than Ray Data: the pending texts are already in the
+driver's memory and every vector must come back to the driver's cache, so a Dataset would add an
+execution engine (streaming executor, object spilling, `map_batches` ~25% slower than a plain
+loop, ray #44905) around the same actor class, and would hide which actor embedded which shard,
+which the summary reports. The pool is about a hundred lines.
+
+Tokenisation happens in the actors, not on the driver: one driver tokenises about 1,900 texts/s
+(DESIGN.md), 15 hours for 100 M chunks. The driver orders texts by character length to cut
+shards of similar lengths; each actor sorts its shard by token count and returns the counts.
+Ray is imported only inside these functions: the local executor never imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embed_collections.engine.batches import (
+    progress_bar,
+    report_non_finite,
+    run_batches,
+    start_telemetry,
+)
+from embed_collections.engine.cache import EmbeddingCache
+from embed_collections.engine.lease import LeaseEvent
+from embed_collections.engine.models import ModelSpec
+from embed_collections.engine.options import EngineOptions, default_batch_tokens
+from embed_collections.engine.runtimes import create_backend
+from embed_collections.engine.telemetry import DeviceTelemetry, ModelTelemetry, Timer
+from embed_collections.errors import (
+    EmbedCollectionsError,
+    LeaseTimeoutError,
+    ModelError,
+    UsageError,
+)
+
+log = logging.getLogger(__name__)
+
+EXTRA = "embed-collections[ray]"
+SHARD_TEXTS = 1024  # most texts per shard: ~1.5 MB of 384-d vectors back per shard
+SHARDS_PER_ACTOR = 4  # at least this many shards per actor, so a slow actor does not hold the tail
+MAX_RESTARTS = 3  # Ray restarts a dead actor this often and re-runs its unfinished shards
+# Fault injection for tests: a marker path; the first actor to get a shard creates the marker and
+# SIGKILLs its own process mid-shard (once: the restarted actor sees the marker and goes on).
+KILL_ONCE_ENV = "EMBED_COLLECTIONS_RAY_KILL_ONCE"
+FORWARDED_ENV = ("EMBED_COLLECTIONS_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
+
+
+def import_ray() -> Any:
+    """Ray itself, or a usage error naming the extra that installs it."""
+    try:
+        import ray
+    except ImportError as error:
+        raise UsageError(
+            f'--executor ray needs Ray, which is not importable ({error}); pip install "{EXTRA}"'
+        ) from error
+    return ray
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What the driver sees of the Ray cluster it joined."""
+
+    address: str
+    cpus: float
+    gpus: float
+    nodes: int
+    started_here: bool
+
+    def describe(self) -> dict[str, Any]:
+        """For the summary."""
+        return {"address": self.address, "cpus": self.cpus, "gpus": self.gpus, "nodes": self.nodes}
+
+
+def probe_address(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, naming the address, when nothing listens at a host:port Ray address."""
+    target = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and friends: Ray resolves them itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise EmbedCollectionsError(
+            f"Ray cluster at {address} is unreachable ({error.strerror or error}); start it with "
+            "`ray start --head` there, or fix --ray-address / RAY_ADDRESS"
+        ) from error
+
+
+def connect(address: str | None) -> Cluster:
+    """Join the Ray cluster at `address` (else RAY_ADDRESS, else start one sized to this machine).
+
+    An already initialised Ray (a test session, a notebook) is used as it is.
+    """
+    ray = import_ray()
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    started = False
+    if not ray.is_initialized():
+        if address:
+            probe_address(address)
+        try:
+            ray.init(
+                address=address or "local",  # not a cluster found on disk: the one asked for
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+        except (ConnectionError, RuntimeError, TimeoutError) as error:
+            raise EmbedCollectionsError(
+                f"Ray cluster at {address or 'a new local instance'} could not be joined "
+                f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
+                "check --ray-address / RAY_ADDRESS"
+            ) from error
+        started = not address
+    resources = ray.cluster_resources()
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    return Cluster(
+        address=address or ray.get_runtime_context().gcs_address,
+        cpus=float(resources.get("CPU", 0)),
+        gpus=float(resources.get("GPU", 0)),
+        nodes=len(alive),
+        started_here=started,
+    )
+
+
+def cluster_engine(engine: EngineOptions, cluster: Cluster) -> EngineOptions:
+    """The engine options for the cluster: cuda when it has GPUs (unless a device was asked)."""
+    if engine.device.startswith("cuda") and cluster.gpus < 1:
+        raise UsageError(
+            f"--device {engine.device} asks for GPUs, but the Ray cluster at {cluster.address} has "
+            f"none ({cluster.cpus:g} CPUs on {cluster.nodes} node(s)); use --device cpu or add "
+            "GPU nodes"
+        )
+    device = engine.device or ("cuda" if cluster.gpus >= 1 else "cpu")
+    if device.startswith("cuda"):
+        # The GPUs are the cluster's: this machine may have none, so nothing local is asked.
+        # fp16 runs on every GPU generation (a batch that overflows is re-run in float32).
+        return replace(
+            engine,
+            device="cuda",
+            dtype=engine.dtype or "float16",
+            max_batch_tokens=engine.max_batch_tokens or default_batch_tokens("cuda"),
+        )
+    return replace(engine, device=device).resolved()
+
+
+@contextmanager
+def cluster_session(address: str | None, engine: EngineOptions) -> Iterator[EngineOptions]:
+    """Preflight before any model loads: join Ray, check the device; yields the engine options
+    the cluster's devices decide."""
+    cluster = connect(address)
+    log.info(
+        "Ray cluster %s: %g CPUs, %g GPUs on %d node(s)",
+        cluster.address,
+        cluster.cpus,
+        cluster.gpus,
+        cluster.nodes,
+    )
+    try:
+        yield cluster_engine(engine, cluster)
+    finally:
+        if cluster.started_here:
+            import_ray().shutdown()
+
+
+def describe_cluster() -> dict[str, Any]:
+    """The joined cluster's address and resources, for the summary ({} when Ray is not up)."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        return {}
+    return connect(None).describe()
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """How many actors, and what each asks Ray for."""
+
+    actors: int
+    num_cpus: float
+    num_gpus: float
+
+
+def plan_pool(device: str) -> PoolPlan:
+    """One actor per GPU on cuda; on CPU one per node, each taking the smallest node's CPUs."""
+    ray = import_ray()
+    if device.startswith("cuda"):
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if gpus < 1:
+            raise UsageError(f"--device {device}: the Ray cluster has no GPUs (use --device cpu)")
+        return PoolPlan(actors=gpus, num_cpus=1, num_gpus=1)
+    cpus = [
+        float(node["Resources"]["CPU"])
+        for node in ray.nodes()
+        if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) >= 1
+    ]
+    if not cpus:
+        raise UsageError("The Ray cluster has no CPUs to run actors on")
+    return PoolPlan(actors=len(cpus), num_cpus=math.floor(min(cpus)), num_gpus=0)
+
+
+def cut_shards(inputs: list[str], actors: int) -> list[list[int]]:
+    """Row indices in shards of similar length, longest first (an OOM shows early)."""
+    order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+    size = max(1, min(SHARD_TEXTS, math.ceil(len(order) / (actors * SHARDS_PER_ACTOR))))
+    return [order[start : start + size] for start in range(0, len(order), size)]
+
+
+class ShardEmbedder:
+    """A Ray actor: loads one model once on its device and embeds shards of texts."""
+
+    def __init__(
+        self,
+        index: int,
+        spec: ModelSpec,
+        backend: str,
+        dtype: str,
+        device: str,
+        batch_size: int,
+        max_batch_tokens: int,
+        env: dict[str, str],
+    ):
+        os.environ.update(env)
+        self.index, self.name = index, spec.name
+        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
+        # Inside Ray a GPU actor sees only its own GPU (CUDA_VISIBLE_DEVICES): it is cuda:0.
+        self.device = "cuda" if device.startswith("cuda") else device
+        with Timer() as timer:
+            self.backend = create_backend(spec, backend, dtype)
+            self.backend.load(self.device)
+        self.load_seconds = timer.seconds
+
+    def describe(self) -> dict[str, Any]:
+        """Who this actor is: index, process, node, device, load time, model shape."""
+        import ray
+
+        context = ray.get_runtime_context()
+        gpus = ",".join(str(g) for g in ray.get_gpu_ids())
+        return {
+            "actor": self.index,
+            "pid": os.getpid(),
+            "node": context.get_node_id()[:12],
+            "node_ip": ray.util.get_node_ip_address(),
+            "device": f"{self.device} (GPU {gpus})" if gpus else self.device,
+            "load_seconds": self.load_seconds,
+            "restarted": bool(context.was_current_actor_reconstructed),
+            "dim": self.backend.dim,
+            "max_seq_length": self.backend.max_seq_length,
+        }
+
+    def embed(self, shard: int, texts: list[str]) -> tuple[int, np.ndarray, list[int], dict]:
+        """Vectors (in input order; NaN rows: non-finite even in float32), untruncated token
+        counts and this shard's statistics. The shared batch loop does the batching by token
+        budget, the out-of-memory back-off and the float32 re-run (`batches.run_batches`)."""
+        started = time.perf_counter()
+        counts = self.backend.token_counts(texts)
+        order = sorted(range(len(texts)), key=lambda i: -counts[i])
+        vectors = np.full((len(texts), self.backend.dim), np.nan, dtype=np.float32)
+        stats = DeviceTelemetry(device=self.device)
+
+        def deliver(rows: list[int], block: np.ndarray) -> None:
+            vectors[[order[r] for r in rows]] = block
+            kill_once_after_first_batch()
+
+        run_batches(
+            self.backend,
+            [texts[i] for i in order],
+            [counts[i] for i in order],
+            self.max_batch_tokens,
+            self.batch_size,
+            stats,
+            deliver,
+            lambda row: None,  # left NaN: the driver reports and skips it
+            self.name,
+        )
+        summary: dict[str, Any] = {
+            "batches": stats.batches,
+            "padded_tokens": stats.padded_tokens,
+            "oom_retries": stats.oom_retries,
+        }
+        summary.update(self.describe(), seconds=time.perf_counter() - started)
+        return shard, vectors, counts, summary
+
+
+def kill_once_after_first_batch() -> None:
+    """Test fault hook: SIGKILL this actor's process mid-shard, once per marker file."""
+    marker = os.environ.get(KILL_ONCE_ENV)
+    if not marker or Path(marker).exists():
+        return
+    Path(marker).write_text(str(os.getpid()), encoding="utf-8")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def forwarded_env() -> dict[str, str]:
+    """The driver's settings the actors need (offline mode, export and cache folders, hooks)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+
+
+def ray_error(error: BaseException) -> str:
+    """The first line of a Ray error's cause, for a one-line message."""
+    cause = getattr(error, "cause", None) or error
+    text = str(cause).strip().splitlines()
+    return text[-1] if text else type(cause).__name__
+
+
+def embed_pending(
+    spec: ModelSpec,
+    fingerprint: str,
+    texts: dict[bytes, str],
+    cache: EmbeddingCache,
+    options: EngineOptions,
+    events: list[LeaseEvent],
+) -> ModelTelemetry:
+    """Embed the texts this model has not cached yet on Ray actors; the driver caches each shard."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        connect(None)
+    telemetry = start_telemetry(spec, fingerprint, cache, options, f"ray:{options.device}")
+    backend = telemetry.backend
+    missing = cache.missing(fingerprint, texts)
+    telemetry.cache_hits = len(texts) - len(missing)
+    telemetry.cache_misses = len(missing)
+    if not missing:
+        log.info("%s: all %d texts cached, model not loaded", spec.name, len(texts))
+        return telemetry
+    plan = plan_pool(options.device)
+    actor_class = ray.remote(
+        num_cpus=plan.num_cpus,
+        num_gpus=plan.num_gpus,
+        max_restarts=MAX_RESTARTS,
+        max_task_retries=MAX_RESTARTS,
+        scheduling_strategy="SPREAD",
+    )(ShardEmbedder)
+    pool_label = f"ray:{plan.actors}x{options.device}"
+    env = forwarded_env()
+    created = time.perf_counter()
+    actors = [
+        actor_class.remote(
+            i,
+            spec,
+            backend,
+            options.dtype,
+            options.device,
+            options.batch_size,
+            options.max_batch_tokens,
+            env,
+        )  # fmt: skip
+        for i in range(plan.actors)
+    ]
+    try:
+        described = start_pool(ray, actors, spec, options, events, pool_label, created)
+        info = described[0]
+        telemetry.loads = len(described)
+        telemetry.load_seconds = max(d["load_seconds"] for d in described)
+        telemetry.lease_wait_seconds = next(
+            e for e in events if e.device == pool_label
+        ).wait_seconds
+        telemetry.dim, telemetry.max_seq_length = info["dim"], info["max_seq_length"]
+        cache.register_model(
+            fingerprint,
+            info["dim"],
+            {"model": spec.name, "path": str(spec.path), "max_seq_length": info["max_seq_length"]},
+        )
+        log.info(
+            "%s: embedding %d texts (%d cached) on %d Ray actor(s) (%s)",
+            spec.name,
+            len(missing),
+            telemetry.cache_hits,
+            plan.actors,
+            options.device,
+        )
+        with Timer() as embed_timer:
+            workers = run_pool(
+                ray,
+                actors,
+                described,
+                spec,
+                fingerprint,
+                missing,
+                texts,
+                cache,
+                telemetry,
+                options,
+            )
+        telemetry.embed_seconds = embed_timer.seconds
+        telemetry.workers = sorted(workers.values(), key=lambda w: w["actor"])
+        telemetry.loads = sum(w["loads"] for w in telemetry.workers)
+    finally:
+        for actor in actors:
+            ray.kill(actor)  # frees the actor's GPU: Ray's resource is the lease
+        release_events(events, spec.name, pool_label)
+    return telemetry
+
+
+def start_pool(
+    ray: Any,
+    actors: list,
+    spec: ModelSpec,
+    options: EngineOptions,
+    events: list[LeaseEvent],
+    pool_label: str,
+    created: float,
+) -> list[dict]:
+    """Wait for every actor to hold its resources and its model; record the acquire events."""
+    try:
+        described = ray.get([a.describe.remote() for a in actors], timeout=options.lease_timeout)
+    except ray.exceptions.GetTimeoutError as error:
+        raise LeaseTimeoutError(
+            f"Ray actors for model {spec.name} not started after {options.lease_timeout:g}s (the "
+            f"cluster lacks free {options.device} resources); wait, or raise --lease-timeout"
+        ) from error
+    except ray.exceptions.RayError as error:
+        raise ModelError(
+            f'Model "{spec.name}" could not start on the Ray cluster: {ray_error(error)}'
+        ) from error
+    waited = time.perf_counter() - created
+    events.append(LeaseEvent("acquire", spec.name, pool_label, now(), waited))
+    for d in described:
+        wait = max(0.0, waited - d["load_seconds"])
+        events.append(LeaseEvent("acquire", spec.name, actor_label(d), now(), wait))
+    return described
+
+
+def actor_label(info: dict) -> str:
+    """How an actor appears in lease events: `ray-actor-0@node/device`."""
+    return f"ray-actor-{info['actor']}@{info['node']}/{info['device']}"
+
+
+def release_events(events: list[LeaseEvent], model: str, pool_label: str) -> None:
+    """A release for every actor that acquired, then one for the pool."""
+    held = [e.device for e in events if e.event_type == "acquire" and e.device != pool_label]
+    for label in held:
+        events.append(LeaseEvent("release", model, label, now(), 0.0))
+    if any(e.device == pool_label for e in events):
+        events.append(LeaseEvent("release", model, pool_label, now(), 0.0))
+
+
+def now() -> str:
+    return datetime.now().isoformat(timespec="microseconds")
+
+
+def run_pool(
+    ray: Any,
+    actors: list,
+    described: list[dict],
+    spec: ModelSpec,
+    fingerprint: str,
+    missing: list[bytes],
+    texts: dict[bytes, str],
+    cache: EmbeddingCache,
+    telemetry: ModelTelemetry,
+    options: EngineOptions,
+) -> dict[int, dict]:
+    """Hand out shards, cache each one as it comes back; returns per-actor telemetry."""
+    from ray.util import ActorPool
+
+    prefix = spec.settings.document_prefix
+    inputs = [prefix + texts[d] for d in missing]
+    shards = cut_shards(inputs, len(actors))
+    limit = telemetry.max_seq_length
+    workers: dict[int, dict] = {}
+    for info in described:
+        record_worker(workers, info)
+    pool = ActorPool(actors)
+    results = pool.map_unordered(
+        lambda actor, shard: actor.embed.remote(shard, [inputs[i] for i in shards[shard]]),
+        list(range(len(shards))),
+    )
+    with progress_bar(spec, len(inputs), options) as bar:
+        while True:
+            try:
+                shard, vectors, counts, stats = next(results)
+            except StopIteration:
+                break
+            except ray.exceptions.RayError as error:
+                raise ModelError(
+                    f'Model "{spec.name}" failed on the Ray cluster after {MAX_RESTARTS} actor '
+                    f"restarts: {ray_error(error)} (finished shards are cached; re-run to resume)"
+                ) from error
+            rows = shards[shard]
+            finite = np.isfinite(vectors).all(axis=1)
+            report_non_finite(telemetry, [inputs[r] for r, ok in zip(rows, finite) if not ok])
+            kept = [k for k, ok in enumerate(finite) if ok]
+            cache.put_vectors(
+                fingerprint,
+                [missing[rows[k]] for k in kept],
+                vectors[finite],
+                [counts[k] for k in kept],
+            )
+            used = [min(c, limit) for c in counts]
+            telemetry.chunks_embedded += len(kept)
+            telemetry.tokens_embedded += sum(used)
+            telemetry.padded_tokens += stats["padded_tokens"]
+            telemetry.truncated_chunks += sum(1 for c in counts if c > limit)
+            telemetry.truncated_tokens += sum(max(0, c - limit) for c in counts)
+            telemetry.batches += stats["batches"]
+            telemetry.oom_retries += stats["oom_retries"]
+            record_worker(workers, stats, len(rows), sum(used))
+            bar.update(len(rows))
+    return workers
+
+
+def record_worker(workers: dict[int, dict], stats: dict, chunks: int = 0, tokens: int = 0) -> None:
+    """Add a shard (or, with no chunks, the actor's start) to its actor's telemetry.
+
+    A new process id means Ray restarted the actor (and loaded the model again there).
+    """
+    worker = workers.setdefault(
+        stats["actor"],
+        {
+            "actor": stats["actor"],
+            "node": stats["node"],
+            "node_ip": stats["node_ip"],
+            "device": stats["device"],
+            "pids": [],
+            "loads": 0,
+            "shards": 0,
+            "chunks": 0,
+            "tokens": 0,
+            "seconds": 0.0,
+        },
+    )
+    if stats["pid"] not in worker["pids"]:
+        worker["pids"].append(stats["pid"])
+        worker["loads"] += 1
+    worker["restarted"] = worker.get("restarted", False) or stats["restarted"]
+    if not chunks:
+        return
+    worker["shards"] += 1
+    worker["chunks"] += chunks
+    worker["tokens"] += tokens
+    worker["seconds"] = round(worker["seconds"] + stats["seconds"], 3)

@@ -1,0 +1,383 @@
+"""CPU backends: a sentence-transformers model exported once to ONNX (torch.onnx, not optimum,
+which pins transformers < 5), run by onnxruntime or OpenVINO with its fast tokenizer and numpy
+pooling. Other module layouts than LAYOUT are refused at load (and `auto` uses torch).
+
+Exports live in `<user cache>/exported/<model folder fingerprint>/<backend>/` (model folders may be
+read-only), each built in a temporary folder and renamed into place, so none is ever half written.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embed_collections.engine.backends import Backend, SentenceTransformerBackend, StaticBackend
+from embed_collections.engine.models import ModelSpec, fingerprint_folder, user_cache_home
+from embed_collections.errors import EmbedCollectionsError, ModelError
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}  # backend -> module that runs it
+AUTO_ORDER = ("openvino", "onnx")  # fastest lossless first (bench/backends.py)
+INT8_ORDER = ("onnx", "openvino")  # fastest int8 first (bench/backends.py)
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens")
+LAYOUT = f"Transformer + Pooling ({', '.join(POOLING_MODES)}) (+ Dense) (+ Normalize)"
+ACTIVATIONS = {"Identity": np.positive, "Tanh": np.tanh}  # np.positive: a copy, unchanged
+TEXT_METHOD = ("forward", "last_hidden_state")
+FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+LOSSLESS_COSINE = 0.9999
+INT8_SAMPLE = 64  # texts compared with the fp32 twin, to tell users what int8 costs
+MANIFEST = "manifest.json"
+FORMAT = 2  # of the export folders; a change rebuilds them
+EXPORT_DIR_ENV = "EMBED_COLLECTIONS_EXPORT_DIR"
+CHECK_TEXTS = (  # short, code, long (truncated): where a wrong mask or truncation shows
+    *("Docling converts PDF and HTML documents into Markdown.", "short"),
+    *("def embed(texts):\n    return model.encode(texts)\n", "Vector search: " + "tokens " * 400),
+)
+
+
+def export_root() -> Path:
+    """Where exported models are cached (EMBED_COLLECTIONS_EXPORT_DIR overrides the default)."""
+    if os.environ.get(EXPORT_DIR_ENV):
+        return Path(os.environ[EXPORT_DIR_ENV])
+    return user_cache_home() / "exported"
+
+
+def runtime_installed(runtime: str) -> bool:
+    """True when the runtime's package (onnxruntime or openvino) can be imported."""
+    return importlib.util.find_spec(RUNTIMES[runtime]) is not None
+
+
+def split_backend(backend: str) -> tuple[str, str]:
+    """`onnx-int8` -> (`onnx`, `int8`); a ModelError for names that are not runtime backends."""
+    runtime, _, quantize = backend.partition("-")
+    if runtime not in RUNTIMES or quantize not in ("", "int8"):
+        choices = "auto, torch, onnx, openvino, onnx-int8 or openvino-int8"
+        raise ModelError(f'Backend "{backend}" is not available (choose {choices})')
+    return runtime, quantize
+
+
+def refuse(spec: ModelSpec, problem: str) -> ModelError:
+    message = f"{problem}; the onnx and openvino backends run {LAYOUT} only (use --backend torch)"
+    return ModelError(f'Model "{spec.name}" {message}')
+
+
+def check_layout(spec: ModelSpec) -> None:
+    """Refuse, before any export, model folders whose modules the runtimes cannot run."""
+    modules_file = spec.path / "modules.json"
+    if not modules_file.exists():
+        return  # a plain transformers folder: sentence-transformers adds mean pooling
+    kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in json.loads(modules_file.read_text())]
+    if kinds[:2] != ["Transformer", "Pooling"] or not set(kinds[2:]) <= {"Dense", "Normalize"}:
+        raise refuse(spec, f"has modules {' + '.join(kinds) or '(none)'}")
+
+
+def ensure_exported(spec: ModelSpec, backend: str) -> Path:
+    """The cached export for a backend, built once (fp32 ONNX first, the others from it)."""
+    folder = export_root() / fingerprint_folder(spec.path) / backend
+    if read_manifest(folder).get("format") == FORMAT:
+        return folder
+    check_layout(spec)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{backend}-", dir=folder.parent))
+    log.info("%s: building the %s model once, in %s", spec.name, backend, folder)
+    try:
+        build_export(spec, backend, staging)
+        shutil.rmtree(folder, ignore_errors=True)  # an older format, or a broken leftover
+        staging.rename(folder)
+    except Exception as error:  # exporters raise anything from TypeError to RuntimeError
+        if read_manifest(folder).get("format") == FORMAT:
+            return folder  # a concurrent run renamed its copy in first
+        if isinstance(error, EmbedCollectionsError):
+            raise
+        problem = (str(error) or type(error).__name__).splitlines()[0]
+        message = f"could not be exported for {backend}: {problem} (use --backend torch)"
+        raise ModelError(f'Model "{spec.name}" {message}') from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def build_export(spec: ModelSpec, backend: str, folder: Path) -> None:
+    """Write one backend's files into `folder`, the manifest last (its presence means complete)."""
+    runtime, quantize = split_backend(backend)
+    if backend == "onnx":
+        manifest = export_onnx(spec, folder)
+    else:
+        source = ensure_exported(spec, "onnx-int8" if quantize and runtime != "onnx" else "onnx")
+        for side_file in source.iterdir():
+            if side_file.name not in (MANIFEST, "model.onnx"):
+                shutil.copy2(side_file, folder / side_file.name)
+        manifest = read_manifest(source)
+        if runtime == "onnx":
+            quantize_onnx(source / "model.onnx", folder / "model.onnx")
+        else:
+            import openvino as ov
+
+            # save_model compresses weights to fp16 by default: not lossless, so switched off
+            converted = ov.convert_model(source / "model.onnx")
+            ov.save_model(converted, folder / "model.xml", compress_to_fp16=False)
+    manifest.update(backend=backend, format=FORMAT)
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def read_manifest(folder: Path) -> dict:
+    """What an export holds ({} when absent); written last, so present means complete."""
+    return json.loads((folder / MANIFEST).read_text()) if (folder / MANIFEST).exists() else {}
+
+
+def quantize_onnx(source: Path, target: Path) -> None:
+    """Dynamic int8 of the MatMul weights, per channel: per tensor gave mean cosine 0.935 to fp32
+    on Docling chunks (min 0.888), per channel 0.993 (min 0.982)."""
+    from onnxruntime.quantization import quantize_dynamic  # int8 weights by default
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs every tensor on the root logger
+    try:
+        quantize_dynamic(source, target, per_channel=True, op_types_to_quantize=["MatMul"])
+    finally:
+        root.setLevel(level)
+
+
+def export_onnx(spec: ModelSpec, folder: Path) -> dict:
+    """Trace the transformer to ONNX (dynamic batch and sequence), save what numpy needs, and
+    return the manifest. Loaded without the run's overrides, so one export serves every
+    --max-seq-length and --truncate-dim."""
+    import torch
+
+    plain = replace(spec, settings=replace(spec.settings, max_seq_length=None, truncate_dim=None))
+    reference = SentenceTransformerBackend(plain, "float32")
+    reference.load("cpu")
+    transformer, pooling, *rest = list(reference.model)
+    steps = [describe_step(spec, module, index, folder) for index, module in enumerate(rest, 2)]
+    text = (getattr(transformer, "modality_config", None) or {}).get("text")  # ST 6
+    if text and (text.get("method"), text.get("method_output_name")) != TEXT_METHOD:
+        raise refuse(spec, f"embeds text with {text}")
+    tokenizer = transformer.tokenizer
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise refuse(spec, "has no fast tokenizer")
+    tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
+
+    auto_model = transformer.auto_model.eval()
+    if hasattr(auto_model, "set_attn_implementation"):  # eager traces faster than sdpa: 47 vs 36/s
+        auto_model.set_attn_implementation("eager")
+    accepted = inspect.signature(auto_model.forward).parameters
+    extra = [n for n in ["token_type_ids"] if n in tokenizer.model_input_names and n in accepted]
+    names = ["input_ids", "attention_mask", *extra]
+
+    class Encoder(torch.nn.Module):  # keywords in: transformers 5 takes no positional extras
+        def forward(self, *inputs):
+            return self.model(**dict(zip(names, inputs)))[0]
+
+    encoder = Encoder()
+    encoder.model = auto_model
+    sample = tokenizer(["a short text", "a longer text, padded differently"], padding=True)
+    arguments = tuple(torch.tensor(sample[name]) for name in names)
+    outputs = ["last_hidden_state"]
+    axes = {name: {0: "batch", 1: "sequence"} for name in [*names, *outputs]}
+    options: dict[str, Any] = {"input_names": names, "output_names": outputs, "dynamic_axes": axes}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        options["dynamo"] = False  # the TorchScript exporter: no onnxscript needed
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            encoder, arguments, str(folder / "model.onnx"), opset_version=17, **options
+        )
+    return {
+        "inputs": names,
+        "pooling": pooling_mode(spec, pooling),
+        "steps": steps,
+        "max_seq_length": reference.max_seq_length,
+        "dim": reference.dim,
+        "do_lower_case": bool(getattr(transformer, "do_lower_case", False)),
+        "padding": {  # keyword arguments of tokenizers' enable_padding
+            "direction": getattr(tokenizer, "padding_side", "right"),
+            "pad_id": int(tokenizer.pad_token_id or 0),
+            "pad_type_id": int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
+            "pad_token": tokenizer.pad_token or "",
+        },
+    }
+
+
+def pooling_mode(spec: ModelSpec, pooling) -> str:
+    """The pooling as one name, from sentence-transformers 6 (`pooling_mode`) or 5 (a getter)."""
+    mode = getattr(pooling, "pooling_mode", None)
+    if not isinstance(mode, str) and hasattr(pooling, "get_pooling_mode_str"):
+        mode = pooling.get_pooling_mode_str()
+    if mode not in POOLING_MODES:
+        raise refuse(spec, f"pools with {mode}")
+    return str(mode)
+
+
+def describe_step(spec: ModelSpec, module, index: int, folder: Path) -> dict:
+    """A module after pooling as a manifest entry (Dense weights saved for numpy), or refuse it."""
+    kind = type(module).__name__
+    activation = type(getattr(module, "activation_function", None)).__name__
+    if kind == "Normalize":
+        return {"kind": "normalize"}
+    if kind != "Dense" or activation not in ACTIVATIONS or getattr(module, "use_residual", False):
+        raise refuse(spec, f"has module {index} {kind} (activation {activation})")
+    tensors = {"weight": module.linear.weight, "bias": module.linear.bias}  # bias may be None
+    arrays = {k: t.detach().float().numpy() for k, t in tensors.items() if t is not None}
+    np.savez(folder / f"dense_{index}.npz", **arrays)
+    return {"kind": "dense", "file": f"dense_{index}.npz", "activation": activation}
+
+
+class RuntimeBackend:
+    """A model exported to ONNX and run on CPU by onnxruntime or OpenVINO, pooled with numpy."""
+
+    def __init__(self, spec: ModelSpec, backend: str = "onnx", threads: int | None = None):
+        self.runtime, self.quantize = split_backend(backend)
+        self.spec, self.backend, self.name, self.threads = spec, backend, spec.name, threads
+        self.dim = spec.settings.truncate_dim or spec.dim or 0
+        self.max_seq_length = spec.settings.max_seq_length or 512
+        self.reference: RuntimeBackend | None = None  # the fp32 twin an int8 backend checks with
+        self.cosines: list[float] = []
+
+    def load(self, device: str = "cpu") -> None:
+        if not device.startswith("cpu"):
+            raise ModelError(f'Backend "{self.backend}" runs on CPU only, not {device}')
+        if not runtime_installed(self.runtime):
+            extra = f"pip install 'embed-collections[{self.runtime}]'"
+            raise ModelError(f'Backend "{self.backend}" needs {RUNTIMES[self.runtime]} ({extra})')
+        folder = ensure_exported(self.spec, self.backend)
+        self.manifest = manifest = read_manifest(folder)
+        self.max_seq_length = self.spec.settings.max_seq_length or int(manifest["max_seq_length"])
+        self.dim = self.spec.settings.truncate_dim or int(manifest["dim"])
+        from tokenizers import Tokenizer
+
+        # The folder's tokenizer.json may pad and truncate to 128: set both explicitly.
+        path = str(folder / "tokenizer.json")
+        self.counter, self.tokenizer = Tokenizer.from_file(path), Tokenizer.from_file(path)
+        self.counter.no_truncation()
+        self.counter.no_padding()
+        self.tokenizer.enable_truncation(self.max_seq_length)
+        self.tokenizer.enable_padding(**manifest["padding"])
+        self.steps = [load_step(folder, step) for step in manifest["steps"]]
+        opener = open_onnxruntime if self.runtime == "onnx" else open_openvino
+        self.session = opener(folder, self.threads)
+        if self.quantize:
+            self.reference = RuntimeBackend(self.spec, self.runtime, self.threads)
+            self.reference.load(device)
+
+    def prepare(self, texts: list[str]) -> list[str]:
+        return [text.lower() for text in texts] if self.manifest["do_lower_case"] else texts
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Untruncated token counts (special tokens included), used to sort and to report cuts."""
+        return [len(encoding.ids) for encoding in self.counter.encode_batch(self.prepare(texts))]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        vectors = self.forward(texts)
+        if self.reference is not None:
+            sample = texts[: INT8_SAMPLE - len(self.cosines)]
+            self.cosines.extend(cosines(vectors[: len(sample)], self.reference.forward(sample)))
+            if len(self.cosines) >= INT8_SAMPLE:
+                self.report_agreement()
+        return vectors
+
+    def forward(self, texts: list[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(self.prepare(texts))
+        arrays = {
+            name: np.array([getattr(e, FIELDS[name]) for e in encodings], dtype=np.int64)
+            for name in self.manifest["inputs"]
+        }
+        vectors = pool(self.session(arrays), arrays["attention_mask"], self.manifest["pooling"])
+        for step in self.steps:
+            vectors = step(vectors)
+        vectors = vectors[:, : self.spec.settings.truncate_dim or None]
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def report_agreement(self) -> None:
+        """Tell the user what int8 costs: cosine to fp32 on the first (longest) texts embedded."""
+        if self.cosines and self.reference is not None:
+            log.warning(
+                "%s: %s agrees with %s fp32 at mean cosine %.4f, min %.4f over %d texts "
+                "(int8 pays on CPUs with VNNI or AMX; drop --quantize for exact vectors)",
+                *(self.name, self.backend, self.runtime),
+                *(float(np.mean(self.cosines)), float(np.min(self.cosines)), len(self.cosines)),
+            )
+        self.reference = None
+
+    def unload(self) -> None:
+        self.report_agreement()
+        self.session = None
+
+
+def open_onnxruntime(folder: Path, threads: int | None):
+    """An onnxruntime CPU session on every available core unless told otherwise."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1  # its default: physical cores
+    options.log_severity_level = 3
+    cpu = ["CPUExecutionProvider"]  # required to be explicit where a GPU build is installed
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), options, providers=cpu)
+    return lambda feeds: session.run(["last_hidden_state"], feeds)[0]
+
+
+def open_openvino(folder: Path, threads: int | None):
+    """An OpenVINO CPU request; f32 forced, since CPUs with bf16 units otherwise default to bf16."""
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if threads:  # a CPU worker's share: pinned threads of two workers would land on one core
+        config.update({"INFERENCE_NUM_THREADS": str(threads), "ENABLE_CPU_PINNING": "NO"})
+    compiled = ov.Core().compile_model(folder / "model.xml", "CPU", config)
+    return lambda feeds: compiled(feeds)[0]
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
+    """Sentence-transformers' Pooling in numpy, padding excluded the same way."""
+    if mode == "cls":
+        return hidden[:, 0].copy()
+    weights = mask.astype(hidden.dtype)
+    if mode == "max":
+        return np.where(weights[..., None] > 0, hidden, np.float32(-1e9)).max(axis=1)
+    counts = np.clip(weights.sum(axis=1, keepdims=True), 1e-9, None)
+    total = np.einsum("bsh,bs->bh", hidden, weights)
+    return total / (np.sqrt(counts) if mode == "mean_sqrt_len_tokens" else counts)
+
+
+def load_step(folder: Path, step: dict):
+    """A post-pooling step (Dense or Normalize) as a numpy function."""
+    if step["kind"] == "normalize":
+        return lambda v: v / np.clip(np.linalg.norm(v, axis=1, keepdims=True), 1e-12, None)
+    weights = np.load(folder / step["file"])
+    weight, activation = weights["weight"], ACTIVATIONS[step["activation"]]
+    bias = weights["bias"] if "bias" in weights else np.float32(0)
+    return lambda v: activation(v @ weight.T + bias)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> list[float]:
+    norms = np.clip(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12, None)
+    return [float(c) for c in np.sum(a * b, axis=1) / norms]
+
+
+def create_backend(
+    spec: ModelSpec, backend: str = "torch", dtype: str | None = None, threads: int | None = None
+) -> Backend:
+    """The backend for a model: torch (sentence-transformers), or onnx / openvino [-int8] on CPU.
+
+    Pass a decided backend (`preflight.decide_backends`); `auto` means torch here. `threads`:
+    the CPU threads a runtime may use (a CPU worker's share of the cores; torch's are set per
+    process).
+    """
+    if backend in ("auto", "torch") and spec.static:
+        return StaticBackend(spec, dtype)  # a token-bag model runs on torch only
+    if backend in ("auto", "torch"):
+        return SentenceTransformerBackend(spec, dtype)
+    return RuntimeBackend(spec, backend, threads)  # a ModelError naming the choices if unknown

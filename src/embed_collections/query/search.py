@@ -1,0 +1,242 @@
+"""Query side: embed queries exactly as the run embedded documents (same models, weights, combine
+mode, query prefixes) and search the run's store, dense, sparse or fused."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from embed_collections.engine.backends import default_device, default_dtype
+from embed_collections.engine.combine import combine_vectors
+from embed_collections.engine.models import ModelSettings, ModelSpec, locate_model, static_format
+from embed_collections.engine.runtimes import create_backend, runtime_installed
+from embed_collections.errors import UsageError
+from embed_collections.record.run_record import RunRecord
+from embed_collections.stores import Hit, SearchQuery, Store
+from embed_collections.stores import sparse as sparse_vectors
+from embed_collections.stores.open import open_store
+
+log = logging.getLogger(__name__)
+
+SEARCH_MODES = ("dense", "sparse", "hybrid")
+DEFAULT_RRF_K = 60
+
+
+@dataclass
+class QueryEncoder:
+    """Turns query texts into the vectors a run's store holds."""
+
+    specs: list[ModelSpec]
+    combine: str
+    vector_names: list[str]
+    sparse: sparse_vectors.SparseEncoder | None
+    device: str = ""
+    backends: list[str] = field(default_factory=list)  # per model, as the run embedded
+    dtypes: list[str] = field(default_factory=list)
+    run_device: str = ""
+
+    @classmethod
+    def from_record(cls, record: RunRecord, device: str = "") -> QueryEncoder:
+        """The encoder for a run: its models (found again if moved), weights, prefixes, sparse."""
+        model_cache_dir = Path(record.model_cache_dir) if record.model_cache_dir else None
+        specs = []
+        for model in record.models:
+            path = Path(model.path)
+            if not path.is_dir():
+                path = locate_model(model.name, model_cache_dir)[0]
+            settings = ModelSettings(
+                document_prefix=model.document_prefix,
+                query_prefix=model.query_prefix,
+                max_seq_length=model.max_seq_length,
+                truncate_dim=model.truncate_dim,
+            )
+            specs.append(
+                ModelSpec(
+                    name=model.name,
+                    path=path,
+                    source="saved run",
+                    settings=settings,
+                    weight=model.weight,
+                    dim=model.dim,
+                    trust_remote_code=record.trust_remote_code,
+                    static=static_format(path) is not None,
+                )
+            )
+        sparse = None
+        if record.sparse:
+            sparse = sparse_vectors.create_encoder(**asdict(record.sparse))
+        names = [model.vector_name for model in record.models]
+        backends = [model.backend for model in record.models]
+        dtypes = [model.dtype for model in record.models]
+        return cls(
+            specs, record.combine, names, sparse, device, backends, dtypes, record.engine.device
+        )
+
+    def query_backend(self, index: int, device: str) -> tuple[str, str]:
+        """The backend and precision the run embedded this model with, where `device` can use
+        them (the same kind of device, the runtime installed), else torch in the device's default
+        precision (a run made on GPUs, searched from a laptop)."""
+        backend = self.backends[index] if index < len(self.backends) else "torch"
+        dtype = self.dtypes[index] if index < len(self.dtypes) else ""
+        same_kind = device.startswith("cuda") == self.run_device.startswith("cuda")
+        if not same_kind or not dtype:
+            dtype = default_dtype(device)
+        runtime = backend.partition("-")[0]
+        if backend != "torch" and (device != "cpu" or not runtime_installed(runtime)):
+            backend = "torch"
+        return backend, dtype
+
+    def dense(self, queries: list[str], batch_size: int = 64) -> dict[str, np.ndarray]:
+        """Combined dense query vectors (vector name -> Q x D); models load one at a time."""
+        weights = [spec.weight for spec in self.specs]
+        per_model = self.per_model(queries, batch_size)
+        return combine_vectors(per_model, weights, self.combine, self.vector_names)
+
+    def per_model(self, queries: list[str], batch_size: int = 64) -> list[np.ndarray]:
+        """Each model's raw query vectors (Q x d_i), in the run's model order."""
+        # Queries run on the first device of a run's list (`cuda:0,cuda:1`, `cpu:0,cpu:1`).
+        device = (self.device or default_device()).split(",")[0]
+        device = "cpu" if device.startswith("cpu") else device
+        per_model = []
+        for index, spec in enumerate(self.specs):
+            backend = create_backend(spec, *self.query_backend(index, device))
+            backend.load(device)
+            prefixed = [spec.settings.query_prefix + q for q in queries]
+            parts = [
+                backend.embed(prefixed[i : i + batch_size])
+                for i in range(0, len(prefixed), batch_size)
+            ]
+            per_model.append(np.vstack(parts))
+            backend.unload()
+        return per_model
+
+    def with_weights(self, weights: list[float] | None) -> QueryEncoder:
+        """The same encoder with query-time weights (one per model; finite, >= 0, not all 0)."""
+        if not weights:
+            return self
+        names = ", ".join(spec.name for spec in self.specs)
+        if len(weights) != len(self.specs):
+            raise UsageError(
+                f"{len(weights)} weights given for the run's {len(self.specs)} models ({names}); "
+                "give one weight per model"
+            )
+        if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+            given = ", ".join(map(str, weights))
+            raise UsageError(f"Weights must be finite and >= 0, and not all 0; got {given}")
+        if self.combine != "named":
+            raise UsageError(
+                f"--weights at query time needs a run stored with --combine named; this run used "
+                f"--combine {self.combine}, whose weights are fixed in the stored vectors "
+                "(re-run with --weights, or with --combine named)"
+            )
+        specs = [replace(spec, weight=float(w)) for spec, w in zip(self.specs, weights)]
+        return replace(self, specs=specs)
+
+    def sparse_queries(self, queries: list[str]) -> list[tuple[list[int], list[float]]]:
+        if self.sparse is None:
+            return []
+        return [self.sparse.embed_query(q) for q in queries]
+
+
+def build_queries(
+    encoder: QueryEncoder,
+    texts: list[str],
+    mode: str,
+    limit: int,
+    fusion: str = "rrf",
+    rrf_k: int = DEFAULT_RRF_K,
+    prefetch_limit: int = 100,
+) -> list[SearchQuery]:
+    """One SearchQuery per text: dense vectors, the sparse vector, or all of them fused."""
+    if mode not in SEARCH_MODES:
+        raise UsageError(f'Unknown search mode "{mode}". Choose one of {", ".join(SEARCH_MODES)}')
+    if mode in ("sparse", "hybrid") and encoder.sparse is None:
+        raise UsageError(
+            f"--mode {mode} needs sparse vectors; this run had none (re-run with --sparse bm25)"
+        )
+    dense = encoder.dense(texts) if mode in ("dense", "hybrid") else {}
+    sparse = encoder.sparse_queries(texts) if mode in ("sparse", "hybrid") else []
+    queries = []
+    for row, _ in enumerate(texts):
+        query = SearchQuery(
+            limit=limit,
+            fusion=fusion,  # type: ignore[arg-type]  # checked by the CLI's choices
+            rrf_k=rrf_k,
+            prefetch_limit=prefetch_limit,
+        )
+        if dense:
+            query = replace(query, dense={name: array[row] for name, array in dense.items()})
+        if sparse:
+            query = replace(query, sparse={sparse_vectors.VECTOR_NAME: sparse[row]})
+        queries.append(query)
+    return queries
+
+
+def uses_weighted_fusion(encoder: QueryEncoder, mode: str) -> bool:
+    """Dense search of a `--combine named` run fuses the models' cosines with their weights."""
+    return mode == "dense" and encoder.combine == "named" and len(encoder.specs) > 1
+
+
+def weighted_named_search(
+    store: Store,
+    collection: str,
+    encoder: QueryEncoder,
+    texts: list[str],
+    limit: int,
+    prefetch_limit: int = 100,
+    with_payload: bool = True,
+) -> list[list[Hit]]:
+    """Search each named vector, then rank the union of candidates by sum_i w_i * cos_i / sum w.
+
+    Done here rather than with a server-side formula so it works the same on Qdrant Edge and a
+    server through the plain search call. A candidate that one model did not return gets that
+    model's lowest returned score for it (an upper bound of its true cosine), so the ranking is
+    exact for candidates every model returned within `prefetch_limit` and close otherwise; `eval`
+    shows the exact ranking (`dense-exact`) beside it.
+    """
+    dense = encoder.dense(texts)
+    weights = {name: spec.weight for name, spec in zip(encoder.vector_names, encoder.specs)}
+    total = sum(weights.values())
+    depth = max(limit, prefetch_limit)
+    per_name = {
+        name: store.search(
+            collection,
+            [
+                SearchQuery(dense={name: dense[name][row]}, limit=depth, with_payload=with_payload)
+                for row in range(len(texts))
+            ],
+        )
+        for name, weight in weights.items()
+        if weight > 0
+    }
+    fused_hits = []
+    for row in range(len(texts)):
+        scores: dict[str, float] = {}
+        payloads: dict[str, dict] = {}
+        lists = {name: hits[row] for name, hits in per_name.items()}
+        for hits in lists.values():
+            for hit in hits:
+                payloads.setdefault(hit.id, hit.payload)
+        for name, hits in lists.items():
+            found = {hit.id: hit.score for hit in hits}
+            floor = min(found.values()) if found else 0.0
+            for point in payloads:
+                scores[point] = scores.get(point, 0.0) + weights[name] * found.get(point, floor)
+        ranked = sorted(scores.items(), key=lambda item: -item[1])[:limit]
+        fused_hits.append([Hit(id=p, score=v / total, payload=payloads[p]) for p, v in ranked])
+    return fused_hits
+
+
+def open_run_store(record: RunRecord, api_key: str | None = None) -> Store:
+    """The store a run wrote to."""
+    path = Path(record.store.path) if record.store.path else None
+    return open_store(record.store.url, path, api_key)
+
+
+def default_mode(record: RunRecord) -> str:
+    """hybrid when the run stored sparse vectors, else dense."""
+    return "hybrid" if record.sparse else "dense"

@@ -1,0 +1,123 @@
+"""The run summary (the seed's `embedding_summary_v6.json` schema plus measured extras) and the
+seed's completion log lines."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("embed_collections.record.summary")
+
+ENSEMBLE_MODE_LABEL = "EXCLUSIVE (model-at-a-time GPU lease)"
+
+
+@dataclass
+class CollectionResult:
+    """What happened to one collection: the seed's keys first, then what the engine measured."""
+
+    name: str
+    models_executed: list[str] = field(default_factory=list)
+    lease_events: list[dict[str, Any]] = field(default_factory=list)
+    total_embeddings_generated: int = 0
+    qdrant_collection: str | None = None
+    processing_time: float = 0.0
+    files: int = 0
+    records: int = 0
+    skipped_records: int = 0
+    duplicate_ids: int = 0
+    file_errors: list[str] = field(default_factory=list)
+    unique_texts: int = 0
+    embedded_now: dict[str, int] = field(default_factory=dict)
+    points_deleted: int = 0
+    points_in_store: int | None = None
+    truncated_chunks: dict[str, int] = field(default_factory=dict)
+    export_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "name"}
+
+
+@dataclass
+class RunSummary:
+    """The whole run; `to_json` gives the seed's schema with extra keys after it."""
+
+    timestamp: str
+    environment: str
+    ensemble_models: list[str]
+    results: dict[str, CollectionResult] = field(default_factory=dict)
+    failed_collections: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def count(self, key: str, number: int) -> None:
+        """Add to one of the run-wide counters in `extra` (file_errors, skipped_records)."""
+        self.extra[key] = self.extra.get(key, 0) + number
+
+    @property
+    def succeeded(self) -> list[str]:
+        return [name for name in self.results if name not in self.failed_collections]
+
+    @property
+    def ok(self) -> bool:
+        """Every collection was embedded and stored."""
+        return not self.failed_collections
+
+    @property
+    def collections(self) -> dict[str, CollectionResult]:
+        """Every collection the run saw, failed ones too (`failed_collections` has their errors)."""
+        found = dict(self.results)
+        for name in self.failed_collections:
+            found.setdefault(name, CollectionResult(name=name))
+        return found
+
+    @property
+    def exit_code(self) -> int:
+        """0 all succeeded, 3 some failed or loaded partly, 1 nothing was stored at all."""
+        if not self.failed_collections:
+            return 0
+        return 3 if self.results else 1
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "timestamp": self.timestamp,
+            "environment": self.environment,
+            "ensemble_models": self.ensemble_models,
+            "exclusive_ensemble_mode": True,
+            "results": {name: r.to_dict() for name, r in self.results.items()},
+            "failed_collections": dict(self.failed_collections),
+        }
+        data.update(self.extra)
+        return data
+
+
+def log_collection_header(name: str, chunk_files: int) -> None:
+    """The seed's per-collection header."""
+    log.info("=" * 80)
+    log.info("Processing collection: %s", name)
+    log.info("=" * 80)
+    log.info("Ensemble mode: %s", ENSEMBLE_MODE_LABEL)
+    log.info("Found %d chunk files in %s", chunk_files, name)
+
+
+def log_collection_completion(result: CollectionResult) -> None:
+    """The seed's completion block, lease events included."""
+    log.info("✅ Completed collection: %s", result.name)
+    log.info("   Models executed: %s", result.models_executed)
+    log.info("   Total embeddings: %d", result.total_embeddings_generated)
+    if result.lease_events:
+        log.info("   GPU Lease Events:")
+        for event in result.lease_events:
+            log.info("      - %s: %s @ %s", event["event_type"], event["model"], event["timestamp"])
+
+
+def log_processing_summary(summary: RunSummary) -> None:
+    """The seed's final PROCESSING COMPLETE block."""
+    total = len(set(summary.results) | set(summary.failed_collections))
+    log.info("=" * 80)
+    log.info("PROCESSING COMPLETE")
+    log.info("=" * 80)
+    log.info("Total collections: %d", total)
+    log.info("Succeeded: %d", len(summary.succeeded))
+    log.info("Failed: %d", len(summary.failed_collections))
+    for name, message in summary.failed_collections.items():
+        log.error("   ❌ %s: %s", name, message)

@@ -1,0 +1,195 @@
+"""One collection from cached vectors to its sinks: combine each slice of chunks into points and
+feed the store and the export, unless the store proves it already holds exactly this input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, replace
+
+from embed_collections.corpus.chunks import Chunk, LoadedCollection
+from embed_collections.engine.cache import EmbeddingCache, text_digest
+from embed_collections.engine.combine import combine_vectors, vector_names
+from embed_collections.errors import StoreError
+from embed_collections.record.config import RunConfig
+from embed_collections.record.summary import CollectionResult
+from embed_collections.runner.diskspace import check_space, estimate, payload_size, write_paths
+from embed_collections.runner.ensemble import Ensemble
+from embed_collections.runner.sinks import ExportSink, Sink, StoreSink, verified_count
+from embed_collections.stores import sparse as sparse_vectors
+from embed_collections.stores.base import PointBatch, Store, VectorLayout
+from embed_collections.stores.open import point_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What every collection of a run is combined from and written to."""
+
+    ensemble: Ensemble
+    cache: EmbeddingCache
+    store: Store | None
+    config: RunConfig
+
+
+def store_collection(
+    loaded: LoadedCollection,
+    targets: Targets,
+    layout: VectorLayout | None,
+    result: CollectionResult,
+) -> None:
+    """Combine cached vectors and feed them in batches to the sinks (store, export).
+
+    The store is skipped only when it proves it already holds exactly this load (its marker
+    and its own count); otherwise it is reloaded, pruned to the input and counted again.
+    """
+    ensemble, cache, store, config = targets.ensemble, targets.cache, targets.store, targets.config
+    record_loaded(loaded, ensemble, result)
+    loaded = drop_unembedded(loaded, ensemble, cache, result)
+    chunks = loaded.chunks
+    if layout is None:
+        raise StoreError("the ensemble's vector dimensions are unknown (no model was loaded)")
+    result.truncated_chunks = count_truncated(chunks, ensemble, cache)
+    signature = load_signature(loaded, ensemble, layout)
+    sinks: list[Sink] = []
+    if store is not None:
+        held = None
+        if not config.recreate:
+            held = verified_count(store, loaded.name, layout, signature, len(chunk_ids(loaded)))
+        if held is not None:
+            log.info(
+                "%s holds exactly this input (%d points); store left as it is", loaded.name, held
+            )
+            result.points_in_store = held
+            result.qdrant_collection = loaded.name
+        else:
+            sinks.append(StoreSink.open(store, loaded.name, layout, signature, config))
+    if config.export:
+        sinks.append(
+            ExportSink(config.output_dir, loaded.name, ensemble.record(config, layout), layout)
+        )
+    if not sinks:
+        return
+    dims = ensemble.dims(cache)
+    paths = write_paths(config, cache)
+    needs = estimate(
+        paths, len(chunks), payload_size(chunks), [d or 0 for d in dims], config.build_index
+    )
+    needs.pop(paths.cache_dir, None)  # the vectors are cached already
+    check_space(needs, f"Before writing collection {loaded.name}")
+    names = vector_names(ensemble.specs)
+    try:
+        for start in range(0, len(chunks), config.upload_batch_size):
+            part = chunks[start : start + config.upload_batch_size]
+            batch = build_batch(loaded.name, part, ensemble, cache, dims, names)
+            for sink in sinks:
+                sink.add(part, batch)
+        for sink in sinks:
+            sink.finish(result)
+    except BaseException:
+        for sink in sinks:
+            sink.abort()
+        raise
+
+
+def record_loaded(loaded: LoadedCollection, ensemble: Ensemble, result: CollectionResult) -> None:
+    """Copy what loading the chunk files found into the collection's result."""
+    result.models_executed = [spec.name for spec in ensemble.specs]
+    result.total_embeddings_generated = len(loaded.chunks)
+    result.files = loaded.stats.files
+    result.records = loaded.stats.records
+    result.skipped_records = loaded.stats.skipped_records
+    result.duplicate_ids = loaded.stats.duplicate_ids
+    result.file_errors = list(loaded.stats.file_errors)
+    result.unique_texts = len({c.text for c in loaded.chunks})
+
+
+def drop_unembedded(
+    loaded: LoadedCollection, ensemble: Ensemble, cache: EmbeddingCache, result: CollectionResult
+) -> LoadedCollection:
+    """The collection without the chunks a model could not embed (NaN/Inf even in float32, never
+    cached): they are skipped and counted like bad records, and the rest is stored.
+
+    Such texts are re-tried, and counted again, whenever a wave holds them, so the cache is only
+    asked when a model reported one: an ordinary collection costs nothing here.
+    """
+    if not any(t.non_finite_chunks for t in ensemble.telemetry.values()):
+        return loaded
+    digests = [text_digest(c.text) for c in loaded.chunks]
+    unembedded: set[bytes] = set()
+    for fingerprint in ensemble.fingerprints:
+        unembedded.update(cache.missing(fingerprint, digests))
+    if not unembedded:
+        return loaded
+    kept = tuple(c for c, d in zip(loaded.chunks, digests) if d not in unembedded)
+    result.skipped_records += len(loaded.chunks) - len(kept)
+    log.warning(
+        "%s: %d chunks have no finite vector from every model (the summary's non_finite_texts "
+        "lists them); skipped",
+        loaded.name,
+        len(loaded.chunks) - len(kept),
+    )
+    return replace(loaded, chunks=kept)
+
+
+def chunk_ids(loaded: LoadedCollection) -> set[str]:
+    """The point ids this collection's chunks get."""
+    return {point_id(loaded.name, c.chunk_id) for c in loaded.chunks}
+
+
+def load_signature(loaded: LoadedCollection, ensemble: Ensemble, layout: VectorLayout) -> str:
+    """What a collection's points are made of: the models and every chunk's id, text and payload.
+
+    Equal signatures mean a re-load would write exactly the points the store already holds.
+    """
+    digest = hashlib.sha256()
+    sparse = ensemble.sparse.fingerprint if ensemble.sparse else ""
+    head = [ensemble.fingerprints, ensemble.weights, ensemble.combine, sparse, layout.to_json()]
+    digest.update(json.dumps(head, sort_keys=True).encode())
+    for chunk in loaded.chunks:
+        fields = [chunk.chunk_id, chunk.doc_id, chunk.source_file, chunk.text, chunk.metadata]
+        digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def count_truncated(
+    chunks: tuple[Chunk, ...], ensemble: Ensemble, cache: EmbeddingCache
+) -> dict[str, int]:
+    """Chunks per model whose text was longer than the model reads (the rest is not embedded)."""
+    digests = [text_digest(c.text) for c in chunks]
+    truncated = {}
+    for spec, fingerprint in zip(ensemble.specs, ensemble.fingerprints):
+        limit = ensemble.telemetry[spec.name].max_seq_length or spec.settings.max_seq_length
+        counts = cache.token_counts(fingerprint, digests)
+        if limit:
+            truncated[spec.name] = sum(1 for d in digests if counts.get(d, 0) > limit)
+    return truncated
+
+
+def build_batch(
+    collection: str,
+    chunks: tuple[Chunk, ...] | list[Chunk],
+    ensemble: Ensemble,
+    cache: EmbeddingCache,
+    dims: list[int | None],
+    names: list[str],
+) -> PointBatch:
+    """Points for a slice of chunks: stable ids, combined vectors, payload, optional sparse."""
+    digests = [text_digest(c.text) for c in chunks]
+    per_model = [
+        cache.get_vectors(fp, digests, int(dim or 0))
+        for fp, dim in zip(ensemble.fingerprints, dims)
+    ]
+    dense = combine_vectors(per_model, ensemble.weights, ensemble.combine, names)
+    payloads = [chunk.payload() for chunk in chunks]
+    sparse = {}
+    if ensemble.sparse:
+        sparse = {
+            sparse_vectors.VECTOR_NAME: sparse_vectors.cached_vectors(
+                ensemble.sparse, digests, cache
+            )
+        }
+    ids = [point_id(collection, c.chunk_id) for c in chunks]
+    return PointBatch(ids=ids, dense=dense, payloads=payloads, sparse=sparse)

@@ -1,0 +1,122 @@
+"""The run's resolved ensemble: models, cache fingerprints, decided backends, sparse encoder, and
+what it makes the store keep per point and the run record say."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from embed_collections.engine.cache import EmbeddingCache
+from embed_collections.engine.combine import check_combine, combined_dims, vector_names
+from embed_collections.engine.models import (
+    ModelSpec,
+    fingerprint_folder,
+    model_fingerprint,
+    resolve_ensemble,
+)
+from embed_collections.engine.preflight import decide_backends
+from embed_collections.engine.telemetry import ModelTelemetry
+from embed_collections.record.config import RunConfig
+from embed_collections.record.run_record import (
+    EngineRecord,
+    ModelRecord,
+    RunRecord,
+    SparseRecord,
+    StoreRecord,
+)
+from embed_collections.stores import sparse as sparse_vectors
+from embed_collections.stores.base import VectorLayout
+
+
+@dataclass
+class Ensemble:
+    """The resolved models with their cache fingerprints, and what the store keeps per point."""
+
+    specs: list[ModelSpec]
+    fingerprints: list[str]
+    combine: str
+    backends: list[str]
+    sparse: sparse_vectors.SparseEncoder | None = None
+    telemetry: dict[str, ModelTelemetry] = field(default_factory=dict)
+
+    @property
+    def weights(self) -> list[float]:
+        return [spec.weight for spec in self.specs]
+
+    def dims(self, cache: EmbeddingCache) -> list[int | None]:
+        return [cache.model_dim(fp) or spec.dim for spec, fp in zip(self.specs, self.fingerprints)]
+
+    def layout(self, cache: EmbeddingCache) -> VectorLayout | None:
+        """The store layout, or None while a model's dimension is still unknown."""
+        dims = self.dims(cache)
+        if any(d is None for d in dims):
+            return None
+        sparse = (sparse_vectors.VECTOR_NAME,) if self.sparse else ()
+        return VectorLayout(combined_dims(self.combine, self.specs, dims), sparse)  # type: ignore[arg-type]
+
+    def models(self, dtype: str) -> tuple[ModelRecord, ...]:
+        """The models as the run record keeps them."""
+        names = vector_names(self.specs)
+        return tuple(
+            ModelRecord(
+                name=spec.name,
+                path=str(spec.path),
+                source=spec.source,
+                weight=spec.weight,
+                dim=spec.dim,
+                document_prefix=spec.settings.document_prefix,
+                query_prefix=spec.settings.query_prefix,
+                max_seq_length=spec.settings.max_seq_length,
+                truncate_dim=spec.settings.truncate_dim,
+                fingerprint=fingerprint,
+                backend=backend,
+                dtype=dtype,
+                vector_name=name if self.combine == "named" else "",
+            )
+            for spec, fingerprint, backend, name in zip(
+                self.specs, self.fingerprints, self.backends, names
+            )
+        )
+
+    def record(self, config: RunConfig, layout: VectorLayout | None) -> RunRecord:
+        """What this run is, as `run_config.json` keeps it (no secrets)."""
+        engine = config.engine
+        sparse = SparseRecord(**self.sparse.describe()) if self.sparse else None
+        return RunRecord(
+            chunked_dir=str(config.chunked_dir),
+            models=self.models(engine.dtype),
+            combine=self.combine,
+            layout=layout,
+            sparse=sparse,
+            store=StoreRecord(
+                config.qdrant_url, None if config.qdrant_url else str(config.store_path)
+            ),
+            cache=str(config.embedding_cache_path),
+            model_cache_dir=str(config.model_cache_dir) if config.model_cache_dir else None,
+            trust_remote_code=config.trust_remote_code,
+            engine=EngineRecord(
+                engine.device, engine.dtype, engine.backend, engine.quantize, engine.batch_size
+            ),
+        )
+
+
+def prepare_ensemble(config: RunConfig) -> Ensemble:
+    """Resolve and fingerprint every model, and check the combine mode (before any work)."""
+    specs = resolve_ensemble(
+        list(config.models),
+        list(config.weights) if config.weights else None,
+        config.model_cache_dir,
+        config.trust_remote_code,
+        config.max_seq_length,
+        config.truncate_dim,
+    )
+    check_combine(config.combine, [s.dim for s in specs], [s.name for s in specs])
+    backends = decide_backends(specs, config.engine)
+    hashes = {spec.path: fingerprint_folder(spec.path) for spec in specs}
+    fingerprints = [
+        model_fingerprint(spec, backend, config.engine.dtype, hashes[spec.path])
+        for spec, backend in zip(specs, backends)
+    ]
+    encoder = None
+    if config.sparse:
+        encoder = sparse_vectors.create_encoder(config.sparse, config.sparse_language)
+    return Ensemble(specs, fingerprints, config.combine, backends, encoder)

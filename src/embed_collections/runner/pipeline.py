@@ -1,0 +1,327 @@
+"""The spine of a run: discover, preflight, load chunks, embed model-major, combine, store.
+
+Collections are processed in waves of at most `wave_size` chunks so memory stays flat on huge
+corpora; within a wave every model is loaded once (a typical corpus is a single wave).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+from embed_collections.archive.export import finish_export
+from embed_collections.atomic import write_json_atomic
+from embed_collections.corpus.chunks import LoadedCollection, load_collection
+from embed_collections.corpus.discovery import (
+    discover_collections,
+    filter_collections,
+    find_chunk_files,
+)
+from embed_collections.engine.cache import EmbeddingCache, text_digest
+from embed_collections.engine.lease import LeaseEvent
+from embed_collections.engine.local_executor import embed_pending
+from embed_collections.engine.telemetry import ModelTelemetry
+from embed_collections.errors import DiskFullError, EmbedCollectionsError, StoreError
+from embed_collections.progress import Progress
+from embed_collections.record.config import LOG_FILE, SUMMARY_FILE, RunConfig
+from embed_collections.record.run_record import (
+    write_run_record,
+)
+from embed_collections.record.summary import (
+    CollectionResult,
+    RunSummary,
+    log_collection_completion,
+    log_collection_header,
+    log_processing_summary,
+)
+from embed_collections.runner.collection import Targets, store_collection
+from embed_collections.runner.dirlock import output_lock
+from embed_collections.runner.diskspace import (
+    check_wave_space,
+    preflight_space,
+    stops_the_run,
+)
+from embed_collections.runner.ensemble import Ensemble, prepare_ensemble
+from embed_collections.stores import Store, VectorLayout
+from embed_collections.stores import sparse as sparse_vectors
+from embed_collections.stores.open import open_store
+
+log = logging.getLogger("embed_collections.runner.pipeline")
+
+
+@contextmanager
+def file_log(path: Path) -> Iterator[None]:
+    """Copy the package's log records into `embedding_v6.log` in the seed's format for the run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    logger = logging.getLogger("embed_collections")
+    logger.addHandler(handler)
+    previous = logger.level
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+        handler.close()
+
+
+def check_store_layouts(
+    store: Store, names: list[str], layout: VectorLayout | None, recreate: bool
+) -> None:
+    """Fail before embedding if an existing collection was built with another configuration."""
+    if layout is None or recreate:
+        return
+    clashes = []
+    for name in names:
+        existing = store.layout(name)
+        if existing is not None and not existing.matches(layout):
+            clashes.append(f'"{name}" has {existing.describe()}')
+    if clashes:
+        raise StoreError(
+            f"Existing collections differ from this run's {layout.describe()}: "
+            + "; ".join(clashes)
+            + " (use --recreate to replace them, or another --qdrant-path)"
+        )
+
+
+def run(config: RunConfig) -> RunSummary:
+    """Run the whole job and return its summary (also written to the output directory)."""
+    try:
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise EmbedCollectionsError(
+            f"Cannot create output directory {config.output_dir}: {error.strerror or error} "
+            "(choose another --output-dir)"
+        ) from error
+    with (
+        output_lock(config.output_dir, wait=config.wait),
+        file_log(config.output_dir / LOG_FILE),
+        ExitStack() as stack,
+    ):
+        if config.executor == "ray":  # preflight: join Ray and check its devices before any model
+            from embed_collections.engine.ray_executor import cluster_session
+
+            engine = stack.enter_context(cluster_session(config.ray_address, config.engine))
+            config = replace(config, engine=engine)
+        return run_logged(config)
+
+
+def choose_executor(config: RunConfig) -> Callable[..., ModelTelemetry]:
+    """The `embed_pending` of `config.executor`: in this process (local) or on Ray actors."""
+    if config.executor == "ray":
+        from embed_collections.engine import ray_executor
+
+        return ray_executor.embed_pending
+    return embed_pending
+
+
+def run_logged(config: RunConfig) -> RunSummary:
+    started = time.perf_counter()
+    log.info("Environment: %s", config.environment)
+    unreadable: list[tuple[Path, str]] = []
+    found = discover_collections(config.chunked_dir, config.pattern, config.max_depth, unreadable)
+    selected = filter_collections(found, list(config.collections) or None)
+    with EmbeddingCache(config.embedding_cache_path) as cache:
+        ensemble = prepare_ensemble(config)
+        for spec in ensemble.specs:
+            log.info("Model %s from %s (weight %g)", spec.name, spec.source, spec.weight)
+        preflight_space(config, selected, ensemble.dims(cache))
+        summary = RunSummary(
+            timestamp=datetime.now().isoformat(),
+            environment=config.environment,
+            ensemble_models=[spec.name for spec in ensemble.specs],
+        )
+        for directory, reason in unreadable:
+            summary.failed_collections[directory.name] = (
+                f"Cannot read directory {directory}: {reason} (fix its permissions)"
+            )
+            summary.count("file_errors", 1)
+        store = open_run_store(config)
+        stopped: Exception | None = None
+        try:
+            if store is not None:
+                check_store_layouts(store, list(selected), ensemble.layout(cache), config.recreate)
+            with Progress(
+                len(selected), "store", "collection", config.engine.show_progress, "point"
+            ) as progress:
+                for wave in load_waves(selected, config, summary):
+                    process_wave(wave, ensemble, cache, store, config, summary, progress)
+        except Exception as error:  # a full or read-only disk: keep what is done, then stop
+            if not stops_the_run(error):
+                raise
+            stopped = error
+            summary.extra["stopped"] = str(error)
+            log.error("❌ Stopped: %s", error)
+        finally:
+            if store is not None:
+                store.close()
+        layout = ensemble.layout(cache)
+        write_run_record(config.output_dir, ensemble.record(config, layout))
+    summary.extra.update(run_extras(config, ensemble, layout, time.perf_counter() - started))
+    summary.count("skipped_records", 0)  # present even when nothing was skipped
+    summary.count("file_errors", 0)
+    try:
+        write_json_atomic(config.output_dir / SUMMARY_FILE, summary.to_json())
+    except OSError as error:
+        log.error("The summary could not be written: %s", error)
+    if stopped is not None:
+        if isinstance(stopped, EmbedCollectionsError):
+            raise stopped
+        raise DiskFullError(f"The run stopped: {stopped}") from stopped
+    if config.export:
+        finish_export(config, summary)
+    log_processing_summary(summary)
+    return summary
+
+
+def open_run_store(config: RunConfig) -> Store | None:
+    """Open and probe the store (preflight), or None with --no-upload."""
+    if not config.upload:
+        return None
+    store = open_store(config.qdrant_url, config.store_path, config.qdrant_api_key)
+    try:
+        store.check_writable()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def run_extras(
+    config: RunConfig, ensemble: Ensemble, layout: VectorLayout | None, seconds: float
+) -> dict:
+    """The keys the summary adds after the seed's schema."""
+    ray_cluster = None
+    if config.executor == "ray":
+        from embed_collections.engine.ray_executor import describe_cluster
+
+        ray_cluster = describe_cluster()
+    return {
+        "executor": config.executor,
+        "ray": ray_cluster,
+        "combine": config.combine,
+        "weights": ensemble.weights,
+        "dimension": layout.dense if layout else None,
+        "sparse": config.sparse,
+        "store": config.qdrant_url or (None if not config.upload else str(config.store_path)),
+        "chunked_dir": str(config.chunked_dir),
+        "total_seconds": round(seconds, 3),
+        "models": {name: t.to_dict() for name, t in ensemble.telemetry.items()},
+        "cache_hits": sum(t.cache_hits for t in ensemble.telemetry.values()),
+        "cache_misses": sum(t.cache_misses for t in ensemble.telemetry.values()),
+    }
+
+
+def load_waves(
+    selected: dict[str, Path], config: RunConfig, summary: RunSummary
+) -> Iterator[list[LoadedCollection]]:
+    """Load collections in order, yielding groups of about `wave_size` chunks."""
+    wave: list[LoadedCollection] = []
+    size = 0
+    for name, directory in selected.items():
+        try:
+            log_collection_header(name, len(find_chunk_files(directory, config.pattern)))
+            loaded = load_collection(name, directory, config.pattern, config.chunked_dir)
+        except Exception as error:  # per-collection boundary: record and go on
+            log.debug("Loading %s failed", name, exc_info=True)
+            summary.failed_collections[name] = f"{type(error).__name__}: {error}"
+            summary.count("file_errors", 1)
+            continue
+        summary.count("file_errors", len(loaded.stats.file_errors))
+        summary.count("skipped_records", loaded.stats.skipped_records)
+        if loaded.stats.file_errors:
+            summary.failed_collections[name] = "; ".join(loaded.stats.file_errors)
+        if not loaded.chunks:
+            summary.failed_collections.setdefault(name, f"No readable chunks in {directory}")
+            continue
+        wave.append(loaded)
+        size += len(loaded.chunks)
+        if size >= config.wave_size:
+            yield wave
+            wave, size = [], 0
+    if wave:
+        yield wave
+
+
+def process_wave(
+    wave: list[LoadedCollection],
+    ensemble: Ensemble,
+    cache: EmbeddingCache,
+    store: Store | None,
+    config: RunConfig,
+    summary: RunSummary,
+    progress: Progress | None = None,
+) -> None:
+    """Embed a wave's unique texts model by model, then combine and store each collection."""
+    texts = {text_digest(c.text): c.text for loaded in wave for c in loaded.chunks}
+    missing_before = {fp: set(cache.missing(fp, texts)) for fp in ensemble.fingerprints}
+    check_wave_space(wave, ensemble.dims(cache), missing_before, config)
+    events_by_model: dict[str, list[LeaseEvent]] = {}
+    wave_telemetry: dict[str, ModelTelemetry] = {}
+    embed = choose_executor(config)
+    for spec, fingerprint, backend in zip(ensemble.specs, ensemble.fingerprints, ensemble.backends):
+        events: list[LeaseEvent] = []
+        options = replace(config.engine, backend=backend, quantize="")  # decided in preflight
+        telemetry = embed(spec, fingerprint, texts, cache, options, events)
+        events_by_model[spec.name] = events
+        wave_telemetry[spec.name] = telemetry
+        if spec.name in ensemble.telemetry:
+            ensemble.telemetry[spec.name].add(telemetry)
+        else:
+            ensemble.telemetry[spec.name] = telemetry
+    if ensemble.sparse:
+        sparse_vectors.embed_pending(ensemble.sparse, texts, cache)
+    layout = ensemble.layout(cache)
+    for loaded in wave:
+        started = time.perf_counter()
+        result = CollectionResult(name=loaded.name)
+        try:
+            store_collection(loaded, Targets(ensemble, cache, store, config), layout, result)
+        except Exception as error:  # per-collection boundary: record and go on
+            log.debug("Collection %s failed", loaded.name, exc_info=True)
+            summary.failed_collections[loaded.name] = f"{error}"
+            log.error("❌ Failed collection %s: %s", loaded.name, error)
+            if stops_the_run(error):
+                raise
+            if progress is not None:
+                progress.update(1, 0, time.perf_counter() - started)
+            continue
+        digests = {text_digest(c.text) for c in loaded.chunks}
+        for spec, fp in zip(ensemble.specs, ensemble.fingerprints):
+            fresh = len(digests & missing_before[fp])
+            result.embedded_now[spec.name] = fresh
+            if fresh:
+                result.lease_events.extend(e.to_dict() for e in events_by_model[spec.name])
+        share = embed_share(ensemble, wave_telemetry, missing_before, digests)
+        result.processing_time = round(time.perf_counter() - started + share, 3)
+        summary.results[loaded.name] = result
+        # chunks drop_unembedded skipped (loading's skipped records are counted already)
+        summary.count("skipped_records", result.skipped_records - loaded.stats.skipped_records)
+        log_collection_completion(result)
+        if progress is not None:
+            progress.update(1, len(loaded.chunks), time.perf_counter() - started)
+
+
+def embed_share(
+    ensemble: Ensemble,
+    telemetry: dict[str, ModelTelemetry],
+    missing_before: dict[str, set[bytes]],
+    digests: set[bytes],
+) -> float:
+    """This collection's share of the wave's embedding time, by the texts it newly needed."""
+    share = 0.0
+    for spec, fp in zip(ensemble.specs, ensemble.fingerprints):
+        pending = missing_before[fp]
+        if pending:
+            spent = telemetry[spec.name].embed_seconds + telemetry[spec.name].load_seconds
+            share += spent * len(digests & pending) / len(pending)
+    return share
