@@ -11,7 +11,8 @@ Peers (each one child process, model loaded once, every chunk of every collectio
 - fastembed-256:  the same with tokenizer_config's model_max_length set to the model's
                   max_seq_length (256), so it computes the same vectors as the others;
 - st:             plain `SentenceTransformer(...).encode(texts)` (batch 32, torch);
-- seed:           the seed's schedule (bench/seed_schedule.py), reload per collection;
+- original:       the original script's schedule (bench/original_schedule.py): reload per
+                  collection;
 - on CUDA only:   fastembed-gpu (`cuda=True`, needs the fastembed-gpu package) and st-fp16.
 Peers write into Qdrant Edge (qdrant-edge-py, one shard per collection, HNSW built), as ours does;
 `--peer-store local` uses qdrant-client local mode with `upload_points` instead.
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from common import DEFAULT_CORPUS, MINILM, WORK, bench_env, machine, median, now
 
-CPU_PEERS = ("ours", "fastembed", "fastembed-256", "st", "seed")
+CPU_PEERS = ("ours", "fastembed", "fastembed-256", "st", "original")
 GPU_PEERS = ("ours-cuda", "fastembed-gpu", "st-fp16")
 GEMM_TOKENS = 32 * 256  # one batch of 32 texts at max_seq_length: the engine's CPU batch
 FASTEMBED_NAME = "embed-collections/all-MiniLM-L6-v2-onnx"
@@ -272,9 +273,9 @@ def peer_command(
     ]  # fmt: skip
 
 
-def seed_command(corpus: Path, names: list[str], store: Path) -> list[str]:
-    """bench/seed_schedule.py with the packaged MiniLM only."""
-    script = Path(__file__).with_name("seed_schedule.py")
+def original_command(corpus: Path, names: list[str], store: Path) -> list[str]:
+    """bench/original_schedule.py with the packaged MiniLM only."""
+    script = Path(__file__).with_name("original_schedule.py")
     return [
         sys.executable, str(script), "--corpus", str(corpus), "--store", str(store),
         "--collections", *names, "--models", MINILM,
@@ -417,8 +418,8 @@ def bench(args: argparse.Namespace, save: Path) -> dict:
                 result = run_measured(ours_command(args.corpus, listed, out, device))
                 summary = json.loads((out / "embedding_summary_v6.json").read_text())
                 result["inner"] = {"models": summary.get("models")}
-            elif peer == "seed":
-                result = run_measured(seed_command(args.corpus, names, out))
+            elif peer == "original":
+                result = run_measured(original_command(args.corpus, names, out))
             else:
                 source = folders.get(peer, model)
                 command = peer_command(peer, args.corpus, names, source, out, args.peer_store)
@@ -497,8 +498,8 @@ def report(data: dict) -> str:
         wall = median([r["wall"] for r in results])
         cpu = median([r["cpu"] for r in results])
         rss = median([r["rss"] for r in results])
-        if peer in ("ours", "ours-cuda", "seed"):
-            key = "unique" if peer != "seed" else "all"
+        if peer in ("ours", "ours-cuda", "original"):
+            key = "unique" if peer != "original" else "all"
         else:
             key = "all-stock" if peer == "fastembed" else "all"
         share = share_cpu = ""

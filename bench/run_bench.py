@@ -1,5 +1,6 @@
-"""Benchmarks of `embed-collections run`: overhead over plain encode, the seed's schedule,
-unchanged re-runs and Qdrant loading. Prints a markdown table; raw numbers go to bench/results/.
+"""Benchmarks of `embed-collections run`: overhead over plain encode, the original script's
+schedule, unchanged re-runs and Qdrant loading. Prints a markdown table; raw numbers go to
+bench/results/.
 
     python bench/run_bench.py            # the documented slice, 3 interleaved repeats (~15 min)
     python bench/run_bench.py --quick    # tiny models, five small collections (< 2 min)
@@ -59,8 +60,8 @@ def run_command(
     ]  # fmt: skip
 
 
-def seed_command(corpus: Path, names: list[str], models: list[str], store: Path) -> list[str]:
-    script = Path(__file__).with_name("seed_schedule.py")
+def original_command(corpus: Path, names: list[str], models: list[str], store: Path) -> list[str]:
+    script = Path(__file__).with_name("original_schedule.py")
     return [
         sys.executable, str(script), "--corpus", str(corpus), "--store", str(store),
         "--collections", *names, "--models", *models,
@@ -68,12 +69,12 @@ def seed_command(corpus: Path, names: list[str], models: list[str], store: Path)
 
 
 def bench_pipeline(
-    corpus: Path, names: list[str], models: list[str], repeats: int, backend: str, seed: bool
+    corpus: Path, names: list[str], models: list[str], repeats: int, backend: str, original: bool
 ) -> dict:
-    """Overhead, seed schedule and re-run, interleaved so machine noise hits all alike."""
+    """Overhead, original schedule and re-run, interleaved so machine noise hits all alike."""
     by_collection = load_texts(corpus, names)
     unique = list(dict.fromkeys(t for texts in by_collection.values() for t in texts))
-    rows: dict[str, list[float]] = {"plain": [], "ours": [], "rerun": [], "seed": []}
+    rows: dict[str, list[float]] = {"plain": [], "ours": [], "rerun": [], "original": []}
     details = []
     for repeat in range(repeats):
         out = WORK / f"run-{repeat}"
@@ -83,10 +84,12 @@ def bench_pipeline(
         rows["ours"].append(run_timed(command)[0])
         summary = json.loads((out / "embedding_summary_v6.json").read_text())
         rows["rerun"].append(run_timed(command)[0])
-        if seed:
-            seed_store = WORK / f"seed-{repeat}"
-            shutil.rmtree(seed_store, ignore_errors=True)
-            rows["seed"].append(run_timed(seed_command(corpus, names, models, seed_store))[0])
+        if original:
+            original_store = WORK / f"original-{repeat}"
+            shutil.rmtree(original_store, ignore_errors=True)
+            rows["original"].append(
+                run_timed(original_command(corpus, names, models, original_store))[0]
+            )
         details.append(
             {"summary_models": summary["models"], "ours_total": summary["total_seconds"]}
         )
@@ -155,8 +158,9 @@ def report(pipeline: dict, stores: dict) -> str:
         f"{m['plain']:.1f} | 1.00 |",
         f"| `embed-collections run --backend {pipeline['backend']}` (whole process, into Qdrant "
         f"Edge) | {m['ours']:.1f} | {m['ours'] / m['plain']:.2f}x plain |",
-        f"| seed's schedule (reload per collection, no dedup, no cache) | {m.get('seed', 0):.1f} | "
-        f"{m.get('seed', 0) / m['ours']:.2f}x ours |",
+        "| original script's schedule (reload per collection, no dedup, no cache) | "
+        f"{m.get('original', 0):.1f} | "
+        f"{m.get('original', 0) / m['ours']:.2f}x ours |",
         f"| unchanged re-run | {m['rerun']:.1f} | "
         f"{100 * m['rerun'] / m['ours']:.1f}% of first run |",
         "",
@@ -174,7 +178,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny models, few collections")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--backend", default="auto", help="passed to `run --backend`")
-    parser.add_argument("--no-seed", action="store_true", help="skip the seed's schedule")
+    parser.add_argument(
+        "--no-original", action="store_true", help="skip the original script's schedule"
+    )
     parser.add_argument("--no-stores", action="store_true", help="skip the store loading test")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -184,7 +190,9 @@ def main() -> None:
     else:
         models = [MINILM, str(tiny_model(48))]
     repeats = args.repeats or (1 if args.quick else 3)
-    pipeline = bench_pipeline(args.corpus, names, models, repeats, args.backend, not args.no_seed)
+    pipeline = bench_pipeline(
+        args.corpus, names, models, repeats, args.backend, not args.no_original
+    )
     stores = {}
     if not args.no_stores:
         stores = bench_store_loading(*((5_000, 1_000) if args.quick else (50_000, 5_000)))

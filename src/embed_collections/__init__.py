@@ -68,7 +68,7 @@ __all__ = [
 # The types load with their modules on first use, so `import embed_collections` stays instant
 # (and a worker process started as `python -m embed_collections.engine.workers` imports only
 # what it needs).
-LAZY_TYPES = {
+_LAZY_TYPES = {
     "Collections": "embed_collections.query.collections",
     "SearchHit": "embed_collections.query.collections",
     "RunSummary": "embed_collections.record.summary",
@@ -78,10 +78,10 @@ LAZY_TYPES = {
 
 
 def __getattr__(name: str) -> Any:
-    if name in LAZY_TYPES:
+    if name in _LAZY_TYPES:
         import importlib
 
-        return getattr(importlib.import_module(LAZY_TYPES[name]), name)
+        return getattr(importlib.import_module(_LAZY_TYPES[name]), name)
     raise AttributeError(f"module 'embed_collections' has no attribute {name!r}")
 
 

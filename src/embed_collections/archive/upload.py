@@ -62,7 +62,7 @@ class ManifestEntry:
 
 
 def render_manifest(entries: list[ManifestEntry], generated: str, compression: str) -> str:
-    """The seed's MANIFEST.txt layout, with exact bytes and a SHA-256 on each file line."""
+    """The original MANIFEST.txt layout, with exact bytes and a SHA-256 on each file line."""
     width = max([60, *(len(e.path) for e in entries)])
     head = ["EMBEDDING ARCHIVE MANIFEST", RULE, f"Generated: {generated}"]
     head += [f"Compression: {compression}", LINE_FORMAT, RULE, "", "FILES:", ""]

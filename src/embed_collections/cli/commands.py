@@ -99,7 +99,7 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
     "--exclusive-ensemble",
     "--exclusive_ensemble",
     is_flag=True,
-    help="Accepted for the seed's scripts; exclusive (one model at a time) is the only mode.",
+    help="Accepted for the original script; exclusive (one model at a time) is the only mode.",
 )
 @click.option(
     "--executor",
@@ -114,7 +114,9 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
     help="Ray cluster to join with --executor ray (env RAY_ADDRESS) [start one on this machine].",
 )
 @server_options
-@click.option("--qdrant-host", "--qdrant_host", "qdrant_host", help="Server host (seed spelling).")
+@click.option(
+    "--qdrant-host", "--qdrant_host", "qdrant_host", help="Server host (original spelling)."
+)
 @click.option(
     "--qdrant-port",
     "--qdrant_port",

@@ -1,4 +1,4 @@
-"""Command-line options shared by several commands, and the seed's argparse-style lists."""
+"""Command-line options shared by several commands, and argparse-style lists."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import click
 
 from embed_collections.corpus.discovery import CHUNK_FILE_PATTERN, MAX_DISCOVERY_DEPTH
 
-# Options that take several values. The seed spelled them argparse-style
+# Options that take several values. The original script spelled them argparse-style
 # (`--ensemble_models a b c`); click wants one value per option, so such runs are rewritten to
 # `--ensemble_models a,b,c` before parsing.
 LIST_OPTIONS = {
@@ -70,7 +70,7 @@ def parse_weights(values: tuple[str, ...] | None) -> list[float] | None:
 
 
 class ListOptionCommand(click.Command):
-    """A command that accepts the seed's space-separated list options."""
+    """A command that accepts the original script's space-separated list options."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, join_list_options(args))
@@ -118,7 +118,7 @@ ensemble_options = stack(
         "--ensemble_models",
         "models",
         multiple=True,
-        help="Ensemble members: hub ids, model folders or aliases [the seed's three models].",
+        help="Ensemble members: hub ids, model folders or aliases [the original three models].",
     ),
     click.option(
         "--weights",

@@ -65,6 +65,8 @@ def search(
 ):
     """Search COLLECTION of an earlier run for QUERY, embedded the way the run embedded documents.
 
+    COLLECTION is one name, several separated by commas, or `all`.
+
     \b
     Example:
       embed-collections search Docling "How do I convert a PDF?" --output-dir ./output --top-k 5
@@ -74,8 +76,9 @@ def search(
 
     setup_logging(verbose, quiet or not verbose)
     with ec.open(output_dir, qdrant_api_key) as opened:
+        names = None if collection == "all" else split_list((collection,))
         hits = opened.search(
-            query, [collection], top_k, mode, fusion, rrf_k, weights=parse_weights(weights)
+            query, names, top_k, mode, fusion, rrf_k, weights=parse_weights(weights)
         )
     if as_json:
         echo_json(

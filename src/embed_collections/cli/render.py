@@ -12,7 +12,7 @@ log = logging.getLogger("embed_collections")
 
 
 def setup_logging(verbose: bool, quiet: bool) -> None:
-    """Logs and warnings to stderr in the seed's `LEVEL - message` shape; stdout stays data."""
+    """Logs and warnings to stderr in the V6.1 log's `LEVEL - message` shape; stdout stays data."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s - %(message)s"))

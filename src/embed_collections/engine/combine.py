@@ -1,6 +1,6 @@
 """Combining the vectors of several models into what the store keeps.
 
-Coordinates of different models live in unrelated spaces, so the seed's element-wise average mixes
+Coordinates of different models live in unrelated spaces, so an element-wise average mixes
 noise into similarity. `concat` keeps each model's space intact and weights its similarity instead.
 """
 
@@ -72,7 +72,7 @@ def combine_vectors(
     a . b = sum_i w_i * cos_i(a_i, b_i) / sum w, a fixed-weight fusion of per-model cosine
     similarities. The same holds for a query combined the same way, so cosine search in the store
     ranks by the weighted mean of the models' similarities.
-    average: the seed's weighted mean of normalised vectors, re-normalised (equal dims only).
+    average: the original weighted mean of normalised vectors, re-normalised (equal dims only).
     named: no combination; each model's normalised vector under its own name.
     """
     if not per_model:

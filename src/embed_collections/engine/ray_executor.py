@@ -15,8 +15,8 @@ loop, ray #44905) around the same actor class, and would hide which actor embedd
 which the summary reports. The pool is about a hundred lines.
 
 Tokenisation happens in the actors, not on the driver: one driver tokenises about 1,900 texts/s
-(DESIGN.md), 15 hours for 100 M chunks. The driver orders texts by character length to cut
-shards of similar lengths; each actor sorts its shard by token count and returns the counts.
+(docs/measurements.md), 15 hours for 100 M chunks. The driver orders texts by character length
+to cut shards of similar lengths; each actor sorts its shard by token count and returns the counts.
 Ray is imported only inside these functions: the local executor never imports it.
 """
 

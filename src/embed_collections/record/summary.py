@@ -1,5 +1,5 @@
-"""The run summary (the seed's `embedding_summary_v6.json` schema plus measured extras) and the
-seed's completion log lines."""
+"""The run summary (the V6.1 `embedding_summary_v6.json` schema of the original
+`embed_collections_v6` script, plus measured extras) and the V6.1 completion log lines."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ ENSEMBLE_MODE_LABEL = "EXCLUSIVE (model-at-a-time GPU lease)"
 
 @dataclass
 class CollectionResult:
-    """What happened to one collection: the seed's keys first, then what the engine measured."""
+    """What happened to one collection: the V6.1 keys first, then what the engine measured."""
 
     name: str
     models_executed: list[str] = field(default_factory=list)
@@ -40,7 +40,7 @@ class CollectionResult:
 
 @dataclass
 class RunSummary:
-    """The whole run; `to_json` gives the seed's schema with extra keys after it."""
+    """The whole run; `to_json` gives the V6.1 schema with extra keys after it."""
 
     timestamp: str
     environment: str
@@ -91,7 +91,7 @@ class RunSummary:
 
 
 def log_collection_header(name: str, chunk_files: int) -> None:
-    """The seed's per-collection header."""
+    """The V6.1 per-collection header."""
     log.info("=" * 80)
     log.info("Processing collection: %s", name)
     log.info("=" * 80)
@@ -100,7 +100,7 @@ def log_collection_header(name: str, chunk_files: int) -> None:
 
 
 def log_collection_completion(result: CollectionResult) -> None:
-    """The seed's completion block, lease events included."""
+    """The V6.1 completion block, lease events included."""
     log.info("✅ Completed collection: %s", result.name)
     log.info("   Models executed: %s", result.models_executed)
     log.info("   Total embeddings: %d", result.total_embeddings_generated)
@@ -111,7 +111,7 @@ def log_collection_completion(result: CollectionResult) -> None:
 
 
 def log_processing_summary(summary: RunSummary) -> None:
-    """The seed's final PROCESSING COMPLETE block."""
+    """The V6.1 final PROCESSING COMPLETE block."""
     total = len(set(summary.results) | set(summary.failed_collections))
     log.info("=" * 80)
     log.info("PROCESSING COMPLETE")

@@ -56,7 +56,7 @@ log = logging.getLogger("embed_collections.runner.pipeline")
 
 @contextmanager
 def file_log(path: Path) -> Iterator[None]:
-    """Copy the package's log records into `embedding_v6.log` in the seed's format for the run."""
+    """Copy the package's log records into `embedding_v6.log` in the V6.1 format for the run."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(message)s"))
@@ -199,7 +199,7 @@ def open_run_store(config: RunConfig) -> Store | None:
 def run_extras(
     config: RunConfig, ensemble: Ensemble, layout: VectorLayout | None, seconds: float
 ) -> dict:
-    """The keys the summary adds after the seed's schema."""
+    """The keys the summary adds after the V6.1 schema."""
     ray_cluster = None
     if config.executor == "ray":
         from embed_collections.engine.ray_executor import describe_cluster

@@ -186,7 +186,7 @@ def test_concat_vector_is_the_weighted_join_of_both_models(first_run, tiny_model
     np.testing.assert_allclose(shared["beta"], shared["alpha"], atol=1e-6)
 
 
-def test_summary_keeps_the_seed_schema(first_run, tiny_models):
+def test_summary_keeps_the_v6_schema(first_run, tiny_models):
     summary = first_run["summary"]
     models = [str(tiny_models["tiny32"]), str(tiny_models["tiny48"])]
     assert list(summary)[: len(SUMMARY_KEYS)] == SUMMARY_KEYS
@@ -239,7 +239,7 @@ def test_run_prints_a_table_of_collections(first_run):
     assert lines[-1] == f"Summary: {first_run['out'] / 'embedding_summary_v6.json'}"
 
 
-def test_log_file_uses_the_seed_format(first_run):
+def test_log_file_uses_the_v6_format(first_run):
     log = first_run["log"]
     lines = log.splitlines()
     assert lines
@@ -430,7 +430,7 @@ def test_search_of_an_unknown_collection_lists_the_available_ones(first_run):
     assert result.err.strip() == 'Error: Unknown collection "delta". Available: alpha, beta, gamma'
 
 
-def test_seed_spellings_still_work(corpus, tiny_models, tmp_path):
+def test_original_spellings_still_work(corpus, tiny_models, tmp_path):
     out = tmp_path / "out"
     result = invoke(
         [

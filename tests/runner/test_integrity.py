@@ -151,7 +151,7 @@ def test_recreate_replaces_a_shard_that_no_longer_opens(finished, tiny_models, t
 def test_kill_and_corrupt_loop_never_leaves_a_store_unequal_to_its_input(tmp_path):
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
     import integrity
 
     assert integrity.main(["--kills", "2", "--seed", "3", "--workdir", str(tmp_path)]) == 0

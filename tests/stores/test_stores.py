@@ -18,7 +18,7 @@ from embed_collections.stores.edge import EdgeStore
 from embed_collections.stores.open import open_store, point_id
 from embed_collections.stores.server import ServerStore
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 @pytest.fixture(params=["edge", "local"])

@@ -45,7 +45,7 @@ def test_find_chunk_files_lists_matching_files_only(root: Path):
     assert [p.name for p in found] == ["doc0_chunks.json", "doc1_chunks.json", "doc2_chunks.json"]
 
 
-def test_seed_layout_and_log_lines(root: Path, caplog: pytest.LogCaptureFixture):
+def test_corpus_layout_and_log_lines(root: Path, caplog: pytest.LogCaptureFixture):
     make_collection(root / "Docling", files=2)
     make_collection(root / "FAST_DOCS" / "fastapi" / "fastapi")
     make_collection(root / "Other" / "fastapi")

@@ -1,4 +1,4 @@
-"""A faithful re-implementation of the seed's schedule, as the baseline `run` must beat.
+"""A faithful re-implementation of the original script's schedule, as the baseline `run` must beat.
 
 For each collection, for each model: load the model, encode all of that collection's texts (no
 cache, no deduplication), unload it; combine; upload the collection; build its index. Prints one

@@ -20,7 +20,7 @@ def write_json(path: Path, data: object) -> Path:
     return path
 
 
-def test_seed_shape(tmp_path: Path):
+def test_original_chunk_file_shape(tmp_path: Path):
     path = write_chunks(tmp_path / "Docling" / "intro_chunks.json", ["one", "two"])
     chunks, warnings, records, skipped = load_chunk_file(path, root=tmp_path)
     assert (warnings, records, skipped) == ([], 2, 0)
