@@ -6,18 +6,23 @@ import contextlib
 import io
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import embed_collections
 from embed_collections.cli.main import main
+from embed_collections.engine.options import EngineOptions
 from embed_collections.engine.tiny_model import build_tiny_model
+from embed_collections.record.config import SUMMARY_FILE
 
 # Child processes must import the package under test, not another installed copy (a relative
 # PYTHONPATH=src means nothing in a child started in tmp_path).
@@ -164,3 +169,47 @@ def search_run(output_dir, collection, query, top_k=10, mode=None, weights=None)
     """One collection of a run, searched through the public API."""
     with embed_collections.open(output_dir) as opened:
         return opened.search(query, [collection], top_k, mode, weights=weights)
+
+
+def read_summary(out: Path) -> dict[str, Any]:
+    """A run's summary file (`embedding_summary_v6.json` in its output directory)."""
+    return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
+
+
+def read_points(store_root: Path, collection: str) -> dict[str, tuple[Any, dict]]:
+    """Every point (id -> (vector, payload)) of an embedded store, read straight from its shard."""
+    from qdrant_edge import EdgeShard, ScrollRequest
+
+    shard = EdgeShard.load(str(store_root / collection))
+    try:
+        records, offset = shard.scroll(
+            ScrollRequest(limit=10_000, with_payload=True, with_vector=True)
+        )
+        assert offset is None, "more points than one scroll reads"
+        return {str(r.id): (r.vector, r.payload) for r in records}
+    finally:
+        shard.close()
+
+
+@contextlib.contextmanager
+def unused_port() -> Iterator[int]:
+    """A loopback port held (bound, not listening) until the block ends: no other process can
+    take it meanwhile, and a connection to it is refused. Servers under test bind port 0."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def engine_options(tmp_path: Path, **changes: Any) -> EngineOptions:
+    """Resolved engine options for tests: torch on the CPU, no progress, a private lease dir."""
+    settings: dict[str, Any] = dict(
+        device="cpu", backend="torch", show_progress=False, lease_dir=tmp_path / "leases"
+    )
+    settings.update(changes)
+    return EngineOptions(**settings).resolved()
+
+
+def cosine(a: Any, b: Any) -> Any:
+    """Cosine similarity of two vectors, or row by row of two matrices."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.sum(a * b, axis=-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
