@@ -58,6 +58,35 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def prompt_model(tmp_path_factory) -> Path:
+    """A tiny model (32) declaring e5-style `query: ` / `passage: ` prompts in its own config."""
+    root = tmp_path_factory.mktemp("prompted")
+    prompts = {"query": "query: ", "passage": "passage: "}
+    return build_tiny_model(root / "e5", 32, seed=7, prompts=prompts)
+
+
+def encode(model: Path, texts: list[str], prompt_name: str | None) -> np.ndarray:
+    """What sentence-transformers itself makes of `texts` with one of the model's prompts."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(model), device="cpu").encode(texts, prompt_name=prompt_name)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every Ray test: 2 CPUs, 80 MiB object store, no dashboard."""
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2,
+        object_store_memory=80 * 2**20,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     return packaged_minilm_dir()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cosine, read_points, write_chunks
+from conftest import cosine, encode, read_points, write_chunks
 
 import embed_collections
 from embed_collections.engine.models import (
@@ -18,24 +18,14 @@ from embed_collections.engine.models import (
     resolve_model,
 )
 from embed_collections.engine.prompts import read_model_prompts
-from embed_collections.engine.tiny_model import build_tiny_model
 from embed_collections.errors import ModelError, UsageError
 
 TEXTS = [f"Passage {i} about foxes, dogs and a river crossing number {i}." for i in range(6)]
-E5_PROMPTS = {"query": "query: ", "passage": "passage: "}
 
 
-@pytest.fixture(scope="session")
-def e5_model(tmp_path_factory) -> Path:
-    """A tiny model declaring e5-style `query: ` / `passage: ` prompts in its own config."""
-    return build_tiny_model(tmp_path_factory.mktemp("e5") / "e5", 32, seed=7, prompts=E5_PROMPTS)
-
-
-def encode(model: Path, texts: list[str], prompt_name: str | None) -> np.ndarray:
-    """What sentence-transformers itself makes of the texts with one of the model's prompts."""
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(model), device="cpu").encode(texts, prompt_name=prompt_name)
+@pytest.fixture
+def e5_model(prompt_model) -> Path:
+    return prompt_model
 
 
 def write_config(folder: Path, config: dict) -> Path:
