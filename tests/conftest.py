@@ -129,20 +129,26 @@ def invoke(args: list[Any]) -> Result:
     return Result(code if isinstance(code, int) else 1, out.getvalue(), err.getvalue())
 
 
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a CLI child: offline, off Kaggle, plus `env`."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    full_env.pop("KAGGLE_KERNEL_RUN_TYPE", None)
+    full_env.update(env or {})
+    return full_env
+
+
 def run_cli(
     args: list[Any], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
 ) -> Result:
     """Run the CLI (`embed-collections ARGS`) in a child process, offline, off Kaggle.
 
-    The one subprocess CLI helper of the suite; `timeout` only stops a hung child.
+    The one subprocess CLI helper of the suite (`start_cli` for a child watched while it runs);
+    `timeout` only stops a hung child.
     """
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    full_env.pop("KAGGLE_KERNEL_RUN_TYPE", None)
-    full_env.update(env or {})
     done = subprocess.run(
         [sys.executable, "-c", DRIVER, *map(str, args)],
         cwd=cwd,
-        env=full_env,
+        env=cli_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -150,6 +156,20 @@ def run_cli(
     err, _, report = done.stderr.rpartition("MODULES ")
     modules = frozenset(json.loads(report)) if report else frozenset()
     return Result(done.returncode, done.stdout, err if report else done.stderr, modules)
+
+
+def start_cli(
+    args: list[Any], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Start the CLI in a child process as `run_cli` does, its stderr a pipe read while it runs."""
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, *map(str, args)],
+        cwd=cwd,
+        env=cli_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def cli_run_args(chunked: Path, out: Path, models: list[Any], *extra: Any) -> list[Any]:
