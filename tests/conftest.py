@@ -6,18 +6,23 @@ import contextlib
 import io
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import embed_collections
 from embed_collections.cli.main import main
+from embed_collections.engine.options import EngineOptions
 from embed_collections.engine.tiny_model import build_tiny_model
+from embed_collections.record.config import SUMMARY_FILE
 
 # Child processes must import the package under test, not another installed copy (a relative
 # PYTHONPATH=src means nothing in a child started in tmp_path).
@@ -50,6 +55,35 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         "tiny32": build_tiny_model(root / "tiny32", 32, seed=1),
         "tiny48": build_tiny_model(root / "tiny48", 48, seed=2),
     }
+
+
+@pytest.fixture(scope="session")
+def prompt_model(tmp_path_factory) -> Path:
+    """A tiny model (32) declaring e5-style `query: ` / `passage: ` prompts in its own config."""
+    root = tmp_path_factory.mktemp("prompted")
+    prompts = {"query": "query: ", "passage": "passage: "}
+    return build_tiny_model(root / "e5", 32, seed=7, prompts=prompts)
+
+
+def encode(model: Path, texts: list[str], prompt_name: str | None) -> np.ndarray:
+    """What sentence-transformers itself makes of `texts` with one of the model's prompts."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(model), device="cpu").encode(texts, prompt_name=prompt_name)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every Ray test: 2 CPUs, 80 MiB object store, no dashboard."""
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2,
+        object_store_memory=80 * 2**20,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    yield ray
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -95,20 +129,26 @@ def invoke(args: list[Any]) -> Result:
     return Result(code if isinstance(code, int) else 1, out.getvalue(), err.getvalue())
 
 
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a CLI child: offline, off Kaggle, plus `env`."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    full_env.pop("KAGGLE_KERNEL_RUN_TYPE", None)
+    full_env.update(env or {})
+    return full_env
+
+
 def run_cli(
     args: list[Any], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
 ) -> Result:
     """Run the CLI (`embed-collections ARGS`) in a child process, offline, off Kaggle.
 
-    The one subprocess CLI helper of the suite; `timeout` only stops a hung child.
+    The one subprocess CLI helper of the suite (`start_cli` for a child watched while it runs);
+    `timeout` only stops a hung child.
     """
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    full_env.pop("KAGGLE_KERNEL_RUN_TYPE", None)
-    full_env.update(env or {})
     done = subprocess.run(
         [sys.executable, "-c", DRIVER, *map(str, args)],
         cwd=cwd,
-        env=full_env,
+        env=cli_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -116,6 +156,20 @@ def run_cli(
     err, _, report = done.stderr.rpartition("MODULES ")
     modules = frozenset(json.loads(report)) if report else frozenset()
     return Result(done.returncode, done.stdout, err if report else done.stderr, modules)
+
+
+def start_cli(
+    args: list[Any], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Start the CLI in a child process as `run_cli` does, its stderr a pipe read while it runs."""
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, *map(str, args)],
+        cwd=cwd,
+        env=cli_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def cli_run_args(chunked: Path, out: Path, models: list[Any], *extra: Any) -> list[Any]:
@@ -164,3 +218,47 @@ def search_run(output_dir, collection, query, top_k=10, mode=None, weights=None)
     """One collection of a run, searched through the public API."""
     with embed_collections.open(output_dir) as opened:
         return opened.search(query, [collection], top_k, mode, weights=weights)
+
+
+def read_summary(out: Path) -> dict[str, Any]:
+    """A run's summary file (`embedding_summary_v6.json` in its output directory)."""
+    return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
+
+
+def read_points(store_root: Path, collection: str) -> dict[str, tuple[Any, dict]]:
+    """Every point (id -> (vector, payload)) of an embedded store, read straight from its shard."""
+    from qdrant_edge import EdgeShard, ScrollRequest
+
+    shard = EdgeShard.load(str(store_root / collection))
+    try:
+        records, offset = shard.scroll(
+            ScrollRequest(limit=10_000, with_payload=True, with_vector=True)
+        )
+        assert offset is None, "more points than one scroll reads"
+        return {str(r.id): (r.vector, r.payload) for r in records}
+    finally:
+        shard.close()
+
+
+@contextlib.contextmanager
+def unused_port() -> Iterator[int]:
+    """A loopback port held (bound, not listening) until the block ends: no other process can
+    take it meanwhile, and a connection to it is refused. Servers under test bind port 0."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def engine_options(tmp_path: Path, **changes: Any) -> EngineOptions:
+    """Resolved engine options for tests: torch on the CPU, no progress, a private lease dir."""
+    settings: dict[str, Any] = dict(
+        device="cpu", backend="torch", show_progress=False, lease_dir=tmp_path / "leases"
+    )
+    settings.update(changes)
+    return EngineOptions(**settings).resolved()
+
+
+def cosine(a: Any, b: Any) -> Any:
+    """Cosine similarity of two vectors, or row by row of two matrices."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.sum(a * b, axis=-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))

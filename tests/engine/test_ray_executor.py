@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli, write_chunks
+from conftest import cosine, encode, run_cli, write_chunks
 
 import embed_collections
 from embed_collections.engine.cache import EmbeddingCache, text_digest
@@ -30,20 +30,6 @@ CORPUS = {
     "beta/beta_chunks.json": [f"Beta step {i}: run command {i} " * (1 + i % 4) for i in range(11)]
     + [SHARED],
 }
-
-
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray for every Ray test: 2 CPUs, 80 MiB object store, no dashboard."""
-    ray = pytest.importorskip("ray")
-    ray.init(
-        num_cpus=2,
-        object_store_memory=80 * 2**20,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +61,9 @@ def cached_vectors(config: RunConfig, fingerprint: str, dim: int) -> np.ndarray:
 
 
 def test_ray_run_matches_local_and_survives_a_killed_actor(
-    ray_session, corpus, tiny_models, tmp_path, monkeypatch
+    ray_session, corpus, prompt_model, tmp_path, monkeypatch
 ):
-    model = tiny_models["tiny32"]
+    model = prompt_model  # declares `passage: `, which the actors must put before every text
     local_config = make_config(corpus, tmp_path / "local", [model], "local")
     local = run(local_config)
     marker = tmp_path / "killed"
@@ -107,6 +93,9 @@ def test_ray_run_matches_local_and_survives_a_killed_actor(
     theirs = cached_vectors(local_config, local_telemetry["fingerprint"], dim)
     cosines = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
     assert cosines.min() >= 0.9999
+    texts = sorted({t for texts in CORPUS.values() for t in texts}, key=text_digest)
+    assert cosine(ours, encode(model, texts, "passage")).min() >= 0.9999
+    assert cosine(ours, encode(model, texts, None)).max() < 0.999
     events = summary.results["alpha"].lease_events
     kinds = [(e["event_type"], e["device"].split("@")[0]) for e in events]
     assert kinds == [

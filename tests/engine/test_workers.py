@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import cosine, encode
 
 from embed_collections.engine.cache import EmbeddingCache, text_digest
 from embed_collections.engine.local_executor import embed_pending
@@ -42,9 +43,9 @@ def cosines(a, b):
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def test_two_cpu_workers_give_the_one_worker_vectors(tmp_path, tiny_models, monkeypatch):
+def test_two_cpu_workers_give_the_one_worker_vectors(tmp_path, prompt_model, monkeypatch):
     monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "late@cpu:0#3000")  # cpu:1 starts first
-    spec = resolve_model(str(tiny_models["tiny32"]))
+    spec = resolve_model(str(prompt_model))  # the workers must put its `passage: ` first
     with EmbeddingCache(tmp_path / "one.sqlite") as cache:
         fp_one, _ = embed(spec, cache, options(tmp_path, "cpu"))
         one = vectors(cache, fp_one)
@@ -53,6 +54,8 @@ def test_two_cpu_workers_give_the_one_worker_vectors(tmp_path, tiny_models, monk
         two = vectors(cache, fp_two)
     assert fp_one == fp_two  # the device list does not change the vectors' identity
     assert cosines(one, two).min() >= 0.9999
+    assert cosine(two, encode(prompt_model, TEXTS, "passage")).min() >= 0.9999
+    assert cosine(two, encode(prompt_model, TEXTS, None)).max() < 0.999
     by_device = {d.device: d for d in telemetry.devices}
     assert set(by_device) == {"cpu:0", "cpu:1"}
     assert sum(d.chunks for d in by_device.values()) == telemetry.chunks_embedded == len(TEXTS)

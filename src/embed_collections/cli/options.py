@@ -150,6 +150,19 @@ ensemble_options = stack(
         type=click.IntRange(min=1),
         help="Cut Matryoshka models' vectors to this size.",
     ),
+    click.option(
+        "--document-prefix",
+        multiple=True,
+        metavar="MODEL=PREFIX",
+        help="Text put before every chunk a model embeds [the prompt the model declares, "
+        "else its known one]; repeat per model.",
+    ),
+    click.option(
+        "--query-prefix",
+        multiple=True,
+        metavar="MODEL=PREFIX",
+        help="Text put before every query of a model (search, serve, eval) [as above].",
+    ),
     click.option("--trust-remote-code", is_flag=True, help="Allow models that run their own code."),
     click.option(
         "--model-cache-dir",

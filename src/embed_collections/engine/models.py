@@ -14,10 +14,12 @@ import math
 import os
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from embed_collections.atomic import write_text_atomic
+from embed_collections.engine.prompts import choose_prefixes, read_model_prompts
 from embed_collections.errors import ModelError, UsageError
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class ModelSettings:
     max_seq_length: int | None = None
     truncate_dim: int | None = None
     needs_remote_code: bool = False
+    prefix_source: str = ""  # where the prefixes came from: model config, known model, option
 
 
 KNOWN_SETTINGS = {
@@ -149,8 +152,13 @@ def resolve_model(
     trust_remote_code: bool = False,
     max_seq_length: int | None = None,
     truncate_dim: int | None = None,
+    document_prefix: str | None = None,
+    query_prefix: str | None = None,
 ) -> ModelSpec:
-    """Find a model: local folder, model cache, installed package, then the hub (unless offline)."""
+    """Find a model: local folder, model cache, installed package, then the hub (unless offline).
+
+    `document_prefix` / `query_prefix` override the prefixes the model declares or is known by.
+    """
     canonical = canonical_name(name)
     settings = KNOWN_SETTINGS.get(canonical, ModelSettings())
     if max_seq_length:
@@ -164,6 +172,14 @@ def resolve_model(
         )
     found = locate_model(canonical, model_cache_dir)
     path, source, revision = found
+    document, query, prefix_source = choose_prefixes(
+        (document_prefix, query_prefix),
+        read_model_prompts(path),
+        (settings.document_prefix, settings.query_prefix),
+    )
+    settings = replace(
+        settings, document_prefix=document, query_prefix=query, prefix_source=prefix_source
+    )
     spec = ModelSpec(
         name=canonical,
         path=path,
@@ -365,8 +381,13 @@ def resolve_ensemble(
     trust_remote_code: bool = False,
     max_seq_length: int | None = None,
     truncate_dim: int | None = None,
+    document_prefixes: Mapping[str, str] | None = None,
+    query_prefixes: Mapping[str, str] | None = None,
 ) -> list[ModelSpec]:
-    """Resolve every member, checking weights first (usage errors before any file access)."""
+    """Resolve every member, checking weights first (usage errors before any file access).
+
+    `document_prefixes` / `query_prefixes` map a model (as listed, or its alias) to the prefix
+    the user chose for it."""
     if not names:
         raise UsageError("No models given (use --models NAME [NAME ...])")
     if weights is None:
@@ -383,10 +404,37 @@ def resolve_ensemble(
     duplicates = sorted({n for n in canonical if canonical.count(n) > 1})
     if duplicates:
         raise UsageError(f"Model listed twice: {', '.join(duplicates)}")
+    documents = prefixes_by_model(document_prefixes or {}, names, "--document-prefix")
+    queries = prefixes_by_model(query_prefixes or {}, names, "--query-prefix")
     return [
-        resolve_model(n, model_cache_dir, w, trust_remote_code, max_seq_length, truncate_dim)
+        resolve_model(
+            n,
+            model_cache_dir,
+            w,
+            trust_remote_code,
+            max_seq_length,
+            truncate_dim,
+            documents.get(canonical_name(n)),
+            queries.get(canonical_name(n)),
+        )
         for n, w in zip(names, weights)
     ]
+
+
+def prefixes_by_model(
+    prefixes: Mapping[str, str], names: list[str] | tuple[str, ...], option: str
+) -> dict[str, str]:
+    """User prefixes keyed by canonical model name; a model not in the ensemble is a usage
+    error naming the models there are."""
+    canonical = {canonical_name(n) for n in names}
+    for model in prefixes:
+        if canonical_name(model) not in canonical:
+            raise UsageError(
+                f'{option} names model "{model}", which is not in the ensemble; '
+                f"give one of {', '.join(names)} (MODEL=PREFIX)"
+            )
+    chosen = {canonical_name(model): text for model, text in prefixes.items()}
+    return chosen
 
 
 def model_fingerprint(spec: ModelSpec, backend: str, dtype: str, content_hash: str = "") -> str:

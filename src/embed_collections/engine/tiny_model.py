@@ -38,8 +38,16 @@ def tiny_tokenizer():
     return BertTokenizerFast(tokenizer_object=trained._tokenizer)  # noqa: SLF001
 
 
-def build_tiny_model(folder: Path, hidden_size: int, seed: int = 0, layers: int = 2) -> Path:
-    """Save a random BERT (hidden_size, 4 heads) with MiniLM's tokenizer as a model folder."""
+def build_tiny_model(
+    folder: Path,
+    hidden_size: int,
+    seed: int = 0,
+    layers: int = 2,
+    prompts: dict[str, str] | None = None,
+    default_prompt_name: str | None = None,
+) -> Path:
+    """Save a random BERT (hidden_size, 4 heads) with MiniLM's tokenizer as a model folder;
+    `prompts` go into its sentence-transformers config, as e5-style models declare theirs."""
     import torch
     from sentence_transformers import SentenceTransformer, models  # type: ignore[attr-defined]
     from transformers import BertConfig, BertModel
@@ -58,7 +66,12 @@ def build_tiny_model(folder: Path, hidden_size: int, seed: int = 0, layers: int 
     tiny_tokenizer().save_pretrained(bert_dir)
     transformer = models.Transformer(str(bert_dir), max_seq_length=128)
     pooling = models.Pooling(hidden_size, pooling_mode="mean")
-    SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(folder))
+    SentenceTransformer(
+        modules=[transformer, pooling],
+        device="cpu",
+        prompts=prompts,
+        default_prompt_name=default_prompt_name,
+    ).save(str(folder))
     return folder
 
 

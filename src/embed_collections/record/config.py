@@ -8,7 +8,7 @@ What a run then *was* (resolved models, backends, fingerprints, layout) is `run_
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypedDict
@@ -54,6 +54,8 @@ class RunConfig:
     trust_remote_code: bool = False
     max_seq_length: int | None = None
     truncate_dim: int | None = None
+    document_prefix: dict[str, str] = field(default_factory=dict)  # model -> prefix (user's)
+    query_prefix: dict[str, str] = field(default_factory=dict)
     engine: EngineOptions = field(default_factory=EngineOptions)
     executor: str = "local"  # or "ray": ray_executor embeds on a Ray cluster's actors
     ray_address: str | None = None
@@ -95,6 +97,8 @@ class RunOptions(TypedDict, total=False):
     combine: str
     max_seq_length: int
     truncate_dim: int
+    document_prefix: Mapping[str, str] | Sequence[str]
+    query_prefix: Mapping[str, str] | Sequence[str]
     trust_remote_code: bool
     model_cache_dir: str | Path
     cache_dir: str | Path
@@ -172,6 +176,7 @@ def build_run_config(
     executor = given.get("executor", "local")
     explicit = {"chunked_dir", "output_dir", "environment", "models", "weights", "engine"}
     explicit |= {"collections", "qdrant_url", "upload", "build_index", "export", "wait"}
+    explicit |= {"document_prefix", "query_prefix"}
     config_fields = {f.name for f in fields(RunConfig)} - explicit
     return RunConfig(
         chunked_dir=Path(chunked_dir) if chunked_dir else default_chunked,
@@ -187,4 +192,25 @@ def build_run_config(
         build_index=not given.get("no_index", False),
         export=bool(given.get("export") or given.get("create_zip")),
         wait=not given.get("no_wait", False),
+        document_prefix=parse_prefixes(given.get("document_prefix"), "--document-prefix"),
+        query_prefix=parse_prefixes(given.get("query_prefix"), "--query-prefix"),
     )
+
+
+def parse_prefixes(value: Mapping[str, str] | Sequence[str] | None, option: str) -> dict[str, str]:
+    """Per-model prefixes from a mapping or from `MODEL=PREFIX` strings (the command line's form;
+    the prefix may be empty, to embed a model without the prefix it declares)."""
+    if not value:
+        return {}
+    if isinstance(value, Mapping):
+        return {str(model): str(text) for model, text in value.items()}
+    prefixes = {}
+    for item in [value] if isinstance(value, str) else value:
+        model, sep, text = str(item).partition("=")
+        if not sep or not model:
+            raise UsageError(
+                f'{option} "{item}" has no model; write MODEL=PREFIX, e.g. '
+                f"{option} 'intfloat/e5-small-v2=query: '"
+            )
+        prefixes[model] = text
+    return prefixes

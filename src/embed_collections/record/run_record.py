@@ -40,6 +40,7 @@ class ModelRecord:
     backend: str
     dtype: str
     vector_name: str = ""
+    prefix_source: str = ""  # model config, known model, option (none in older records)
 
 
 @dataclass(frozen=True)

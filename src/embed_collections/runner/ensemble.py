@@ -65,6 +65,7 @@ class Ensemble:
                 dim=spec.dim,
                 document_prefix=spec.settings.document_prefix,
                 query_prefix=spec.settings.query_prefix,
+                prefix_source=spec.settings.prefix_source,
                 max_seq_length=spec.settings.max_seq_length,
                 truncate_dim=spec.settings.truncate_dim,
                 fingerprint=fingerprint,
@@ -108,6 +109,8 @@ def prepare_ensemble(config: RunConfig) -> Ensemble:
         config.trust_remote_code,
         config.max_seq_length,
         config.truncate_dim,
+        config.document_prefix,
+        config.query_prefix,
     )
     check_combine(config.combine, [s.dim for s in specs], [s.name for s in specs])
     backends = decide_backends(specs, config.engine)
