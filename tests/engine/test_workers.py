@@ -43,7 +43,8 @@ def cosines(a, b):
 
 
 def test_two_cpu_workers_give_the_one_worker_vectors(tmp_path, tiny_models, monkeypatch):
-    monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "late@cpu:0#3000")  # cpu:1 starts first
+    # Slow batches (seconds of work in all), so both workers are up before the job ends.
+    monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "slow@*#250")
     spec = resolve_model(str(tiny_models["tiny32"]))
     with EmbeddingCache(tmp_path / "one.sqlite") as cache:
         fp_one, _ = embed(spec, cache, options(tmp_path, "cpu"))
@@ -56,7 +57,7 @@ def test_two_cpu_workers_give_the_one_worker_vectors(tmp_path, tiny_models, monk
     by_device = {d.device: d for d in telemetry.devices}
     assert set(by_device) == {"cpu:0", "cpu:1"}
     assert sum(d.chunks for d in by_device.values()) == telemetry.chunks_embedded == len(TEXTS)
-    assert by_device["cpu:1"].chunks > 0 and by_device["cpu:1"].seconds > 0
+    assert all(d.chunks > 0 and d.seconds > 0 for d in by_device.values())  # each had a share
     assert telemetry.loads == 2
 
 
@@ -99,5 +100,5 @@ def test_out_of_memory_in_one_worker_stays_in_that_worker(tmp_path, tiny_models,
         assert cache.missing(fingerprint, [text_digest(t) for t in TEXTS]) == []
     by_device = {d.device: d for d in telemetry.devices}
     assert by_device["cpu:1"].oom_retries == 1
-    assert by_device["cpu:0"].oom_retries == 0
+    assert all(d.oom_retries == 0 for d in telemetry.devices if d.device != "cpu:1")
     assert telemetry.oom_retries == 1
