@@ -229,7 +229,7 @@ class SentenceTransformerBackend:
         if dtype == torch.float32:
             return self.embed(texts)
         first = self.model[0]
-        inner = getattr(first, "model", None) or getattr(first, "auto_model", None)
+        inner: Any = getattr(first, "model", None) or getattr(first, "auto_model", None)
         attention = str(getattr(getattr(inner, "config", None), "_attn_implementation", "") or "")
         flash = "flash" in attention
         unpad = getattr(first, "unpad_inputs", None)
