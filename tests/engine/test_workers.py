@@ -130,9 +130,9 @@ def test_a_worker_without_progress_fails_the_model_with_a_message(
 ):
     monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "slow@*#60000")  # a minute per batch
     spec = resolve_model(str(tiny_models["tiny32"]))
-    with EmbeddingCache(tmp_path / "c.sqlite") as cache:
-        with pytest.raises(ModelError, match=r"no progress on cpu:\d.*--stall-timeout"):
-            embed(spec, cache, options(tmp_path, "cpu:0,cpu:1", stall_timeout=1.0))
+    pattern = r"no progress on cpu:\d.*--stall-timeout"
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache, pytest.raises(ModelError, match=pattern):
+        embed(spec, cache, options(tmp_path, "cpu:0,cpu:1", stall_timeout=1.0))
 
 
 WORKER_PARENT = """
