@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 from conftest import cosine, encode
 
@@ -39,12 +44,9 @@ def vectors(cache, fingerprint, dim=32):
     return cache.get_vectors(fingerprint, [text_digest(t) for t in TEXTS], dim)
 
 
-def cosines(a, b):
-    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
 def test_two_cpu_workers_give_the_one_worker_vectors(tmp_path, prompt_model, monkeypatch):
-    monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "late@cpu:0#3000")  # cpu:1 starts first
+    # Slow batches (seconds of work in all), so both workers are up before the job ends.
+    monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "slow@*#250")
     spec = resolve_model(str(prompt_model))  # the workers must put its `passage: ` first
     with EmbeddingCache(tmp_path / "one.sqlite") as cache:
         fp_one, _ = embed(spec, cache, options(tmp_path, "cpu"))
@@ -53,13 +55,13 @@ def test_two_cpu_workers_give_the_one_worker_vectors(tmp_path, prompt_model, mon
         fp_two, telemetry = embed(spec, cache, options(tmp_path, "cpu:0,cpu:1"))
         two = vectors(cache, fp_two)
     assert fp_one == fp_two  # the device list does not change the vectors' identity
-    assert cosines(one, two).min() >= 0.9999
+    assert cosine(one, two).min() >= 0.9999
     assert cosine(two, encode(prompt_model, TEXTS, "passage")).min() >= 0.9999
     assert cosine(two, encode(prompt_model, TEXTS, None)).max() < 0.999
     by_device = {d.device: d for d in telemetry.devices}
     assert set(by_device) == {"cpu:0", "cpu:1"}
     assert sum(d.chunks for d in by_device.values()) == telemetry.chunks_embedded == len(TEXTS)
-    assert by_device["cpu:1"].chunks > 0 and by_device["cpu:1"].seconds > 0
+    assert all(d.chunks > 0 and d.seconds > 0 for d in by_device.values())  # each had a share
     assert telemetry.loads == 2
 
 
@@ -102,5 +104,99 @@ def test_out_of_memory_in_one_worker_stays_in_that_worker(tmp_path, tiny_models,
         assert cache.missing(fingerprint, [text_digest(t) for t in TEXTS]) == []
     by_device = {d.device: d for d in telemetry.devices}
     assert by_device["cpu:1"].oom_retries == 1
-    assert by_device["cpu:0"].oom_retries == 0
+    assert all(d.oom_retries == 0 for d in telemetry.devices if d.device != "cpu:1")
     assert telemetry.oom_retries == 1
+
+
+def test_a_worker_killed_right_after_its_unit_is_handed_out_loses_nothing(
+    tmp_path, tiny_models, monkeypatch, caplog
+):
+    # cpu:1 dies before it sends anything for its unit: only the parent's hand-out record knows.
+    monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "kill@cpu:1#0,slow@cpu:0#100")
+    spec = resolve_model(str(tiny_models["tiny32"]))
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache:
+        fingerprint, telemetry = embed(spec, cache, options(tmp_path, "cpu:0,cpu:1"))
+        assert cache.missing(fingerprint, [text_digest(t) for t in TEXTS]) == []
+    assert telemetry.chunks_embedded == len(TEXTS)
+    assert [d.device for d in telemetry.devices] == ["cpu:0"]
+    assert "worker on cpu:1 died" in caplog.text and "go back to the queue" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_worker_without_progress_fails_the_model_with_a_message(
+    tmp_path, tiny_models, monkeypatch
+):
+    monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "slow@*#60000")  # a minute per batch
+    spec = resolve_model(str(tiny_models["tiny32"]))
+    pattern = r"no progress on cpu:\d.*--stall-timeout"
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache, pytest.raises(ModelError, match=pattern):
+        embed(spec, cache, options(tmp_path, "cpu:0,cpu:1", stall_timeout=1.0))
+
+
+WORKER_PARENT = """
+import logging, sys
+from pathlib import Path
+from embed_collections.engine.cache import EmbeddingCache, text_digest
+from embed_collections.engine.local_executor import embed_pending
+from embed_collections.engine.models import model_fingerprint, resolve_model
+from embed_collections.engine.options import EngineOptions
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+    spec = resolve_model(sys.argv[1])
+    opts = EngineOptions(device="cpu:0,cpu:1", backend="torch", show_progress=False,
+                         lease_dir=Path(sys.argv[2], "leases"), max_batch_tokens=64).resolved()
+    texts = [f"Text {i} " + "word " * (i % 23) for i in range(200)]
+    with EmbeddingCache(Path(sys.argv[2], "c.sqlite")) as cache:
+        embed_pending(spec, model_fingerprint(spec, "torch", opts.dtype),
+                      {text_digest(t): t for t in texts}, cache, opts, [])
+"""
+
+
+def spawned_children(parent: int) -> list[int]:
+    """Live (not zombie) multiprocessing workers whose parent is `parent`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and fields[0] != "Z" and b"spawn_main" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_exit_when_their_parent_is_killed(tmp_path, tiny_models):
+    script = tmp_path / "parent.py"
+    script.write_text(WORKER_PARENT)
+    env = {**os.environ, "EMBED_COLLECTIONS_FAULT": "slow@*#500"}  # busy for a long while
+    parent = subprocess.Popen(
+        [sys.executable, str(script), str(tiny_models["tiny32"]), str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    seen = []
+    try:
+        for line in parent.stdout:  # wait until units are out: the workers are mid-batch
+            seen.append(line)
+            if " units" in line:
+                break
+        workers = spawned_children(parent.pid)
+        assert len(workers) == 2, "".join(seen)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling the process table, with a deadline
+    assert not any(alive(pid) for pid in workers)

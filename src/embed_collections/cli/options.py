@@ -233,4 +233,11 @@ engine_options = stack(
         show_default=True,
         help="Seconds between 'still waiting' messages.",
     ),
+    click.option(
+        "--stall-timeout",
+        type=float,
+        default=900.0,
+        show_default=True,
+        help="Seconds a device worker may go without progress before its model fails.",
+    ),
 )

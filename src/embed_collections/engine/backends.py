@@ -217,20 +217,45 @@ class SentenceTransformerBackend:
         return self.forward(self.tokenize(texts))
 
     def embed_float32(self, texts: list[str]) -> np.ndarray:
-        """Embed texts with the model temporarily in float32 (the re-run for non-finite vectors)."""
+        """Embed texts with the model temporarily in float32 (the re-run for non-finite vectors).
+
+        Flash-attention runs only in half precision, and with it sentence-transformers feeds
+        unpadded (flattened) sequences, which SDPA would mix: the re-run switches the attention
+        to SDPA and the inputs to padded ones, and back afterwards.
+        """
         import torch
 
         dtype = next(self.model.parameters()).dtype
         if dtype == torch.float32:
             return self.embed(texts)
+        first = self.model[0]
+        inner: Any = getattr(first, "model", None) or getattr(first, "auto_model", None)
+        attention = str(getattr(getattr(inner, "config", None), "_attn_implementation", "") or "")
+        flash = "flash" in attention
+        unpad = getattr(first, "unpad_inputs", None)
         self.model.float()
         try:
+            if flash:
+                inner.set_attn_implementation("sdpa")
+                first.unpad_inputs = False
             return self.embed(texts)
         finally:
             self.model.to(dtype)
+            if flash:
+                restore_attention(self.name, first, inner, attention, unpad)
 
     def unload(self) -> None:
         self.model = None
+
+
+def restore_attention(name: str, first: Any, inner: Any, attention: str, unpad: Any) -> None:
+    """Back to flash-attention and unpadded inputs after a float32 re-run; where that fails,
+    SDPA with padded inputs stays (correct in half precision too, only slower)."""
+    try:
+        inner.set_attn_implementation(attention)
+        first.unpad_inputs = unpad
+    except (ImportError, ValueError, RuntimeError) as error:
+        log.warning("%s: stays on SDPA attention after a float32 re-run (%s)", name, error)
 
 
 class StaticBackend(SentenceTransformerBackend):

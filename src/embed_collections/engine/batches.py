@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -150,10 +152,11 @@ def next_batch_end(
 class Faults:
     """Fault injection for tests: EMBED_COLLECTIONS_FAULT=kind@device#n[,...].
 
-    kind: kill (SIGKILL this process), oom (raise an out-of-memory error once), nan (NaN vectors
-    once, in the working precision only), nan-always, or slow (sleep n milliseconds before every
-    batch), or late (a worker waits n milliseconds before taking its lease); `device` is the
-    worker's device (or *); the fault fires at the n-th batch (from 0) that device runs.
+    kind: kill (SIGKILL this process), oom (raise an out-of-memory error once), oom32 (the same
+    inside the float32 re-run of batch n), nan (NaN vectors once, in the working precision only),
+    nan-always, or slow (sleep n milliseconds before every batch), or late (a worker waits n
+    milliseconds before taking its lease); `device` is the worker's device (or *); the fault
+    fires at the n-th batch (from 0) that device runs (a process counts across its work units).
     """
 
     def __init__(self, device: str):
@@ -181,12 +184,43 @@ class Faults:
                 self.armed.remove((kind, at))
                 raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
 
+    def before_float32(self, batch_index: int) -> None:
+        """Raise an out-of-memory error in the float32 re-run where armed (once)."""
+        if ("oom32", batch_index) in self.armed:
+            self.armed.remove(("oom32", batch_index))
+            raise RuntimeError("CUDA out of memory in the float32 re-run (injected)")
+
     def after_forward(self, batch_index: int, vectors: np.ndarray, float32: bool) -> np.ndarray:
         """Turn vectors into NaN where armed."""
         for kind, at in self.armed:
             if (kind == "nan" and batch_index == at and not float32) or kind == "nan-always":
                 return np.full_like(vectors, np.nan)
         return vectors
+
+
+@dataclass
+class TokenBudget:
+    """Padded tokens per forward pass: halved on out-of-memory, doubled back after a run of
+    successes. A worker process or Ray actor keeps one across its work units: a unit that started
+    again at the full budget would run out of memory again, every unit."""
+
+    full: int
+    current: int = 0
+    successes: int = 0
+
+    def __post_init__(self) -> None:
+        self.current = self.current or self.full
+
+    def shrink(self, batch_tokens: int) -> None:
+        """Halve the budget below the padded tokens of the batch that did not fit."""
+        self.current = max(1, min(self.current, batch_tokens) // 2)
+        self.successes = 0
+
+    def succeed(self) -> None:
+        """One more batch fitted: after GROW_AFTER in a row, double towards the full budget."""
+        self.successes += 1
+        if self.current < self.full and self.successes >= GROW_AFTER:
+            self.current, self.successes = min(self.full, self.current * 2), 0
 
 
 def run_batches(
@@ -199,39 +233,55 @@ def run_batches(
     deliver: Callable[[list[int], np.ndarray], None],
     skip: Callable[[int], None],
     model: str,
+    budget: TokenBudget | None = None,
 ) -> None:
     """Embed inputs (sorted longest first) batch by batch; `deliver(rows, vectors)` each batch.
 
     Shared by every backend and by the worker processes: the token budget, the tokenising of
     the next batch on a thread, the out-of-memory back-off and the non-finite check live here.
     Rows whose vector stays non-finite in float32 go to `skip(row)` instead of `deliver`.
+    `budget`: the caller's budget, kept across calls (workers, actors); a fresh one otherwise.
     """
     limit = backend.max_seq_length
-    budget = full_budget = max_tokens or default_batch_tokens(stats.device)
+    budget = budget or TokenBudget(max_tokens or default_batch_tokens(stats.device))
     max_texts = max_texts or MAX_BATCH_TEXTS
-    tokenize: Callable[[list[str]], Batch] = getattr(backend, "tokenize", None) or Batch
+    tokenize_batch: Callable[[list[str]], Batch] = getattr(backend, "tokenize", None) or Batch
     forward = getattr(backend, "forward", None) if hasattr(backend, "tokenize") else None
+    # A tokenizer must not run on two threads: the prefetch thread and the float32 re-run (which
+    # tokenises again) take turns through this lock.
+    tokenizer_lock = threading.Lock()
+
+    def tokenize(texts: list[str]) -> Batch:
+        with tokenizer_lock:
+            return tokenize_batch(texts)
+
     faults = Faults(stats.device)
-    successes = 0
     position = 0
     ahead: tuple[int, int, Future] | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
         while position < len(inputs):
-            end = next_batch_end(counts, position, limit, budget, max_texts)
+            end = next_batch_end(counts, position, limit, budget.current, max_texts)
             if ahead and ahead[:2] == (position, end):
                 batch = ahead[2].result()
             else:
-                if ahead:  # the budget changed: wait, as a tokenizer must not run on two threads
+                if ahead:  # the budget changed: drop the prefetched batch once it is done
                     ahead[2].exception()
                 batch = tokenize(inputs[position:end])
             ahead = None
             if end < len(inputs):  # tokenise the next batch while this one runs
-                after = next_batch_end(counts, end, limit, budget, max_texts)
+                after = next_batch_end(counts, end, limit, budget.current, max_texts)
                 ahead = (end, after, pool.submit(tokenize, inputs[end:after]))
             out_of_memory = False
+            rows = list(range(position, end))
             try:
                 faults.before_forward(stats.batches)
                 vectors = forward(batch) if forward else backend.embed(batch.texts)
+                vectors = faults.after_forward(stats.batches, vectors, float32=False)
+                # Inside the handler: the float32 re-run needs about twice the activations of
+                # the batch that just fitted, so it is the likeliest forward pass to run out.
+                rows, vectors = keep_finite(
+                    backend, batch.texts, rows, vectors, stats, faults, skip, tokenizer_lock
+                )
             except Exception as error:
                 if not is_out_of_memory(error):
                     raise
@@ -244,17 +294,13 @@ def run_batches(
                         f'Model "{model}" runs out of memory on {stats.device} even one text '
                         "at a time (lower --max-seq-length or use a smaller model)"
                     )
-                budget = max(1, min(budget, (end - position) * min(counts[position], limit)) // 2)
-                successes = 0
+                budget.shrink((end - position) * min(counts[position], limit))
                 stats.oom_retries += 1
                 log.warning(
                     "%s: out of memory on %s; retrying with a budget of %d tokens",
-                    model, stats.device, budget,
+                    model, stats.device, budget.current,
                 )  # fmt: skip
                 continue
-            vectors = faults.after_forward(stats.batches, vectors, float32=False)
-            rows = list(range(position, end))
-            rows, vectors = keep_finite(backend, batch.texts, rows, vectors, stats, faults, skip)
             if rows:
                 deliver(rows, vectors)
             used = [min(counts[i], limit) for i in range(position, end)]
@@ -265,20 +311,24 @@ def run_batches(
             stats.truncated_tokens += sum(max(0, counts[i] - limit) for i in range(position, end))
             stats.batches += 1
             position = end
-            successes += 1
-            if budget < full_budget and successes >= GROW_AFTER:
-                budget, successes = min(full_budget, budget * 2), 0
+            budget.succeed()
 
 
-def keep_finite(backend, texts, rows, vectors, stats, faults, skip):
-    """Re-run a batch holding NaN/Inf vectors in float32; rows still non-finite are skipped."""
+def keep_finite(backend, texts, rows, vectors, stats, faults, skip, tokenizer_lock=None):
+    """Re-run a batch holding NaN/Inf vectors in float32; rows still non-finite are skipped.
+
+    The re-run tokenises again, so it holds `tokenizer_lock` (the prefetch thread's turn waits).
+    """
     bad = ~np.isfinite(vectors).all(axis=1)
     if not bad.any():
         return rows, vectors
     stats.non_finite_retries += 1
     again = [i for i, b in enumerate(bad) if b]
     rerun = getattr(backend, "embed_float32", backend.embed)
-    fixed = faults.after_forward(stats.batches, rerun([texts[i] for i in again]), float32=True)
+    faults.before_float32(stats.batches)
+    with tokenizer_lock or threading.Lock():
+        fixed = rerun([texts[i] for i in again])
+    fixed = faults.after_forward(stats.batches, fixed, float32=True)
     vectors = vectors.copy()
     vectors[again] = fixed
     finite = np.isfinite(vectors).all(axis=1)

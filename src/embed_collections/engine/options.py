@@ -34,6 +34,7 @@ class EngineOptions:
     lease_dir: Path | None = None
     lease_timeout: float = 600.0
     check_interval: float = 30.0
+    stall_timeout: float = 900.0  # seconds without progress on any busy worker: the model fails
     show_progress: bool = True
 
     @property

@@ -1,22 +1,32 @@
-"""One worker process per device, pulling token-sorted work units of one model from a shared queue.
+"""One worker process per device, asking the parent for token-sorted work units of one model.
 
-The parent lists what is missing once a worker holds its lease, counts tokens, sorts, cuts the
-pending texts into units and queues them; each worker (spawned, so CUDA starts clean) takes its
-device's lease, loads the model once, and sends vectors back batch by batch. The parent is the
-only writer of the cache, so a killed worker loses at most the rest of its current unit, which
-the parent queues again for the others. Units are pulled, not assigned, so unequal devices and a
-late lease balance themselves. Every worker unloads before `embed_on_devices` returns: all devices
-finish one model before any loads the next.
+The parent lists what is missing once a worker holds its lease, counts tokens, sorts, and cuts the
+pending texts into units sized to the job (every device gets some). Each worker (spawned, so CUDA
+starts clean) takes its device's lease, loads the model once, and then asks for a unit at a time
+over its own pipe; vectors go back batch by batch. The parent records which unit it handed to
+which worker, so whatever kills a worker (even between the hand-out and its first message), the
+texts of its unit not yet cached go back to the others. The parent is the only writer of the cache.
+A watchdog fails the model when no worker makes progress for `stall_timeout` seconds, and a worker
+exits when its parent dies (parent-death signal on Linux, a watching thread everywhere). Every
+worker unloads before `embed_on_devices` returns: all devices finish one model before any loads
+the next.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import ctypes
 import logging
+import math
 import multiprocessing
 import os
-import queue
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import wait
 from typing import Any
 
 import numpy as np
@@ -25,6 +35,7 @@ from embed_collections.engine.batches import (
     MAX_BATCH_TEXTS,
     TOKENIZE_CHUNK,
     Faults,
+    TokenBudget,
     decided_backend,
     lease_for,
     load_backend,
@@ -36,17 +47,22 @@ from embed_collections.engine.batches import (
     run_batches,
 )
 from embed_collections.engine.cache import EmbeddingCache
+from embed_collections.engine.devices import is_cuda
 from embed_collections.engine.lease import LeaseEvent
 from embed_collections.engine.models import ModelSpec, transformer_folder
-from embed_collections.engine.options import EngineOptions
+from embed_collections.engine.options import EngineOptions, default_batch_tokens
 from embed_collections.engine.telemetry import DeviceTelemetry, ModelTelemetry, Timer
 from embed_collections.errors import ModelError
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
-UNIT_BATCHES = 8  # batches per work unit: small enough to balance, large enough to keep order
+UNIT_BATCHES = 8  # most batches per work unit: small enough to balance, large enough to keep order
+UNITS_PER_DEVICE = 3  # at least this many units per device when the job allows it
+SMALL_BATCH = 16  # fewest texts in a unit cut smaller for balance
 START_TIMEOUT = 600.0  # seconds to wait for the first worker to hold its lease and load
+PARENT_CHECK_SECONDS = 1.0  # how often a worker's watching thread looks for its parent
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -66,17 +82,37 @@ class WorkerState:
 
     device: str
     process: Any
+    conn: Any = None  # the parent's end of the worker's pipe
     finished: bool = False  # reported its end, or died
+    idle: bool = False  # asked for a unit and got none yet
+    loaded: bool = False  # holds its model (else still waiting for its lease or loading)
+    unit: Unit | None = None  # handed out and not finished: what its death would lose
     chunks: int = 0  # what the parent cached from it, counted for a worker that dies
     tokens: int = 0
-    unit: Unit | None = None
-    received: set[int] = field(default_factory=set)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """End this worker when its parent dies, even mid-batch: the kernel's parent-death signal on
+    Linux, and everywhere a thread that notices the parent is gone (the pipe also breaks)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # a libc without prctl
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
 def worker_main(
-    spec: ModelSpec, options: EngineOptions, device: str, cpu_workers: int, tasks, results
+    spec: ModelSpec, options: EngineOptions, device: str, cpu_workers: int, conn, parent_pid: int
 ):
-    """The body of a worker process: lease, load, then embed units until told to stop."""
+    """The body of a worker process: lease, load, then embed the units the parent hands out."""
+    die_with_parent(parent_pid)
     events: list[LeaseEvent] = []
     stats = DeviceTelemetry(device=device)
     try:
@@ -86,36 +122,50 @@ def worker_main(
 
             threads = max(1, (os.cpu_count() or 1) // cpu_workers)
             torch.set_num_threads(threads)
+        if is_cuda(device):
+            import torch
+
+            torch.cuda.set_device(device)  # else cuda:0 stays current for streams and kernels
         Faults(device).before_lease()
         with lease_for(spec, device, options, events) as lease:
-            with Timer() as load_timer:
-                backend = lease.hold(
-                    load_backend(spec, decided_backend(options), options, device, threads)
-                )
-            results.put(
-                ("ready", device, events[-1].wait_seconds, load_timer.seconds,
-                 backend.dim, backend.max_seq_length)
-            )  # fmt: skip
-            while (unit := tasks.get()) is not None:
-                results.put(("started", device, unit.unit_id))
-                started = time.perf_counter()
-
-                def deliver(rows: list[int], vectors: np.ndarray, unit: Unit = unit) -> None:
-                    results.put(("vectors", device, unit.unit_id, rows, vectors))
-
-                skipped: list[int] = []
-                run_batches(
-                    backend, unit.texts, unit.counts, options.max_batch_tokens,
-                    options.batch_size, stats, deliver, skipped.append, spec.name,
+            conn.send(("leased", device))
+            if conn.recv():  # the parent still has work for one more device
+                with Timer() as load_timer:
+                    backend = lease.hold(
+                        load_backend(spec, decided_backend(options), options, device, threads)
+                    )
+                conn.send(
+                    ("ready", device, events[-1].wait_seconds, load_timer.seconds,
+                     backend.dim, backend.max_seq_length)
                 )  # fmt: skip
-                stats.seconds += time.perf_counter() - started
-                results.put(("finished", device, unit.unit_id, skipped))
-            backend.unload()
+                embed_units(spec, options, device, backend, stats, conn)
+                backend.unload()
         stats.peak_memory_bytes = events[-1].peak_memory_bytes if events else None
-        results.put(("stopped", device, asdict(stats), [e.to_dict() for e in events]))
+        conn.send(("stopped", device, asdict(stats), [e.to_dict() for e in events]))
+    except (EOFError, BrokenPipeError):  # the parent is gone: nobody to report to
+        os._exit(1)
     except Exception as error:  # the worker's boundary: the parent turns it into a ModelError
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        results.put(("error", device, message))
+        conn.send(("error", device, message))
+
+
+def embed_units(spec, options, device, backend, stats: DeviceTelemetry, conn) -> None:
+    """Embed units until the parent answers None; one token budget for them all (an OOM's
+    halving outlives the unit that hit it)."""
+    budget = TokenBudget(options.max_batch_tokens or default_batch_tokens(device))
+    while (unit := conn.recv()) is not None:
+        started = time.perf_counter()
+
+        def deliver(rows: list[int], vectors: np.ndarray, unit: Unit = unit) -> None:
+            conn.send(("vectors", device, [unit.positions[r] for r in rows], vectors))
+
+        skipped: list[int] = []
+        run_batches(
+            backend, unit.texts, unit.counts, options.max_batch_tokens,
+            options.batch_size, stats, deliver, skipped.append, spec.name, budget,
+        )  # fmt: skip
+        stats.seconds += time.perf_counter() - started
+        conn.send(("finished", device, unit.unit_id, [unit.positions[r] for r in skipped]))
 
 
 def count_tokens_in_parent(spec: ModelSpec, inputs: list[str]) -> list[int]:
@@ -136,8 +186,15 @@ def count_tokens_in_parent(spec: ModelSpec, inputs: list[str]) -> list[int]:
     return counts
 
 
-def cut_units(counts: list[int], limit: int, max_tokens: int, max_texts: int) -> list[list[int]]:
-    """Positions of the sorted texts grouped into units of about UNIT_BATCHES batches each."""
+def cut_units(
+    counts: list[int], limit: int, max_tokens: int, max_texts: int, devices: int = 1
+) -> list[list[int]]:
+    """Positions of the sorted texts grouped into units of at most UNIT_BATCHES batches.
+
+    A unit also holds at most a share of the texts (UNITS_PER_DEVICE units per device, never under
+    SMALL_BATCH texts), so a job smaller than one unit per device still reaches every device.
+    """
+    share = max(SMALL_BATCH, math.ceil(len(counts) / (devices * UNITS_PER_DEVICE)))
     units: list[list[int]] = []
     position = 0
     while position < len(counts):
@@ -146,9 +203,62 @@ def cut_units(counts: list[int], limit: int, max_tokens: int, max_texts: int) ->
             if end >= len(counts):
                 break
             end = next_batch_end(counts, end, limit, max_tokens, max_texts or MAX_BATCH_TEXTS)
+        end = min(end, position + share)
         units.append(list(range(position, end)))
         position = end
     return units
+
+
+@dataclass
+class Plan:
+    """The parent's view of one model's work: sorted inputs, units waiting, positions done."""
+
+    listed: bool = False
+    limit: int = 0
+    missing: list[bytes] = field(default_factory=list)
+    order: list[int] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    waiting: collections.deque[Unit] = field(default_factory=collections.deque)
+    done: set[int] = field(default_factory=set)
+    skipped: list[int] = field(default_factory=list)
+    next_id: int = 0
+    progress_at: float = field(default_factory=time.perf_counter)  # the watchdog's clock
+
+    @property
+    def complete(self) -> bool:
+        return self.listed and len(self.done) >= len(self.order)
+
+    def add_unit(self, positions: list[int], attempts: int = 0) -> None:
+        """Queue a unit of these sorted positions."""
+        unit = Unit(
+            self.next_id,
+            positions,
+            [self.inputs[p] for p in positions],
+            [self.counts[p] for p in positions],
+            attempts,
+        )
+        self.next_id += 1
+        self.waiting.append(unit)
+
+
+def start_workers(spec: ModelSpec, options: EngineOptions, devices: list[str]) -> dict:
+    """One spawned process per device, each with its own pipe to this process."""
+    context = multiprocessing.get_context("spawn")
+    cpu_workers = sum(1 for d in devices if d.startswith("cpu"))
+    workers: dict[str, WorkerState] = {}
+    for device in devices:
+        mine, theirs = context.Pipe(duplex=True)
+        process = context.Process(
+            target=worker_main,
+            args=(spec, options, device, cpu_workers, theirs, os.getpid()),
+            name=f"embed-{device}",
+            daemon=True,
+        )
+        workers[device] = WorkerState(device, process, mine)
+        process.start()
+        theirs.close()  # only the worker holds its end: its death reads as end-of-file here
+    return workers
 
 
 def embed_on_devices(
@@ -162,117 +272,108 @@ def embed_on_devices(
     devices: list[str],
 ) -> None:
     """Embed a model's missing texts on several devices, one spawned worker process each."""
-    context = multiprocessing.get_context("spawn")
-    tasks, results = context.Queue(), context.Queue()
-    cpu_workers = sum(1 for d in devices if d.startswith("cpu"))
-    workers = {
-        device: WorkerState(
-            device,
-            context.Process(
-                target=worker_main,
-                args=(spec, options, device, cpu_workers, tasks, results),
-                name=f"embed-{device}",
-                daemon=True,
-            ),
-        )
-        for device in devices
-    }
-    for worker in workers.values():
-        worker.process.start()
+    workers = start_workers(spec, options, devices)
     plan = Plan()
-    stop_sent = False
     started = time.perf_counter()
     try:
         with progress_bar(spec, 0, options) as bar:
-            while True:
-                try:
-                    message = results.get(timeout=POLL_SECONDS)
-                except queue.Empty:
-                    message = None
-                if message is not None:
+            while not all(w.finished for w in workers.values()):
+                open_conns = {w.conn: w for w in workers.values() if not w.finished}
+                for ready in wait(list(open_conns), timeout=POLL_SECONDS):
+                    worker = open_conns[ready]
+                    try:
+                        message = worker.conn.recv()
+                    except (EOFError, OSError):  # dead: every message it sent was read first
+                        lost_worker(spec, telemetry, worker, plan)
+                        continue
                     handle(message, spec, fingerprint, texts, cache, options, telemetry, events,
-                           workers, plan, tasks, bar)  # fmt: skip
-                requeue_dead_workers(spec, telemetry, workers, plan.pending, tasks)
-                if plan.listed and len(plan.done) >= len(plan.order) and not stop_sent:
-                    for _ in workers:
-                        tasks.put(None)
-                    stop_sent = True
-                if stop_sent and all(w.finished for w in workers.values()):
-                    break
-                if not stop_sent and all(w.finished for w in workers.values()):
-                    raise ModelError(
-                        f'Model "{spec.name}": every worker ({", ".join(devices)}) died; '
-                        f"{len(plan.done)} of {len(plan.order)} texts are cached, "
-                        "re-run to embed the rest"
-                    )
-                waited = time.perf_counter() - started
-                if not plan.listed and waited > START_TIMEOUT + options.lease_timeout:
-                    raise ModelError(f'Model "{spec.name}": no worker started on {devices}')
+                           workers, plan, bar)  # fmt: skip
+                dispatch(workers, plan)
+                check_progress(spec, options, workers, plan, started)
     finally:
         for worker in workers.values():
             if worker.process.is_alive():
                 worker.process.terminate()
             worker.process.join(timeout=30)
+            worker.conn.close()
     telemetry.embed_seconds = time.perf_counter() - started
     report_non_finite(telemetry, [plan.inputs[p] for p in plan.skipped])
 
 
-@dataclass
-class Plan:
-    """The parent's view of one model's work: sorted inputs, units out, positions done."""
+def check_progress(spec, options, workers, plan: Plan, started: float) -> None:
+    """Fail the model when every worker died, none started, or none progressed for too long."""
+    alive = [w for w in workers.values() if not w.finished]
+    if not alive and not plan.complete:
+        raise ModelError(
+            f'Model "{spec.name}": every worker ({", ".join(workers)}) died; '
+            f"{len(plan.done)} of {len(plan.order)} texts are cached, re-run to embed the rest"
+        )
+    waited = time.perf_counter() - started
+    if not plan.listed and waited > START_TIMEOUT + options.lease_timeout:
+        raise ModelError(f'Model "{spec.name}": no worker started on {", ".join(workers)}')
+    busy = [w.device for w in alive if w.unit is not None]
+    stalled = time.perf_counter() - plan.progress_at
+    if plan.listed and busy and stalled > options.stall_timeout:
+        raise ModelError(
+            f'Model "{spec.name}": no progress on {", ".join(busy)} for {stalled:.0f}s; '
+            f"{len(plan.done)} of {len(plan.order)} texts are cached, re-run to embed the rest "
+            "(or raise --stall-timeout for a slow device)"
+        )
 
-    listed: bool = False
-    limit: int = 0
-    missing: list[bytes] = field(default_factory=list)
-    order: list[int] = field(default_factory=list)
-    inputs: list[str] = field(default_factory=list)
-    counts: list[int] = field(default_factory=list)
-    pending: dict[int, Unit] = field(default_factory=dict)
-    done: set[int] = field(default_factory=set)
-    skipped: list[int] = field(default_factory=list)
+
+def dispatch(workers: dict, plan: Plan) -> None:
+    """Hand waiting units to idle workers; once every text is done, tell idle workers to stop."""
+    for worker in workers.values():
+        if worker.finished or not worker.idle:
+            continue
+        if plan.waiting:
+            unit = plan.waiting.popleft()
+            if send(worker, unit):
+                worker.unit, worker.idle = unit, False
+                plan.progress_at = time.perf_counter()
+            else:
+                plan.waiting.appendleft(unit)  # its death shows as end-of-file next
+        elif plan.complete:
+            send(worker, None)
+            worker.idle = False
+    if plan.complete:  # a device still waiting for its lease or loading has nothing left to do
+        for worker in workers.values():
+            if not worker.finished and not worker.loaded:
+                worker.process.terminate()
+                worker.process.join(timeout=30)
+                worker.finished = True
+
+
+def send(worker: WorkerState, item: Any) -> bool:
+    """Send to a worker; False when it is already gone."""
+    try:
+        worker.conn.send(item)
+        return True
+    except (BrokenPipeError, EOFError, OSError):
+        return False
 
 
 def handle(message, spec, fingerprint, texts, cache, options, telemetry, events, workers, plan,
-           tasks, bar) -> None:  # fmt: skip
+           bar) -> None:  # fmt: skip
     """Act on one message from a worker (the parent is the only cache writer)."""
     kind, device = message[0], message[1]
     worker = workers[device]
+    plan.progress_at = time.perf_counter()
     if kind == "error":
         raise ModelError(f'Model "{spec.name}" failed on {device}: {message[2]}')
-    if kind == "ready":
-        _, _, wait, load_seconds, dim, max_seq_length = message
-        telemetry.lease_wait_seconds = max(telemetry.lease_wait_seconds, wait)
+    if kind == "leased":
+        # Load only where there is work left: a late device would load for nothing.
+        send(worker, not plan.listed or bool(plan.waiting))
+    elif kind == "ready":
+        _, _, wait_seconds, load_seconds, dim, max_seq_length = message
+        telemetry.lease_wait_seconds = max(telemetry.lease_wait_seconds, wait_seconds)
         record_load(spec, fingerprint, cache, telemetry, _Loaded(dim, max_seq_length), load_seconds)
-        if plan.listed:
-            return
-        # The first lease is held: only now list what is still missing.
-        plan.listed = True
-        plan.limit = max_seq_length
-        plan.missing = cache.missing(fingerprint, texts)
-        telemetry.cache_hits = len(texts) - len(plan.missing)
-        telemetry.cache_misses = len(plan.missing)
-        inputs = prefixed(spec, texts, plan.missing)
-        counts = count_tokens_in_parent(spec, inputs) if inputs else []
-        plan.order = sorted(range(len(inputs)), key=lambda i: -counts[i])
-        plan.inputs = [inputs[i] for i in plan.order]
-        plan.counts = [counts[i] for i in plan.order]
-        units = cut_units(plan.counts, max_seq_length, options.max_batch_tokens, options.batch_size)
-        for unit_id, positions in enumerate(units):
-            plan.pending[unit_id] = queue_unit(tasks, unit_id, positions, plan.inputs, plan.counts)
-        bar.reset(len(plan.order))
-        log.info(
-            "%s: embedding %d texts (%d cached) on %s in %d units",
-            spec.name, len(plan.missing), telemetry.cache_hits, ", ".join(workers), len(units),
-        )  # fmt: skip
-    elif kind == "started":
-        worker.unit = plan.pending.get(message[2])
-        worker.received = set()
+        worker.idle = worker.loaded = True
+        if not plan.listed:
+            list_pending(spec, fingerprint, texts, cache, options, telemetry, workers, plan, bar,
+                         max_seq_length)  # fmt: skip
     elif kind == "vectors":
-        _, _, unit_id, rows, vectors = message
-        unit = plan.pending.get(unit_id)
-        if unit is None:
-            return
-        positions = [unit.positions[r] for r in rows]
+        _, _, positions, vectors = message
         fresh = [i for i, p in enumerate(positions) if p not in plan.done]
         cache.put_vectors(
             fingerprint,
@@ -281,23 +382,47 @@ def handle(message, spec, fingerprint, texts, cache, options, telemetry, events,
             [plan.counts[positions[i]] for i in fresh],
         )
         plan.done.update(positions[i] for i in fresh)
-        worker.received.update(rows)
         worker.chunks += len(fresh)
         worker.tokens += sum(min(plan.counts[positions[i]], plan.limit) for i in fresh)
         bar.update(len(fresh))
     elif kind == "finished":
-        _, _, unit_id, rows = message
-        unit = plan.pending.pop(unit_id, None)
-        worker.unit = None
-        for r in rows if unit else []:
-            if unit.positions[r] not in plan.done:
-                plan.done.add(unit.positions[r])
-                plan.skipped.append(unit.positions[r])
+        _, _, _, skipped = message
+        for position in skipped:
+            if position not in plan.done:
+                plan.done.add(position)
+                plan.skipped.append(position)
+        worker.unit, worker.idle = None, True
     elif kind == "stopped":
         worker.finished = True
         _, _, stats, lease_events = message
-        telemetry.absorb(DeviceTelemetry(**stats))
+        if stats["chunks"] or stats["batches"]:  # a device that loaded nothing is not reported
+            telemetry.absorb(DeviceTelemetry(**stats))
         events.extend(LeaseEvent(**e) for e in lease_events)
+
+
+def list_pending(spec, fingerprint, texts, cache, options, telemetry, workers, plan, bar,
+                 max_seq_length: int) -> None:  # fmt: skip
+    """The first lease is held: only now list what is still missing, sort it and cut units."""
+    plan.listed = True
+    plan.limit = max_seq_length
+    plan.missing = cache.missing(fingerprint, texts)
+    telemetry.cache_hits = len(texts) - len(plan.missing)
+    telemetry.cache_misses = len(plan.missing)
+    inputs = prefixed(spec, texts, plan.missing)
+    counts = count_tokens_in_parent(spec, inputs) if inputs else []
+    plan.order = sorted(range(len(inputs)), key=lambda i: -counts[i])
+    plan.inputs = [inputs[i] for i in plan.order]
+    plan.counts = [counts[i] for i in plan.order]
+    units = cut_units(
+        plan.counts, max_seq_length, options.max_batch_tokens, options.batch_size, len(workers)
+    )
+    for positions in units:
+        plan.add_unit(positions)
+    bar.reset(len(plan.order))
+    log.info(
+        "%s: embedding %d texts (%d cached) on %s in %d units",
+        spec.name, len(plan.missing), telemetry.cache_hits, ", ".join(workers), len(units),
+    )  # fmt: skip
 
 
 @dataclass
@@ -308,47 +433,25 @@ class _Loaded:
     max_seq_length: int
 
 
-def queue_unit(tasks, unit_id: int, positions: list[int], inputs, counts, attempts: int = 0):
-    """Put a unit on the task queue and return it."""
-    unit = Unit(unit_id, positions, [inputs[p] for p in positions], [counts[p] for p in positions])
-    unit.attempts = attempts
-    tasks.put(unit)
-    return unit
-
-
-def requeue_dead_workers(
-    spec: ModelSpec, telemetry: ModelTelemetry, workers: dict, pending: dict, tasks
-) -> None:
-    """Queue again what a dead worker had not sent back; a unit that killed two workers fails."""
-    for worker in workers.values():
-        if worker.finished or worker.process.is_alive() or worker.process.exitcode == 0:
-            continue  # a clean exit's "stopped" message is still on its way
-        worker.finished = True
+def lost_worker(spec: ModelSpec, telemetry: ModelTelemetry, worker: WorkerState, plan: Plan):
+    """A worker's pipe ended without its "stopped": queue again what of its unit is not cached;
+    a unit that killed two workers fails the model."""
+    worker.finished = True
+    worker.process.join(timeout=5)
+    if worker.chunks:
         telemetry.absorb(DeviceTelemetry(worker.device, chunks=worker.chunks, tokens=worker.tokens))
-        unit = worker.unit
-        log.warning(
-            "%s: worker on %s died (exit code %s)%s",
-            spec.name, worker.device, worker.process.exitcode,
-            f"; {len(unit.positions) - len(worker.received)} texts of its unit go back to the queue"
-            if unit else "",
-        )  # fmt: skip
-        if unit is None:
-            continue
-        if unit.attempts >= 1:
-            raise ModelError(
-                f'Model "{spec.name}": a work unit killed two workers (last on {worker.device}); '
-                "re-run to embed the rest, or lower --max-batch-tokens"
-            )
-        rest = [i for i in range(len(unit.positions)) if i not in worker.received]
-        new_id = max(pending, default=0) + 1000000
-        pending.pop(unit.unit_id, None)
-        retry = Unit(
-            new_id,
-            [unit.positions[i] for i in rest],
-            [unit.texts[i] for i in rest],
-            [unit.counts[i] for i in rest],
-            attempts=unit.attempts + 1,
+    unit, worker.unit = worker.unit, None
+    rest = [p for p in unit.positions if p not in plan.done] if unit else []
+    log.warning(
+        "%s: worker on %s died (exit code %s)%s",
+        spec.name, worker.device, worker.process.exitcode,
+        f"; {len(rest)} texts of its unit go back to the queue" if unit else "",
+    )  # fmt: skip
+    if not rest or unit is None:
+        return
+    if unit.attempts >= 1:
+        raise ModelError(
+            f'Model "{spec.name}": a work unit killed two workers (last on {worker.device}); '
+            "re-run to embed the rest, or lower --max-batch-tokens"
         )
-        pending[new_id] = retry
-        tasks.put(retry)
-        worker.unit = None
+    plan.add_unit(rest, attempts=unit.attempts + 1)

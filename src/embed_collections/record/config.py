@@ -111,6 +111,7 @@ class RunOptions(TypedDict, total=False):
     lease_dir: str | Path
     lease_timeout: float
     check_interval: float
+    stall_timeout: float
     executor: str
     ray_address: str
     qdrant_url: str
