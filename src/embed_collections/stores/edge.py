@@ -38,7 +38,15 @@ from qdrant_edge import (
 
 from embed_collections.atomic import write_json_atomic
 from embed_collections.errors import ShardDamagedError, StoreError, StoreInUseError
-from embed_collections.stores.base import Hit, PointBatch, SearchQuery, SparseVec, VectorLayout
+from embed_collections.stores.base import (
+    Hit,
+    PointBatch,
+    ScanDigest,
+    SearchQuery,
+    SparseVec,
+    StoreScan,
+    VectorLayout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -256,9 +264,10 @@ class EdgeStore:
             return None
         return data
 
-    def mark_loaded(self, collection: str, signature: str, count: int) -> None:
+    def mark_loaded(self, collection: str, signature: str, count: int, digest: str = "") -> None:
         """Record that the collection holds exactly the `count` points of `signature`."""
-        write_json_atomic(self._marker_file(collection), {"signature": signature, "count": count})
+        marker = {"signature": signature, "count": count, "digest": digest}
+        write_json_atomic(self._marker_file(collection), marker)
         self._unmarked.discard(collection)
 
     def clear_loaded(self, collection: str) -> None:
@@ -299,6 +308,56 @@ class EdgeStore:
                 ids.update(str(record.id) for record in records)
                 if offset is None:
                     return ids
+
+    def scan(self, collection: str, keep: frozenset[str] = frozenset()) -> StoreScan:
+        """Read every point back, vectors and payloads included, into a `StoreScan`.
+
+        A damaged vector or payload file makes the engine fail here (ShardDamagedError) rather
+        than at search time.
+        """
+        layout = self.layout(collection)
+        if layout is None:
+            raise ShardDamagedError(f'Collection "{collection}" in {self.root} has no layout file')
+        shard = self._shard(collection)
+        names = list(layout.dense)
+        digest = ScanDigest(names, keep)
+        offset = None
+        try:
+            while True:
+                records, offset = shard.scroll(
+                    ScrollRequest(
+                        offset=offset, limit=self.scroll_page, with_payload=True, with_vector=True
+                    )
+                )
+                ids, sparse, payloads = [], [], []
+                dense: dict[str, list[Any]] = {name: [] for name in names}
+                for record in records:
+                    ids.append(str(record.id))
+                    vector = record.vector
+                    named = vector if isinstance(vector, dict) else {"": vector}
+                    for name in names:
+                        dense[name].append(named.get(name) or [])
+                    sparse.append(
+                        [
+                            [key, list(value.indices), list(value.values)]
+                            for key, value in sorted(named.items())
+                            if isinstance(value, SparseVector)
+                        ]
+                    )
+                    payloads.append(record.payload)
+                digest.add_page(ids, dense, sparse, payloads)
+                if offset is None:
+                    return digest.result()
+        except (ValueError, TypeError) as exc:  # ragged rows: a vector of the wrong size
+            raise ShardDamagedError(
+                f'Collection "{collection}" in {self.root} holds unreadable vectors: {exc}'
+            ) from exc
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise ShardDamagedError(
+                f'Reading collection "{collection}" in {self.root} back failed: {exc}'
+            ) from exc
 
     def delete(self, collection: str, ids: list[str]) -> None:
         """Delete points by id."""
