@@ -192,3 +192,44 @@ def test_read_only_output_directory_is_one_line(world, chunked):
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert "not writable" in result.stderr and "--output-dir" in result.stderr
+
+
+def test_one_bad_record_costs_one_record(tiny_models, tmp_path):
+    chunked = tmp_path / "Chunked"
+    (chunked / "mixed").mkdir(parents=True)
+    huge = "9" * 5000
+    # written by hand: a lone surrogate escape and a 5000-digit integer are valid JSON text
+    (chunked / "mixed" / "a_chunks.json").write_text(
+        '[{"text": "good 0"}, {"text": "bad \\ud800 text"}, '
+        f'{{"text": "big", "metadata": {{"n": {huge}}}}}, '
+        '{"text": "good 3", "metadata": {"k": "\\udfff"}}, {"text": "good 4"}]',
+        encoding="utf-8",
+    )
+    out = tmp_path / "out"
+    result = run_cli(base_args(chunked, out, tiny_models["tiny32"]), tmp_path)
+    name = (chunked / "mixed" / "a_chunks.json").as_posix()
+    assert_message(
+        result,
+        0,
+        f"{name} record 1: text holds a lone surrogate",
+        f"{name} record 2: metadata holds a 5000-digit integer (record skipped)",
+        f"{name} record 3: metadata holds a string with a lone surrogate",
+    )
+    summary = json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
+    assert summary["skipped_records"] == 3 and summary["file_errors"] == 0
+    with EdgeStore(out / "qdrant") as store:
+        assert store.count("mixed") == 2
+
+
+def test_huge_equal_weights_are_one_to_one(chunked, tiny_models, tmp_path):
+    out = tmp_path / "out"
+    models = [tiny_models["tiny32"], tiny_models["tiny48"]]
+    args = cli_run_args(chunked, out, models, "--no-index", "--weights", "1e308", "1e308")
+    result = run_cli(args, tmp_path)
+    assert_message(result, 0)
+    with EdgeStore(out / "qdrant") as store:
+        scan = store.scan("alpha")
+    assert len(scan.ids) == 5 and not scan.unusable  # no zero, no NaN vector was stored
+    found = run_cli(["search", "alpha", "alpha 1 text", "--output-dir", out, "--json"], tmp_path)
+    assert found.code == 0, found.err
+    assert "alpha 1 text" in found.out
