@@ -7,6 +7,8 @@ corpora; within a wave every model is loaded once (a typical corpus is a single 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -23,10 +25,15 @@ from embed_collections.corpus.discovery import (
     find_chunk_files,
 )
 from embed_collections.engine.cache import EmbeddingCache, text_digest
-from embed_collections.engine.lease import LeaseEvent
+from embed_collections.engine.lease import LeaseEvent, default_lease_dir
 from embed_collections.engine.local_executor import embed_pending
 from embed_collections.engine.telemetry import ModelTelemetry
-from embed_collections.errors import DiskFullError, EmbedCollectionsError, StoreError
+from embed_collections.errors import (
+    DiskFullError,
+    EmbedCollectionsError,
+    StoreError,
+    StoreInUseError,
+)
 from embed_collections.progress import Progress
 from embed_collections.record.config import LOG_FILE, SUMMARY_FILE, RunConfig
 from embed_collections.record.run_record import (
@@ -82,7 +89,12 @@ def check_store_layouts(
         return
     clashes = []
     for name in names:
-        existing = store.layout(name)
+        try:
+            existing = store.layout(name)
+        except StoreInUseError:
+            raise
+        except StoreError:
+            continue  # this collection fails alone, with its own message, when it is stored
         if existing is not None and not existing.matches(layout):
             clashes.append(f'"{name}" has {existing.describe()}')
     if clashes:
@@ -130,6 +142,7 @@ def run_logged(config: RunConfig) -> RunSummary:
     unreadable: list[tuple[Path, str]] = []
     found = discover_collections(config.chunked_dir, config.pattern, config.max_depth, unreadable)
     selected = filter_collections(found, list(config.collections) or None)
+    check_lease_dir(config)
     with EmbeddingCache(config.embedding_cache_path) as cache:
         ensemble = prepare_ensemble(config)
         for spec in ensemble.specs:
@@ -181,6 +194,23 @@ def run_logged(config: RunConfig) -> RunSummary:
         finish_export(config, summary)
     log_processing_summary(summary)
     return summary
+
+
+def check_lease_dir(config: RunConfig) -> None:
+    """Fail before any model loads when the device lease directory cannot hold a lock file."""
+    if config.executor == "ray":
+        return  # the leases live on the cluster's nodes
+    path = Path(config.engine.lease_dir or default_lease_dir())
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise EmbedCollectionsError(
+            f"Lease directory {path} cannot be used: {error.strerror or error} "
+            "(fix its permissions or choose another --lease-dir)"
+        ) from error
 
 
 def open_run_store(config: RunConfig) -> Store | None:

@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 LAYOUT_SUFFIX = ".layout.json"
 MARKER_SUFFIX = ".loaded.json"
+NAME_MAX = 255  # bytes in one file name on Linux filesystems
 
 
 @contextmanager
@@ -125,13 +126,20 @@ class EdgeStore:
     def _shard_dir(self, collection: str) -> Path:
         if not collection or collection in {".", ".."} or "/" in collection or "\\" in collection:
             raise StoreError(f'Collection name "{collection}" cannot be used as a folder name')
+        longest = len(f"{collection}{MARKER_SUFFIX}".encode())
+        if longest > NAME_MAX:
+            raise StoreError(
+                f'Collection name "{collection[:40]}..." is {len(collection.encode())} bytes; '
+                f"the embedded store keeps files named after it and allows at most "
+                f"{NAME_MAX - len(MARKER_SUFFIX)} bytes (rename its folder)"
+            )
         return self.root / collection
 
     def _layout_file(self, collection: str) -> Path:
-        return self.root / f"{collection}{LAYOUT_SUFFIX}"
+        return self._shard_dir(collection).with_name(f"{collection}{LAYOUT_SUFFIX}")
 
     def _marker_file(self, collection: str) -> Path:
-        return self.root / f"{collection}{MARKER_SUFFIX}"
+        return self._shard_dir(collection).with_name(f"{collection}{MARKER_SUFFIX}")
 
     def _in_use(self, path: Path) -> StoreError:
         return StoreInUseError(
