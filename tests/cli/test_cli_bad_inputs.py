@@ -270,3 +270,13 @@ def test_qrels_that_are_not_utf8_are_one_line(tiny_models, tmp_path):
     args = ["eval", "--beir", folder, "--models", tiny_models["tiny32"], "--device", "cpu"]
     args += ["--output-dir", tmp_path / "out", "--lease-dir", tmp_path / "leases"]
     assert_message(run_cli(args, tmp_path), 2, "test.tsv: not UTF-8 text", "convert the file")
+
+
+def test_two_runs_on_one_qdrant_path_are_one_writer_at_a_time(chunked, tiny_models, tmp_path):
+    shared = tmp_path / "shared-qdrant"
+    with EdgeStore(shared) as holder:
+        holder.check_writable()  # this process is the store's writer now
+        args = base_args(chunked, tmp_path / "out", tiny_models["tiny32"], "--qdrant-path", shared)
+        result = run_cli(args, tmp_path)
+    assert_message(result, 1, f"is being written by another process (pid {os.getpid()})")
+    assert_message(run_cli(args, tmp_path), 0)  # released with the holder

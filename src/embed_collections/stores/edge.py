@@ -6,6 +6,7 @@ project lives in this module.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 LAYOUT_SUFFIX = ".layout.json"
 MARKER_SUFFIX = ".loaded.json"
+WRITER_LOCK = ".writer.lock"
 NAME_MAX = 255  # bytes in one file name on Linux filesystems
 
 
@@ -116,6 +118,7 @@ class EdgeStore:
         self.location = str(self.root)
         self._shards: dict[str, EdgeShard] = {}
         self._unmarked: set[str] = set()  # collections whose loaded marker this object removed
+        self._writer: Any = None  # the open lock file while this object is the store's writer
 
     def __enter__(self) -> EdgeStore:
         return self
@@ -208,7 +211,8 @@ class EdgeStore:
                     shard.close()
 
     def check_writable(self) -> None:
-        """Create the root if needed and prove a file can be written there."""
+        """Create the root if needed, prove a file can be written there, and become the store's
+        one writer (StoreInUseError naming the holder when another process is)."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".write-check.")
@@ -219,6 +223,32 @@ class EdgeStore:
                 f"Qdrant store {self.root} is not writable: {exc.strerror or exc} "
                 "(fix its permissions or use another --qdrant-path)"
             ) from exc
+        self._lock_writer()
+
+    def _lock_writer(self) -> None:
+        """Hold an exclusive `flock` on the store's lock file until close(): two runs (or a run
+        and an `upload`) on one store path would otherwise interleave their writes. The kernel
+        drops it when the holder exits, even after kill -9."""
+        if self._writer is not None:
+            return
+        path = self.root / WRITER_LOCK
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held until close)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            raise StoreInUseError(
+                f"Qdrant store {self.root} is being written by another process"
+                f"{f' (pid {holder})' if holder else ''}; wait for it to finish or use another "
+                "--qdrant-path"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._writer = handle
 
     def layout(self, collection: str) -> VectorLayout | None:
         """The layout recorded when the collection was created, or None if it does not exist."""
@@ -419,6 +449,11 @@ class EdgeStore:
         return sorted(name for name in names if (self.root / name).is_dir())
 
     def close(self) -> None:
-        """Flush and close every open shard, releasing their WAL locks."""
-        for collection in list(self._shards):
-            self._close_one(collection)
+        """Flush and close every open shard, releasing their WAL locks and the writer lock."""
+        try:
+            for collection in list(self._shards):
+                self._close_one(collection)
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
