@@ -414,3 +414,23 @@ def test_upload_refuses_an_export_holding_nan_before_writing(concat_run, tmp_pat
         with pytest.raises(ArchiveError, match=r"Alpha_embeddings\.npy row 3 holds NaN"):
             upload_export(copy, store, ["Alpha"])
         assert store.layout("Alpha") is None  # nothing was created or written
+
+
+def test_upload_refuses_an_export_with_a_duplicate_point_id(concat_run, tmp_path):
+    output, _ = concat_run
+    copy = Path(
+        shutil.copytree(output, tmp_path / "export", ignore=shutil.ignore_patterns("*.zip"))
+    )
+    (path,) = (copy / "Alpha").glob("*metadata*")
+    old = hashlib.sha256(path.read_bytes()).hexdigest()
+    metadata = json.loads(path.read_text(encoding="utf-8"))
+    first, second = metadata[0]["point_id"], metadata[1]["point_id"]
+    # the same number of bytes, so only the checksum changes
+    path.write_bytes(path.read_bytes().replace(second.encode(), first.encode()))
+    manifest = copy / MANIFEST_FILE
+    new = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest.write_text(manifest.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+    done = cli(str(copy), "--qdrant-path", str(tmp_path / "q"), "--collections", "Alpha")
+    assert done.code == 1, done.err
+    assert "1 point ids occur twice" in done.err and first in done.err
+    assert "Traceback" not in done.err

@@ -192,3 +192,91 @@ def test_read_only_output_directory_is_one_line(world, chunked):
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert "not writable" in result.stderr and "--output-dir" in result.stderr
+
+
+def test_one_bad_record_costs_one_record(tiny_models, tmp_path):
+    chunked = tmp_path / "Chunked"
+    (chunked / "mixed").mkdir(parents=True)
+    huge = "9" * 5000
+    # written by hand: a lone surrogate escape and a 5000-digit integer are valid JSON text
+    (chunked / "mixed" / "a_chunks.json").write_text(
+        '[{"text": "good 0"}, {"text": "bad \\ud800 text"}, '
+        f'{{"text": "big", "metadata": {{"n": {huge}}}}}, '
+        '{"text": "good 3", "metadata": {"k": "\\udfff"}}, {"text": "good 4"}]',
+        encoding="utf-8",
+    )
+    out = tmp_path / "out"
+    result = run_cli(base_args(chunked, out, tiny_models["tiny32"]), tmp_path)
+    name = (chunked / "mixed" / "a_chunks.json").as_posix()
+    assert_message(
+        result,
+        0,
+        f"{name} record 1: text holds a lone surrogate",
+        f"{name} record 2: metadata holds a 5000-digit integer (record skipped)",
+        f"{name} record 3: metadata holds a string with a lone surrogate",
+    )
+    summary = json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
+    assert summary["skipped_records"] == 3 and summary["file_errors"] == 0
+    with EdgeStore(out / "qdrant") as store:
+        assert store.count("mixed") == 2
+
+
+def test_huge_equal_weights_are_one_to_one(chunked, tiny_models, tmp_path):
+    out = tmp_path / "out"
+    models = [tiny_models["tiny32"], tiny_models["tiny48"]]
+    args = cli_run_args(chunked, out, models, "--no-index", "--weights", "1e308", "1e308")
+    result = run_cli(args, tmp_path)
+    assert_message(result, 0)
+    with EdgeStore(out / "qdrant") as store:
+        scan = store.scan("alpha")
+    assert len(scan.ids) == 5 and not scan.unusable  # no zero, no NaN vector was stored
+    found = run_cli(["search", "alpha", "alpha 1 text", "--output-dir", out, "--json"], tmp_path)
+    assert found.code == 0, found.err
+    assert "alpha 1 text" in found.out
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [("ftp://example.com", 'scheme "ftp" is not http or https'), ("::garbage", "has no scheme")],
+)
+def test_qdrant_url_that_is_not_http_is_a_usage_error(chunked, tiny_models, tmp_path, url, problem):
+    args = base_args(chunked, tmp_path / "out", tiny_models["tiny32"], "--qdrant-url", url)
+    assert_message(run_cli(args, tmp_path), 2, problem, "use http(s)://HOST[:PORT]")
+
+
+def test_unusable_lease_dir_is_one_line(chunked, tiny_models, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    args = [*base_args(chunked, tmp_path / "out", tiny_models["tiny32"]), "--lease-dir", blocker]
+    assert_message(run_cli(args, tmp_path), 1, f"Lease directory {blocker} cannot be used")
+
+
+def test_too_long_collection_name_fails_alone(chunked, tiny_models, tmp_path):
+    tree = Path(shutil.copytree(chunked, tmp_path / "Chunked"))
+    write_chunks(tree / ("L" * 250) / "x_chunks.json", ["long name"])
+    out = tmp_path / "out"
+    result = run_cli(base_args(tree, out, tiny_models["tiny32"]), tmp_path)
+    assert_message(result, 3, "is 250 bytes", "rename its folder")
+    summary = json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
+    assert summary["results"]["alpha"]["points_in_store"] == 5
+
+
+def test_qrels_that_are_not_utf8_are_one_line(tiny_models, tmp_path):
+    folder = tmp_path / "toy"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": "one"}\n', encoding="utf-8")
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "one"}\n', encoding="utf-8")
+    (folder / "qrels" / "test.tsv").write_bytes(b"query-id\tcorpus-id\tscore\nq1\td\xff\xfe1\t1\n")
+    args = ["eval", "--beir", folder, "--models", tiny_models["tiny32"], "--device", "cpu"]
+    args += ["--output-dir", tmp_path / "out", "--lease-dir", tmp_path / "leases"]
+    assert_message(run_cli(args, tmp_path), 2, "test.tsv: not UTF-8 text", "convert the file")
+
+
+def test_two_runs_on_one_qdrant_path_are_one_writer_at_a_time(chunked, tiny_models, tmp_path):
+    shared = tmp_path / "shared-qdrant"
+    with EdgeStore(shared) as holder:
+        holder.check_writable()  # this process is the store's writer now
+        args = base_args(chunked, tmp_path / "out", tiny_models["tiny32"], "--qdrant-path", shared)
+        result = run_cli(args, tmp_path)
+    assert_message(result, 1, f"is being written by another process (pid {os.getpid()})")
+    assert_message(run_cli(args, tmp_path), 0)  # released with the holder

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Result, cli_run_args, invoke, write_chunks
+from conftest import Result, cli_run_args, invoke, run_cli, write_chunks
 from qdrant_edge import EdgeShard, Point, ScrollRequest, UpdateOperation
 
 from embed_collections.stores import PointBatch
@@ -103,7 +103,8 @@ def test_orphan_points_written_by_another_tool_are_removed(finished, tiny_models
 
     assert result.code == 0, result.err
     assert_store_equals_input(out, finished["vectors"])
-    assert summary(out)["results"]["alpha"]["points_deleted"] == 3
+    # the marker vouched for the old content: the collection is rebuilt and the damage named
+    assert "3 are foreign" in summary(out)["results"]["alpha"]["store_repaired"]
     assert summary(out)["cache_misses"] == 0
 
 
@@ -155,3 +156,55 @@ def test_kill_and_corrupt_loop_never_leaves_a_store_unequal_to_its_input(tmp_pat
     import integrity
 
     assert integrity.main(["--kills", "2", "--seed", "3", "--workdir", str(tmp_path)]) == 0
+
+
+def vector_file(out: Path, collection: str) -> Path:
+    (segment,) = (out / "qdrant" / collection / "segments").iterdir()
+    return segment / "vector_storage" / "vectors" / "chunk_0.mmap"
+
+
+def damage_truncate_vectors(out: Path) -> None:
+    vector_file(out, "alpha").write_bytes(b"")
+
+
+def damage_random_bytes(out: Path) -> None:
+    with vector_file(out, "alpha").open("r+b") as handle:
+        handle.seek(0)
+        handle.write(np.random.default_rng(7).bytes(2048))
+
+
+def damage_truncate_payloads(out: Path) -> None:
+    (segment,) = (out / "qdrant" / "alpha" / "segments").iterdir()
+    (segment / "payload_storage" / "page_0.dat").write_bytes(b"")
+
+
+def damage_delete_one_add_one(out: Path) -> None:
+    shard = EdgeShard.load(str(out / "qdrant" / "alpha"))
+    shard.update(UpdateOperation.delete_points([sorted(expected_ids("alpha"))[0]]))
+    foreign = Point(str(uuid.uuid4()), {"": [0.1] * 32}, {"text": "foreign"})
+    shard.update(UpdateOperation.upsert_points([foreign]))
+    shard.flush()
+    shard.close()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        damage_truncate_vectors,
+        damage_random_bytes,
+        damage_truncate_payloads,
+        damage_delete_one_add_one,
+    ],
+)
+def test_damage_that_keeps_the_count_is_found_and_rebuilt(finished, tiny_models, tmp_path, damage):
+    out = copy_out(finished, tmp_path)
+    damage(out)
+
+    result = run_cli(run_args(finished["chunked"], out, tiny_models["tiny32"]), tmp_path)
+
+    assert result.code == 0, result.err
+    assert "Traceback" not in result.err
+    assert_store_equals_input(out, finished["vectors"])
+    assert summary(out)["results"]["alpha"]["store_repaired"]
+    assert summary(out)["results"]["beta"]["store_repaired"] is None
+    assert summary(out)["cache_misses"] == 0

@@ -332,6 +332,19 @@ def load_collection(export: ExportSource, folder: str, store: Store, recreate: b
     texts = export.read_json(f"{folder}/{files['texts']}")
     if not isinstance(metadata, list) or not isinstance(texts, list) or len(metadata) != len(texts):
         raise ArchiveError(f"{where}: metadata and texts are not aligned lists")
+    ids = [m["point_id"] for m in metadata]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        repeated = ""
+        for point in ids:
+            if point in seen:
+                repeated = point
+                break
+            seen.add(point)
+        raise ArchiveError(
+            f"{where}: {len(ids) - len(set(ids))} point ids occur twice (first {repeated}); "
+            "one would overwrite the other (export the collection again)"
+        )
     paths = {name: f"{folder}/{files['embeddings'][name]}" for name in layout.dense}
     for name, size in layout.dense.items():
         for _ in vector_blocks(export, paths[name], len(texts), size):

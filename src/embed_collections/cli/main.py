@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from types import FrameType
 
 import click
 
@@ -30,16 +32,37 @@ for command in (discover, run, search, eval_command, upload):
     cli.add_command(command)
 
 
+received: list[int] = []  # the stop signals this process got, first one first
+
+
+def stop_on_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (and SIGINT) stop the run the way Ctrl-C does: the current batch is abandoned,
+    the summary written with `interrupted`, and the exit code is 128 + the signal."""
+    received.append(signum)
+    if len(received) != 2:  # a second signal lets the summary be written; a third stops at once
+        raise KeyboardInterrupt
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point: run the CLI and map expected failures to messages and exit codes."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(stop, stop_on_signal)
+        except ValueError:  # not the main thread (an embedding host): keep its handlers
+            break
     argv = list(sys.argv[1:] if args is None else args)
     verbose = "--verbose" in argv or "-v" in argv
     try:
         code = cli.main(argv, prog_name="embed-collections", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        signum = received[0] if received else signal.SIGINT
+        click.echo(
+            f"Interrupted ({signal.Signals(signum).name}): finished collections are stored and "
+            "embedded batches cached; re-run the same command to resume.",
+            err=True,
+        )
+        sys.exit(128 + signum)
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
@@ -48,7 +71,4 @@ def main(args: list[str] | None = None) -> None:
             log.exception("Failed")
         click.echo(f"Error: {error}", err=True)
         sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        click.echo("Interrupted; finished batches are cached, re-run to resume.", err=True)
-        sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

@@ -24,6 +24,7 @@ MAX_LISTED_PER_FILE = 20
 # Limits that keep one record from poisoning a shard (see `find_poison`).
 MAX_PAYLOAD_DEPTH = 32
 MAX_PAYLOAD_BYTES = 1024 * 1024
+MAX_INT_DIGITS = 4000  # under Python's own 4300-digit limit on int(str)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,10 @@ def load_chunk_file(
     chunks: list[Chunk] = []
     problems: list[str] = []
     for index, record in enumerate(records):
-        built = _build_chunk(record, index, path.stem, doc_stem, source_file)
+        try:
+            built = _build_chunk(record, index, path.stem, doc_stem, source_file)
+        except Exception as exc:  # one bad record costs one record, whatever is wrong with it
+            built = f"cannot be used ({type(exc).__name__}: {exc})"
         if isinstance(built, Chunk):
             chunks.append(built)
         else:
@@ -136,7 +140,7 @@ def _read_records(path: Path, display: str) -> list[Any]:
             f"{display}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
         ) from exc
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_int=_parse_int)
     except json.JSONDecodeError as exc:
         raise ChunkFileError(
             f"{display}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -192,23 +196,61 @@ def _build_chunk(
     )
 
 
+class HugeInt(str):
+    """An integer literal too long to convert (Python refuses over 4300 digits): kept as its
+    digits so the file still parses and only its record is skipped."""
+
+
+def _parse_int(digits: str) -> int | HugeInt:
+    return HugeInt(digits) if len(digits) > MAX_INT_DIGITS else int(digits)
+
+
+def _unencodable(value: str) -> int | None:
+    """Position of the first character UTF-8 cannot encode (a lone surrogate), or None."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
 def find_poison(text: str, metadata: dict[str, Any]) -> str | None:
-    """Why a record must not reach the store (too deep, non-finite, too large), or None.
+    """Why a record must not reach the store (too deep, non-finite, too large, an integer the
+    store cannot hold, a lone surrogate), or None.
 
     The store's write-ahead log recurses over nested payloads: a record nested a few hundred
     levels deep was stored and then left its shard unopenable.
     """
+    position = _unencodable(text)
+    if position is not None:
+        return (
+            f"text holds a lone surrogate (\\u{ord(text[position]):04x} at character "
+            f"{position}), which UTF-8 cannot encode"
+        )
     stack: list[tuple[Any, int]] = [(metadata, 1)]
     while stack:
         value, depth = stack.pop()
         if depth > MAX_PAYLOAD_DEPTH:
             return f"metadata is nested deeper than {MAX_PAYLOAD_DEPTH} levels"
         if isinstance(value, dict):
+            for key in value:
+                if _unencodable(str(key)) is not None:
+                    return "metadata holds a key with a lone surrogate, which UTF-8 cannot encode"
             stack.extend((item, depth + 1) for item in value.values())
         elif isinstance(value, list):
             stack.extend((item, depth + 1) for item in value)
         elif isinstance(value, float) and not math.isfinite(value):
             return f"metadata holds the non-finite number {value} (JSON has no such number)"
+        elif isinstance(value, HugeInt):
+            return f"metadata holds a {len(value.lstrip('-'))}-digit integer"
+        elif (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and not (-(2**63) <= value < 2**64)
+        ):
+            return f"metadata holds the integer {value}, outside the store's 64-bit range"
+        elif isinstance(value, str) and _unencodable(value) is not None:
+            return "metadata holds a string with a lone surrogate, which UTF-8 cannot encode"
     size = len(text.encode("utf-8")) + len(json.dumps(metadata, default=str).encode("utf-8"))
     if size > MAX_PAYLOAD_BYTES:
         return (

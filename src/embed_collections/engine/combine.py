@@ -59,6 +59,21 @@ def combined_dims(mode: str, specs: Sequence[ModelSpec], dims: Sequence[int]) ->
     return dict(zip(vector_names(specs), (int(d) for d in dims)))
 
 
+def scaled_weights(weights: Sequence[float]) -> list[float]:
+    """The weights divided by the largest, so their sum cannot overflow (`1e308 1e308` is
+    `1 1`); only their ratios matter. UsageError for a weight that is negative, not finite, or
+    for weights that are all zero."""
+    values = [float(w) for w in weights]
+    if any(not np.isfinite(w) or w < 0 for w in values) or not any(values):
+        shown = " ".join(f"{w:g}" for w in values)
+        raise UsageError(
+            f"--weights {shown}: every weight must be a finite number >= 0 and one above 0 "
+            "(only their ratios matter, e.g. --weights 2 1)"
+        )
+    largest = max(values)
+    return [w / largest for w in values]
+
+
 def combine_vectors(
     per_model: Sequence[np.ndarray],
     weights: Sequence[float],
@@ -77,6 +92,7 @@ def combine_vectors(
     """
     if not per_model:
         raise ValueError("combine_vectors needs at least one model's vectors")
+    weights = scaled_weights(weights)
     total = float(sum(weights))
     normalized = [normalize_rows(v) for v in per_model]
     if mode == "concat":

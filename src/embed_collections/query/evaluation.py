@@ -13,6 +13,8 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -155,7 +157,7 @@ def load_beir(folder: Path, split: str = "test") -> BeirDataset:
 def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines file, each holding the `required` keys."""
     records = []
-    with path.open(encoding="utf-8-sig") as handle:
+    with path.open(encoding="utf-8-sig") as handle, utf8_only(path):
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -170,10 +172,22 @@ def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
     return records
 
 
+@contextmanager
+def utf8_only(path: Path) -> Iterator[None]:
+    """Turn a decoding failure while reading `path` into a one-line UsageError."""
+    try:
+        yield
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"{path}: not UTF-8 text ({error.reason}: byte 0x{error.object[error.start]:02x}); "
+            "convert the file to UTF-8"
+        ) from error
+
+
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     """`query-id<TAB>corpus-id<TAB>score` rows (a header row is skipped)."""
     qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8-sig") as handle:
+    with path.open(encoding="utf-8-sig") as handle, utf8_only(path):
         for number, line in enumerate(handle, start=1):
             parts = line.rstrip("\n\r").split("\t")
             if not line.strip() or (number == 1 and parts[0] == "query-id"):

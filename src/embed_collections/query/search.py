@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from embed_collections.engine.backends import default_device, default_dtype
-from embed_collections.engine.combine import combine_vectors
+from embed_collections.engine.combine import combine_vectors, scaled_weights
 from embed_collections.engine.models import ModelSettings, ModelSpec, locate_model, static_format
 from embed_collections.engine.runtimes import create_backend, runtime_installed
 from embed_collections.errors import UsageError
@@ -199,7 +199,8 @@ def weighted_named_search(
     shows the exact ranking (`dense-exact`) beside it.
     """
     dense = encoder.dense(texts)
-    weights = {name: spec.weight for name, spec in zip(encoder.vector_names, encoder.specs)}
+    scaled = scaled_weights([spec.weight for spec in encoder.specs])  # 1e308 1e308 is 1 1
+    weights = dict(zip(encoder.vector_names, scaled))
     total = sum(weights.values())
     depth = max(limit, prefetch_limit)
     per_name = {

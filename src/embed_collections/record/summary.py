@@ -33,6 +33,7 @@ class CollectionResult:
     points_in_store: int | None = None
     truncated_chunks: dict[str, int] = field(default_factory=dict)
     export_dir: str | None = None
+    store_repaired: str | None = None  # what was wrong with the store's copy, rebuilt this run
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "name"}

@@ -16,7 +16,7 @@ from embed_collections.record.config import RunConfig
 from embed_collections.record.summary import CollectionResult
 from embed_collections.runner.diskspace import check_space, estimate, payload_size, write_paths
 from embed_collections.runner.ensemble import Ensemble
-from embed_collections.runner.sinks import ExportSink, Sink, StoreSink, verified_count
+from embed_collections.runner.sinks import ExportSink, Sink, StoreSink, check_held
 from embed_collections.stores import sparse as sparse_vectors
 from embed_collections.stores.base import PointBatch, Store, VectorLayout
 from embed_collections.stores.open import point_id
@@ -42,8 +42,10 @@ def store_collection(
 ) -> None:
     """Combine cached vectors and feed them in batches to the sinks (store, export).
 
-    The store is skipped only when it proves it already holds exactly this load (its marker
-    and its own count); otherwise it is reloaded, pruned to the input and counted again.
+    The store is skipped only when it proves it already holds exactly this load (its marker,
+    and its content read back: see `sinks.check_held`); otherwise it is reloaded, pruned to the
+    input and read back again. A collection whose content contradicts its marker is rebuilt
+    from the cache (nothing is re-embedded) and the damage is reported in its result.
     """
     ensemble, cache, store, config = targets.ensemble, targets.cache, targets.store, targets.config
     record_loaded(loaded, ensemble, result)
@@ -57,10 +59,34 @@ def store_collection(
     if store is not None:
         held = None
         if not config.recreate:
-            held = verified_count(store, loaded.name, layout, signature, len(chunk_ids(loaded)))
+            names = vector_names(ensemble.specs)
+            dims = ensemble.dims(cache)
+            by_id = {point_id(loaded.name, c.chunk_id): c for c in chunks}
+
+            def sample(ids: frozenset[str]) -> dict[str, dict]:
+                part = [by_id[i] for i in sorted(ids) if i in by_id]
+                batch = build_batch(loaded.name, part, ensemble, cache, dims, names)
+                return {
+                    point: {name: rows[i] for name, rows in batch.dense.items()}
+                    for i, point in enumerate(batch.ids)
+                }
+
+            check = check_held(store, loaded.name, layout, signature, set(by_id), sample)
+            held = check.count
+            if check.damage:
+                result.store_repaired = check.damage
+                log.warning(
+                    "%s: the store's copy is damaged (%s); rebuilding it from the embedding "
+                    "cache (nothing is re-embedded)",
+                    loaded.name,
+                    check.damage,
+                )
+                store.drop(loaded.name)
         if held is not None:
             log.info(
-                "%s holds exactly this input (%d points); store left as it is", loaded.name, held
+                "%s holds exactly this input (%d points, read back); store left as it is",
+                loaded.name,
+                held,
             )
             result.points_in_store = held
             result.qdrant_collection = loaded.name
@@ -132,11 +158,6 @@ def drop_unembedded(
         len(loaded.chunks) - len(kept),
     )
     return replace(loaded, chunks=kept)
-
-
-def chunk_ids(loaded: LoadedCollection) -> set[str]:
-    """The point ids this collection's chunks get."""
-    return {point_id(loaded.name, c.chunk_id) for c in loaded.chunks}
 
 
 def load_signature(loaded: LoadedCollection, ensemble: Ensemble, layout: VectorLayout) -> str:

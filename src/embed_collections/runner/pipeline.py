@@ -6,7 +6,10 @@ corpora; within a wave every model is loaded once (a typical corpus is a single 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -15,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from embed_collections.archive.export import finish_export
-from embed_collections.atomic import write_json_atomic
+from embed_collections.atomic import write_bytes_atomic, write_json_atomic
 from embed_collections.corpus.chunks import LoadedCollection, load_collection
 from embed_collections.corpus.discovery import (
     discover_collections,
@@ -23,10 +26,15 @@ from embed_collections.corpus.discovery import (
     find_chunk_files,
 )
 from embed_collections.engine.cache import EmbeddingCache, text_digest
-from embed_collections.engine.lease import LeaseEvent
+from embed_collections.engine.lease import LeaseEvent, default_lease_dir
 from embed_collections.engine.local_executor import embed_pending
 from embed_collections.engine.telemetry import ModelTelemetry
-from embed_collections.errors import DiskFullError, EmbedCollectionsError, StoreError
+from embed_collections.errors import (
+    DiskFullError,
+    EmbedCollectionsError,
+    StoreError,
+    StoreInUseError,
+)
 from embed_collections.progress import Progress
 from embed_collections.record.config import LOG_FILE, SUMMARY_FILE, RunConfig
 from embed_collections.record.run_record import (
@@ -82,7 +90,12 @@ def check_store_layouts(
         return
     clashes = []
     for name in names:
-        existing = store.layout(name)
+        try:
+            existing = store.layout(name)
+        except StoreInUseError:
+            raise
+        except StoreError:
+            continue  # this collection fails alone, with its own message, when it is stored
         if existing is not None and not existing.matches(layout):
             clashes.append(f'"{name}" has {existing.describe()}')
     if clashes:
@@ -130,6 +143,7 @@ def run_logged(config: RunConfig) -> RunSummary:
     unreadable: list[tuple[Path, str]] = []
     found = discover_collections(config.chunked_dir, config.pattern, config.max_depth, unreadable)
     selected = filter_collections(found, list(config.collections) or None)
+    check_lease_dir(config)
     with EmbeddingCache(config.embedding_cache_path) as cache:
         ensemble = prepare_ensemble(config)
         for spec in ensemble.specs:
@@ -145,9 +159,12 @@ def run_logged(config: RunConfig) -> RunSummary:
                 f"Cannot read directory {directory}: {reason} (fix its permissions)"
             )
             summary.count("file_errors", 1)
-        store = open_run_store(config)
+        reserve_summary(config.output_dir / SUMMARY_FILE, summary)
+        store: Store | None = None
         stopped: Exception | None = None
+        interrupted = False
         try:
+            store = open_run_store(config)
             if store is not None:
                 check_store_layouts(store, list(selected), ensemble.layout(cache), config.recreate)
             with Progress(
@@ -161,6 +178,13 @@ def run_logged(config: RunConfig) -> RunSummary:
             stopped = error
             summary.extra["stopped"] = str(error)
             log.error("❌ Stopped: %s", error)
+        except KeyboardInterrupt:  # SIGINT, or SIGTERM as the CLI maps it: stop, keep what is done
+            interrupted = True
+            summary.extra["interrupted"] = True
+            log.error(
+                "❌ Interrupted: finished collections are stored and embedded batches cached; "
+                "re-run the same command to resume"
+            )
         finally:
             if store is not None:
                 store.close()
@@ -169,10 +193,9 @@ def run_logged(config: RunConfig) -> RunSummary:
     summary.extra.update(run_extras(config, ensemble, layout, time.perf_counter() - started))
     summary.count("skipped_records", 0)  # present even when nothing was skipped
     summary.count("file_errors", 0)
-    try:
-        write_json_atomic(config.output_dir / SUMMARY_FILE, summary.to_json())
-    except OSError as error:
-        log.error("The summary could not be written: %s", error)
+    write_summary(config.output_dir / SUMMARY_FILE, summary)
+    if interrupted:
+        raise KeyboardInterrupt
     if stopped is not None:
         if isinstance(stopped, EmbedCollectionsError):
             raise stopped
@@ -181,6 +204,64 @@ def run_logged(config: RunConfig) -> RunSummary:
         finish_export(config, summary)
     log_processing_summary(summary)
     return summary
+
+
+def check_lease_dir(config: RunConfig) -> None:
+    """Fail before any model loads when the device lease directory cannot hold a lock file."""
+    if config.executor == "ray":
+        return  # the leases live on the cluster's nodes
+    path = Path(config.engine.lease_dir or default_lease_dir())
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise EmbedCollectionsError(
+            f"Lease directory {path} cannot be used: {error.strerror or error} "
+            "(fix its permissions or choose another --lease-dir)"
+        ) from error
+
+
+SUMMARY_RESERVE = 256 * 1024  # bytes kept for the summary, so a full disk cannot lose it
+
+
+def reserve_summary(path: Path, summary: RunSummary) -> None:
+    """Write a first summary ("running") padded to SUMMARY_RESERVE bytes: its blocks are then
+    the summary's own, and the final one can overwrite them in place on a full disk."""
+    head = json.dumps({**summary.to_json(), "running": True}, indent=2).encode()
+    try:
+        write_bytes_atomic(path, head + b" " * max(0, SUMMARY_RESERVE - len(head)))
+    except OSError as error:
+        raise DiskFullError(
+            f"Cannot write the run summary {path}: {error.strerror or error} (free space there "
+            "or choose another --output-dir)"
+        ) from error
+
+
+def write_summary(path: Path, summary: RunSummary) -> None:
+    """Replace the summary atomically; on a full disk, overwrite the reserved file in place
+    (the per-collection results are dropped first if even that does not fit)."""
+    data = summary.to_json()
+    try:
+        write_json_atomic(path, data)
+        return
+    except OSError as error:
+        log.error(
+            "The summary could not be replaced (%s); writing it into its reserved space", error
+        )
+    text = json.dumps(data, indent=2).encode()
+    if len(text) > SUMMARY_RESERVE:
+        data = {**data, "results": {}, "results_dropped": "the disk was full"}
+        text = json.dumps(data).encode()[:SUMMARY_RESERVE]
+    try:
+        with path.open("r+b") as handle:
+            handle.write(text)
+            handle.truncate(len(text))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        log.error("The summary could not be written: %s", error)
 
 
 def open_run_store(config: RunConfig) -> Store | None:

@@ -3,12 +3,15 @@
 The store is the truth about what it holds. After a complete load the store keeps a marker (the
 load's content signature and its point count); every write clears the marker first, so a killed
 run or another writer (`upload`) leaves none. A collection is skipped only when the marker
-matches this run's signature AND the store's own count equals the expected number of points.
+matches this run's signature AND the store, read back, holds exactly the expected ids with
+usable vectors whose digest matches the marker's (see `check_held`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("embed_collections.runner.sinks")
 
+SAMPLE_POINTS = 4  # points per collection compared with the cache on an unchanged re-run
+
 
 class Sink(Protocol):
     """Receives a collection's points batch by batch; `finish` once, or `abort` on failure."""
@@ -40,46 +45,86 @@ class Sink(Protocol):
         """Give up: release what the sink holds (what was written stays unmarked)."""
 
 
-def verified_count(
-    store: Store, collection: str, layout: VectorLayout, signature: str, expected: int
-) -> int | None:
-    """The store's point count when it provably holds this load already, else None.
+@dataclass(frozen=True)
+class HeldCheck:
+    """What checking a store's collection against this load found.
 
-    Cheap: a small marker file and an exact count, no scroll over the points.
+    `count` is set when the store provably holds exactly this load (skip it); `damage` names
+    what was wrong when the marker vouched for the load but the content disagrees (rebuild it).
+    """
+
+    count: int | None = None
+    damage: str = ""
+
+
+def check_held(
+    store: Store,
+    collection: str,
+    layout: VectorLayout,
+    signature: str,
+    expected: set[str],
+    sample: Callable[[frozenset[str]], dict[str, dict[str, np.ndarray]]] | None = None,
+) -> HeldCheck:
+    """Whether the store holds exactly this load: content, not a count.
+
+    The marker of the last complete load must carry this load's signature; then every point is
+    read back: the ids must be exactly `expected`, every dense vector finite and non-zero, the
+    digest of ids, vectors and payloads equal to the one taken after that load, and a few
+    points' vectors equal to what `sample` (the cache, combined again) gives.
     """
     marker = store.loaded_marker(collection)
     if marker is None or marker.get("signature") != signature:
-        return None
+        return HeldCheck()
     try:
         if not layout.matches(store.layout(collection)):
-            return None
-        count = store.count(collection)
+            return HeldCheck()
+        keep = frozenset(sorted(expected)[:SAMPLE_POINTS])
+        scan = store.scan(collection, keep)
     except StoreInUseError:
         raise
     except StoreError as error:
-        log.warning("%s: the store cannot be read (%s); reloading it", collection, error)
-        return None
-    if count != expected or marker.get("count") != expected:
-        log.warning(
-            "%s: the store holds %d points but this input has %d; reloading it",
-            collection,
-            count,
-            expected,
+        return HeldCheck(damage=f"the store cannot be read back ({error})")
+    if scan.ids != expected:
+        missing, foreign = len(expected - scan.ids), len(scan.ids - expected)
+        return HeldCheck(damage=f"{missing} points are missing and {foreign} are foreign")
+    if scan.unusable:
+        return HeldCheck(
+            damage=f"{len(scan.unusable)} vectors are not finite or zero "
+            f"(first point {scan.unusable[0]})"
         )
-        return None
-    return count
+    if marker.get("digest") != scan.digest:
+        return HeldCheck(damage="its vectors or payloads differ from the last load")
+    if sample is not None and keep:
+        wanted = sample(keep)
+        for point, vectors in wanted.items():
+            for name, vector in vectors.items():
+                held = scan.kept.get(point, {}).get(name)
+                if held is None or not np.allclose(unit(held), unit(vector), atol=1e-4):
+                    return HeldCheck(damage=f"point {point} differs from the embedding cache")
+    return HeldCheck(count=len(scan.ids))
+
+
+def unit(vector: np.ndarray) -> np.ndarray:
+    """The vector scaled to length 1 (the store keeps cosine vectors normalised)."""
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm else vector
 
 
 def check_finite(batch: PointBatch, owner: str) -> None:
-    """Refuse a batch holding NaN or infinite vectors: they would poison every search."""
+    """Refuse a batch holding NaN, infinite or all-zero vectors: they would poison every
+    search (a zero vector has no direction for cosine similarity)."""
     for name, rows in batch.dense.items():
-        bad = ~np.isfinite(rows).all(axis=1) if len(rows) else np.zeros(0, dtype=bool)
+        if not len(rows):
+            continue
+        with np.errstate(all="ignore"):
+            bad = ~np.isfinite(rows).all(axis=1) | ~np.any(rows != 0, axis=1)
         if bad.any():
             first = batch.ids[int(np.argmax(bad))]
             raise StoreError(
-                f"{owner}: {int(bad.sum())} vectors{f' {name!r}' if name else ''} hold NaN or "
-                f"infinity (first point {first}); nothing of this batch was stored (check the "
-                "model and --weights, or re-embed with --cache-dir pointing to a new folder)"
+                f"{owner}: {int(bad.sum())} vectors{f' {name!r}' if name else ''} are zero or "
+                f"hold NaN or infinity (first point {first}); nothing of this batch was stored "
+                "(check the model and --weights, or re-embed with --cache-dir pointing to a "
+                "new folder)"
             )
 
 
@@ -103,7 +148,13 @@ class StoreSink:
             store.drop(collection)
         try:
             store.ensure_collection(collection, layout)
-            previous = store.point_ids(collection)
+            scan = store.scan(collection)
+            if scan.unusable:
+                raise ShardDamagedError(
+                    f"{len(scan.unusable)} stored vectors are not finite or zero "
+                    f"(first point {scan.unusable[0]})"
+                )
+            previous = set(scan.ids)
         except StoreInUseError:
             raise
         except ShardDamagedError as error:
@@ -139,10 +190,17 @@ class StoreSink:
                 f'Collection "{self.collection}" holds {count} points after loading {expected} '
                 "(re-run to reload it, or use --recreate to rebuild it)"
             )
+        scan = self.store.scan(self.collection)
+        if scan.unusable or (not self.keep_stale and scan.ids != self.written):
+            raise StoreError(
+                f'Collection "{self.collection}" does not read back as loaded '
+                f"({len(scan.unusable)} unusable vectors, {len(scan.ids ^ self.written)} ids "
+                "differ); re-run to rebuild it from the cache"
+            )
         self.store.finish(self.collection, build_index=self.build_index)
         if not (stale and self.keep_stale):
             # only a store holding exactly these points may be skipped next time
-            self.store.mark_loaded(self.collection, self.signature, count)
+            self.store.mark_loaded(self.collection, self.signature, count, scan.digest)
         result.qdrant_collection = self.collection
 
     def abort(self) -> None:

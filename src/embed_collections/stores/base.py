@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -69,6 +71,60 @@ class PointBatch:
 
 
 @dataclass(frozen=True)
+class StoreScan:
+    """A collection read back point by point: its ids, a digest of everything it holds (ids,
+    vectors, payloads, in the store's id order) and the points whose dense vectors are unusable
+    (not finite, or all zero). `kept` holds the dense vectors of the ids a caller asked for."""
+
+    ids: frozenset[str]
+    digest: str
+    unusable: tuple[str, ...]
+    kept: dict[str, dict[str, np.ndarray]]
+
+
+class ScanDigest:
+    """Builds a `StoreScan` page by page from what a scroll returns, in the store's order."""
+
+    def __init__(self, dense_names: list[str], keep: frozenset[str] = frozenset()) -> None:
+        self.names = sorted(dense_names)
+        self.keep = keep
+        self.hash = hashlib.sha256()
+        self.ids: set[str] = set()
+        self.unusable: list[str] = []
+        self.kept: dict[str, dict[str, np.ndarray]] = {}
+
+    def add_page(
+        self,
+        ids: list[str],
+        dense: dict[str, list[list[float]]],
+        sparse: list[Any],
+        payloads: list[Any],
+    ) -> None:
+        """One page: ids, dense rows by vector name, sparse vectors and payloads, aligned."""
+        if not ids:
+            return
+        self.ids.update(ids)
+        self.hash.update("\n".join(ids).encode())
+        bad = np.zeros(len(ids), dtype=bool)
+        for name in self.names:
+            rows = np.asarray(dense[name], dtype=np.float32)
+            with np.errstate(all="ignore"):
+                finite = np.isfinite(rows).all(axis=1)
+                bad |= ~finite | ~np.any(rows != 0, axis=1)
+            self.hash.update(name.encode() + b"\0" + rows.tobytes())
+            for i, point in enumerate(ids):
+                if point in self.keep:
+                    self.kept.setdefault(point, {})[name] = rows[i]
+        self.unusable.extend(point for point, flag in zip(ids, bad) if flag)
+        self.hash.update(json.dumps([sparse, payloads], sort_keys=True, default=str).encode())
+
+    def result(self) -> StoreScan:
+        return StoreScan(
+            frozenset(self.ids), self.hash.hexdigest(), tuple(self.unusable), self.kept
+        )
+
+
+@dataclass(frozen=True)
 class SearchQuery:
     """One query: one vector searches plainly; several are prefetched and fused (RRF or DBSF)."""
 
@@ -113,8 +169,9 @@ class Store(Protocol):
         """{"signature", "count"} of the last complete load, or None (no marker, or a write
         since: every write clears it)."""
 
-    def mark_loaded(self, collection: str, signature: str, count: int) -> None:
-        """Record that the collection now holds exactly `count` points made from `signature`."""
+    def mark_loaded(self, collection: str, signature: str, count: int, digest: str = "") -> None:
+        """Record that the collection now holds exactly `count` points made from `signature`,
+        whose content has the `StoreScan.digest` `digest`."""
 
     def clear_loaded(self, collection: str) -> None:
         """Remove the marker (done by every write before it writes)."""
@@ -124,6 +181,9 @@ class Store(Protocol):
 
     def point_ids(self, collection: str) -> set[str]:
         """Every point id in the collection (as canonical UUID strings)."""
+
+    def scan(self, collection: str, keep: frozenset[str] = frozenset()) -> StoreScan:
+        """Read every point back (vectors and payloads): ShardDamagedError when that fails."""
 
     def delete(self, collection: str, ids: list[str]) -> None:
         """Delete points by id."""

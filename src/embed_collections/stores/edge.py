@@ -6,6 +6,7 @@ project lives in this module.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -38,12 +39,22 @@ from qdrant_edge import (
 
 from embed_collections.atomic import write_json_atomic
 from embed_collections.errors import ShardDamagedError, StoreError, StoreInUseError
-from embed_collections.stores.base import Hit, PointBatch, SearchQuery, SparseVec, VectorLayout
+from embed_collections.stores.base import (
+    Hit,
+    PointBatch,
+    ScanDigest,
+    SearchQuery,
+    SparseVec,
+    StoreScan,
+    VectorLayout,
+)
 
 logger = logging.getLogger(__name__)
 
 LAYOUT_SUFFIX = ".layout.json"
 MARKER_SUFFIX = ".loaded.json"
+WRITER_LOCK = ".writer.lock"
+NAME_MAX = 255  # bytes in one file name on Linux filesystems
 
 
 @contextmanager
@@ -107,6 +118,7 @@ class EdgeStore:
         self.location = str(self.root)
         self._shards: dict[str, EdgeShard] = {}
         self._unmarked: set[str] = set()  # collections whose loaded marker this object removed
+        self._writer: Any = None  # the open lock file while this object is the store's writer
 
     def __enter__(self) -> EdgeStore:
         return self
@@ -117,13 +129,20 @@ class EdgeStore:
     def _shard_dir(self, collection: str) -> Path:
         if not collection or collection in {".", ".."} or "/" in collection or "\\" in collection:
             raise StoreError(f'Collection name "{collection}" cannot be used as a folder name')
+        longest = len(f"{collection}{MARKER_SUFFIX}".encode())
+        if longest > NAME_MAX:
+            raise StoreError(
+                f'Collection name "{collection[:40]}..." is {len(collection.encode())} bytes; '
+                f"the embedded store keeps files named after it and allows at most "
+                f"{NAME_MAX - len(MARKER_SUFFIX)} bytes (rename its folder)"
+            )
         return self.root / collection
 
     def _layout_file(self, collection: str) -> Path:
-        return self.root / f"{collection}{LAYOUT_SUFFIX}"
+        return self._shard_dir(collection).with_name(f"{collection}{LAYOUT_SUFFIX}")
 
     def _marker_file(self, collection: str) -> Path:
-        return self.root / f"{collection}{MARKER_SUFFIX}"
+        return self._shard_dir(collection).with_name(f"{collection}{MARKER_SUFFIX}")
 
     def _in_use(self, path: Path) -> StoreError:
         return StoreInUseError(
@@ -192,7 +211,8 @@ class EdgeStore:
                     shard.close()
 
     def check_writable(self) -> None:
-        """Create the root if needed and prove a file can be written there."""
+        """Create the root if needed, prove a file can be written there, and become the store's
+        one writer (StoreInUseError naming the holder when another process is)."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".write-check.")
@@ -203,6 +223,32 @@ class EdgeStore:
                 f"Qdrant store {self.root} is not writable: {exc.strerror or exc} "
                 "(fix its permissions or use another --qdrant-path)"
             ) from exc
+        self._lock_writer()
+
+    def _lock_writer(self) -> None:
+        """Hold an exclusive `flock` on the store's lock file until close(): two runs (or a run
+        and an `upload`) on one store path would otherwise interleave their writes. The kernel
+        drops it when the holder exits, even after kill -9."""
+        if self._writer is not None:
+            return
+        path = self.root / WRITER_LOCK
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held until close)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            raise StoreInUseError(
+                f"Qdrant store {self.root} is being written by another process"
+                f"{f' (pid {holder})' if holder else ''}; wait for it to finish or use another "
+                "--qdrant-path"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._writer = handle
 
     def layout(self, collection: str) -> VectorLayout | None:
         """The layout recorded when the collection was created, or None if it does not exist."""
@@ -256,9 +302,10 @@ class EdgeStore:
             return None
         return data
 
-    def mark_loaded(self, collection: str, signature: str, count: int) -> None:
+    def mark_loaded(self, collection: str, signature: str, count: int, digest: str = "") -> None:
         """Record that the collection holds exactly the `count` points of `signature`."""
-        write_json_atomic(self._marker_file(collection), {"signature": signature, "count": count})
+        marker = {"signature": signature, "count": count, "digest": digest}
+        write_json_atomic(self._marker_file(collection), marker)
         self._unmarked.discard(collection)
 
     def clear_loaded(self, collection: str) -> None:
@@ -299,6 +346,56 @@ class EdgeStore:
                 ids.update(str(record.id) for record in records)
                 if offset is None:
                     return ids
+
+    def scan(self, collection: str, keep: frozenset[str] = frozenset()) -> StoreScan:
+        """Read every point back, vectors and payloads included, into a `StoreScan`.
+
+        A damaged vector or payload file makes the engine fail here (ShardDamagedError) rather
+        than at search time.
+        """
+        layout = self.layout(collection)
+        if layout is None:
+            raise ShardDamagedError(f'Collection "{collection}" in {self.root} has no layout file')
+        shard = self._shard(collection)
+        names = list(layout.dense)
+        digest = ScanDigest(names, keep)
+        offset = None
+        try:
+            while True:
+                records, offset = shard.scroll(
+                    ScrollRequest(
+                        offset=offset, limit=self.scroll_page, with_payload=True, with_vector=True
+                    )
+                )
+                ids, sparse, payloads = [], [], []
+                dense: dict[str, list[Any]] = {name: [] for name in names}
+                for record in records:
+                    ids.append(str(record.id))
+                    vector = record.vector
+                    named = vector if isinstance(vector, dict) else {"": vector}
+                    for name in names:
+                        dense[name].append(named.get(name) or [])
+                    sparse.append(
+                        [
+                            [key, list(value.indices), list(value.values)]
+                            for key, value in sorted(named.items())
+                            if isinstance(value, SparseVector)
+                        ]
+                    )
+                    payloads.append(record.payload)
+                digest.add_page(ids, dense, sparse, payloads)
+                if offset is None:
+                    return digest.result()
+        except (ValueError, TypeError) as exc:  # ragged rows: a vector of the wrong size
+            raise ShardDamagedError(
+                f'Collection "{collection}" in {self.root} holds unreadable vectors: {exc}'
+            ) from exc
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise ShardDamagedError(
+                f'Reading collection "{collection}" in {self.root} back failed: {exc}'
+            ) from exc
 
     def delete(self, collection: str, ids: list[str]) -> None:
         """Delete points by id."""
@@ -352,6 +449,11 @@ class EdgeStore:
         return sorted(name for name in names if (self.root / name).is_dir())
 
     def close(self) -> None:
-        """Flush and close every open shard, releasing their WAL locks."""
-        for collection in list(self._shards):
-            self._close_one(collection)
+        """Flush and close every open shard, releasing their WAL locks and the writer lock."""
+        try:
+            for collection in list(self._shards):
+                self._close_one(collection)
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from embed_collections.errors import UsageError
 from embed_collections.stores.base import Store
@@ -18,6 +19,30 @@ def point_id(collection: str, chunk_id: str) -> str:
     return str(uuid.uuid5(POINT_ID_NAMESPACE, f"{collection}/{chunk_id}"))
 
 
+def check_url(url: str) -> None:
+    """UsageError unless `url` is an http(s) URL with a host (what qdrant-client can reach)."""
+    try:
+        # qdrant-client reads a bare "localhost:6333" as http
+        parts = urlsplit(f"http://{url}" if url.startswith("localhost") else url)
+        port = parts.port
+    except ValueError as error:
+        raise UsageError(
+            f'--qdrant-url "{url}" is not a URL ({error}); use http(s)://HOST[:PORT], '
+            "e.g. http://localhost:6333"
+        ) from error
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problem = (
+            f'scheme "{parts.scheme}" is not http or https' if parts.scheme else "it has no scheme"
+        )
+        if parts.scheme in ("http", "https"):
+            problem = "it names no host"
+        raise UsageError(
+            f'--qdrant-url "{url}": {problem}; use http(s)://HOST[:PORT], '
+            "e.g. http://localhost:6333"
+        )
+    del port
+
+
 def open_store(
     qdrant_url: str | None, qdrant_path: Path | None, api_key: str | None = None, **kw: Any
 ) -> Store:
@@ -29,6 +54,7 @@ def open_store(
     # Imported on demand: qdrant-client alone takes ~0.8 s to import; the embedded store never
     # needs it.
     if qdrant_url:
+        check_url(qdrant_url)
         from embed_collections.stores.server import ServerStore
 
         return ServerStore(url=qdrant_url, api_key=api_key, **kw)

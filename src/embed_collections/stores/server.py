@@ -18,7 +18,15 @@ from qdrant_client.http.exceptions import (
 )
 
 from embed_collections.errors import StoreError, UsageError
-from embed_collections.stores.base import Hit, PointBatch, SearchQuery, SparseVec, VectorLayout
+from embed_collections.stores.base import (
+    Hit,
+    PointBatch,
+    ScanDigest,
+    SearchQuery,
+    SparseVec,
+    StoreScan,
+    VectorLayout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +250,7 @@ class ServerStore:
         """None: a server keeps no marker, so every run reloads (upserts are idempotent)."""
         return None
 
-    def mark_loaded(self, collection: str, signature: str, count: int) -> None:
+    def mark_loaded(self, collection: str, signature: str, count: int, digest: str = "") -> None:
         """Nothing is recorded on a server (see `loaded_marker`)."""
 
     def clear_loaded(self, collection: str) -> None:
@@ -312,6 +320,43 @@ class ServerStore:
                     return ids
         except CLIENT_ERRORS as exc:
             raise self._failed(f'Listing points of "{collection}"', exc) from exc
+
+    def scan(self, collection: str, keep: frozenset[str] = frozenset()) -> StoreScan:
+        """Read every point back, vectors and payloads included, into a `StoreScan`."""
+        layout = self.layout(collection)
+        names = list(layout.dense) if layout else [""]
+        digest = ScanDigest(names, keep)
+        offset = None
+        try:
+            while True:
+                records, offset = self.client.scroll(
+                    collection,
+                    limit=self.scroll_page,
+                    offset=offset,
+                    with_payload=True,
+                    with_vectors=True,
+                )
+                ids, sparse, payloads = [], [], []
+                dense: dict[str, list[Any]] = {name: [] for name in names}
+                for record in records:
+                    ids.append(str(record.id))
+                    vector: Any = record.vector
+                    named = vector if isinstance(vector, dict) else {"": vector}
+                    for name in names:
+                        dense[name].append(named.get(name) or [])
+                    sparse.append(
+                        [
+                            [key, list(value.indices), list(value.values)]
+                            for key, value in sorted(named.items())
+                            if isinstance(value, models.SparseVector)
+                        ]
+                    )
+                    payloads.append(record.payload)
+                digest.add_page(ids, dense, sparse, payloads)
+                if offset is None:
+                    return digest.result()
+        except CLIENT_ERRORS as exc:
+            raise self._failed(f'Reading points of "{collection}" back', exc) from exc
 
     def delete(self, collection: str, ids: list[str]) -> None:
         """Delete points by id."""
