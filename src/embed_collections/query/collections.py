@@ -245,8 +245,11 @@ class Collections:
                     dense=combined,
                 )  # fmt: skip
                 found = self.store.search(name, request)[0]
-            for rank, hit in enumerate(found, 1):
-                cosine = dense_cosine(encoder, dense, hit.vectors)
+            scored = [(hit, dense_cosine(encoder, dense, hit.vectors)) for hit in found]
+            # Equal fused scores (common with RRF) are ordered by the cosine, so the ranking
+            # does not depend on the engine's tie order, which changes with the limit.
+            scored.sort(key=lambda pair: (-pair[0].score, -(pair[1] or 0.0)))
+            for rank, (hit, cosine) in enumerate(scored, 1):
                 hits.append(SearchHit.from_hit(name, hit, rank, cosine))
         if mode == "dense":
             hits.sort(key=lambda hit: -hit.score)
