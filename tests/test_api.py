@@ -109,7 +109,7 @@ def test_the_cli_gives_the_same_results_as_the_api(api_result, chunked, tiny_mod
         ["search", "Garden,Kitchen", QUERY, "--output-dir", out, "--top-k", 4, "--json"], tmp_path
     )
     assert searched.code == 0, searched.err
-    hits = json.loads(searched.out)
+    hits = json.loads(searched.out)["hits"]
     assert [(h["collection"], h["chunk_id"]) for h in hits] == [
         (h[0], h[1]) for h in api_result["hits"]
     ]

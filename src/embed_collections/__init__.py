@@ -127,10 +127,19 @@ def open(  # noqa: A001 - the library's verb, as in `ec.open("output")`
     output_dir: str | Path | None = None,
     qdrant_api_key: str | None = None,
     device: str = "",
+    qdrant_url: str | None = None,
+    qdrant_path: str | Path | None = None,
+    trust_remote_code: bool = False,
 ) -> Collections:
-    """The collections of a finished run in `output_dir`, ready to search."""
+    """The collections of a finished run in `output_dir`, ready to search.
+
+    `qdrant_url`/`qdrant_path` search a store loaded elsewhere with this run's models; a model's
+    own code runs only with `trust_remote_code=True` (never because the run's record says so).
+    """
     from embed_collections.query.collections import Collections
     from embed_collections.record.config import default_paths, detect_environment
 
     root = Path(output_dir) if output_dir else default_paths(detect_environment())[1]
-    return Collections.open(root, qdrant_api_key, device)
+    return Collections.open(
+        root, qdrant_api_key, device, qdrant_url, qdrant_path, trust_remote_code
+    )

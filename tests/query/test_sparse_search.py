@@ -176,10 +176,12 @@ def dense_only_run(tmp_path_factory, tiny_models) -> Path:
 def test_search_cli_json(dense_only_run):
     result = run_cli("search", "Beta", "boats", "--output-dir", str(dense_only_run), "--json")
     assert result.returncode == 0, result.stderr
-    hits = json.loads(result.stdout)
+    data = json.loads(result.stdout)
+    hits = data["hits"]
+    assert data["mode"] == "dense"
     assert [h["rank"] for h in hits] == [1, 2, 3]
     assert {h["chunk_id"] for h in hits} == {"b_chunks-0000", "b_chunks-0001", "b_chunks-0002"}
-    assert {"score", "id", "text", "doc_id", "source_file"} <= set(hits[0])
+    assert {"score", "point_id", "text", "doc_id", "source_file", "collection"} <= set(hits[0])
 
 
 def test_search_cli_unknown_collection_lists_names(dense_only_run):
@@ -195,7 +197,8 @@ def test_search_cli_sparse_mode_without_sparse_vectors(dense_only_run):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "Error: --mode sparse needs sparse vectors; this run had none (re-run with --sparse bm25)"
+        'Error: Search mode "sparse" needs sparse vectors; this run had none (use mode dense, '
+        "or re-run with --sparse bm25)"
     )
 
 

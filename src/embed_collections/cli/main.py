@@ -12,6 +12,7 @@ import click
 from embed_collections.cli.commands import discover, run, upload
 from embed_collections.cli.query import eval_command, search
 from embed_collections.cli.render import log
+from embed_collections.cli.serve import serve
 from embed_collections.errors import EmbedCollectionsError
 
 
@@ -28,7 +29,7 @@ def cli() -> None:
     """
 
 
-for command in (discover, run, search, eval_command, upload):
+for command in (discover, run, search, eval_command, upload, serve):
     cli.add_command(command)
 
 

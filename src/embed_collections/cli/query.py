@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import click
@@ -29,24 +30,53 @@ from embed_collections.cli.render import echo_json, render_table, setup_logging
     help="Output directory of the run to search [./output].",
 )
 @click.option(
-    "--top-k", type=click.IntRange(min=1), default=10, show_default=True, help="Number of hits."
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Number of hits (at most 1000).",
 )
 @click.option(
     "--mode",
     type=click.Choice(["dense", "sparse", "hybrid"]),
     help="Which vectors to search [hybrid when the run stored sparse vectors].",
 )
+@click.option(
+    "--where",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Only chunks whose payload FIELD equals VALUE (repeatable, all must match), e.g. "
+    "source_file=guide.md or metadata.lang=en; whole numbers and true/false match as such.",
+)
 @click.option("--fusion", type=click.Choice(["rrf", "dbsf"]), default="rrf", show_default=True)
 @click.option(
     "--rrf-k", default=60, show_default=True, help="RRF constant k: score = sum 1/(k + rank)."
 )
+@click.option(
+    "--qdrant-url",
+    envvar="QDRANT_URL",
+    help="Search this Qdrant server instead of the run's store (env QDRANT_URL).",
+)
+@click.option(
+    "--qdrant-path",
+    type=click.Path(path_type=Path),
+    help="Search this embedded store folder instead of the run's store.",
+)
 @click.option("--qdrant-api-key", envvar="QDRANT_API_KEY", help="API key (env QDRANT_API_KEY).")
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Let models run their own code (never taken from the run's record).",
+)
+@click.option(
+    "--device", default="", help="Device for the query models [cuda if present, else cpu]."
+)
 @click.option(
     "--weights",
     multiple=True,
     help="Query-time weight per model for a --combine named run [the run's weights].",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the mode and hits as JSON.")
 @verbose_option
 @quiet_option
 def search(
@@ -55,9 +85,14 @@ def search(
     output_dir,
     top_k,
     mode,
+    where,
     fusion,
     rrf_k,
+    qdrant_url,
+    qdrant_path,
     qdrant_api_key,
+    trust_remote_code,
+    device,
     weights,
     as_json,
     verbose,
@@ -65,36 +100,90 @@ def search(
 ):
     """Search COLLECTION of an earlier run for QUERY, embedded the way the run embedded documents.
 
-    COLLECTION is one name, several separated by commas, or `all`.
+    COLLECTION is one name, several separated by commas, or `all`. Each hit's score is the
+    dense cosine of query and chunk (comparable across collections); in hybrid and sparse mode
+    hits keep their collection's own ranking, shown as `rank`.
 
     \b
     Example:
       embed-collections search Docling "How do I convert a PDF?" --output-dir ./output --top-k 5
+      embed-collections search all "install with pip" --where source_file=README_chunks.json
+      embed-collections search Docling,pydantic "validate a field" --mode dense --json
       embed-collections search Docling "convert a PDF" --weights 0.8,0.2  # a --combine named run
     """
     import embed_collections as ec
 
     setup_logging(verbose, quiet or not verbose)
-    with ec.open(output_dir, qdrant_api_key) as opened:
-        names = None if collection == "all" else split_list((collection,))
+    with ec.open(
+        output_dir, qdrant_api_key, device, qdrant_url, qdrant_path, trust_remote_code
+    ) as opened:
+        chosen = opened.resolve_mode(mode)
         hits = opened.search(
-            query, names, top_k, mode, fusion, rrf_k, weights=parse_weights(weights)
+            query,
+            collection,
+            top_k,
+            chosen,
+            fusion,
+            rrf_k,
+            weights=parse_weights(weights),
+            where=parse_where(where),
         )
+    described = describe_mode(chosen, fusion, rrf_k)
     if as_json:
-        echo_json(
-            [
-                {"rank": i, "score": h.score, "id": h.point_id, "collection": h.collection}
-                | {"text": h.text, "chunk_id": h.chunk_id, "doc_id": h.doc_id}
-                | {"source_file": h.source_file, "metadata": h.metadata}
-                for i, h in enumerate(hits, 1)
-            ]
-        )
+        echo_json({"mode": chosen, "ranking": described, "hits": [h.to_json() for h in hits]})
         return
-    rows = [
-        [i, f"{h.score:.4f}", h.chunk_id, h.source_file, " ".join(h.text.split())[:80]]
+    click.echo(f"Mode: {described}; score = cosine of query and chunk")
+    if not hits:
+        click.echo("No hits.")
+        return
+    headers = ["#", "score", *(["rank"] if chosen != "dense" else []), "collection", "source"]
+    rows: list[list[object]] = [
+        [
+            i,
+            f"{h.score:.3f}",
+            *([h.rank] if chosen != "dense" else []),
+            h.collection,
+            shorten(h.source_file or h.doc_id, 40),
+        ]
         for i, h in enumerate(hits, 1)
     ]
-    click.echo(render_table(["rank", "score", "chunk_id", "source_file", "text"], rows))
+    fixed = render_table(headers, rows).splitlines()[0]
+    room = max(20, shutil.get_terminal_size((100, 24)).columns - len(fixed) - 3)
+    for row, hit in zip(rows, hits):
+        row.append(shorten(" ".join(hit.text.split()), room))
+    click.echo(render_table([*headers, "text"], rows))
+
+
+def describe_mode(mode: str, fusion: str, rrf_k: int) -> str:
+    """The mode as a person reads it: `hybrid (dense + BM25, RRF k=60)`."""
+    if mode == "hybrid":
+        fused = f"RRF k={rrf_k}" if fusion == "rrf" else "DBSF"
+        return f"hybrid (dense + BM25, {fused})"
+    return "sparse (BM25)" if mode == "sparse" else "dense"
+
+
+def shorten(text: str, width: int) -> str:
+    """`text` cut to `width` characters, with an ellipsis when cut."""
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def parse_where(values: tuple[str, ...]) -> list[tuple[str, str | int | bool]]:
+    """`--where FIELD=VALUE` options as filter pairs; whole numbers and true/false are typed."""
+    pairs: list[tuple[str, str | int | bool]] = []
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(
+                f'"{item}" is not FIELD=VALUE (e.g. --where source_file=guide.md)',
+                param_hint="--where",
+            )
+        value: str | int | bool = raw
+        if raw in ("true", "false"):
+            value = raw == "true"
+        elif raw.lstrip("-").isdigit():
+            value = int(raw)
+        pairs.append((key.strip(), value))
+    return pairs
 
 
 @click.command("eval", cls=ListOptionCommand)

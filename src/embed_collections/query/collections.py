@@ -3,28 +3,46 @@ encoder, held together so that many searches pay for opening them once."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+import numpy as np
 
 from embed_collections.errors import UsageError
 from embed_collections.query.search import (
     DEFAULT_RRF_K,
     QueryEncoder,
     build_queries,
+    check_mode,
     default_mode,
+    dense_cosine,
     open_run_store,
     uses_weighted_fusion,
     weighted_named_search,
 )
 from embed_collections.record.run_record import ModelRecord, RunRecord, read_run_record
-from embed_collections.stores.base import Hit, Store
+from embed_collections.stores.base import Hit, PayloadMatch, Store
+
+MAX_TOP_K = 1000
+MAX_QUERY_CHARS = 8192  # far above any model's window (MiniLM reads 256 tokens)
+
+
+class UnknownCollectionError(UsageError):
+    """A search named a collection the store does not hold."""
 
 
 @dataclass(frozen=True)
 class SearchHit:
-    """One chunk found by a search, with the collection it came from."""
+    """One chunk found by a search, with the collection it came from.
+
+    `score` is the dense cosine of the query and the chunk as the run combined its models, in
+    every mode, so hits from several collections compare; `rank` is the hit's place in its own
+    collection's ranking for the mode, and `fused_score` the store's score behind that ranking
+    (the cosine in dense mode, RRF or DBSF in hybrid mode, BM25 in sparse mode).
+    """
 
     collection: str
     chunk_id: str
@@ -34,20 +52,83 @@ class SearchHit:
     source_file: str
     doc_id: str
     point_id: str
+    rank: int = 1
+    fused_score: float = 0.0
 
     @classmethod
-    def from_hit(cls, collection: str, hit: Hit) -> SearchHit:
+    def from_hit(
+        cls, collection: str, hit: Hit, rank: int = 1, score: float | None = None
+    ) -> SearchHit:
         payload = hit.payload
         return cls(
             collection=collection,
             chunk_id=str(payload.get("chunk_id", "")),
-            score=float(hit.score),
+            score=float(hit.score if score is None else score),
             text=str(payload.get("text", "")),
             metadata=dict(payload.get("metadata") or {}),
             source_file=str(payload.get("source_file", "")),
             doc_id=str(payload.get("doc_id", "")),
             point_id=str(hit.id),
+            rank=rank,
+            fused_score=float(hit.score),
         )
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields every client shows (CLI --json, HTTP, MCP)."""
+        return {
+            "collection": self.collection,
+            "chunk_id": self.chunk_id,
+            "score": round(self.score, 6),
+            "rank": self.rank,
+            "fused_score": round(self.fused_score, 6),
+            "source_file": self.source_file,
+            "doc_id": self.doc_id,
+            "point_id": self.point_id,
+            "text": self.text,
+            "metadata": self.metadata,
+        }
+
+
+def payload_match(where: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> PayloadMatch:
+    """Check a filter ({key: value}, or (key, value) pairs): keys are payload fields
+    (`source_file`, `metadata.lang`), values a string, integer or boolean to match exactly."""
+    if not where:
+        return ()
+    if isinstance(where, Mapping):
+        pairs = list(where.items())
+    elif isinstance(where, (str, bytes)):
+        raise UsageError(f'Filter "where" must map payload fields to values, got "{where!s}"')
+    else:
+        pairs = list(where)
+    checked = []
+    for pair in pairs:
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise UsageError(f"Filter {pair!r} is not a (field, value) pair")
+        key, value = pair
+        if not isinstance(key, str) or not key.strip() or key.startswith("."):
+            raise UsageError(
+                f'Filter field "{key}" is not a payload field name (use e.g. "source_file" or '
+                '"metadata.lang")'
+            )
+        if not isinstance(value, (str, int, bool)) or isinstance(value, float):
+            raise UsageError(
+                f'Filter "{key}" has value {value!r}; give a string, integer or boolean to match'
+            )
+        checked.append((key, value))
+    return tuple(checked)
+
+
+def check_request(query: str, top_k: int) -> None:
+    """UsageErrors for a query no search should run: empty, too long, or top_k out of range."""
+    if not isinstance(query, str) or not query.strip():
+        raise UsageError('The query is empty; give the text to search for in "query"')
+    if len(query) > MAX_QUERY_CHARS:
+        raise UsageError(
+            f"The query is {len(query):,} characters, over the limit of {MAX_QUERY_CHARS:,}; "
+            "search with a shorter text (models read only the first few hundred words)"
+        )
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+        raise UsageError(f"top_k is {top_k!r}; give a whole number from 1 to {MAX_TOP_K}")
 
 
 class Collections:
@@ -61,13 +142,29 @@ class Collections:
 
     @classmethod
     def open(
-        cls, output_dir: str | Path, qdrant_api_key: str | None = None, device: str = ""
+        cls,
+        output_dir: str | Path,
+        qdrant_api_key: str | None = None,
+        device: str = "",
+        qdrant_url: str | None = None,
+        qdrant_path: str | Path | None = None,
+        trust_remote_code: bool = False,
+        encoder: QueryEncoder | None = None,
     ) -> Collections:
-        """Open the run written to `output_dir` (its `run_config.json` and store)."""
+        """Open the run written to `output_dir` (its `run_config.json` and store).
+
+        Paths in the record are relative to `output_dir`; `qdrant_url`/`qdrant_path` search
+        another store with this run's models; `trust_remote_code` is the caller's to give.
+        """
         output_dir = Path(output_dir)
         record = read_run_record(output_dir)
-        encoder = QueryEncoder.from_record(record, device=device)
-        return cls(output_dir, record, open_run_store(record, qdrant_api_key), encoder)
+        if encoder is None:
+            encoder = QueryEncoder.from_record(
+                record, device, output_dir, trust_remote_code=trust_remote_code
+            )
+        path = Path(qdrant_path) if qdrant_path else None
+        store = open_run_store(record, qdrant_api_key, output_dir, qdrant_url, path)
+        return cls(output_dir, record, store, encoder)
 
     @property
     def names(self) -> list[str]:
@@ -79,37 +176,86 @@ class Collections:
         """The run's models as its record keeps them (name, weight, prefixes, backend, ...)."""
         return list(self.record.models)
 
+    def resolve_mode(self, mode: str | None) -> str:
+        """The mode a search runs in: `mode`, or hybrid when the run stored sparse vectors."""
+        mode = mode or default_mode(self.record)
+        check_mode(self.encoder, mode)
+        return mode
+
+    def resolve_names(self, collections: str | Iterable[str] | None) -> list[str]:
+        """Collection names from None or "all" (every one), a comma-separated string or a list;
+        UnknownCollectionError names the first unknown one and the choices."""
+        available = self.store.collections()
+        if isinstance(collections, str):
+            collections = [part for part in collections.split(",")]
+        names = [name.strip() for name in collections or [] if name.strip()]
+        if not names or names == ["all"]:
+            return sorted(available)
+        unknown = [name for name in names if name not in available]
+        if unknown:
+            raise UnknownCollectionError(
+                f'Unknown collection "{unknown[0]}". Available: {", ".join(sorted(available))}'
+            )
+        return list(dict.fromkeys(names))
+
+    def embed(self, texts: list[str]) -> list[list[np.ndarray]]:
+        """Each text's raw per-model query vectors (one list per text), for `search(vectors=)`:
+        a server embeds the texts of concurrent requests in one call."""
+        per_model = self.encoder.per_model(texts)
+        return [[array[row] for array in per_model] for row in range(len(texts))]
+
     def search(
         self,
         query: str,
-        collections: list[str] | None = None,
+        collections: str | Iterable[str] | None = None,
         top_k: int = 10,
         mode: str | None = None,
         fusion: str = "rrf",
         rrf_k: int = DEFAULT_RRF_K,
         weights: list[float] | None = None,
+        where: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+        vectors: list[np.ndarray] | None = None,
     ) -> list[SearchHit]:
-        """The `top_k` best chunks for `query` in `collections` (None: all of them), searched the
-        way the run embedded its documents; `mode` is dense, sparse or hybrid [hybrid when the
-        run stored sparse vectors]."""
-        available = self.store.collections()
-        names = list(collections) if collections else sorted(available)
-        unknown = [name for name in names if name not in available]
-        if unknown:
-            raise UsageError(
-                f'Unknown collection "{unknown[0]}". Available: {", ".join(sorted(available))}'
-            )
+        """The `top_k` best chunks for `query` in `collections` (None or "all": every one),
+        searched the way the run embedded its documents, keeping only chunks whose payload
+        matches `where` ({"source_file": "a.md"}); `mode` is dense, sparse or hybrid [hybrid
+        when the run stored sparse vectors].
+
+        Hits of several collections are merged by `score` (the dense cosine) in dense mode,
+        and by their rank within their collection, then `score`, in sparse and hybrid mode.
+        """
+        check_request(query, top_k)
+        match = payload_match(where)
+        mode = self.resolve_mode(mode)
+        names = self.resolve_names(collections)
         encoder = self.encoder.with_weights(weights)
-        mode = mode or default_mode(self.record)
+        per_model = [row[None, :] for row in vectors] if vectors else encoder.per_model([query])
+        combined = encoder.combined(per_model, [spec.weight for spec in encoder.specs])
+        dense = {name: array[0] for name, array in combined.items()}
         hits: list[SearchHit] = []
         for name in names:
             if uses_weighted_fusion(encoder, mode):
-                found = weighted_named_search(self.store, name, encoder, [query], top_k)[0]
+                found = weighted_named_search(
+                    self.store, name, encoder, [query], top_k, where=match, with_vector=True,
+                    dense=combined,
+                )[0]  # fmt: skip
             else:
-                queries = build_queries(encoder, [query], mode, top_k, fusion, rrf_k)
-                found = self.store.search(name, queries)[0]
-            hits.extend(SearchHit.from_hit(name, hit) for hit in found)
-        return sorted(hits, key=lambda hit: -hit.score)[:top_k]
+                request = build_queries(
+                    encoder, [query], mode, top_k, fusion, rrf_k, where=match, with_vector=True,
+                    dense=combined,
+                )  # fmt: skip
+                found = self.store.search(name, request)[0]
+            scored = [(hit, dense_cosine(encoder, dense, hit.vectors)) for hit in found]
+            # Equal fused scores (common with RRF) are ordered by the cosine, so the ranking
+            # does not depend on the engine's tie order, which changes with the limit.
+            scored.sort(key=lambda pair: (-pair[0].score, -(pair[1] or 0.0)))
+            for rank, (hit, cosine) in enumerate(scored, 1):
+                hits.append(SearchHit.from_hit(name, hit, rank, cosine))
+        if mode == "dense":
+            hits.sort(key=lambda hit: -hit.score)
+        else:
+            hits.sort(key=lambda hit: (hit.rank, -hit.score))
+        return hits[:top_k]
 
     def close(self) -> None:
         self.store.close()

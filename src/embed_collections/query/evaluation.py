@@ -255,7 +255,9 @@ def evaluate_beir(
     config, summary, index_seconds = index_corpus(dataset, config, upload=True)
 
     record = read_run_record(config.output_dir)
-    encoder = QueryEncoder.from_record(record, device=config.engine.device)
+    encoder = QueryEncoder.from_record(
+        record, config.engine.device, config.output_dir, config.trust_remote_code
+    )
     texts = list(queries.values())
     started = time.perf_counter()
     encoder = precompute_queries(encoder, texts, chosen)
@@ -285,7 +287,7 @@ def evaluate_beir(
     )
     qrels = {qid: dataset.qrels[qid] for qid in queries}
     corpus_ids = list(dataset.corpus)
-    store = open_run_store(record, config.qdrant_api_key)
+    store = open_run_store(record, config.qdrant_api_key, config.output_dir)
     try:
         for mode in chosen:
             started = time.perf_counter()

@@ -7,17 +7,26 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from embed_collections.engine.backends import default_device, default_dtype
 from embed_collections.engine.combine import combine_vectors, scaled_weights
-from embed_collections.engine.models import ModelSettings, ModelSpec, locate_model, static_format
+from embed_collections.engine.models import (
+    ModelSettings,
+    ModelSpec,
+    fingerprint_folder,
+    locate_model,
+    model_fingerprint,
+    static_format,
+)
 from embed_collections.engine.runtimes import create_backend, runtime_installed
-from embed_collections.errors import UsageError
-from embed_collections.record.run_record import RunRecord
+from embed_collections.errors import ModelError, UsageError
+from embed_collections.record.run_record import ModelRecord, RunRecord
 from embed_collections.stores import Hit, SearchQuery, Store
 from embed_collections.stores import sparse as sparse_vectors
+from embed_collections.stores.base import PayloadMatch
 from embed_collections.stores.open import open_store
 
 log = logging.getLogger(__name__)
@@ -38,16 +47,30 @@ class QueryEncoder:
     backends: list[str] = field(default_factory=list)  # per model, as the run embedded
     dtypes: list[str] = field(default_factory=list)
     run_device: str = ""
+    loaded: dict[int, Any] = field(default_factory=dict)  # kept backends, by model index
 
     @classmethod
-    def from_record(cls, record: RunRecord, device: str = "") -> QueryEncoder:
-        """The encoder for a run: its models (found again if moved), weights, prefixes, sparse."""
-        model_cache_dir = Path(record.model_cache_dir) if record.model_cache_dir else None
+    def from_record(
+        cls,
+        record: RunRecord,
+        device: str = "",
+        base_dir: Path | None = None,
+        trust_remote_code: bool = False,
+        check_fingerprints: bool = True,
+    ) -> QueryEncoder:
+        """The encoder for a run: its models (found again if moved), weights, prefixes, sparse.
+
+        Relative paths in the record are relative to `base_dir` (the record's folder). A
+        model's own code runs only when the caller passes `trust_remote_code`: the record's
+        flag is never trusted, since whoever can write that file would run code as the user.
+        With `check_fingerprints`, a model folder that changed since the run is an error.
+        """
+        cache_dir = resolve_recorded(base_dir, record.model_cache_dir)
         specs = []
         for model in record.models:
-            path = Path(model.path)
-            if not path.is_dir():
-                path = locate_model(model.name, model_cache_dir)[0]
+            path = resolve_recorded(base_dir, model.path)
+            if path is None or not path.is_dir():
+                path = locate_model(model.name, cache_dir)[0]
             settings = ModelSettings(
                 document_prefix=model.document_prefix,
                 query_prefix=model.query_prefix,
@@ -62,10 +85,12 @@ class QueryEncoder:
                     settings=settings,
                     weight=model.weight,
                     dim=model.dim,
-                    trust_remote_code=record.trust_remote_code,
+                    trust_remote_code=trust_remote_code,
                     static=static_format(path) is not None,
                 )
             )
+            if check_fingerprints:
+                check_fingerprint(model, specs[-1])
         sparse = None
         if record.sparse:
             sparse = sparse_vectors.create_encoder(**asdict(record.sparse))
@@ -103,16 +128,42 @@ class QueryEncoder:
         device = "cpu" if device.startswith("cpu") else device
         per_model = []
         for index, spec in enumerate(self.specs):
-            backend = create_backend(spec, *self.query_backend(index, device))
-            backend.load(device)
+            backend = self.loaded.get(index)
+            if backend is None:
+                backend = create_backend(spec, *self.query_backend(index, device))
+                backend.load(device)
             prefixed = [spec.settings.query_prefix + q for q in queries]
             parts = [
                 backend.embed(prefixed[i : i + batch_size])
                 for i in range(0, len(prefixed), batch_size)
             ]
             per_model.append(np.vstack(parts))
-            backend.unload()
+            if index not in self.loaded:
+                backend.unload()
         return per_model
+
+    def load(self) -> QueryEncoder:
+        """Load every model now and keep it loaded (a server's encoder); `unload()` frees them."""
+        device = (self.device or default_device()).split(",")[0]
+        device = "cpu" if device.startswith("cpu") else device
+        for index, spec in enumerate(self.specs):
+            if index not in self.loaded:
+                backend = create_backend(spec, *self.query_backend(index, device))
+                backend.load(device)
+                self.loaded[index] = backend
+        return self
+
+    def unload(self) -> None:
+        """Release the models `load()` kept."""
+        while self.loaded:
+            self.loaded.popitem()[1].unload()
+
+    def combined(
+        self, per_model: list[np.ndarray], weights: list[float] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The stored form of per-model query vectors (vector name -> Q x D)."""
+        weights = weights or [spec.weight for spec in self.specs]
+        return combine_vectors(per_model, weights, self.combine, self.vector_names)
 
     def with_weights(self, weights: list[float] | None) -> QueryEncoder:
         """The same encoder with query-time weights (one per model; finite, >= 0, not all 0)."""
@@ -150,15 +201,19 @@ def build_queries(
     fusion: str = "rrf",
     rrf_k: int = DEFAULT_RRF_K,
     prefetch_limit: int = 100,
+    where: PayloadMatch = (),
+    with_vector: bool = False,
+    dense: dict[str, np.ndarray] | None = None,
 ) -> list[SearchQuery]:
-    """One SearchQuery per text: dense vectors, the sparse vector, or all of them fused."""
-    if mode not in SEARCH_MODES:
-        raise UsageError(f'Unknown search mode "{mode}". Choose one of {", ".join(SEARCH_MODES)}')
-    if mode in ("sparse", "hybrid") and encoder.sparse is None:
-        raise UsageError(
-            f"--mode {mode} needs sparse vectors; this run had none (re-run with --sparse bm25)"
-        )
-    dense = encoder.dense(texts) if mode in ("dense", "hybrid") else {}
+    """One SearchQuery per text: dense vectors, the sparse vector, or all of them fused.
+
+    `dense`: the texts' combined dense vectors when already computed (else embedded here).
+    """
+    check_mode(encoder, mode)
+    if mode not in ("dense", "hybrid"):
+        dense = {}
+    elif dense is None:
+        dense = encoder.dense(texts)
     sparse = encoder.sparse_queries(texts) if mode in ("sparse", "hybrid") else []
     queries = []
     for row, _ in enumerate(texts):
@@ -167,6 +222,8 @@ def build_queries(
             fusion=fusion,  # type: ignore[arg-type]  # checked by the CLI's choices
             rrf_k=rrf_k,
             prefetch_limit=prefetch_limit,
+            where=where,
+            with_vector=with_vector,
         )
         if dense:
             query = replace(query, dense={name: array[row] for name, array in dense.items()})
@@ -174,6 +231,17 @@ def build_queries(
             query = replace(query, sparse={sparse_vectors.VECTOR_NAME: sparse[row]})
         queries.append(query)
     return queries
+
+
+def check_mode(encoder: QueryEncoder, mode: str) -> None:
+    """A UsageError unless `mode` is one this run's vectors can answer."""
+    if mode not in SEARCH_MODES:
+        raise UsageError(f'Unknown search mode "{mode}". Choose one of {", ".join(SEARCH_MODES)}')
+    if mode in ("sparse", "hybrid") and encoder.sparse is None:
+        raise UsageError(
+            f'Search mode "{mode}" needs sparse vectors; this run had none (use mode dense, '
+            "or re-run with --sparse bm25)"
+        )
 
 
 def uses_weighted_fusion(encoder: QueryEncoder, mode: str) -> bool:
@@ -189,6 +257,9 @@ def weighted_named_search(
     limit: int,
     prefetch_limit: int = 100,
     with_payload: bool = True,
+    where: PayloadMatch = (),
+    with_vector: bool = False,
+    dense: dict[str, np.ndarray] | None = None,
 ) -> list[list[Hit]]:
     """Search each named vector, then rank the union of candidates by sum_i w_i * cos_i / sum w.
 
@@ -198,7 +269,7 @@ def weighted_named_search(
     exact for candidates every model returned within `prefetch_limit` and close otherwise; `eval`
     shows the exact ranking (`dense-exact`) beside it.
     """
-    dense = encoder.dense(texts)
+    dense = encoder.dense(texts) if dense is None else dense
     scaled = scaled_weights([spec.weight for spec in encoder.specs])  # 1e308 1e308 is 1 1
     weights = dict(zip(encoder.vector_names, scaled))
     total = sum(weights.values())
@@ -207,7 +278,13 @@ def weighted_named_search(
         name: store.search(
             collection,
             [
-                SearchQuery(dense={name: dense[name][row]}, limit=depth, with_payload=with_payload)
+                SearchQuery(
+                    dense={name: dense[name][row]},
+                    limit=depth,
+                    with_payload=with_payload,
+                    where=where,
+                    with_vector=with_vector,
+                )
                 for row in range(len(texts))
             ],
         )
@@ -218,24 +295,76 @@ def weighted_named_search(
     for row in range(len(texts)):
         scores: dict[str, float] = {}
         payloads: dict[str, dict] = {}
+        vectors: dict[str, dict] = {}
         lists = {name: hits[row] for name, hits in per_name.items()}
         for hits in lists.values():
             for hit in hits:
                 payloads.setdefault(hit.id, hit.payload)
+                vectors.setdefault(hit.id, {}).update(hit.vectors)
         for name, hits in lists.items():
             found = {hit.id: hit.score for hit in hits}
             floor = min(found.values()) if found else 0.0
             for point in payloads:
                 scores[point] = scores.get(point, 0.0) + weights[name] * found.get(point, floor)
         ranked = sorted(scores.items(), key=lambda item: -item[1])[:limit]
-        fused_hits.append([Hit(id=p, score=v / total, payload=payloads[p]) for p, v in ranked])
+        fused_hits.append([Hit(p, v / total, payloads[p], vectors[p]) for p, v in ranked])
     return fused_hits
 
 
-def open_run_store(record: RunRecord, api_key: str | None = None) -> Store:
-    """The store a run wrote to."""
-    path = Path(record.store.path) if record.store.path else None
-    return open_store(record.store.url, path, api_key)
+def dense_cosine(
+    encoder: QueryEncoder, query: dict[str, np.ndarray], stored: dict[str, Any]
+) -> float | None:
+    """The score a person can read: the query's cosine with the hit, as the run combined its
+    models (one cosine for concat/average; the weighted mean of the models' cosines for named).
+    None when the hit came back without its vectors."""
+    weights = {name: spec.weight for name, spec in zip(encoder.vector_names, encoder.specs)}
+    total, score = 0.0, 0.0
+    for name, vector in query.items():
+        if name not in stored:
+            return None
+        other = np.asarray(stored[name], dtype=np.float32)
+        norm = float(np.linalg.norm(vector) * np.linalg.norm(other))
+        cosine = float(np.dot(vector, other)) / norm if norm else 0.0
+        weight = weights.get(name, 1.0) if encoder.combine == "named" else 1.0
+        score, total = score + weight * cosine, total + weight
+    return score / total if total else None
+
+
+def resolve_recorded(base_dir: Path | None, recorded: str | None) -> Path | None:
+    """A path from a run record: relative ones are relative to the record's folder."""
+    if not recorded:
+        return None
+    path = Path(recorded).expanduser()
+    if path.is_absolute() or base_dir is None:
+        return path
+    return base_dir / path
+
+
+def check_fingerprint(model: ModelRecord, spec: ModelSpec) -> None:
+    """A ModelError when the model folder is not the one the run embedded with."""
+    if not model.fingerprint:
+        return
+    found = model_fingerprint(spec, model.backend, model.dtype, fingerprint_folder(spec.path))
+    if found != model.fingerprint:
+        raise ModelError(
+            f'Model "{model.name}" at {spec.path} changed since the run embedded with it '
+            "(its files or settings differ), so its query vectors would not match the stored "
+            "ones: restore the original folder, or re-run `embed-collections run` to re-embed"
+        )
+
+
+def open_run_store(
+    record: RunRecord,
+    api_key: str | None = None,
+    base_dir: Path | None = None,
+    qdrant_url: str | None = None,
+    qdrant_path: Path | None = None,
+) -> Store:
+    """The store a run wrote to, or the one given (`qdrant_url`/`qdrant_path`: a store loaded
+    elsewhere, e.g. by `upload`, searched with this run's record)."""
+    if qdrant_url or qdrant_path:
+        return open_store(qdrant_url, Path(qdrant_path) if qdrant_path else None, api_key)
+    return open_store(record.store.url, resolve_recorded(base_dir, record.store.path), api_key)
 
 
 def default_mode(record: RunRecord) -> str:

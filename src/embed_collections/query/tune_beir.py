@@ -135,7 +135,9 @@ def tune_beir(
     corpus_ids, corpus_vectors = cached_corpus_vectors(config, record, dataset.name)
     query_ids = list(dict.fromkeys([*tune_queries, *eval_queries]))
     texts = [dataset.queries[q] for q in query_ids]
-    encoder = QueryEncoder.from_record(record, device=config.engine.device)
+    encoder = QueryEncoder.from_record(
+        record, config.engine.device, config.output_dir, config.trust_remote_code
+    )
     scores = cosine_scores(encoder.per_model(texts), corpus_vectors)
     del corpus_vectors
     mask_self_hits(scores, query_ids, corpus_ids)

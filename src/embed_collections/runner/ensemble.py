@@ -89,7 +89,7 @@ class Ensemble:
             layout=layout,
             sparse=sparse,
             store=StoreRecord(
-                config.qdrant_url, None if config.qdrant_url else str(config.store_path)
+                config.qdrant_url, None if config.qdrant_url else recorded_path(config)
             ),
             cache=str(config.embedding_cache_path),
             model_cache_dir=str(config.model_cache_dir) if config.model_cache_dir else None,
@@ -123,3 +123,10 @@ def prepare_ensemble(config: RunConfig) -> Ensemble:
     if config.sparse:
         encoder = sparse_vectors.create_encoder(config.sparse, config.sparse_language)
     return Ensemble(specs, fingerprints, config.combine, backends, encoder)
+
+
+def recorded_path(config: RunConfig) -> str:
+    """The store folder as the record keeps it: relative to the output directory when inside
+    it, so a moved or copied run searches its own store."""
+    store, output = config.store_path.absolute(), config.output_dir.absolute()
+    return str(store.relative_to(output)) if store.is_relative_to(output) else str(store)

@@ -12,6 +12,9 @@ import numpy as np
 SparseVec = tuple[list[int], list[float]]
 """A sparse vector as (indices, values)."""
 
+PayloadMatch = tuple[tuple[str, "str | int | bool"], ...]
+"""Payload filter: every (key, value) must match exactly (`source_file`, `metadata.lang`, ...)."""
+
 
 @dataclass(frozen=True)
 class VectorLayout:
@@ -135,15 +138,18 @@ class SearchQuery:
     rrf_k: int = 60
     prefetch_limit: int = 100
     with_payload: bool = True
+    where: PayloadMatch = ()  # applied by the store (and to every prefetch), not afterwards
+    with_vector: bool = False
 
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result."""
+    """One search result (`vectors`: its dense vectors by name, when asked for)."""
 
     id: str
     score: float
     payload: dict[str, Any]
+    vectors: dict[str, Any] = field(default_factory=dict)
 
 
 class Store(Protocol):

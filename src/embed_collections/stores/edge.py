@@ -25,7 +25,10 @@ from qdrant_edge import (
     EdgeShard,
     EdgeSparseVectorParams,
     EdgeVectorParams,
+    FieldCondition,
+    Filter,
     Fusion,
+    MatchValue,
     Modifier,
     Point,
     Prefetch,
@@ -90,21 +93,39 @@ def _nearest(name: str, vector: Any) -> Query:
     return Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=name)
 
 
+def _filter(query: SearchQuery) -> Filter | None:
+    """Every (key, value) of `where` must match exactly."""
+    if not query.where:
+        return None
+    return Filter(must=[FieldCondition(key, match=MatchValue(value)) for key, value in query.where])
+
+
 def _request(query: SearchQuery) -> QueryRequest:
     """One search: plain nearest for a single vector, prefetch + fusion for several."""
     vectors: list[tuple[str, Any]] = [*query.dense.items(), *query.sparse.items()]
     if not vectors:
         raise StoreError("Search query has no vector (give at least one dense or sparse vector)")
+    where = _filter(query)
+    options: dict[str, Any] = {"with_payload": query.with_payload, "filter": where}
+    if query.with_vector:
+        options["with_vector"] = [name for name, _ in query.dense.items()] or True
     if len(vectors) == 1:
         name, vector = vectors[0]
-        return QueryRequest(
-            query.limit, query=_nearest(name, vector), with_payload=query.with_payload
-        )
+        return QueryRequest(query.limit, query=_nearest(name, vector), **options)
     fusion: Any = Fusion.Rrf(k=query.rrf_k) if query.fusion == "rrf" else Fusion.Dbsf()
-    prefetches = [Prefetch(query.prefetch_limit, query=_nearest(n, v)) for n, v in vectors]
-    return QueryRequest(
-        query.limit, prefetches=prefetches, query=fusion, with_payload=query.with_payload
-    )
+    prefetches = [
+        Prefetch(query.prefetch_limit, query=_nearest(n, v), filter=where) for n, v in vectors
+    ]
+    return QueryRequest(query.limit, prefetches=prefetches, query=fusion, **options)
+
+
+def _vectors(vector: Any) -> dict[str, Any]:
+    """A returned point's dense vectors by name (the unnamed vector is "")."""
+    if vector is None:
+        return {}
+    if isinstance(vector, dict):
+        return {name: value for name, value in vector.items() if isinstance(value, list)}
+    return {"": vector} if isinstance(vector, list) else {}
 
 
 class EdgeStore:
@@ -424,7 +445,7 @@ class EdgeStore:
             else:
                 results = shard.query_batch(QueryBatchRequest(requests))
         return [
-            [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in points]
+            [Hit(str(p.id), float(p.score), p.payload or {}, _vectors(p.vector)) for p in points]
             for points in results
         ]
 

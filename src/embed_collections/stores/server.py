@@ -71,11 +71,35 @@ def _point_vector(dense: dict[str, list], sparse: dict[str, list[SparseVec]], i:
     return row
 
 
+def _filter(query: SearchQuery) -> models.Filter | None:
+    """Every (key, value) of `where` must match exactly."""
+    if not query.where:
+        return None
+    return models.Filter(
+        must=[
+            models.FieldCondition(key=key, match=models.MatchValue(value=value))
+            for key, value in query.where
+        ]
+    )
+
+
+def _vectors(vector: Any) -> dict[str, Any]:
+    """A returned point's dense vectors by name (the unnamed vector is "")."""
+    if isinstance(vector, dict):
+        return {name: value for name, value in vector.items() if isinstance(value, list)}
+    return {"": vector} if isinstance(vector, list) else {}
+
+
 def _request(query: SearchQuery) -> models.QueryRequest:
     """One search: plain nearest for a single vector, prefetch + fusion for several."""
     vectors: list[tuple[str, Any]] = [*query.dense.items(), *query.sparse.items()]
     if not vectors:
         raise StoreError("Search query has no vector (give at least one dense or sparse vector)")
+    where = _filter(query)
+    with_vector: Any = False
+    if query.with_vector:
+        names = [name for name in query.dense if name]
+        with_vector = names or True
     if len(vectors) == 1:
         name, vector = vectors[0]
         return models.QueryRequest(
@@ -83,6 +107,8 @@ def _request(query: SearchQuery) -> models.QueryRequest:
             using=name or None,
             limit=query.limit,
             with_payload=query.with_payload,
+            with_vector=with_vector,
+            filter=where,
         )
     fusion: models.Query
     if query.fusion == "dbsf":
@@ -93,11 +119,16 @@ def _request(query: SearchQuery) -> models.QueryRequest:
     else:
         fusion = models.RrfQuery(rrf=models.Rrf(k=query.rrf_k))
     prefetch = [
-        models.Prefetch(query=_vector(v), using=n or None, limit=query.prefetch_limit)
+        models.Prefetch(query=_vector(v), using=n or None, limit=query.prefetch_limit, filter=where)
         for n, v in vectors
     ]
     return models.QueryRequest(
-        prefetch=prefetch, query=fusion, limit=query.limit, with_payload=query.with_payload
+        prefetch=prefetch,
+        query=fusion,
+        limit=query.limit,
+        with_payload=query.with_payload,
+        with_vector=with_vector,
+        filter=where,
     )
 
 
@@ -384,7 +415,7 @@ class ServerStore:
         except CLIENT_ERRORS as exc:
             raise self._failed(f'Search in "{collection}"', exc) from exc
         return [
-            [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in r.points]
+            [Hit(str(p.id), float(p.score), p.payload or {}, _vectors(p.vector)) for p in r.points]
             for r in responses
         ]
 

@@ -1,0 +1,265 @@
+"""A run's collections kept fresh for a long-lived server.
+
+The embedded store locks each shard while it is open, so a server holding the run's own store
+would stop the next `run` on the same output directory. A server therefore searches a private
+copy (a snapshot) of the embedded store, taken while no run holds the output directory, and
+takes a new one when the run's record or summary changes, that is when a run has finished.
+Until then it keeps answering from the last state it opened and checked; a state that fails to
+open (a damaged or half-written shard) is logged and skipped, never served.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from embed_collections.errors import EmbedCollectionsError, StoreError
+from embed_collections.query.collections import Collections
+from embed_collections.query.search import QueryEncoder, resolve_recorded
+from embed_collections.record.config import SUMMARY_FILE
+from embed_collections.record.run_record import RUN_RECORD_FILE, RunRecord, read_run_record
+from embed_collections.runner.dirlock import LOCK_FILE
+from embed_collections.stores.edge import EdgeStore
+
+log = logging.getLogger(__name__)
+
+Signature = tuple[tuple[int, int], ...]
+
+
+@dataclass
+class LoadedState:
+    """One opened, checked state of the run: what searches use until the next one."""
+
+    collections: Collections
+    counts: dict[str, int]
+    signature: Signature
+    snapshot_dir: Path | None
+    loaded_at: float = field(default_factory=time.time)
+    users: int = 0
+    retired: bool = False
+
+
+def encoder_key(record: RunRecord) -> tuple[Any, ...]:
+    """What decides the query encoder: a new record with the same key keeps the loaded models."""
+    models = tuple((m.name, m.path, m.fingerprint, m.weight, m.query_prefix) for m in record.models)
+    return (models, record.combine, record.sparse)
+
+
+class LiveRun:
+    """The collections of the run in `output_dir`, reopened when a run finishes there.
+
+    `using()` lends the current state's `Collections` for one search; a state replaced while
+    searches use it is closed when the last of them returns.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        qdrant_url: str | None = None,
+        qdrant_path: str | Path | None = None,
+        qdrant_api_key: str | None = None,
+        device: str = "",
+        trust_remote_code: bool = False,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.qdrant_url, self.qdrant_api_key = qdrant_url, qdrant_api_key
+        self.qdrant_path = Path(qdrant_path) if qdrant_path else None
+        self.device, self.trust_remote_code = device, trust_remote_code
+        self.poll_seconds = poll_seconds
+        self.last_error = ""
+        self.reloads = 0
+        self._lock = threading.Lock()
+        self._state: LoadedState | None = None
+        self._encoder: QueryEncoder | None = None
+        self._encoder_key: tuple[Any, ...] | None = None
+        self._failed: Signature | None = None
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def start(self, wait_seconds: float = 600.0) -> LiveRun:
+        """Open the run now (waiting for a run in progress to finish), then watch it."""
+        deadline = time.monotonic() + wait_seconds
+        while not self.reload():
+            if time.monotonic() > deadline:
+                raise EmbedCollectionsError(
+                    f"Output directory {self.output_dir} stayed in use by a run for "
+                    f"{wait_seconds:.0f} s; serve it when the run has finished"
+                )
+            time.sleep(self.poll_seconds)
+        self._watcher = threading.Thread(target=self._watch, name="live-run", daemon=True)
+        self._watcher.start()
+        return self
+
+    @property
+    def state(self) -> LoadedState:
+        if self._state is None:
+            raise EmbedCollectionsError("The run is not open yet (call start() first)")
+        return self._state
+
+    @contextmanager
+    def using(self) -> Iterator[Collections]:
+        """The current collections, kept open until the block ends."""
+        with self._lock:
+            state = self.state
+            state.users += 1
+        try:
+            yield state.collections
+        finally:
+            with self._lock:
+                state.users -= 1
+                done = state.retired and state.users == 0
+            if done:
+                self._close_state(state)
+
+    def signature(self) -> Signature:
+        """What changes when a run finishes: its record's and summary's size and mtime."""
+        stamps = []
+        for name in (RUN_RECORD_FILE, SUMMARY_FILE):
+            try:
+                stat = (self.output_dir / name).stat()
+                stamps.append((stat.st_mtime_ns, stat.st_size))
+            except OSError:
+                stamps.append((0, 0))
+        return tuple(stamps)
+
+    def reload(self, force: bool = False) -> bool:
+        """Open the run's current state if it changed and no run holds the directory; False
+        when a run holds it (try again later). Errors opening the first state raise; later
+        ones are logged and the previous state stays in use."""
+        signature = self.signature()
+        if not force and self._state is not None and signature == self._state.signature:
+            return True
+        if not force and signature == self._failed:
+            return True
+        with self._run_lock() as free:
+            if not free:
+                return False
+            try:
+                state = self._open(signature)
+            except EmbedCollectionsError as error:
+                if self._state is None:
+                    raise
+                self._failed, self.last_error = signature, str(error)
+                log.warning("Keeping the previous state of %s: %s", self.output_dir, error)
+                return True
+        with self._lock:
+            old, self._state = self._state, state
+            if old is not None:
+                old.retired = True
+            close_old = old is not None and old.users == 0
+        if close_old and old is not None:
+            self._close_state(old)
+        self.reloads += 1
+        self.last_error = ""
+        self._failed = None
+        log.info("Serving %d collections of %s", len(state.counts), self.output_dir)
+        return True
+
+    @contextmanager
+    def _run_lock(self) -> Iterator[bool]:
+        """Share the output directory's lock while copying, so no run starts meanwhile (a run
+        waits for it); yields False when a run holds it now."""
+        try:
+            handle = open(self.output_dir / LOCK_FILE, encoding="utf-8")  # noqa: SIM115
+        except OSError:  # no run ever locked it (or a read-only copy of a run)
+            yield True
+            return
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            handle.close()
+
+    def _open(self, signature: Signature) -> LoadedState:
+        record = read_run_record(self.output_dir)
+        key = encoder_key(record)
+        encoder = self._encoder if key == self._encoder_key else None
+        if encoder is None:
+            encoder = QueryEncoder.from_record(
+                record, self.device, self.output_dir, trust_remote_code=self.trust_remote_code
+            ).load()
+        snapshot = None
+        store_dir = self.qdrant_path or resolve_recorded(self.output_dir, record.store.path)
+        try:
+            if self.qdrant_url or record.store.url and not self.qdrant_path:
+                collections = Collections.open(
+                    self.output_dir,
+                    self.qdrant_api_key,
+                    qdrant_url=self.qdrant_url,
+                    encoder=encoder,
+                )
+            else:
+                if store_dir is None or not store_dir.is_dir():
+                    raise StoreError(
+                        f"The run's store {store_dir} does not exist (pass --qdrant-path or "
+                        "--qdrant-url where its collections are)"
+                    )
+                snapshot = Path(tempfile.mkdtemp(prefix="embed-collections-serve-"))
+                copy = snapshot / "qdrant"
+                shutil.copytree(store_dir, copy, ignore=shutil.ignore_patterns(".write-check.*"))
+                collections = Collections(self.output_dir, record, EdgeStore(copy), encoder)
+            try:
+                counts = {name: collections.store.count(name) for name in collections.names}
+            except BaseException:
+                collections.close()
+                raise
+        except BaseException:
+            if snapshot is not None:
+                shutil.rmtree(snapshot, ignore_errors=True)
+            if encoder is not self._encoder:
+                encoder.unload()
+            raise
+        if encoder is not self._encoder:
+            self._encoder, self._encoder_key = encoder, key
+        return LoadedState(collections, counts, signature, snapshot)
+
+    def _close_state(self, state: LoadedState) -> None:
+        try:
+            state.collections.close()
+        except EmbedCollectionsError as error:
+            log.warning("Closing a replaced state of %s: %s", self.output_dir, error)
+        if state.collections.encoder is not self._encoder:
+            state.collections.encoder.unload()
+        if state.snapshot_dir is not None:
+            shutil.rmtree(state.snapshot_dir, ignore_errors=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.reload()
+            except Exception as error:  # the watcher must outlive any one bad state
+                self.last_error = str(error)
+                log.warning("Reloading %s failed: %s", self.output_dir, error, exc_info=True)
+
+    def close(self) -> None:
+        """Stop watching, close the state and unload the models."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=30)
+        with self._lock:
+            state, self._state = self._state, None
+        if state is not None:
+            self._close_state(state)
+        if self._encoder is not None:
+            self._encoder.unload()
+            self._encoder = None
+
+    def __enter__(self) -> LiveRun:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
