@@ -76,7 +76,9 @@ def main() -> None:
             base["vector_ram_bytes_per_point"] / row["vector_ram_bytes_per_point"], 1
         )
     print(json.dumps({"set": counts, "rows": rows}, indent=1))
-    print("| storage | nDCG@10 | of float32 | Recall@100 | vector RAM B/pt | less RAM | disk B/pt |")
+    print(
+        "| storage | nDCG@10 | of float32 | Recall@100 | vector RAM B/pt | less RAM | disk B/pt |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         print(

@@ -79,6 +79,7 @@ class EmbeddingCache:
     def __init__(self, path: Path):
         self.path = path
         self.segment_dir = path.with_suffix(".vectors")
+        self.legacy: dict[str, bool] = {}  # fingerprint -> whether it has SQLite-row values
         try:
             self.segment_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -209,7 +210,7 @@ class EmbeddingCache:
                     )
                 )
         rest = [d for d in digests if d not in found] if found else digests
-        if rest:
+        if rest and (space is None or self.has_rows(fingerprint)):
             found.update(
                 self.select(
                     f"SELECT digest, {column} FROM vectors "
@@ -219,6 +220,16 @@ class EmbeddingCache:
                 )
             )
         return found
+
+    def has_rows(self, fingerprint: str) -> bool:
+        """Whether a dense model also has vectors kept as SQLite rows (an old cache's), asked
+        once: dense vectors never become rows, so a model without any never looks there."""
+        if fingerprint not in self.legacy:
+            row = self.db.execute(
+                "SELECT 1 FROM vectors WHERE fingerprint = ? LIMIT 1", (fingerprint,)
+            ).fetchone()
+            self.legacy[fingerprint] = row is not None
+        return self.legacy[fingerprint]
 
     def locate(self, space: int, digests: list[bytes]) -> dict[bytes, tuple[int, int]]:
         """digest -> (segment, row) of the dense vectors present."""
@@ -266,6 +277,7 @@ class EmbeddingCache:
     ) -> None:
         """Store one batch of variable-size values in a single transaction: all of it, or none."""
         token_counts = tokens if tokens is not None else [0] * len(digests)
+        self.legacy[fingerprint] = True
         with self.writing():
             self.db.execute("BEGIN")
             self.db.executemany(
