@@ -198,7 +198,13 @@ def cached_vectors(out: Path) -> int:
         return 0
     db = sqlite3.connect(path)
     try:
-        return db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        counts = [
+            db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+            for t in ("vectors", "dense")
+            if t in tables
+        ]
+        return sum(counts)
     finally:
         db.close()
 

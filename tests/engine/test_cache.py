@@ -2,6 +2,7 @@
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -56,3 +57,161 @@ def test_committed_batches_survive_kill_and_torn_transaction_is_dropped(tmp_path
         assert vectors[-1, 0] == 4.0
         assert cache.missing("fp", [b"\x00"]) == [b"\x00"]
     assert os.path.exists(path)
+
+
+WRITER = """
+import sys, numpy as np
+from pathlib import Path
+from embed_collections.engine.cache import EmbeddingCache
+cache = EmbeddingCache(Path(sys.argv[1]))
+for batch in range(10_000):
+    rng = np.random.default_rng(batch)
+    cache.put_vectors("fp", [rng.bytes(32) for _ in range(1024)],
+                      rng.normal(size=(1024, 384)).astype(np.float32), [batch] * 1024)
+    print(batch, flush=True)
+"""
+
+
+def expected_batch(batch: int) -> tuple[list[bytes], np.ndarray]:
+    rng = np.random.default_rng(batch)
+    digests = [rng.bytes(32) for _ in range(1024)]
+    return digests, rng.normal(size=(1024, 384)).astype(np.float32)
+
+
+def test_writer_killed_mid_way_keeps_every_acknowledged_shard_exactly(tmp_path):
+    path = tmp_path / "cache" / "embeddings.sqlite"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert writer.stdout is not None
+    acknowledged = [int(writer.stdout.readline()) for _ in range(8)]
+    writer.send_signal(signal.SIGKILL)  # while it writes the next shards
+    writer.wait()
+    with EmbeddingCache(path) as cache:
+        for batch in range(acknowledged[-1] + 3):
+            digests, vectors = expected_batch(batch)
+            present = set(digests) - set(cache.missing("fp", digests))
+            if batch in acknowledged:
+                assert present == set(digests)
+            # whatever was committed, acknowledged or not, is the exact vector, never a torn one
+            kept = [i for i, d in enumerate(digests) if d in present]
+            back = cache.get_vectors("fp", [digests[i] for i in kept], 384)
+            assert np.array_equal(back, vectors[kept])
+            assert set(cache.token_counts("fp", [digests[i] for i in kept]).values()) <= {batch}
+
+
+class KillAtCommit:
+    """A connection that dies at the moment a shard would be committed."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.db.execute(sql, *args)
+
+
+def test_rows_written_but_not_committed_are_never_read_and_get_overwritten(tmp_path):
+    path = tmp_path / "embeddings.sqlite"
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_cache import KillAtCommit
+        from embed_collections.engine.cache import EmbeddingCache, text_digest
+        cache = EmbeddingCache(__import__("pathlib").Path({str(path)!r}))
+        cache.put_vectors("fp", [text_digest("kept")], np.ones((1, 4), np.float32))
+        cache.db = KillAtCommit(cache.db)
+        cache.put_vectors("fp", [text_digest("torn")], np.full((1, 4), 7, np.float32))
+        """
+    )
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert process.returncode == -signal.SIGKILL, process.stderr
+    segment = path.with_suffix(".vectors") / "000001.f32"
+    assert segment.stat().st_size == 32  # the torn row reached the file...
+    with EmbeddingCache(path) as cache:
+        assert cache.missing("fp", [text_digest("torn")]) == [
+            text_digest("torn")
+        ]  # ...not the index
+        cache.put_vectors("fp", [text_digest("next")], np.full((1, 4), 2, np.float32))
+        both = cache.get_vectors("fp", [text_digest("kept"), text_digest("next")], 4)
+        assert both.tolist() == [[1.0] * 4, [2.0] * 4]
+    assert segment.stat().st_size == 32  # the next shard took the torn row's place
+
+
+def test_bytes_on_disk_stay_near_the_raw_vector_size(tmp_path):
+    path = tmp_path / "cache" / "embeddings.sqlite"
+    rng = np.random.default_rng(3)
+    with EmbeddingCache(path) as cache:
+        for _ in range(4):
+            cache.put_vectors(
+                "fp", [rng.bytes(32) for _ in range(1024)], rng.normal(size=(1024, 384))
+            )
+    size = sum(p.stat().st_size for p in path.parent.rglob("*") if p.is_file())
+    assert size / 4096 <= 1.2 * 384 * 4
+
+
+def old_layout_cache(path, vectors, digests):
+    """A cache as the previous release wrote it: one SQLite row per vector."""
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        PRAGMA journal_mode=WAL;
+        CREATE TABLE models (fingerprint TEXT PRIMARY KEY, dim INTEGER, info TEXT, created REAL);
+        CREATE TABLE memo (key TEXT PRIMARY KEY, value TEXT);
+        CREATE TABLE vectors (fingerprint TEXT, digest BLOB, value BLOB, tokens INTEGER,
+            PRIMARY KEY (fingerprint, digest)) WITHOUT ROWID;
+        """
+    )
+    db.execute("INSERT INTO models VALUES ('fp', 6, '{}', 0)")
+    rows = [("fp", d, v.tobytes(), i) for i, (d, v) in enumerate(zip(digests, vectors))]
+    rows += [("unregistered", d, v.tobytes(), 1) for d, v in zip(digests, vectors)]
+    rows.append(("sparse", digests[0], b"\x01\x02\x03", 0))
+    db.executemany("INSERT INTO vectors VALUES (?, ?, ?, ?)", rows)
+    db.commit()
+    db.close()
+
+
+def test_an_old_cache_is_upgraded_in_place_with_a_message(tmp_path, caplog):
+    path = tmp_path / "embeddings.sqlite"
+    digests = [text_digest(str(i)) for i in range(5000)]
+    vectors = np.random.default_rng(4).normal(size=(5000, 6)).astype(np.float32)
+    old_layout_cache(path, vectors, digests)
+    with caplog.at_level("WARNING"), EmbeddingCache(path) as cache:
+        assert "old layout" in caplog.text and "5000 vectors moved" in caplog.text
+        assert np.array_equal(cache.get_vectors("fp", digests[::-1], 6), vectors[::-1])
+        assert cache.token_counts("fp", digests[:3]) == dict(zip(digests[:3], [0, 1, 2]))
+        # a model the old cache never registered is still read, from its rows
+        assert np.array_equal(cache.get_vectors("unregistered", digests[:2], 6), vectors[:2])
+        assert cache.get_many("sparse", digests[:1]) == [b"\x01\x02\x03"]
+        assert cache.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 5001
+    caplog.clear()
+    with caplog.at_level("WARNING"), EmbeddingCache(path):
+        assert caplog.text == ""  # upgraded once
+
+
+def test_two_writer_processes_share_one_cache(tmp_path):
+    path = tmp_path / "embeddings.sqlite"
+    script = textwrap.dedent(
+        """
+        import sys, numpy as np
+        from pathlib import Path
+        from embed_collections.engine.cache import EmbeddingCache, text_digest
+        me = sys.argv[2]
+        with EmbeddingCache(Path(sys.argv[1])) as cache:
+            for batch in range(20):
+                keys = [text_digest(f"{me}-{batch}-{i}") for i in range(64)]
+                cache.put_vectors("fp", keys, np.full((64, 8), batch + (me == "b") * 100.0))
+        """
+    )
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(path), me]) for me in ("a", "b")]
+    assert [w.wait() for w in writers] == [0, 0]
+    with EmbeddingCache(path) as cache:
+        for me, shift in (("a", 0), ("b", 100)):
+            keys = [text_digest(f"{me}-{b}-{i}") for b in range(20) for i in range(64)]
+            back = cache.get_vectors("fp", keys, 8)
+            assert np.array_equal(back[:, 0], np.repeat(np.arange(20) + shift, 64))

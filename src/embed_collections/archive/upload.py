@@ -16,7 +16,7 @@ import stat
 import zipfile
 import zlib
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from embed_collections.corpus.chunks import Chunk
 from embed_collections.errors import ArchiveError, UsageError
-from embed_collections.stores.base import PointBatch, Store, VectorLayout
+from embed_collections.stores.base import PointBatch, StorageOptions, Store, VectorLayout
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,13 @@ def vector_blocks(
             yield array
 
 
-def load_collection(export: ExportSource, folder: str, store: Store, recreate: bool) -> int:
+def load_collection(
+    export: ExportSource,
+    folder: str,
+    store: Store,
+    recreate: bool,
+    storage: StorageOptions | None = None,
+) -> int:
     """Load one exported collection into the store in batches; returns the points sent.
 
     Vectors are streamed twice: once to check every row is finite before anything is written,
@@ -328,6 +334,8 @@ def load_collection(export: ExportSource, folder: str, store: Store, recreate: b
         raise ArchiveError(f"{where}: stats file is not {EXPORT_FORMAT} (export it again)")
     collection, files = stats["collection"], stats["files"]
     layout = VectorLayout.from_json(stats["layout"])
+    if storage is not None:
+        layout = replace(layout, storage=storage)
     metadata = export.read_json(f"{folder}/{files['metadata']}")
     texts = export.read_json(f"{folder}/{files['texts']}")
     if not isinstance(metadata, list) or not isinstance(texts, list) or len(metadata) != len(texts):
@@ -392,9 +400,15 @@ def _sparse_rows(
 
 
 def upload_export(
-    path: Path, store: Store, collections: list[str] | None = None, recreate: bool = False
+    path: Path,
+    store: Store,
+    collections: list[str] | None = None,
+    recreate: bool = False,
+    storage: StorageOptions | None = None,
 ) -> dict[str, int]:
-    """Verify an export directory or zip, then load its collections; name -> points loaded."""
+    """Verify an export directory or zip, then load its collections; name -> points loaded.
+
+    `storage` replaces the storage options the run recorded (None keeps them)."""
     with open_export(Path(path)) as export:
         available = export.collections()
         if not available:
@@ -410,7 +424,7 @@ def upload_export(
         counts: dict[str, int] = {}
         for name in chosen:
             try:
-                counts[name] = load_collection(export, name, store, recreate)
+                counts[name] = load_collection(export, name, store, recreate, storage)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise ArchiveError(
                     f"{export.source}: {name} has malformed export files ({exc!r})"

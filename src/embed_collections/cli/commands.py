@@ -15,6 +15,7 @@ from embed_collections.cli.options import (
     quiet_option,
     server_options,
     split_list,
+    storage_options,
     verbose_option,
 )
 from embed_collections.cli.render import echo_json, render_table, setup_logging
@@ -128,6 +129,7 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
     "--qdrant-path", type=click.Path(path_type=Path), help="Embedded store root [OUTPUT/qdrant]."
 )
 @click.option("--no-upload", is_flag=True, help="Embed (and export) but do not write to Qdrant.")
+@storage_options
 @click.option("--no-index", is_flag=True, help="Skip building the HNSW index after loading.")
 @click.option("--keep-stale", is_flag=True, help="Keep points whose chunks left the input.")
 @click.option("--recreate", is_flag=True, help="Replace collections built with another layout.")
@@ -231,17 +233,28 @@ def run(**options):
 @click.option(
     "--recreate", is_flag=True, help="Replace existing collections instead of reusing them."
 )
+@storage_options
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @verbose_option
 @quiet_option
 def upload(
-    path, qdrant_url, qdrant_api_key, qdrant_path, collections, recreate, as_json, verbose, quiet
+    path,
+    qdrant_url,
+    qdrant_api_key,
+    qdrant_path,
+    collections,
+    recreate,
+    as_json,
+    verbose,
+    quiet,
+    **storage,
 ):
     """Load an export directory or zip archive (from `run --export`) into Qdrant.
 
     Every file is checked against MANIFEST.txt before anything is written; unsafe archive
     entries are refused. A zip is read in place, nothing is extracted. Point ids are those of
-    the run, so loading twice leaves the same points.
+    the run, so loading twice leaves the same points. Collections keep the run's storage
+    options (--quantization, ...) unless given here.
 
     \b
     Example:
@@ -250,6 +263,7 @@ def upload(
     """
     from embed_collections.archive.upload import upload_export
     from embed_collections.errors import UsageError
+    from embed_collections.record.config import build_storage
     from embed_collections.stores.open import open_store
 
     setup_logging(verbose, quiet)
@@ -262,7 +276,8 @@ def upload(
         )
     store = open_store(qdrant_url, qdrant_path, qdrant_api_key)
     try:
-        counts = upload_export(path, store, split_list(collections) or None, recreate)
+        chosen = build_storage(storage) if any(v for v in storage.values()) else None
+        counts = upload_export(path, store, split_list(collections) or None, recreate, chosen)
     finally:
         store.close()
     if as_json:

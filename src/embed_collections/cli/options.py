@@ -109,6 +109,34 @@ server_options = stack(
     click.option("--qdrant-api-key", envvar="QDRANT_API_KEY", help="API key (env QDRANT_API_KEY)."),
 )
 
+# How collections keep their vectors (`run`, `upload`, `eval`); see docs/scale.md.
+storage_options = stack(
+    click.option(
+        "--quantization",
+        type=click.Choice(["none", "int8", "binary", "binary-1.5bit", "binary-2bit"]),
+        help="Keep a quantized copy of the vectors in RAM and the originals on disk; searches "
+        "rescore with the originals [none].",
+    ),
+    click.option(
+        "--vector-dtype",
+        type=click.Choice(["float32", "float16"]),
+        help="Type of the stored original vectors [float32].",
+    ),
+    click.option(
+        "--on-disk",
+        is_flag=True,
+        default=None,
+        help="Keep the original vectors memory-mapped on disk, not in RAM (implied by "
+        "--quantization).",
+    ),
+    click.option(
+        "--oversampling",
+        type=click.FloatRange(min=1.0),
+        help="With --quantization: candidates scored on the quantized copy per hit asked for, "
+        "then rescored [3].",
+    ),
+)
+
 
 # Options shared by every command that embeds (`run`, `eval`): which models, and how they run.
 ensemble_options = stack(

@@ -14,6 +14,7 @@ from embed_collections.cli.options import (
     parse_weights,
     quiet_option,
     split_list,
+    storage_options,
     verbose_option,
 )
 from embed_collections.cli.render import echo_json, render_table, setup_logging
@@ -229,6 +230,7 @@ def parse_where(values: tuple[str, ...]) -> list[tuple[str, str | int | bool]]:
     is_flag=True,
     help="Rebuild the corpus collection when an earlier eval used other models.",
 )
+@storage_options
 @click.option(
     "--tune-weights",
     is_flag=True,
@@ -311,6 +313,15 @@ def eval_command(**options):
         f"({data['cache_misses']} embedded, {data['cache_hits']} cached), "
         f"query embedding {data['query_embedding_seconds']:.1f} s"
     )
+    storage = data["storage"]
+    if storage:
+        disk = data["disk_bytes_per_point"]
+        click.echo(
+            f"Storage: {storage['quantization']} quantization, {storage['vector_dtype']} "
+            f"originals {'on disk' if storage['on_disk'] else 'in RAM'}; vector RAM "
+            f"{data['vector_ram_bytes_per_point']:.0f} B/point, disk "
+            f"{'-' if disk is None else f'{disk:.0f}'} B/point"
+        )
     click.echo(f"Results: {output_dir / RESULTS_FILE}")
 
 

@@ -1,19 +1,29 @@
 """Content-addressed embedding store: (model fingerprint, sha256(text)) -> vector.
 
-SQLite in WAL mode holds it: each committed batch survives `kill -9`, and a transaction torn by a
-crash is rolled back on reopen by SQLite's own checksummed WAL, so a half-written vector is never
-read as data. Because the key is the text's hash, identical chunks anywhere in the corpus are
-embedded once per model, a resumed run embeds only what is missing, and an unchanged re-run
-embeds nothing.
+Dense vectors live in append-only segment files of raw float32 rows (`<cache>.vectors/*.f32`,
+next to the SQLite file), indexed by SQLite: (model, digest) -> (segment, row, tokens). A shard
+is written under SQLite's write lock: its rows go to the segment's end first, then one
+transaction records them and the segment's new length. A process killed before the commit leaves
+only bytes past the recorded length, which no row points at and the next writer overwrites, so a
+half-written vector is never read as data; everything committed survives `kill -9`. On disk a
+384-d vector takes its 1,536 raw bytes plus ~60 bytes of index, where a SQLite row per vector
+took 4,689 (each spilled into an overflow page), and a shard is written as one file write plus
+one small transaction. Variable-size values (sparse vectors) stay SQLite rows (`vectors`).
+
+Because the key is the text's hash, identical chunks anywhere in the corpus are embedded once per
+model, a resumed run embeds only what is missing, and an unchanged re-run embeds nothing.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +31,12 @@ import numpy as np
 
 from embed_collections.errors import DiskFullError, EmbedCollectionsError
 
+logger = logging.getLogger(__name__)
+
 LOOKUP_CHUNK = 900  # stays under SQLite's default limit of host parameters per statement
+SEGMENT_BYTES = 1 << 30  # a new segment file after 1 GiB, so no file grows without bound
+LAYOUT = 2  # PRAGMA user_version: 0 = one SQLite row per vector, 2 = segment files
+UPGRADE_BATCH = 4096
 
 
 def text_digest(text: str) -> bytes:
@@ -33,12 +48,29 @@ class CacheError(EmbedCollectionsError):
     """The embedding cache is unreadable or inconsistent."""
 
 
-def damaged(path: Path, error: Exception) -> str:
-    """The message for a cache SQLite cannot read, naming the fix."""
+def damaged(path: Path, error: Exception | str) -> str:
+    """The message for a cache that cannot be read, naming the fix."""
     return (
         f"Embedding cache {path} is damaged or unreadable ({error}); delete it (vectors are "
         "embedded again) or pass another --cache-dir"
     )
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    fingerprint TEXT PRIMARY KEY, dim INTEGER, info TEXT, created REAL);
+CREATE TABLE IF NOT EXISTS memo (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS vectors (
+    fingerprint TEXT, digest BLOB, value BLOB, tokens INTEGER,
+    PRIMARY KEY (fingerprint, digest)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS spaces (
+    id INTEGER PRIMARY KEY, fingerprint TEXT UNIQUE, dim INTEGER);
+CREATE TABLE IF NOT EXISTS segments (
+    id INTEGER PRIMARY KEY, space INTEGER, rows INTEGER);
+CREATE TABLE IF NOT EXISTS dense (
+    space INTEGER, digest BLOB, segment INTEGER, row INTEGER, tokens INTEGER,
+    PRIMARY KEY (space, digest)) WITHOUT ROWID;
+"""
 
 
 class EmbeddingCache:
@@ -46,11 +78,13 @@ class EmbeddingCache:
 
     def __init__(self, path: Path):
         self.path = path
+        self.segment_dir = path.with_suffix(".vectors")
+        self.legacy: dict[str, bool] = {}  # fingerprint -> whether it has SQLite-row values
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self.segment_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise CacheError(
-                f"Embedding cache folder {path.parent} cannot be created: "
+                f"Embedding cache folder {self.segment_dir} cannot be created: "
                 f"{error.strerror or error} (choose another --cache-dir)"
             ) from error
         try:
@@ -58,16 +92,10 @@ class EmbeddingCache:
             self.db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: a killed process loses nothing committed (only power loss can).
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS models (
-                    fingerprint TEXT PRIMARY KEY, dim INTEGER, info TEXT, created REAL);
-                CREATE TABLE IF NOT EXISTS memo (key TEXT PRIMARY KEY, value TEXT);
-                CREATE TABLE IF NOT EXISTS vectors (
-                    fingerprint TEXT, digest BLOB, value BLOB, tokens INTEGER,
-                    PRIMARY KEY (fingerprint, digest)) WITHOUT ROWID;
-                """
-            )
+            layout = self.db.execute("PRAGMA user_version").fetchone()[0]
+            self.db.executescript(SCHEMA)
+            if layout < LAYOUT:
+                self.upgrade()
         except sqlite3.DatabaseError as error:
             raise CacheError(damaged(path, error)) from error
 
@@ -79,6 +107,37 @@ class EmbeddingCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def upgrade(self) -> None:
+        """Move dense vectors of the old layout (one SQLite row each) into segment files."""
+        models = self.db.execute("SELECT fingerprint, dim FROM models WHERE dim > 0").fetchall()
+        moved = 0
+        for fingerprint, dim in models:
+            while True:
+                rows = self.db.execute(
+                    "SELECT digest, value, tokens FROM vectors WHERE fingerprint = ? "
+                    "AND length(value) = ? LIMIT ?",
+                    (fingerprint, dim * 4, UPGRADE_BATCH),
+                ).fetchall()
+                if not rows:
+                    break
+                if not moved:
+                    logger.warning(
+                        "Embedding cache %s has the old layout (one SQLite row per vector, ~3x "
+                        "the vector's size); moving its vectors into segment files (done once)",
+                        self.path,
+                    )
+                digests = [r[0] for r in rows]
+                matrix = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(-1, dim)
+                # append and delete in one transaction: a kill mid-way leaves each row in
+                # exactly one of the two layouts
+                self.append(fingerprint, digests, matrix, [r[2] or 0 for r in rows], moved=True)
+                moved += len(rows)
+        self.db.execute(f"PRAGMA user_version = {LAYOUT}")
+        if moved:
+            logger.warning(
+                "Embedding cache %s: %d vectors moved to segment files", self.path, moved
+            )
 
     def register_model(self, fingerprint: str, dim: int, info: dict) -> None:
         """Remember a model's dimension so later runs know it without loading the model."""
@@ -114,23 +173,100 @@ class EmbeddingCache:
         present = self.lookup(fingerprint, wanted, "tokens")
         return [d for d in wanted if d not in present]
 
+    def space(self, fingerprint: str) -> tuple[int, int] | None:
+        """(id, dim) of the model's dense vectors, None if it has none."""
+        row = self.db.execute(
+            "SELECT id, dim FROM spaces WHERE fingerprint = ?", (fingerprint,)
+        ).fetchone()
+        return (int(row[0]), int(row[1])) if row else None
+
+    def select(self, sql: str, key: Any, digests: list[bytes]) -> Iterator[tuple]:
+        """Rows of `sql` (with `{marks}` for the digests) in batches under the parameter limit."""
+        try:
+            for part in chunked(list(dict.fromkeys(digests)), LOOKUP_CHUNK):
+                yield from self.db.execute(
+                    sql.format(marks=",".join("?" * len(part))), (key, *part)
+                )
+        except sqlite3.DatabaseError as error:
+            raise CacheError(damaged(self.path, error)) from error
+
     def lookup(self, fingerprint: str, digests: list[bytes], column: str) -> dict[bytes, Any]:
         """digest -> `column` (value or tokens) for the digests this model has, in batches."""
         if column not in ("value", "tokens"):
             raise ValueError(f"unknown cache column {column}")
         found: dict[bytes, Any] = {}
-        try:
-            for part in chunked(list(dict.fromkeys(digests)), LOOKUP_CHUNK):
-                marks = ",".join("?" * len(part))
-                rows = self.db.execute(
-                    f"SELECT digest, {column} FROM vectors "
-                    f"WHERE fingerprint = ? AND digest IN ({marks})",
-                    (fingerprint, *part),
+        space = self.space(fingerprint)
+        if space is not None:
+            if column == "value":
+                located = self.locate(space[0], digests)
+                rows = self.read_rows(located, list(located), space[1]) if located else None
+                found.update(zip(located, (row.tobytes() for row in rows or ())))
+            else:
+                found.update(
+                    self.select(
+                        "SELECT digest, tokens FROM dense WHERE space = ? AND digest IN ({marks})",
+                        space[0],
+                        digests,
+                    )
                 )
-                found.update(rows)
-        except sqlite3.DatabaseError as error:
-            raise CacheError(damaged(self.path, error)) from error
+        rest = [d for d in digests if d not in found] if found else digests
+        if rest and (space is None or self.has_rows(fingerprint)):
+            found.update(
+                self.select(
+                    f"SELECT digest, {column} FROM vectors "
+                    "WHERE fingerprint = ? AND digest IN ({marks})",
+                    fingerprint,
+                    rest,
+                )
+            )
         return found
+
+    def has_rows(self, fingerprint: str) -> bool:
+        """Whether a dense model also has vectors kept as SQLite rows (an old cache's), asked
+        once: dense vectors never become rows, so a model without any never looks there."""
+        if fingerprint not in self.legacy:
+            row = self.db.execute(
+                "SELECT 1 FROM vectors WHERE fingerprint = ? LIMIT 1", (fingerprint,)
+            ).fetchone()
+            self.legacy[fingerprint] = row is not None
+        return self.legacy[fingerprint]
+
+    def locate(self, space: int, digests: list[bytes]) -> dict[bytes, tuple[int, int]]:
+        """digest -> (segment, row) of the dense vectors present."""
+        return {
+            digest: (segment, row)
+            for digest, segment, row in self.select(
+                "SELECT digest, segment, row FROM dense WHERE space = ? AND digest IN ({marks})",
+                space,
+                digests,
+            )
+        }
+
+    def read_rows(
+        self, located: dict[bytes, tuple[int, int]], digests: list[bytes], dim: int
+    ) -> np.ndarray:
+        """The float32 rows of the digests (all located), in order, read from the segments."""
+        places = np.array([located[d] for d in digests], dtype=np.int64).reshape(-1, 2)
+        out = np.empty((len(digests), dim), dtype=np.float32)
+        for segment in np.unique(places[:, 0]):
+            chosen = np.flatnonzero(places[:, 0] == segment)
+            rows = places[chosen, 1]
+            file = self.segment_path(int(segment))
+            try:
+                have = file.stat().st_size // (dim * 4)
+                if have <= rows.max():
+                    raise CacheError(
+                        damaged(self.path, f"{file.name} is shorter than its index says")
+                    )
+                mapped = np.memmap(file, dtype=np.float32, mode="r", shape=(have, dim))
+                out[chosen] = mapped[rows]
+                del mapped
+            except OSError as error:
+                raise CacheError(damaged(self.path, error)) from error
+        return out
+
+    def segment_path(self, segment: int) -> Path:
+        return self.segment_dir / f"{segment:06d}.f32"
 
     def put_many(
         self,
@@ -139,24 +275,36 @@ class EmbeddingCache:
         values: list[bytes],
         tokens: list[int] | None = None,
     ) -> None:
-        """Store one batch in a single transaction: all of it survives a crash, or none."""
+        """Store one batch of variable-size values in a single transaction: all of it, or none."""
         token_counts = tokens if tokens is not None else [0] * len(digests)
+        self.legacy[fingerprint] = True
+        with self.writing():
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
+                [(fingerprint, d, v, t) for d, v, t in zip(digests, values, token_counts)],
+            )
+            self.db.execute("COMMIT")
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Rolls back a failed write and turns storage errors into ours."""
         try:
-            with self.db:
-                self.db.execute("BEGIN")
-                self.db.executemany(
-                    "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
-                    [(fingerprint, d, v, t) for d, v, t in zip(digests, values, token_counts)],
-                )
-        except sqlite3.OperationalError as error:
-            if "full" in str(error):
+            yield
+        except BaseException as error:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (
+                isinstance(error, sqlite3.OperationalError) and "full" in str(error)
+            )
+            if full:
                 raise DiskFullError(
                     f"Embedding cache {self.path}: the disk is full ({error}); free space on "
                     "that filesystem or pass --cache-dir elsewhere, then re-run"
                 ) from error
-            raise CacheError(damaged(self.path, error)) from error
-        except sqlite3.DatabaseError as error:
-            raise CacheError(damaged(self.path, error)) from error
+            if isinstance(error, (sqlite3.DatabaseError, OSError)):
+                raise CacheError(damaged(self.path, error)) from error
+            raise
 
     def put_vectors(
         self,
@@ -165,34 +313,109 @@ class EmbeddingCache:
         vectors: np.ndarray,
         tokens: list[int] | None = None,
     ) -> None:
-        """Store dense float32 vectors (one row per digest)."""
+        """Store dense float32 vectors (one row per digest): all of the batch survives, or none."""
         rows = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.put_many(fingerprint, digests, [row.tobytes() for row in rows], tokens)
+        if len(digests) != len(rows):
+            raise ValueError(f"{len(digests)} digests for {len(rows)} vectors")
+        if not digests:
+            return
+        token_counts = tokens if tokens is not None else [0] * len(digests)
+        self.append(fingerprint, digests, rows, token_counts)
+
+    def append(
+        self,
+        fingerprint: str,
+        digests: list[bytes],
+        rows: np.ndarray,
+        tokens: list[int],
+        moved: bool = False,
+    ) -> None:
+        """Write rows at their segment's end, then record them in one transaction."""
+        dim = rows.shape[1]
+        with self.writing():
+            # IMMEDIATE takes the write lock first, so concurrent writers (worker processes)
+            # never write to the same place of a segment
+            self.db.execute("BEGIN IMMEDIATE")
+            space = self.space(fingerprint)
+            if space is None:
+                self.db.execute(
+                    "INSERT INTO spaces (fingerprint, dim) VALUES (?, ?)", (fingerprint, dim)
+                )
+                space = self.space(fingerprint)
+            assert space is not None
+            if space[1] != dim:
+                raise CacheError(
+                    f"Embedding cache {self.path}: model {fingerprint[:12]} has {space[1]}-d "
+                    f"vectors, not {dim}; delete {self.path.parent} or pass another --cache-dir"
+                )
+            segment, used = self.open_segment(space[0], dim)
+            with open(self.segment_path(segment), "r+b" if used else "wb") as file:
+                file.seek(used * dim * 4)
+                file.write(rows.data)
+            self.db.executemany(
+                "INSERT OR REPLACE INTO dense VALUES (?, ?, ?, ?, ?)",
+                [
+                    (space[0], d, segment, used + i, t)
+                    for i, (d, t) in enumerate(zip(digests, tokens))
+                ],
+            )
+            self.db.execute(
+                "UPDATE segments SET rows = ? WHERE id = ?", (used + len(digests), segment)
+            )
+            if moved:
+                self.db.executemany(
+                    "DELETE FROM vectors WHERE fingerprint = ? AND digest = ?",
+                    [(fingerprint, d) for d in digests],
+                )
+            self.db.execute("COMMIT")
+
+    def open_segment(self, space: int, dim: int) -> tuple[int, int]:
+        """(segment id, rows used) of the segment to append to; a new one once it is full."""
+        row = self.db.execute(
+            "SELECT id, rows FROM segments WHERE space = ? ORDER BY id DESC LIMIT 1", (space,)
+        ).fetchone()
+        if row is not None and row[1] * dim * 4 < SEGMENT_BYTES:
+            return int(row[0]), int(row[1])
+        cursor = self.db.execute("INSERT INTO segments (space, rows) VALUES (?, 0)", (space,))
+        assert cursor.lastrowid is not None
+        return int(cursor.lastrowid), 0
 
     def get_many(self, fingerprint: str, digests: list[bytes]) -> list[bytes]:
         """Raw values for the digests, in order; a missing one is a CacheError."""
         found = self.lookup(fingerprint, digests, "value")
-        absent = [d for d in digests if d not in found]
+        self.require(fingerprint, [d for d in digests if d not in found])
+        return [found[d] for d in digests]
+
+    def require(self, fingerprint: str, absent: list[bytes]) -> None:
         if absent:
             raise CacheError(
                 f"Embedding cache {self.path} lacks {len(absent)} vectors of model "
                 f"{fingerprint[:12]} (re-run to embed them)"
             )
-        return [found[d] for d in digests]
 
     def get_vectors(self, fingerprint: str, digests: list[bytes], dim: int) -> np.ndarray:
         """Dense vectors for the digests as a float32 N x dim array."""
-        values = self.get_many(fingerprint, digests)
-        if not values:
+        if not digests:
             return np.zeros((0, dim), dtype=np.float32)
+        space = self.space(fingerprint)
+        located = self.locate(space[0], digests) if space else {}
+        if space is not None and space[1] != dim:
+            raise self.wrong_size(fingerprint, dim)
+        if len(located) == len(set(digests)):
+            return self.read_rows(located, digests, dim)
+        # rows an old cache kept as SQLite rows (of a model never registered, so not moved)
+        values = self.get_many(fingerprint, digests)
         matrix = np.frombuffer(b"".join(values), dtype=np.float32)
         if matrix.size != len(values) * dim:
-            raise CacheError(
-                f"Embedding cache {self.path} holds vectors of the wrong size for model "
-                f"{fingerprint[:12]} (expected {dim}); delete {self.path} (vectors are embedded "
-                "again) or pass another --cache-dir"
-            )
+            raise self.wrong_size(fingerprint, dim)
         return matrix.reshape(len(values), dim)
+
+    def wrong_size(self, fingerprint: str, dim: int) -> CacheError:
+        return CacheError(
+            f"Embedding cache {self.path} holds vectors of the wrong size for model "
+            f"{fingerprint[:12]} (expected {dim}); delete {self.path.parent} (vectors are "
+            "embedded again) or pass another --cache-dir"
+        )
 
     def token_counts(self, fingerprint: str, digests: list[bytes]) -> dict[bytes, int]:
         """Token counts recorded when the texts were embedded (for truncation statistics)."""

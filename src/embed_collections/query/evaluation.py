@@ -105,6 +105,9 @@ class EvalReport:
     query_embedding_seconds: float
     cache_hits: int
     cache_misses: int
+    storage: dict[str, Any] = field(default_factory=dict)
+    vector_ram_bytes_per_point: float | None = None
+    disk_bytes_per_point: float | None = None
     modes: dict[str, ModeResult] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -285,6 +288,7 @@ def evaluate_beir(
         cache_hits=summary.extra.get("cache_hits", 0),
         cache_misses=summary.extra.get("cache_misses", 0),
     )
+    measure_storage(report, record)
     qrels = {qid: dataset.qrels[qid] for qid in queries}
     corpus_ids = list(dataset.corpus)
     store = open_run_store(record, config.qdrant_api_key, config.output_dir)
@@ -303,6 +307,23 @@ def evaluate_beir(
         report.modes["dense-exact"] = exact_dense_result(config, record, encoder, queries, qrels)
     write_json_atomic(config.output_dir / RESULTS_FILE, report.to_json())
     return report
+
+
+def measure_storage(report: EvalReport, record: RunRecord) -> None:
+    """The collection's storage options, the RAM its dense vectors need per point (computed from
+    the options: the quantized copy, plus the originals unless on disk) and the disk it takes
+    per point (measured: the embedded store's shard folder; None on a server)."""
+    if record.layout is None:
+        return
+    storage = record.layout.storage
+    report.storage = storage.to_json()
+    report.vector_ram_bytes_per_point = sum(
+        storage.ram_bytes(dim) for dim in record.layout.dense.values()
+    )
+    if record.store.path and report.corpus_size:
+        shard = Path(record.store.path) / report.collection
+        size = sum(p.stat().st_size for p in shard.rglob("*") if p.is_file())
+        report.disk_bytes_per_point = round(size / report.corpus_size, 1)
 
 
 def index_corpus(

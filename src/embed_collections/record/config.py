@@ -18,6 +18,7 @@ from embed_collections.engine.models import DEFAULT_ENSEMBLE_MODELS
 from embed_collections.engine.options import EngineOptions
 from embed_collections.errors import UsageError
 from embed_collections.record.weights import apply_weights_file
+from embed_collections.stores.base import StorageOptions
 
 SUMMARY_FILE = "embedding_summary_v6.json"
 LOG_FILE = "embedding_v6.log"
@@ -76,6 +77,7 @@ class RunConfig:
     wave_size: int = 50_000
     upload_batch_size: int = 1024
     wait: bool = True  # for another run holding the output directory (False: --no-wait)
+    storage: StorageOptions = field(default_factory=StorageOptions)
 
     @property
     def store_path(self) -> Path:
@@ -133,9 +135,14 @@ class RunOptions(TypedDict, total=False):
     wave_size: int
     no_wait: bool
     quiet: bool
+    quantization: str
+    vector_dtype: str
+    on_disk: bool
+    oversampling: float
 
 
 RUN_OPTIONS = tuple(RunOptions.__annotations__)
+STORAGE_OPTIONS = ("quantization", "vector_dtype", "on_disk", "oversampling")
 PATH_OPTIONS = ("weights_file", "model_cache_dir", "cache_dir", "lease_dir", "qdrant_path")
 
 
@@ -177,7 +184,7 @@ def build_run_config(
     executor = given.get("executor", "local")
     explicit = {"chunked_dir", "output_dir", "environment", "models", "weights", "engine"}
     explicit |= {"collections", "qdrant_url", "upload", "build_index", "export", "wait"}
-    explicit |= {"document_prefix", "query_prefix"}
+    explicit |= {"document_prefix", "query_prefix", "storage"}
     config_fields = {f.name for f in fields(RunConfig)} - explicit
     return RunConfig(
         chunked_dir=Path(chunked_dir) if chunked_dir else default_chunked,
@@ -195,6 +202,7 @@ def build_run_config(
         wait=not given.get("no_wait", False),
         document_prefix=parse_prefixes(given.get("document_prefix"), "--document-prefix"),
         query_prefix=parse_prefixes(given.get("query_prefix"), "--query-prefix"),
+        storage=build_storage(given),
     )
 
 
@@ -215,3 +223,8 @@ def parse_prefixes(value: Mapping[str, str] | Sequence[str] | None, option: str)
             )
         prefixes[model] = text
     return prefixes
+
+
+def build_storage(given: dict[str, Any]) -> StorageOptions:
+    """The storage options among `given` (run options or `upload`'s), defaults for the rest."""
+    return StorageOptions(**{k: given[k] for k in STORAGE_OPTIONS if given.get(k) is not None})

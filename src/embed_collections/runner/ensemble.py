@@ -24,7 +24,7 @@ from embed_collections.record.run_record import (
     StoreRecord,
 )
 from embed_collections.stores import sparse as sparse_vectors
-from embed_collections.stores.base import VectorLayout
+from embed_collections.stores.base import StorageOptions, VectorLayout
 
 
 @dataclass
@@ -37,6 +37,7 @@ class Ensemble:
     backends: list[str]
     sparse: sparse_vectors.SparseEncoder | None = None
     telemetry: dict[str, ModelTelemetry] = field(default_factory=dict)
+    storage: StorageOptions = field(default_factory=StorageOptions)
 
     @property
     def weights(self) -> list[float]:
@@ -51,7 +52,8 @@ class Ensemble:
         if any(d is None for d in dims):
             return None
         sparse = (sparse_vectors.VECTOR_NAME,) if self.sparse else ()
-        return VectorLayout(combined_dims(self.combine, self.specs, dims), sparse)  # type: ignore[arg-type]
+        dense = combined_dims(self.combine, self.specs, dims)  # type: ignore[arg-type]
+        return VectorLayout(dense, sparse, self.storage)
 
     def models(self, dtype: str) -> tuple[ModelRecord, ...]:
         """The models as the run record keeps them."""
@@ -122,7 +124,7 @@ def prepare_ensemble(config: RunConfig) -> Ensemble:
     encoder = None
     if config.sparse:
         encoder = sparse_vectors.create_encoder(config.sparse, config.sparse_language)
-    return Ensemble(specs, fingerprints, config.combine, backends, encoder)
+    return Ensemble(specs, fingerprints, config.combine, backends, encoder, storage=config.storage)
 
 
 def recorded_path(config: RunConfig) -> str:

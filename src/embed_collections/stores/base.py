@@ -9,11 +9,83 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from embed_collections.errors import UsageError
+
 SparseVec = tuple[list[int], list[float]]
 """A sparse vector as (indices, values)."""
 
 PayloadMatch = tuple[tuple[str, "str | int | bool"], ...]
 """Payload filter: every (key, value) must match exactly (`source_file`, `metadata.lang`, ...)."""
+
+
+QUANTIZATIONS = ("none", "int8", "binary", "binary-1.5bit", "binary-2bit")
+VECTOR_DTYPES = ("float32", "float16")
+BITS_PER_DIMENSION = {"int8": 8.0, "binary": 1.0, "binary-1.5bit": 1.5, "binary-2bit": 2.0}
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """How a collection keeps its dense vectors.
+
+    `quantization` other than "none" keeps a quantized copy in RAM and the original vectors on
+    disk; searches score the quantized copy for `oversampling` x the hits asked for, then rescore
+    those with the originals. `vector_dtype` is the originals' type; `on_disk` keeps the
+    originals memory-mapped instead of in RAM (implied by quantization).
+    """
+
+    quantization: str = "none"
+    vector_dtype: str = "float32"
+    on_disk: bool = False
+    oversampling: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.quantization not in QUANTIZATIONS:
+            raise UsageError(
+                f'Unknown --quantization "{self.quantization}"; choose one of '
+                + ", ".join(QUANTIZATIONS)
+            )
+        if self.vector_dtype not in VECTOR_DTYPES:
+            raise UsageError(
+                f'Unknown --vector-dtype "{self.vector_dtype}"; choose one of '
+                + ", ".join(VECTOR_DTYPES)
+            )
+        if not self.oversampling >= 1.0:
+            raise UsageError(f"--oversampling {self.oversampling} must be at least 1.0")
+        if self.quantization != "none" and not self.on_disk:
+            object.__setattr__(self, "on_disk", True)  # the point of quantizing: originals off RAM
+
+    @property
+    def quantized(self) -> bool:
+        return self.quantization != "none"
+
+    def describe(self) -> str:
+        """`int8 quantized, float32 on disk, oversampling 3`; "" for the default."""
+        if self == StorageOptions():
+            return ""
+        where = "on disk" if self.on_disk else "in RAM"
+        quantized = f"{self.quantization} quantized, " if self.quantized else ""
+        rescore = f", oversampling {self.oversampling:g}" if self.quantized else ""
+        return f"{quantized}{self.vector_dtype} {where}{rescore}"
+
+    def ram_bytes(self, dim: int) -> float:
+        """Bytes of RAM one vector of `dim` dimensions needs (index and payload aside)."""
+        quantized = dim * BITS_PER_DIMENSION[self.quantization] / 8 if self.quantized else 0.0
+        return quantized + (0.0 if self.on_disk else self.original_bytes(dim))
+
+    def original_bytes(self, dim: int) -> float:
+        return dim * (2 if self.vector_dtype == "float16" else 4)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "quantization": self.quantization,
+            "vector_dtype": self.vector_dtype,
+            "on_disk": self.on_disk,
+            "oversampling": self.oversampling,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> StorageOptions:
+        return cls(**(data or {}))
 
 
 @dataclass(frozen=True)
@@ -26,26 +98,36 @@ class VectorLayout:
 
     dense: dict[str, int]
     sparse: tuple[str, ...] = ()
+    storage: StorageOptions = field(default_factory=StorageOptions)
 
     def describe(self) -> str:
         """Human-readable form used in error messages: `dense{"": 80}, sparse[bm25]`."""
         dense = ", ".join(f'"{name}": {size}' for name, size in sorted(self.dense.items()))
         sparse = ", ".join(self.sparse)
-        return f"dense{{{dense}}}, sparse[{sparse}]"
+        storage = self.storage.describe()
+        return f"dense{{{dense}}}, sparse[{sparse}]" + (f", {storage}" if storage else "")
 
     def matches(self, other: VectorLayout | None) -> bool:
         """True when points of one layout fit a collection of the other (sparse order aside)."""
         if other is None:
             return False
-        return self.dense == other.dense and sorted(self.sparse) == sorted(other.sparse)
+        return (
+            self.dense == other.dense
+            and sorted(self.sparse) == sorted(other.sparse)
+            and self.storage == other.storage
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"dense": dict(self.dense), "sparse": list(self.sparse)}
+        data: dict[str, Any] = {"dense": dict(self.dense), "sparse": list(self.sparse)}
+        if self.storage != StorageOptions():
+            data["storage"] = self.storage.to_json()
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VectorLayout:
         dense = {name: int(size) for name, size in data["dense"].items()}
-        return cls(dense=dense, sparse=tuple(data["sparse"]))
+        storage = StorageOptions.from_json(data.get("storage"))
+        return cls(dense=dense, sparse=tuple(data["sparse"]), storage=storage)
 
 
 @dataclass

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 from qdrant_edge import (
+    BinaryQuantizationConfig,
+    BinaryQuantizationEncoding,
     CountRequest,
     Distance,
     EdgeConfig,
@@ -32,12 +34,17 @@ from qdrant_edge import (
     Modifier,
     Point,
     Prefetch,
+    QuantizationSearchParams,
     Query,
     QueryBatchRequest,
     QueryRequest,
+    ScalarQuantizationConfig,
+    ScalarType,
     ScrollRequest,
+    SearchParams,
     SparseVector,
     UpdateOperation,
+    VectorStorageDatatype,
 )
 
 from embed_collections.atomic import write_json_atomic
@@ -48,6 +55,7 @@ from embed_collections.stores.base import (
     ScanDigest,
     SearchQuery,
     SparseVec,
+    StorageOptions,
     StoreScan,
     VectorLayout,
 )
@@ -71,11 +79,47 @@ def _edge_errors(what: str) -> Iterator[None]:
         raise StoreError(f"{what}: {exc}") from exc
 
 
+BINARY_ENCODINGS = {
+    "binary": BinaryQuantizationEncoding.OneBit,
+    "binary-1.5bit": BinaryQuantizationEncoding.OneAndHalfBits,
+    "binary-2bit": BinaryQuantizationEncoding.TwoBits,
+}
+
+
+def _quantization(storage: StorageOptions) -> Any:
+    """The engine's quantization config (kept in RAM), or None."""
+    if storage.quantization == "int8":
+        return ScalarQuantizationConfig(ScalarType.Int8, quantile=0.99, always_ram=True)
+    if storage.quantization in BINARY_ENCODINGS:
+        return BinaryQuantizationConfig(
+            always_ram=True, encoding=BINARY_ENCODINGS[storage.quantization]
+        )
+    return None
+
+
+def _vector_params(size: int, storage: StorageOptions) -> EdgeVectorParams:
+    datatype = VectorStorageDatatype.Float16 if storage.vector_dtype == "float16" else None
+    return EdgeVectorParams(
+        size,
+        Distance.Cosine,
+        on_disk=storage.on_disk or None,
+        datatype=datatype,
+        quantization_config=_quantization(storage),
+    )
+
+
+def _search_params(storage: StorageOptions) -> SearchParams | None:
+    """Score the quantized copy for `oversampling` x the limit, then rescore with originals."""
+    if not storage.quantized:
+        return None
+    return SearchParams(
+        quantization=QuantizationSearchParams(rescore=True, oversampling=storage.oversampling)
+    )
+
+
 def _edge_config(layout: VectorLayout) -> EdgeConfig:
     return EdgeConfig(
-        vectors={
-            name: EdgeVectorParams(size, Distance.Cosine) for name, size in layout.dense.items()
-        },
+        vectors={name: _vector_params(size, layout.storage) for name, size in layout.dense.items()},
         sparse_vectors={
             name: EdgeSparseVectorParams(modifier=Modifier.Idf) for name in layout.sparse
         },
@@ -100,7 +144,7 @@ def _filter(query: SearchQuery) -> Filter | None:
     return Filter(must=[FieldCondition(key, match=MatchValue(value)) for key, value in query.where])
 
 
-def _request(query: SearchQuery) -> QueryRequest:
+def _request(query: SearchQuery, params: SearchParams | None = None) -> QueryRequest:
     """One search: plain nearest for a single vector, prefetch + fusion for several."""
     vectors: list[tuple[str, Any]] = [*query.dense.items(), *query.sparse.items()]
     if not vectors:
@@ -111,10 +155,11 @@ def _request(query: SearchQuery) -> QueryRequest:
         options["with_vector"] = [name for name, _ in query.dense.items()] or True
     if len(vectors) == 1:
         name, vector = vectors[0]
-        return QueryRequest(query.limit, query=_nearest(name, vector), **options)
+        return QueryRequest(query.limit, query=_nearest(name, vector), params=params, **options)
     fusion: Any = Fusion.Rrf(k=query.rrf_k) if query.fusion == "rrf" else Fusion.Dbsf()
     prefetches = [
-        Prefetch(query.prefetch_limit, query=_nearest(n, v), filter=where) for n, v in vectors
+        Prefetch(query.prefetch_limit, query=_nearest(n, v), filter=where, params=params)
+        for n, v in vectors
     ]
     return QueryRequest(query.limit, prefetches=prefetches, query=fusion, **options)
 
@@ -438,7 +483,9 @@ class EdgeStore:
         if not queries:
             return []
         shard = self._shard(collection)
-        requests = [_request(query) for query in queries]
+        layout = self.layout(collection)
+        params = _search_params(layout.storage) if layout else None
+        requests = [_request(query, params) for query in queries]
         with _edge_errors(f'Search in collection "{collection}" in {self.root} failed'):
             if len(requests) == 1:
                 results = [shard.query(requests[0])]

@@ -24,6 +24,7 @@ from embed_collections.stores.base import (
     ScanDigest,
     SearchQuery,
     SparseVec,
+    StorageOptions,
     StoreScan,
     VectorLayout,
 )
@@ -90,7 +91,52 @@ def _vectors(vector: Any) -> dict[str, Any]:
     return {"": vector} if isinstance(vector, list) else {}
 
 
-def _request(query: SearchQuery) -> models.QueryRequest:
+STORAGE_KEY = "embed_collections_storage"  # collection metadata: the storage options asked for
+BINARY_ENCODINGS = {
+    "binary": models.BinaryQuantizationEncoding.ONE_BIT,
+    "binary-1.5bit": models.BinaryQuantizationEncoding.ONE_AND_HALF_BITS,
+    "binary-2bit": models.BinaryQuantizationEncoding.TWO_BITS,
+}
+
+
+def _quantization(storage: StorageOptions) -> models.QuantizationConfig | None:
+    """The server's quantization config (kept in RAM), or None."""
+    if storage.quantization == "int8":
+        return models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(
+                type=models.ScalarType.INT8, quantile=0.99, always_ram=True
+            )
+        )
+    if storage.quantization in BINARY_ENCODINGS:
+        return models.BinaryQuantization(
+            binary=models.BinaryQuantizationConfig(
+                always_ram=True, encoding=BINARY_ENCODINGS[storage.quantization]
+            )
+        )
+    return None
+
+
+def _vector_params(size: int, storage: StorageOptions) -> models.VectorParams:
+    # Originals stay on disk (mmap) on a server whatever --on-disk says, as before: its RAM is
+    # shared by every collection.
+    return models.VectorParams(
+        size=size,
+        distance=models.Distance.COSINE,
+        on_disk=True,
+        datatype=models.Datatype.FLOAT16 if storage.vector_dtype == "float16" else None,
+        quantization_config=_quantization(storage),
+    )
+
+
+def _search_params(storage: StorageOptions) -> models.SearchParams | None:
+    """Score the quantized copy for `oversampling` x the limit, then rescore with originals."""
+    if not storage.quantized:
+        return None
+    quantization = models.QuantizationSearchParams(rescore=True, oversampling=storage.oversampling)
+    return models.SearchParams(quantization=quantization)
+
+
+def _request(query: SearchQuery, params: models.SearchParams | None = None) -> models.QueryRequest:
     """One search: plain nearest for a single vector, prefetch + fusion for several."""
     vectors: list[tuple[str, Any]] = [*query.dense.items(), *query.sparse.items()]
     if not vectors:
@@ -109,6 +155,7 @@ def _request(query: SearchQuery) -> models.QueryRequest:
             with_payload=query.with_payload,
             with_vector=with_vector,
             filter=where,
+            params=params,
         )
     fusion: models.Query
     if query.fusion == "dbsf":
@@ -119,7 +166,13 @@ def _request(query: SearchQuery) -> models.QueryRequest:
     else:
         fusion = models.RrfQuery(rrf=models.Rrf(k=query.rrf_k))
     prefetch = [
-        models.Prefetch(query=_vector(v), using=n or None, limit=query.prefetch_limit, filter=where)
+        models.Prefetch(
+            query=_vector(v),
+            using=n or None,
+            limit=query.prefetch_limit,
+            filter=where,
+            params=params,
+        )
         for n, v in vectors
     ]
     return models.QueryRequest(
@@ -220,16 +273,21 @@ class ServerStore:
         try:
             if not self.client.collection_exists(collection):
                 return None
-            params = self.client.get_collection(collection).config.params
+            config = self.client.get_collection(collection).config
         except CLIENT_ERRORS as exc:
             raise self._failed(f'Reading collection "{collection}"', exc) from exc
+        params = config.params
+        storage = StorageOptions.from_json(
+            (getattr(config, "metadata", None) or {}).get(STORAGE_KEY)
+        )
         if params.vectors is None:
             dense: dict[str, int] = {}
         elif isinstance(params.vectors, models.VectorParams):
             dense = {"": params.vectors.size}
         else:
             dense = {name: p.size for name, p in params.vectors.items()}
-        return VectorLayout(dense=dense, sparse=tuple(sorted(params.sparse_vectors or {})))
+        sparse = tuple(sorted(params.sparse_vectors or {}))
+        return VectorLayout(dense=dense, sparse=sparse, storage=storage)
 
     def ensure_collection(
         self, collection: str, layout: VectorLayout, recreate: bool = False
@@ -245,14 +303,15 @@ class ServerStore:
             return
         vectors: models.VectorParams | dict[str, models.VectorParams]
         if set(layout.dense) == {""}:
-            vectors = models.VectorParams(
-                size=layout.dense[""], distance=models.Distance.COSINE, on_disk=True
-            )
+            vectors = _vector_params(layout.dense[""], layout.storage)
         else:
             vectors = {
-                name: models.VectorParams(size=size, distance=models.Distance.COSINE, on_disk=True)
-                for name, size in layout.dense.items()
+                name: _vector_params(size, layout.storage) for name, size in layout.dense.items()
             }
+        # Only non-default options are recorded, so servers without collection metadata
+        # (before Qdrant 1.16) still take the default layout.
+        default = layout.storage == StorageOptions()
+        metadata = None if default else {STORAGE_KEY: layout.storage.to_json()}
         sparse = {
             name: models.SparseVectorParams(modifier=models.Modifier.IDF) for name in layout.sparse
         }
@@ -261,7 +320,10 @@ class ServerStore:
                 self.client.delete_collection(collection)
                 logger.info('deleted collection "%s" at %s', collection, self.location)
             self.client.create_collection(
-                collection, vectors_config=vectors, sparse_vectors_config=sparse or None
+                collection,
+                vectors_config=vectors,
+                sparse_vectors_config=sparse or None,
+                metadata=metadata,
             )
         except CLIENT_ERRORS as exc:
             raise self._failed(f'Creating collection "{collection}"', exc) from exc
@@ -409,7 +471,11 @@ class ServerStore:
         """Run the queries in one batch request; hits per query, best first."""
         if not queries:
             return []
-        requests = [_request(query) for query in queries]
+        # Local mode searches the float32 originals by brute force: it ignores (and warns about)
+        # quantization parameters, so they go only to a server.
+        layout = self.layout(collection) if self.url is not None else None
+        params = _search_params(layout.storage) if layout else None
+        requests = [_request(query, params) for query in queries]
         try:
             responses = self.client.query_batch_points(collection, requests)
         except CLIENT_ERRORS as exc:
