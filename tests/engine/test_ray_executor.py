@@ -107,7 +107,7 @@ def test_ray_run_matches_local_and_survives_a_killed_actor(
     theirs = cached_vectors(local_config, local_telemetry["fingerprint"], dim)
     cosines = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
     assert cosines.min() >= 0.9999
-    events = summary.results["alpha"].lease_events
+    events = summary.extra["lease_events"]
     kinds = [(e["event_type"], e["device"].split("@")[0]) for e in events]
     assert kinds == [
         ("acquire", "ray:1xcpu"),

@@ -202,18 +202,22 @@ def run(**options):
             [
                 name,
                 r.total_embeddings_generated,
+                max(r.embedded_now.values(), default=0),
                 r.points_in_store if r.points_in_store is not None else "-",
-                "failed" if name in summary.failed_collections else "ok",
+                "failed" if name in summary.failed_collections else r.status,
             ]
             for name, r in summary.results.items()
         ]
         rows += [
-            [name, 0, "-", "failed"]
+            [name, 0, 0, "-", "failed"]
             for name in summary.failed_collections
             if name not in summary.results
         ]
-        click.echo(render_table(["collection", "chunks", "points", "status"], rows))
+        headers = ["collection", "chunks", "embedded now", "points", "status"]
+        click.echo(render_table(headers, rows))
         click.echo(f"\nSummary: {output_dir / SUMMARY_FILE}")
+        if (output_dir / "report.html").exists():
+            click.echo(f"Report: {output_dir / 'report.html'}")
     return summary.exit_code
 
 

@@ -10,6 +10,7 @@ import click
 from embed_collections.cli.commands import discover, run, upload
 from embed_collections.cli.query import eval_command, search
 from embed_collections.cli.render import log
+from embed_collections.cli.report import report, status
 from embed_collections.errors import EmbedCollectionsError
 
 
@@ -23,10 +24,11 @@ def cli() -> None:
       embed-collections discover ./Chunked
       embed-collections run --chunked-dir ./Chunked --output-dir ./output
       embed-collections search Docling "install with pip" --output-dir ./output
+      embed-collections status ./output
     """
 
 
-for command in (discover, run, search, eval_command, upload):
+for command in (discover, run, search, eval_command, upload, report, status):
     cli.add_command(command)
 
 

@@ -214,6 +214,7 @@ def run_batches(
     faults = Faults(stats.device)
     successes = 0
     position = 0
+    started = time.perf_counter() - stats.seconds  # a worker's later units continue its timeline
     ahead: tuple[int, int, Future] | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
         while position < len(inputs):
@@ -264,6 +265,7 @@ def run_batches(
             stats.truncated_chunks += sum(1 for i in range(position, end) if counts[i] > limit)
             stats.truncated_tokens += sum(max(0, counts[i] - limit) for i in range(position, end))
             stats.batches += 1
+            stats.mark(time.perf_counter() - started)
             position = end
             successes += 1
             if budget < full_budget and successes >= GROW_AFTER:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from embed_collections.corpus.chunks import Chunk, LoadedCollection
 from embed_collections.engine.cache import EmbeddingCache, text_digest
@@ -14,6 +14,7 @@ from embed_collections.engine.combine import combine_vectors, vector_names
 from embed_collections.errors import StoreError
 from embed_collections.record.config import RunConfig
 from embed_collections.record.summary import CollectionResult
+from embed_collections.record.token_lengths import TokenLengths
 from embed_collections.runner.diskspace import check_space, estimate, payload_size, write_paths
 from embed_collections.runner.ensemble import Ensemble
 from embed_collections.runner.sinks import ExportSink, Sink, StoreSink, verified_count
@@ -32,6 +33,7 @@ class Targets:
     cache: EmbeddingCache
     store: Store | None
     config: RunConfig
+    lengths: dict[str, TokenLengths] = field(default_factory=dict)  # filled run-wide, per model
 
 
 def store_collection(
@@ -51,7 +53,7 @@ def store_collection(
     chunks = loaded.chunks
     if layout is None:
         raise StoreError("the ensemble's vector dimensions are unknown (no model was loaded)")
-    result.truncated_chunks = count_truncated(chunks, ensemble, cache)
+    result.truncated_chunks = count_truncated(chunks, ensemble, cache, targets.lengths)
     signature = load_signature(loaded, ensemble, layout)
     sinks: list[Sink] = []
     if store is not None:
@@ -64,6 +66,7 @@ def store_collection(
             )
             result.points_in_store = held
             result.qdrant_collection = loaded.name
+            result.status = "unchanged"  # the pipeline says "ok" if a model embedded anything
         else:
             sinks.append(StoreSink.open(store, loaded.name, layout, signature, config))
     if config.export:
@@ -155,14 +158,21 @@ def load_signature(loaded: LoadedCollection, ensemble: Ensemble, layout: VectorL
 
 
 def count_truncated(
-    chunks: tuple[Chunk, ...], ensemble: Ensemble, cache: EmbeddingCache
+    chunks: tuple[Chunk, ...],
+    ensemble: Ensemble,
+    cache: EmbeddingCache,
+    lengths: dict[str, TokenLengths] | None = None,
 ) -> dict[str, int]:
-    """Chunks per model whose text was longer than the model reads (the rest is not embedded)."""
+    """Chunks per model whose text was longer than the model reads (the rest is not embedded);
+    every chunk's token count is also added to `lengths` (the run's histograms)."""
     digests = [text_digest(c.text) for c in chunks]
     truncated = {}
     for spec, fingerprint in zip(ensemble.specs, ensemble.fingerprints):
         limit = ensemble.telemetry[spec.name].max_seq_length or spec.settings.max_seq_length
         counts = cache.token_counts(fingerprint, digests)
+        if lengths is not None:
+            known = [counts[d] for d in digests if counts.get(d) is not None]
+            lengths.setdefault(spec.name, TokenLengths(spec.name)).add(known, limit or 0)
         if limit:
             truncated[spec.name] = sum(1 for d in digests if counts.get(d, 0) > limit)
     return truncated
