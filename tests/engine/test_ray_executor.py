@@ -86,6 +86,8 @@ def test_ray_run_matches_local_and_survives_a_killed_actor(
     summary = run(config)
     assert summary.exit_code == 0
     assert summary.extra["executor"] == "ray" and summary.extra["ray"]["cpus"] == 2
+    phases = summary.extra["phases"]  # joining Ray counts in the run's time
+    assert "ray start-up" in phases and sum(phases.values()) <= summary.extra["total_seconds"]
     # the actor's process really was SIGKILLed mid-shard, and Ray restarted it
     telemetry, local_telemetry = (
         summary.extra["models"][str(model)],

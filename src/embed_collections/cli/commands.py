@@ -30,7 +30,8 @@ from embed_collections.cli.render import echo_json, render_table, setup_logging
 @verbose_option
 @quiet_option
 def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
-    """List the collections under CHUNKED_DIR (default ./Chunked, or /kaggle/input on Kaggle).
+    """List the collections under CHUNKED_DIR (default ./Chunked, or /kaggle/input on Kaggle),
+    then a total line (warnings only on stderr; --verbose shows the scan).
 
     \b
     Example:
@@ -41,7 +42,7 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
     from embed_collections.corpus.discovery import find_chunk_files
     from embed_collections.record.config import default_paths, detect_environment
 
-    setup_logging(verbose, quiet)
+    setup_logging(verbose, quiet=not verbose)  # the table is the answer: no per-collection INFO
     root = chunked_dir or default_paths(detect_environment())[0]
     found = ec.discover(root, pattern, max_depth)
     rows = []
@@ -73,6 +74,11 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
         for r in rows
     ]
     click.echo(render_table(headers, table))
+    files = sum(r["chunk_files"] for r in rows)
+    total = f"\n{len(rows)} collections, {files} chunk files"
+    if stats:
+        total += f", {sum(r['chunks'] for r in rows)} chunks"
+    click.echo(f"{total} under {root}")
 
 
 @click.command(cls=ListOptionCommand)
@@ -111,7 +117,8 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
 @click.option(
     "--ray-address",
     envvar="RAY_ADDRESS",
-    help="Ray cluster to join with --executor ray (env RAY_ADDRESS) [start one on this machine].",
+    help="Ray cluster to join; implies --executor ray (env RAY_ADDRESS, read with --executor "
+    "ray) [start one on this machine].",
 )
 @server_options
 @click.option(
@@ -192,6 +199,11 @@ def run(**options):
     for key in ("collections", "models"):
         options[key] = split_list(options[key])
     options["weights"] = parse_weights(options["weights"])
+    context = click.get_current_context()
+    if context.get_parameter_source("executor") is click.core.ParameterSource.DEFAULT:
+        options["executor"] = None  # --ray-address alone implies --executor ray
+        if context.get_parameter_source("ray_address") is click.core.ParameterSource.ENVIRONMENT:
+            options["ray_address"] = None  # RAY_ADDRESS serves --executor ray, implies nothing
     chosen = {key: options[key] for key in RUN_OPTIONS}
     summary = ec.run(options["chunked_dir"], options["output_dir"], **chosen)
     output_dir = options["output_dir"] or default_paths(detect_environment())[1]

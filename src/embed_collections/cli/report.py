@@ -56,7 +56,7 @@ def status(output_dir, as_json):
     \b
     Example:
       embed-collections status ./output
-      embed-collections status ./output --json | jq .failed
+      embed-collections status ./output --json
     Exit codes: 0 every collection stored, 3 some failed, 1 no run found.
     """
     from embed_collections.report.data import load_run
