@@ -86,7 +86,7 @@ def test_discover_stats_counts_chunks_and_problems(chunked):
 
 
 def test_discover_logs_go_to_stderr_not_stdout(chunked):
-    result = discover(chunked, "--json", cwd=chunked.parent)
+    result = discover(chunked, "--json", "--verbose", cwd=chunked.parent)
     assert result.code == 0
     for message in (
         f"Scanning for collections in: {chunked}",

@@ -164,7 +164,9 @@ def test_report_renders_in_headless_chromium(reported_run, tmp_path):
     messages = CONSOLE.findall(done.stderr)
     assert done.returncode == 0, done.stderr[-2000:]
     # the page logs one line once drawn; anything else on the console is an error
-    assert messages == [f"embed-collections report: {charts} of {charts} charts drawn"]
+    assert len(messages) == 1, messages
+    pattern = rf"embed-collections report: {charts} of {charts} charts drawn in \d+ ms"
+    assert re.fullmatch(pattern, messages[0]), messages
     assert charts >= 4
     assert screenshot.stat().st_size > 20_000  # a drawn page, not a blank one
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
