@@ -420,6 +420,7 @@ def test_upload_refuses_an_export_holding_nan_before_writing(concat_run, tmp_pat
 
 def test_a_new_zip_replaces_the_previous_one(concat_run, tiny_models, chunked, tmp_path):
     output, summary = concat_run
+    assert summary.extra["phases"]["export"] > 0  # timed apart from the store
     copy = tmp_path / "output"
     shutil.copytree(output, copy, ignore=shutil.ignore_patterns("qdrant", "cache"))
     moved = copy_summary(summary, output, copy)

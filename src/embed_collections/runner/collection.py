@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from embed_collections.corpus.chunks import Chunk, LoadedCollection
@@ -34,6 +37,7 @@ class Targets:
     store: Store | None
     config: RunConfig
     lengths: dict[str, TokenLengths] = field(default_factory=dict)  # filled run-wide, per model
+    phases: dict[str, float] = field(default_factory=dict)  # the export's seconds, run-wide
 
 
 def store_collection(
@@ -88,13 +92,26 @@ def store_collection(
             part = chunks[start : start + config.upload_batch_size]
             batch = build_batch(loaded.name, part, ensemble, cache, dims, names)
             for sink in sinks:
-                sink.add(part, batch)
+                with timed(sink, targets.phases):
+                    sink.add(part, batch)
         for sink in sinks:
-            sink.finish(result)
+            with timed(sink, targets.phases):
+                sink.finish(result)
     except BaseException:
         for sink in sinks:
             sink.abort()
         raise
+
+
+@contextmanager
+def timed(sink: Sink, phases: dict[str, float]) -> Iterator[None]:
+    """Add an export sink's seconds to `phases["export"]` (the store's are the rest)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        if isinstance(sink, ExportSink):
+            phases["export"] = phases.get("export", 0.0) + time.perf_counter() - started
 
 
 def record_loaded(loaded: LoadedCollection, ensemble: Ensemble, result: CollectionResult) -> None:

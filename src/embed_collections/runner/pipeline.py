@@ -333,8 +333,9 @@ def process_wave(
     for loaded in wave:
         started = time.perf_counter()
         result = CollectionResult(name=loaded.name)
+        exported = work.phases.get("export", 0.0)
         try:
-            targets = Targets(ensemble, cache, store, config, work.lengths)
+            targets = Targets(ensemble, cache, store, config, work.lengths, work.phases)
             store_collection(loaded, targets, layout, result)
         except Exception as error:  # per-collection boundary: record and go on
             log.debug("Collection %s failed", loaded.name, exc_info=True)
@@ -344,9 +345,10 @@ def process_wave(
                 raise
             if progress is not None:
                 progress.update(1, 0, time.perf_counter() - started)
-            work.add_phase("store", time.perf_counter() - started)
             continue
-        work.add_phase("store", time.perf_counter() - started)
+        finally:  # the export's seconds are counted apart; the rest is the store's
+            exported = work.phases.get("export", 0.0) - exported
+            work.add_phase("store", time.perf_counter() - started - exported)
         digests = {text_digest(c.text) for c in loaded.chunks}
         for spec, fp in zip(ensemble.specs, ensemble.fingerprints):
             result.embedded_now[spec.name] = len(digests & missing_before[fp])
