@@ -1,28 +1,38 @@
-"""The report's charts as plotly figures (drawn by plotly.js inlined once in the page)."""
+"""The report's charts as plotly figure specs (drawn by plotly.js, inlined once in the page).
+
+Figures are plain dicts in plotly's JSON schema: building `plotly.graph_objects` figures costs
+about half a second of validation per run, which every `run` would pay.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import plotly.graph_objects as go
-
 from embed_collections.report.data import CollectionRow, RunView
 
+Figure = dict[str, Any]
 MAX_BARS = 40  # collections drawn in the per-collection chart (the table lists them all)
+AXIS = {"gridcolor": "#eee", "zerolinecolor": "#ccc", "automargin": True}
 LAYOUT: dict[str, Any] = {
-    "template": "plotly_white",
+    "paper_bgcolor": "white",
+    "plot_bgcolor": "white",
     "margin": {"l": 60, "r": 20, "t": 50, "b": 50},
     "height": 340,
     "font": {"size": 12},
+    "xaxis": AXIS,
+    "yaxis": AXIS,
 }
 
 
-def figure(title: str, **layout: Any) -> go.Figure:
-    """An empty figure in the report's style."""
-    return go.Figure(layout={**LAYOUT, "title": {"text": title}, **layout})
+def figure(title: str, **layout: Any) -> Figure:
+    """An empty figure in the report's style (axis settings merge with the style's)."""
+    merged = {**LAYOUT, "title": {"text": title}, **layout}
+    for axis in ("xaxis", "yaxis"):
+        merged[axis] = {**AXIS, **layout.get(axis, {})}
+    return {"data": [], "layout": merged}
 
 
-def collections_chart(rows: list[CollectionRow]) -> go.Figure | None:
+def collections_chart(rows: list[CollectionRow]) -> Figure | None:
     """Unique texts per collection: embedded by this run, taken from the cache (largest first)."""
     shown = sorted((r for r in rows if r.status != "failed"), key=lambda r: -r.unique)[:MAX_BARS]
     if not shown:
@@ -31,16 +41,20 @@ def collections_chart(rows: list[CollectionRow]) -> go.Figure | None:
     title = "Unique texts per collection: embedded now / from the cache"
     if len(rows) > len(shown):
         title += f" ({len(shown)} largest of {len(rows)})"
-    fig = figure(title, barmode="stack", height=max(260, 22 * len(shown) + 110))
-    fig.add_bar(y=names, x=[r.embedded_now for r in shown][::-1], name="embedded now",
-                orientation="h", marker_color="#e4572e")  # fmt: skip
-    fig.add_bar(y=names, x=[r.from_cache for r in shown][::-1], name="from cache",
-                orientation="h", marker_color="#76b041")  # fmt: skip
-    fig.update_layout(margin={**LAYOUT["margin"], "l": 220}, legend={"orientation": "h", "y": -0.1})
+    height = max(260, 22 * len(shown) + 110)
+    legend = {"orientation": "h", "y": -0.1}
+    fig = figure(title, barmode="stack", height=height, margin={**LAYOUT["margin"], "l": 220},
+                 legend=legend)  # fmt: skip
+    fig["data"] = [
+        {"type": "bar", "orientation": "h", "y": names, "x": [r.embedded_now for r in shown][::-1],
+         "name": "embedded now", "marker": {"color": "#e4572e"}},
+        {"type": "bar", "orientation": "h", "y": names, "x": [r.from_cache for r in shown][::-1],
+         "name": "from cache", "marker": {"color": "#76b041"}},
+    ]  # fmt: skip
     return fig
 
 
-def token_chart(model: str, lengths: dict[str, Any]) -> go.Figure | None:
+def token_chart(model: str, lengths: dict[str, Any]) -> Figure | None:
     """A model's token-length histogram with its window (max_seq_length) marked."""
     bins = {int(start): count for start, count in (lengths.get("bins") or {}).items()}
     if not bins:
@@ -48,21 +62,29 @@ def token_chart(model: str, lengths: dict[str, Any]) -> go.Figure | None:
     width = int(lengths.get("bin_tokens") or 32)
     limit = int(lengths.get("max_seq_length") or 0)
     cut, total = lengths.get("truncated_chunks", 0), lengths.get("chunks", 0)
-    title = f"{model}: tokens per chunk (window {limit}; {cut:,} of {total:,} chunks cut"
+    title = f"{short(model)}: tokens per chunk (window {limit}; {cut:,} of {total:,} chunks cut"
     title += f", {lengths.get('dropped_share', 0):.1%} of tokens dropped)"
-    fig = figure(title, bargap=0.05, xaxis={"title": {"text": "tokens"}},
+    fig = figure(title, bargap=0.05, xaxis={"title": {"text": "tokens"}, "rangemode": "tozero"},
                  yaxis={"title": {"text": "chunks"}}, showlegend=False)  # fmt: skip
     starts = sorted(bins)
     colors = ["#e4572e" if limit and start + width > limit else "#2e86ab" for start in starts]
-    fig.add_bar(x=[s + width / 2 for s in starts], y=[bins[s] for s in starts], width=width,
-                marker_color=colors, name="chunks")  # fmt: skip
+    fig["data"] = [
+        {"type": "bar", "x": [s + width / 2 for s in starts], "y": [bins[s] for s in starts],
+         "width": width, "marker": {"color": colors}, "name": "chunks"}
+    ]  # fmt: skip
     if limit:
-        fig.add_vline(x=limit, line_dash="dash", line_color="#333",
-                      annotation_text=f"max_seq_length {limit}")  # fmt: skip
+        fig["layout"]["shapes"] = [
+            {"type": "line", "x0": limit, "x1": limit, "y0": 0, "y1": 1, "yref": "paper",
+             "line": {"dash": "dash", "color": "#333"}}
+        ]  # fmt: skip
+        fig["layout"]["annotations"] = [
+            {"x": limit, "y": 1, "yref": "paper", "text": f"max_seq_length {limit}",
+             "showarrow": False, "xanchor": "left", "yanchor": "bottom"}
+        ]  # fmt: skip
     return fig
 
 
-def throughput_chart(models: dict[str, dict[str, Any]]) -> go.Figure | None:
+def throughput_chart(models: dict[str, dict[str, Any]]) -> Figure | None:
     """Chunks per second over the embedding time, one line per model and device."""
     fig = figure("Throughput over time (chunks/s, per model and device)",
                  xaxis={"title": {"text": "seconds into the model's embedding"}},
@@ -80,13 +102,15 @@ def throughput_chart(models: dict[str, dict[str, Any]]) -> go.Figure | None:
                     rates += [rate, rate]
                 previous = (seconds, chunks)
             if times:
-                fig.add_scatter(x=times, y=rates, mode="lines",
-                                name=f"{short(model)} on {device.get('device')}")  # fmt: skip
+                fig["data"].append(
+                    {"type": "scatter", "x": times, "y": rates, "mode": "lines",
+                     "name": f"{short(model)} on {device.get('device')}"}
+                )  # fmt: skip
                 drawn += 1
     return fig if drawn else None
 
 
-def phases_chart(phases: dict[str, float], total: float | None) -> go.Figure | None:
+def phases_chart(phases: dict[str, float], total: float | None) -> Figure | None:
     """Where the run's wall time went."""
     if not phases:
         return None
@@ -94,25 +118,30 @@ def phases_chart(phases: dict[str, float], total: float | None) -> go.Figure | N
     title = "Where the wall time went (seconds)"
     if total:
         title += f"; run total {total:.1f} s"
-    fig = figure(title, showlegend=False, height=max(240, 30 * len(names) + 110))
-    fig.add_bar(y=[short(n) for n in names][::-1], x=[phases[n] for n in names][::-1],
-                orientation="h", marker_color="#2e86ab",
-                text=[f"{phases[n]:.2f} s" for n in names][::-1], textposition="auto")  # fmt: skip
-    fig.update_layout(margin={**LAYOUT["margin"], "l": 200})
+    fig = figure(title, showlegend=False, height=max(240, 30 * len(names) + 110),
+                 margin={**LAYOUT["margin"], "l": 200})  # fmt: skip
+    fig["data"] = [
+        {"type": "bar", "orientation": "h", "y": [short(n) for n in names][::-1],
+         "x": [phases[n] for n in names][::-1], "marker": {"color": "#2e86ab"},
+         "text": [f"{phases[n]:.2f} s" for n in names][::-1], "textposition": "auto"}
+    ]  # fmt: skip
     return fig
 
 
-def lease_chart(events: list[dict[str, Any]]) -> go.Figure | None:
+def lease_chart(events: list[dict[str, Any]]) -> Figure | None:
     """Seconds each model waited for its device lease."""
     waits = [e for e in events if e.get("event_type") == "acquire"]
     if not waits:
         return None
-    fig = figure("Lease waits (seconds before each model got its device)", showlegend=False)
     labels = [f"{short(e.get('model', '?'))} on {e.get('device')}" for e in waits]
     seconds = [float(e.get("wait_seconds") or 0.0) for e in waits]
-    fig.add_bar(x=labels, y=seconds, marker_color="#f0a202",
-                text=[f"{s:.1f} s" for s in seconds], textposition="outside")  # fmt: skip
-    fig.update_yaxes(range=[0, max(1.0, max(seconds) * 1.2)])  # no wait reads as none
+    top = max(1.0, max(seconds) * 1.2)  # a wait of none reads as none
+    fig = figure("Lease waits (seconds before each model got its device)", showlegend=False,
+                 yaxis={"range": [0, top]})  # fmt: skip
+    fig["data"] = [
+        {"type": "bar", "x": labels, "y": seconds, "marker": {"color": "#f0a202"},
+         "text": [f"{s:.1f} s" for s in seconds], "textposition": "outside"}
+    ]  # fmt: skip
     return fig
 
 
@@ -122,9 +151,9 @@ def short(name: str) -> str:
     return "/".join(parts[-2:]) if len(parts) > 2 else name
 
 
-def run_charts(view: RunView) -> list[tuple[str, go.Figure]]:
+def run_charts(view: RunView) -> list[tuple[str, Figure]]:
     """Every chart the run has data for, with its section id."""
-    charts: list[tuple[str, go.Figure | None]] = [
+    charts: list[tuple[str, Figure | None]] = [
         ("collections", collections_chart(view.rows())),
         ("time", phases_chart(view.phases, view.summary.get("total_seconds"))),
     ]

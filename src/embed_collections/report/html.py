@@ -129,6 +129,7 @@ def eval_section(view: RunView) -> str:
 
 def render_report(view: RunView) -> str:
     """The whole page."""
+    import plotly.io
     from plotly.offline import get_plotlyjs
 
     facts = overview(view)
@@ -157,7 +158,9 @@ def render_report(view: RunView) -> str:
     )
     charts = []
     for index, (section, fig) in enumerate(run_charts(view)):
-        body = fig.to_html(
+        body = plotly.io.to_html(
+            fig,
+            validate=False,
             full_html=False,
             include_plotlyjs=False,
             div_id=f"chart-{section}-{index}",
