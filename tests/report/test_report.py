@@ -45,7 +45,7 @@ def test_run_writes_a_self_contained_report(reported_run):
     assert page.count(get_plotlyjs()) == 1  # plotly.js inline, once
     page = page.replace(get_plotlyjs(), "")
     assert re.findall(r"""(?:src|href)=["']?(?:https?:)?//""", page) == []  # nothing to fetch
-    table = page[page.index("<h2>Collections</h2>") : page.index("<h2>Models</h2>")]
+    table = page[page.index("<h2>Collections</h2>") : page.index("<h2>Charts</h2>")]
     # failed first, with its error, then the others by name
     assert table.index(">broken<") < table.index(">alpha<") < table.index(">beta<")
     assert "x_chunks.json: not valid JSON" in table

@@ -154,11 +154,11 @@ def short(name: str) -> str:
 def run_charts(view: RunView) -> list[tuple[str, Figure]]:
     """Every chart the run has data for, with its section id."""
     charts: list[tuple[str, Figure | None]] = [
-        ("collections", collections_chart(view.rows())),
-        ("time", phases_chart(view.phases, view.summary.get("total_seconds"))),
+        ("time", phases_chart(view.phases, view.summary.get("total_seconds")))
     ]
     for model, lengths in view.token_lengths.items():
         charts.append(("tokens", token_chart(model, lengths)))
     charts.append(("throughput", throughput_chart(view.models)))
     charts.append(("leases", lease_chart(view.lease_events)))
+    charts.append(("collections", collections_chart(view.rows())))
     return [(section, fig) for section, fig in charts if fig is not None]

@@ -31,7 +31,9 @@ th{background:#f6f6f6;position:sticky;top:0}th:first-child,td:first-child{text-a
 td.err{text-align:left;color:#9b2c14;max-width:520px;word-break:break-word}
 tr.row-failed td{background:#fff1ee}.status-failed{color:#9b2c14;font-weight:600}
 .status-unchanged{color:#666}.chart{break-inside:avoid;page-break-inside:avoid;margin:8px 0}
-@media print{body{margin:0;max-width:none}th{position:static}.chart{width:100%}}
+.scroll{max-height:520px;overflow:auto;border:1px solid #eee}
+@media print{body{margin:0;max-width:none}th{position:static}.chart{width:100%}
+.scroll{max-height:none;overflow:visible;border:0}}
 """
 
 
@@ -178,8 +180,8 @@ def render_report(view: RunView) -> str:
 <div class=meta>{html.escape(facts["when"] or "")} · {html.escape(facts["environment"] or "")} ·
 executor {html.escape(str(facts["executor"]))} · store {html.escape(str(facts["store"]))}</div>
 {verdict}{warnings}<div class=cards>{cards}</div>
-<h2>Collections</h2>{collections_table(view)}
 <h2>Models</h2>{models_table(view)}
+<h2>Collections</h2><div class="scroll">{collections_table(view)}</div>
 <h2>Charts</h2>{"".join(charts) or "<p>No chart data in this summary.</p>"}
 {"<h2>Evaluation</h2>" + evaluation if evaluation else ""}
 <p class=meta>Written by embed-collections from {html.escape(str(view.output_dir))}.</p>
