@@ -15,6 +15,7 @@ OUTPUT_ARGUMENT = click.argument(
 
 
 def default_output(output_dir: Path | None) -> Path:
+    """The given output directory, else the environment's default (./output, Kaggle's)."""
     from embed_collections.record.config import default_paths, detect_environment
 
     return output_dir or default_paths(detect_environment())[1]

@@ -44,6 +44,7 @@ class TokenLengths:
         return self.truncated_tokens / self.tokens if self.tokens else 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The summary's `token_lengths` entry of this model."""
         return {
             "max_seq_length": self.max_seq_length,
             "chunks": self.chunks,

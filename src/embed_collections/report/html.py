@@ -50,11 +50,13 @@ DRAWN_CHECK = """window.addEventListener("load", function () {
 
 
 def cell(value: Any, css: str = "") -> str:
+    """One escaped table cell (integers with thousands separators, None as a dash)."""
     text = "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
     return f'<td class="{css}">{html.escape(text)}</td>' if css else f"<td>{html.escape(text)}</td>"
 
 
 def table(headers: list[str], rows: list[list[Any]], row_classes: list[str] | None = None) -> str:
+    """An HTML table of rendered cells."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = []
     for i, row in enumerate(rows):
@@ -79,6 +81,7 @@ def collections_table(view: RunView) -> str:
 
 
 def models_table(view: RunView) -> str:
+    """One row per model: where it ran, what it did, what it cost, what it cut."""
     headers = ["model", "backend", "device", "dim", "max_seq_length", "embedded", "cached",
                "chunks/s", "load (s)", "lease wait (s)", "embed (s)", "truncated"]  # fmt: skip
     rows = []

@@ -149,6 +149,7 @@ def choose_executor(config: RunConfig) -> Callable[..., ModelTelemetry]:
 def run_logged(
     config: RunConfig, started: float | None = None, phases: dict[str, float] | None = None
 ) -> RunSummary:
+    """The run inside its lock and log; `started`/`phases` carry what came before (Ray)."""
     started = time.perf_counter() if started is None else started
     phases = {} if phases is None else phases
     clock = time.perf_counter()
@@ -374,6 +375,7 @@ class RunWork:
         self.lengths: dict[str, TokenLengths] = {}
 
     def add_phase(self, name: str, seconds: float) -> None:
+        """Add seconds to a phase (a model's embedding spans every wave)."""
         self.phases[name] = self.phases.get(name, 0.0) + seconds
 
 
