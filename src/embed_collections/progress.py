@@ -70,14 +70,17 @@ class Progress:
         self.measured += count if measured is None else measured
         if seconds is not None:
             self.active = (self.active or 0.0) + seconds
+        first = self.done == count  # the first work done shows at once, not at the next 10%
         if self.bar is not None:
             self.bar.update(count)
+            if first:
+                self.bar.refresh()
             return
         if not self.lines or not self.total:
             return
         now = time.monotonic()
         step = self.done - self.last_done >= self.total * LINE_STEP
-        if step or now - self.last_time >= LINE_SECONDS or self.done >= self.total:
+        if first or step or now - self.last_time >= LINE_SECONDS or self.done >= self.total:
             self.last_done, self.last_time = self.done, now
             log.info("%s", self.line(now))
 
@@ -91,11 +94,12 @@ class Progress:
     def line(self, now: float) -> str:
         """`all-MiniLM-L6-v2: 320/1000 chunks (32%), 41.2 chunks/s, ETA 17s`."""
         elapsed = max(now - self.started, 1e-9)
-        rate = self.measured / max(elapsed if self.active is None else self.active, 1e-9)
+        spent = elapsed if self.active is None else self.active  # the work's own time, if timed
+        rate = self.measured / max(spent, 1e-9)
         text = f"{self.label}: {self.done}/{self.total} {self.unit}s ({self.done / self.total:.0%})"
         text += f", {rate:.1f} {self.rate_unit or self.unit}s/s"
         if self.done < self.total and self.done:
-            remaining = elapsed * (self.total - self.done) / self.done
+            remaining = spent * (self.total - self.done) / self.done
             text += f", ETA {format_seconds(remaining)}"
         return text
 

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import zipfile
+from copy import deepcopy
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ import pytest
 from conftest import Result, run_cli, write_chunks
 
 from embed_collections.archive import export
+from embed_collections.archive.export import finish_export
 from embed_collections.archive.upload import (
     MANIFEST_FILE,
     open_export,
@@ -434,3 +436,26 @@ def test_upload_refuses_an_export_with_a_duplicate_point_id(concat_run, tmp_path
     assert done.code == 1, done.err
     assert "1 point ids occur twice" in done.err and first in done.err
     assert "Traceback" not in done.err
+
+
+def test_a_new_zip_replaces_the_previous_one(concat_run, tiny_models, chunked, tmp_path):
+    output, summary = concat_run
+    assert summary.extra["phases"]["export"] > 0  # timed apart from the store
+    copy = tmp_path / "output"
+    shutil.copytree(output, copy, ignore=shutil.ignore_patterns("qdrant", "cache"))
+    moved = copy_summary(summary, output, copy)
+    older = copy / "embeddings_2020-01-01_00-00-00.zip"
+    shutil.copy(archive_of(output), older)
+    config = make_config(tiny_models, chunked, copy, create_zip=True, sparse="bm25")
+    created = finish_export(config, moved)
+    assert created is not None and created != older
+    assert sorted(copy.glob("embeddings_*.zip")) == [created]
+
+
+def copy_summary(summary, output: Path, copy: Path):
+    """The run's summary with its export folders moved from `output` to `copy`."""
+    moved = deepcopy(summary)
+    for result in moved.results.values():
+        if result.export_dir:
+            result.export_dir = str(copy / Path(result.export_dir).relative_to(output))
+    return moved

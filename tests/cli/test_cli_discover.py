@@ -44,10 +44,14 @@ def test_discover_prints_a_table(chunked):
     lines = result.out.splitlines()
     assert lines[0].split() == ["name", "chunk_files", "path"]
     assert set(lines[1]) == {"-", " "}
-    rows = [line.split() for line in lines[2:]]
+    rows = [line.split() for line in lines[2:-2]]
     assert rows == [
         [name, str(files), str(chunked / relative)] for name, (relative, files) in EXPECTED.items()
     ]
+    assert lines[-2:] == ["", f"3 collections, 5 chunk files under {chunked}"]
+    assert result.err == ""  # quiet by default: no line per collection on stderr
+    verbose = discover(chunked, "--verbose", cwd=chunked.parent)
+    assert "Total collections discovered: 3" in verbose.err
 
 
 def test_discover_json_has_name_chunk_files_and_path(chunked):
@@ -82,7 +86,7 @@ def test_discover_stats_counts_chunks_and_problems(chunked):
 
 
 def test_discover_logs_go_to_stderr_not_stdout(chunked):
-    result = discover(chunked, "--json", cwd=chunked.parent)
+    result = discover(chunked, "--json", "--verbose", cwd=chunked.parent)
     assert result.code == 0
     for message in (
         f"Scanning for collections in: {chunked}",

@@ -214,29 +214,28 @@ def test_summary_keeps_the_v6_schema(first_run, tiny_models):
 
 def test_lease_events_acquire_and_release_each_model_without_overlap(first_run, tiny_models):
     models = [str(tiny_models["tiny32"]), str(tiny_models["tiny48"])]
-    for result in first_run["summary"]["results"].values():
-        events = result["lease_events"]
-        assert [(e["event_type"], e["model"]) for e in events] == [
-            ("acquire", models[0]),
-            ("release", models[0]),
-            ("acquire", models[1]),
-            ("release", models[1]),
-        ]
-        times = [datetime.fromisoformat(e["timestamp"]) for e in events]
-        assert times == sorted(times)
-        assert all(e["device"] == "cpu" for e in events)
+    events = first_run["summary"]["lease_events"]  # once per run, not per collection
+    assert [(e["event_type"], e["model"]) for e in events] == [
+        ("acquire", models[0]),
+        ("release", models[0]),
+        ("acquire", models[1]),
+        ("release", models[1]),
+    ]
+    times = [datetime.fromisoformat(e["timestamp"]) for e in events]
+    assert times == sorted(times)
+    assert all(e["device"] == "cpu" for e in events)
+    assert all(r["lease_events"] == [] for r in first_run["summary"]["results"].values())
 
 
 def test_run_prints_a_table_of_collections(first_run):
     lines = first_run["result"].out.splitlines()
-    assert lines[0].split() == ["collection", "chunks", "points", "status"]
+    assert lines[0].split() == ["collection", "chunks", "embedded", "now", "points", "status"]
     rows = {
-        line.split()[0]: line.split()[1:]
-        for line in lines[2:]
-        if line.strip() and "Summary" not in line
+        line.split()[0]: line.split()[1:] for line in lines[2:] if line.strip() and ": " not in line
     }
-    assert rows == {name: [str(n), str(n), "ok"] for name, n in first_run["counts"].items()}
-    assert lines[-1] == f"Summary: {first_run['out'] / 'embedding_summary_v6.json'}"
+    assert rows == {name: [str(n), str(n), str(n), "ok"] for name, n in first_run["counts"].items()}
+    assert lines[-2] == f"Summary: {first_run['out'] / 'embedding_summary_v6.json'}"
+    assert lines[-1] == f"Report: {first_run['out'] / 'report.html'}"
 
 
 def test_log_file_uses_the_v6_format(first_run):
@@ -261,7 +260,16 @@ def test_rerun_embeds_nothing_and_keeps_every_point(first_run, corpus, tiny_mode
     assert summary["cache_misses"] == 0
     assert {m["loads"] for m in summary["models"].values()} == {0}
     assert all(r["lease_events"] == [] for r in summary["results"].values())
+    assert summary["lease_events"] == []  # no model loaded: no lease, no lease block
     assert all(r["points_deleted"] == 0 for r in summary["results"].values())
+    assert {r["status"] for r in summary["results"].values()} == {"unchanged"}
+    rows = [line.split() for line in result.out.splitlines()[2:] if line and ": " not in line]
+    assert {name: row for name, *row in rows} == {
+        name: [str(n), "0", str(n), "unchanged"] for name, n in first_run["counts"].items()
+    }
+    log = (out / "embedding_v6.log").read_text(encoding="utf-8")
+    assert "Lease events:" not in log.split("Environment: ")[-1]  # this run's part of the log
+    assert "✅ Completed collection: alpha (unchanged: 7 points already stored" in log
     assert store_counts(out / "qdrant") == first_run["counts"]
     assert set(read_points(out / "qdrant", "gamma")) == set(first_run["points"]["gamma"])
 

@@ -72,6 +72,8 @@ def test_ray_run_matches_local_and_survives_a_killed_actor(
     summary = run(config)
     assert summary.exit_code == 0
     assert summary.extra["executor"] == "ray" and summary.extra["ray"]["cpus"] == 2
+    phases = summary.extra["phases"]  # joining Ray counts in the run's time
+    assert "ray start-up" in phases and sum(phases.values()) <= summary.extra["total_seconds"]
     # the actor's process really was SIGKILLed mid-shard, and Ray restarted it
     telemetry, local_telemetry = (
         summary.extra["models"][str(model)],
@@ -96,7 +98,7 @@ def test_ray_run_matches_local_and_survives_a_killed_actor(
     texts = sorted({t for texts in CORPUS.values() for t in texts}, key=text_digest)
     assert cosine(ours, encode(model, texts, "passage")).min() >= 0.9999
     assert cosine(ours, encode(model, texts, None)).max() < 0.999
-    events = summary.results["alpha"].lease_events
+    events = summary.extra["lease_events"]
     kinds = [(e["event_type"], e["device"].split("@")[0]) for e in events]
     assert kinds == [
         ("acquire", "ray:1xcpu"),

@@ -300,3 +300,13 @@ def test_named_run_fuses_weights_at_query_time(world, tmp_path):
     assert not {hit.chunk_id for hit in found[(0.0, 1.0)]} & {"d0-0", "d0-1"}
     with pytest.raises(UsageError, match=r"1 weights given for the run's 2 models"):
         search_run(config.output_dir, report.collection, query, weights=[1.0])
+
+
+def test_tuning_on_the_split_it_is_scored_on_warns(tmp_path, caplog):
+    config = RunConfig(chunked_dir=tmp_path, output_dir=tmp_path, models=("a", "b"))
+    with pytest.raises(UsageError):  # no qrels here: the warning comes before that check
+        tune_beir(tmp_path, config, tune_split="test", split="test")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "--tune-split and --split are both test: the weights are scored on the queries they "
+        "were learned on, so the scores flatter them (use --tune-split train --split test)"
+    ]

@@ -247,7 +247,13 @@ def finish_export(config: RunConfig, summary: RunSummary) -> Path | None:
     manifest = reading.render_manifest(entries, stamp.isoformat(), compression)
     write_text_atomic(output_dir / MANIFEST_FILE, manifest)
     log.info("Manifest of %d files written to %s", len(entries), output_dir / MANIFEST_FILE)
-    return create_archive(archive, entries, compression) if config.create_zip else None
+    if not config.create_zip:
+        return None
+    created = create_archive(archive, entries, compression)
+    for old in output_dir.glob("embeddings_*.zip"):  # one archive per export: the newest
+        if old != created:
+            old.unlink(missing_ok=True)
+    return created
 
 
 def file_entry(output_dir: Path, path: str) -> ManifestEntry:

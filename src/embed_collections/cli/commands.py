@@ -31,7 +31,8 @@ from embed_collections.cli.render import echo_json, render_table, setup_logging
 @verbose_option
 @quiet_option
 def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
-    """List the collections under CHUNKED_DIR (default ./Chunked, or /kaggle/input on Kaggle).
+    """List the collections under CHUNKED_DIR (default ./Chunked, or /kaggle/input on Kaggle),
+    then a total line (warnings only on stderr; --verbose shows the scan).
 
     \b
     Example:
@@ -42,7 +43,7 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
     from embed_collections.corpus.discovery import find_chunk_files
     from embed_collections.record.config import default_paths, detect_environment
 
-    setup_logging(verbose, quiet)
+    setup_logging(verbose, quiet=not verbose)  # the table is the answer: no per-collection INFO
     root = chunked_dir or default_paths(detect_environment())[0]
     found = ec.discover(root, pattern, max_depth)
     rows = []
@@ -74,6 +75,11 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
         for r in rows
     ]
     click.echo(render_table(headers, table))
+    files = sum(r["chunk_files"] for r in rows)
+    total = f"\n{len(rows)} collections, {files} chunk files"
+    if stats:
+        total += f", {sum(r['chunks'] for r in rows)} chunks"
+    click.echo(f"{total} under {root}")
 
 
 @click.command(cls=ListOptionCommand)
@@ -112,7 +118,8 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
 @click.option(
     "--ray-address",
     envvar="RAY_ADDRESS",
-    help="Ray cluster to join with --executor ray (env RAY_ADDRESS) [start one on this machine].",
+    help="Ray cluster to join; implies --executor ray (env RAY_ADDRESS, read with --executor "
+    "ray) [start one on this machine].",
 )
 @server_options
 @click.option(
@@ -194,6 +201,11 @@ def run(**options):
     for key in ("collections", "models"):
         options[key] = split_list(options[key])
     options["weights"] = parse_weights(options["weights"])
+    context = click.get_current_context()
+    if context.get_parameter_source("executor") is click.core.ParameterSource.DEFAULT:
+        options["executor"] = None  # --ray-address alone implies --executor ray
+        if context.get_parameter_source("ray_address") is click.core.ParameterSource.ENVIRONMENT:
+            options["ray_address"] = None  # RAY_ADDRESS serves --executor ray, implies nothing
     chosen = {key: options[key] for key in RUN_OPTIONS}
     summary = ec.run(options["chunked_dir"], options["output_dir"], **chosen)
     output_dir = options["output_dir"] or default_paths(detect_environment())[1]
@@ -204,18 +216,22 @@ def run(**options):
             [
                 name,
                 r.total_embeddings_generated,
+                max(r.embedded_now.values(), default=0),
                 r.points_in_store if r.points_in_store is not None else "-",
-                "failed" if name in summary.failed_collections else "ok",
+                "failed" if name in summary.failed_collections else r.status,
             ]
             for name, r in summary.results.items()
         ]
         rows += [
-            [name, 0, "-", "failed"]
+            [name, 0, 0, "-", "failed"]
             for name in summary.failed_collections
             if name not in summary.results
         ]
-        click.echo(render_table(["collection", "chunks", "points", "status"], rows))
+        headers = ["collection", "chunks", "embedded now", "points", "status"]
+        click.echo(render_table(headers, rows))
         click.echo(f"\nSummary: {output_dir / SUMMARY_FILE}")
+        if (output_dir / "report.html").exists():
+            click.echo(f"Report: {output_dir / 'report.html'}")
     return summary.exit_code
 
 

@@ -12,6 +12,7 @@ import click
 from embed_collections.cli.commands import discover, run, upload
 from embed_collections.cli.query import eval_command, search
 from embed_collections.cli.render import log
+from embed_collections.cli.report import report, status
 from embed_collections.cli.serve import serve
 from embed_collections.errors import EmbedCollectionsError
 
@@ -26,10 +27,11 @@ def cli() -> None:
       embed-collections discover ./Chunked
       embed-collections run --chunked-dir ./Chunked --output-dir ./output
       embed-collections search Docling "install with pip" --output-dir ./output
+      embed-collections status ./output
     """
 
 
-for command in (discover, run, search, eval_command, upload, serve):
+for command in (discover, run, search, eval_command, upload, serve, report, status):
     cli.add_command(command)
 
 

@@ -262,8 +262,8 @@ def eval_command(**options):
     \b
     Example:
       embed-collections eval --beir ./scifact --models minilm --sparse bm25
-      embed-collections eval --beir ./scifact --models minilm,static --weights 0.9,0.1 --json
-      embed-collections eval --beir ./scifact --models minilm,./static --tune-weights \\
+      embed-collections eval --beir ./scifact --models minilm,bge-small --weights 0.7,0.3 --json
+      embed-collections eval --beir ./scifact --models minilm,bge-small --tune-weights \\
           --tune-split train --split test
     """
     from embed_collections.query.evaluation import RESULTS_FILE, evaluate_beir
@@ -281,7 +281,9 @@ def eval_command(**options):
     chosen = {key: options[key] for key in RUN_OPTIONS if key in options}
     config = build_run_config(output_dir / "beir", output_dir, chosen)  # type: ignore[arg-type]
     if options["tune_weights"]:
-        return render_tuning(options, config)
+        render_tuning(options, config)
+        refresh_report(output_dir)
+        return
     report = evaluate_beir(
         options["beir_dir"],
         config,
@@ -290,6 +292,7 @@ def eval_command(**options):
         fusion=options["fusion"],
         rrf_k=options["rrf_k"],
     )
+    refresh_report(output_dir)
     data = report.to_json()
     if options["as_json"]:
         echo_json(data)
@@ -323,6 +326,18 @@ def eval_command(**options):
             f"{'-' if disk is None else f'{disk:.0f}'} B/point"
         )
     click.echo(f"Results: {output_dir / RESULTS_FILE}")
+
+
+def refresh_report(output_dir: Path) -> None:
+    """Re-write the eval run's report.html with the results just written (never fatal)."""
+    from embed_collections.cli.render import log
+    from embed_collections.errors import EmbedCollectionsError
+    from embed_collections.report.html import write_report
+
+    try:
+        write_report(output_dir)
+    except (EmbedCollectionsError, OSError) as error:
+        log.warning("The report could not be written: %s", error)
 
 
 def render_tuning(options: dict, config) -> None:

@@ -257,6 +257,7 @@ def run_batches(
 
     faults = Faults(stats.device)
     position = 0
+    started = time.perf_counter() - stats.seconds  # a worker's later units continue its timeline
     ahead: tuple[int, int, Future] | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
         while position < len(inputs):
@@ -310,6 +311,7 @@ def run_batches(
             stats.truncated_chunks += sum(1 for i in range(position, end) if counts[i] > limit)
             stats.truncated_tokens += sum(max(0, counts[i] - limit) for i in range(position, end))
             stats.batches += 1
+            stats.mark(time.perf_counter() - started)
             position = end
             budget.succeed()
 

@@ -109,6 +109,28 @@ def probe_address(address: str, timeout: float = 5.0) -> None:
         ) from error
 
 
+class RayLogForwarder(logging.Handler):
+    """Hands Ray's own log records to this module's logger: the run's log, in its format."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = min(record.levelno, logging.INFO)  # Ray's start-up notices are not our warnings
+        log.log(level, "Ray: %s", record.getMessage())
+
+
+@contextmanager
+def ray_logs_routed() -> Iterator[None]:
+    """While Ray starts, its logger writes through ours instead of straight to stderr."""
+    ray_logger = logging.getLogger("ray")
+    handlers, propagate = ray_logger.handlers[:], ray_logger.propagate
+    ray_logger.handlers[:] = [RayLogForwarder()]
+    ray_logger.propagate = False
+    try:
+        yield
+    finally:
+        ray_logger.handlers[:] = handlers
+        ray_logger.propagate = propagate
+
+
 def connect(address: str | None) -> Cluster:
     """Join the Ray cluster at `address` (else RAY_ADDRESS, else start one sized to this machine).
 
@@ -121,12 +143,13 @@ def connect(address: str | None) -> Cluster:
         if address:
             probe_address(address)
         try:
-            ray.init(
-                address=address or "local",  # not a cluster found on disk: the one asked for
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
+            with ray_logs_routed():
+                ray.init(
+                    address=address or "local",  # not a cluster found on disk: the one asked for
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
         except (ConnectionError, RuntimeError, TimeoutError) as error:
             raise EmbedCollectionsError(
                 f"Ray cluster at {address or 'a new local instance'} could not be joined "

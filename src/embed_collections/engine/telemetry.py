@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, fields
 
+MAX_TIMELINE = 120  # points of a device's throughput curve kept in the summary
+
 
 @dataclass
 class DeviceTelemetry:
@@ -21,12 +23,26 @@ class DeviceTelemetry:
     non_finite_retries: int = 0
     seconds: float = 0.0
     peak_memory_bytes: int | None = None
+    # [seconds since this device started embedding, chunks done], thinned to MAX_TIMELINE points:
+    # the run report draws throughput over time from it
+    timeline: list[list[float]] = field(default_factory=list)
+
+    def mark(self, seconds: float) -> None:
+        """Note the chunks done so far at `seconds` into the embedding (after each batch)."""
+        self.timeline.append([round(seconds, 3), self.chunks])
+        if len(self.timeline) > MAX_TIMELINE:
+            last = [] if len(self.timeline) % 2 else [self.timeline[-1]]
+            self.timeline = self.timeline[::2] + last
 
     def add(self, other: DeviceTelemetry) -> None:
         """Accumulate another wave (or unit) of the same device."""
+        seconds, chunks = self.seconds, self.chunks  # the later wave continues from here
         for item in fields(self):
             mine, theirs = getattr(self, item.name), getattr(other, item.name)
-            if item.name == "peak_memory_bytes":
+            if item.name == "timeline":
+                shifted = [[t + seconds, c + chunks] for t, c in theirs]
+                self.timeline = (mine + shifted)[-MAX_TIMELINE:]
+            elif item.name == "peak_memory_bytes":
                 if theirs is not None:
                     self.peak_memory_bytes = max(mine or 0, theirs)
             elif isinstance(mine, (int, float)):

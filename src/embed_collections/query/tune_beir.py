@@ -111,6 +111,12 @@ def tune_beir(
             f"--tune-weights needs at least two models, got {', '.join(config.models)} "
             "(add members with --models A,B)"
         )
+    if tune_split == split:
+        log.warning(
+            "--tune-split and --split are both %s: the weights are scored on the queries they "
+            "were learned on, so the scores flatter them (use --tune-split train --split test)",
+            split,
+        )
     check_splits(beir_dir, tune_split, split)
     dataset = load_beir(beir_dir, tune_split)
     eval_qrels = read_qrels(Path(beir_dir) / "qrels" / f"{split}.tsv")

@@ -181,6 +181,13 @@ def build_run_config(
         **{k: v for k, v in given.items() if k in engine_fields},
         show_progress=not given.get("quiet", False),
     )
+    if given.get("ray_address"):  # a Ray address means the Ray executor
+        if given.get("executor", "ray") != "ray":
+            raise UsageError(
+                f"--ray-address {given['ray_address']} needs --executor ray (drop --executor "
+                f"{given['executor']}, or drop --ray-address to run in this process)"
+            )
+        given["executor"] = "ray"
     executor = given.get("executor", "local")
     explicit = {"chunked_dir", "output_dir", "environment", "models", "weights", "engine"}
     explicit |= {"collections", "qdrant_url", "upload", "build_index", "export", "wait"}

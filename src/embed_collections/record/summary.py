@@ -35,6 +35,8 @@ class CollectionResult:
     export_dir: str | None = None
     store_repaired: str | None = None  # what was wrong with the store's copy, rebuilt this run
 
+    status: str = "ok"  # ok, or unchanged: nothing embedded now and the store already held it
+
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "name"}
 
@@ -96,19 +98,34 @@ def log_collection_header(name: str, chunk_files: int) -> None:
     log.info("=" * 80)
     log.info("Processing collection: %s", name)
     log.info("=" * 80)
-    log.info("Ensemble mode: %s", ENSEMBLE_MODE_LABEL)
     log.info("Found %d chunk files in %s", chunk_files, name)
 
 
 def log_collection_completion(result: CollectionResult) -> None:
-    """The V6.1 completion block, lease events included."""
+    """The V6.1 completion block (lease events are logged once per run: `log_lease_events`)."""
+    if result.status == "unchanged":
+        log.info(
+            "✅ Completed collection: %s (unchanged: %s points already stored, nothing embedded)",
+            result.name,
+            result.points_in_store,
+        )
+        return
     log.info("✅ Completed collection: %s", result.name)
     log.info("   Models executed: %s", result.models_executed)
     log.info("   Total embeddings: %d", result.total_embeddings_generated)
-    if result.lease_events:
-        log.info("   GPU Lease Events:")
-        for event in result.lease_events:
-            log.info("      - %s: %s @ %s", event["event_type"], event["model"], event["timestamp"])
+
+
+def log_lease_events(events: list[dict[str, Any]]) -> None:
+    """The run's device lease events, once per run and only where a lease was taken."""
+    if not events:
+        return
+    log.info("Lease events:")
+    for event in events:
+        log.info(
+            "   - %s: %s on %s @ %s (waited %.1fs)",
+            event["event_type"], event["model"], event["device"], event["timestamp"],
+            event.get("wait_seconds") or 0.0,
+        )  # fmt: skip
 
 
 def log_processing_summary(summary: RunSummary) -> None:

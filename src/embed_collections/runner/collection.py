@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, replace
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 
 from embed_collections.corpus.chunks import Chunk, LoadedCollection
 from embed_collections.engine.cache import EmbeddingCache, text_digest
@@ -14,6 +17,7 @@ from embed_collections.engine.combine import combine_vectors, vector_names
 from embed_collections.errors import StoreError
 from embed_collections.record.config import RunConfig
 from embed_collections.record.summary import CollectionResult
+from embed_collections.record.token_lengths import TokenLengths
 from embed_collections.runner.diskspace import check_space, estimate, payload_size, write_paths
 from embed_collections.runner.ensemble import Ensemble
 from embed_collections.runner.sinks import ExportSink, Sink, StoreSink, check_held
@@ -32,6 +36,8 @@ class Targets:
     cache: EmbeddingCache
     store: Store | None
     config: RunConfig
+    lengths: dict[str, TokenLengths] = field(default_factory=dict)  # filled run-wide, per model
+    phases: dict[str, float] = field(default_factory=dict)  # the export's seconds, run-wide
 
 
 def store_collection(
@@ -53,7 +59,7 @@ def store_collection(
     chunks = loaded.chunks
     if layout is None:
         raise StoreError("the ensemble's vector dimensions are unknown (no model was loaded)")
-    result.truncated_chunks = count_truncated(chunks, ensemble, cache)
+    result.truncated_chunks = count_truncated(chunks, ensemble, cache, targets.lengths)
     signature = load_signature(loaded, ensemble, layout)
     sinks: list[Sink] = []
     if store is not None:
@@ -90,6 +96,7 @@ def store_collection(
             )
             result.points_in_store = held
             result.qdrant_collection = loaded.name
+            result.status = "unchanged"  # the pipeline says "ok" if a model embedded anything
         else:
             sinks.append(StoreSink.open(store, loaded.name, layout, signature, config))
     if config.export:
@@ -111,13 +118,26 @@ def store_collection(
             part = chunks[start : start + config.upload_batch_size]
             batch = build_batch(loaded.name, part, ensemble, cache, dims, names)
             for sink in sinks:
-                sink.add(part, batch)
+                with timed(sink, targets.phases):
+                    sink.add(part, batch)
         for sink in sinks:
-            sink.finish(result)
+            with timed(sink, targets.phases):
+                sink.finish(result)
     except BaseException:
         for sink in sinks:
             sink.abort()
         raise
+
+
+@contextmanager
+def timed(sink: Sink, phases: dict[str, float]) -> Iterator[None]:
+    """Add an export sink's seconds to `phases["export"]` (the store's are the rest)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        if isinstance(sink, ExportSink):
+            phases["export"] = phases.get("export", 0.0) + time.perf_counter() - started
 
 
 def record_loaded(loaded: LoadedCollection, ensemble: Ensemble, result: CollectionResult) -> None:
@@ -176,14 +196,21 @@ def load_signature(loaded: LoadedCollection, ensemble: Ensemble, layout: VectorL
 
 
 def count_truncated(
-    chunks: tuple[Chunk, ...], ensemble: Ensemble, cache: EmbeddingCache
+    chunks: tuple[Chunk, ...],
+    ensemble: Ensemble,
+    cache: EmbeddingCache,
+    lengths: dict[str, TokenLengths] | None = None,
 ) -> dict[str, int]:
-    """Chunks per model whose text was longer than the model reads (the rest is not embedded)."""
+    """Chunks per model whose text was longer than the model reads (the rest is not embedded);
+    every chunk's token count is also added to `lengths` (the run's histograms)."""
     digests = [text_digest(c.text) for c in chunks]
     truncated = {}
     for spec, fingerprint in zip(ensemble.specs, ensemble.fingerprints):
         limit = ensemble.telemetry[spec.name].max_seq_length or spec.settings.max_seq_length
         counts = cache.token_counts(fingerprint, digests)
+        if lengths is not None:
+            known = [counts[d] for d in digests if counts.get(d) is not None]
+            lengths.setdefault(spec.name, TokenLengths(spec.name)).add(known, limit or 0)
         if limit:
             truncated[spec.name] = sum(1 for d in digests if counts.get(d, 0) > limit)
     return truncated

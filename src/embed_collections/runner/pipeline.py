@@ -41,12 +41,15 @@ from embed_collections.record.run_record import (
     write_run_record,
 )
 from embed_collections.record.summary import (
+    ENSEMBLE_MODE_LABEL,
     CollectionResult,
     RunSummary,
     log_collection_completion,
     log_collection_header,
+    log_lease_events,
     log_processing_summary,
 )
+from embed_collections.record.token_lengths import TokenLengths, warn_truncation
 from embed_collections.runner.collection import Targets, store_collection
 from embed_collections.runner.dirlock import output_lock
 from embed_collections.runner.diskspace import (
@@ -115,6 +118,8 @@ def run(config: RunConfig) -> RunSummary:
             f"Cannot create output directory {config.output_dir}: {error.strerror or error} "
             "(choose another --output-dir)"
         ) from error
+    started = time.perf_counter()  # Ray's start-up counts in the run's total_seconds
+    phases: dict[str, float] = {}
     with (
         output_lock(config.output_dir, wait=config.wait),
         file_log(config.output_dir / LOG_FILE),
@@ -123,9 +128,26 @@ def run(config: RunConfig) -> RunSummary:
         if config.executor == "ray":  # preflight: join Ray and check its devices before any model
             from embed_collections.engine.ray_executor import cluster_session
 
+            ray_started = time.perf_counter()
             engine = stack.enter_context(cluster_session(config.ray_address, config.engine))
             config = replace(config, engine=engine)
-        return run_logged(config)
+            phases["ray start-up"] = time.perf_counter() - ray_started
+        summary = run_logged(config, started, phases)
+    write_run_report(config.output_dir)
+    return summary
+
+
+def write_run_report(output_dir: Path) -> None:
+    """report.html for the run just finished; a report that fails is logged, never fatal."""
+    from embed_collections.report.html import write_report
+
+    try:
+        path = write_report(output_dir)
+    except Exception as error:  # the report only describes the run: the run itself is done
+        log.debug("The report failed", exc_info=True)
+        log.warning("The run report could not be written: %s", error)
+        return
+    log.info("Report: %s", path)
 
 
 def choose_executor(config: RunConfig) -> Callable[..., ModelTelemetry]:
@@ -137,14 +159,22 @@ def choose_executor(config: RunConfig) -> Callable[..., ModelTelemetry]:
     return embed_pending
 
 
-def run_logged(config: RunConfig) -> RunSummary:
-    started = time.perf_counter()
+def run_logged(
+    config: RunConfig, started: float | None = None, phases: dict[str, float] | None = None
+) -> RunSummary:
+    """The run inside its lock and log; `started`/`phases` carry what came before (Ray)."""
+    started = time.perf_counter() if started is None else started
+    phases = {} if phases is None else phases
+    clock = time.perf_counter()
     log.info("Environment: %s", config.environment)
+    log.info("Ensemble mode: %s", ENSEMBLE_MODE_LABEL)
     unreadable: list[tuple[Path, str]] = []
     found = discover_collections(config.chunked_dir, config.pattern, config.max_depth, unreadable)
     selected = filter_collections(found, list(config.collections) or None)
     check_lease_dir(config)
+    phases["discover"] = time.perf_counter() - clock
     with EmbeddingCache(config.embedding_cache_path) as cache:
+        clock = time.perf_counter()
         ensemble = prepare_ensemble(config)
         for spec in ensemble.specs:
             log.info("Model %s from %s (weight %g)", spec.name, spec.source, spec.weight)
@@ -163,15 +193,17 @@ def run_logged(config: RunConfig) -> RunSummary:
         store: Store | None = None
         stopped: Exception | None = None
         interrupted = False
+        work = RunWork(phases)
         try:
             store = open_run_store(config)
             if store is not None:
                 check_store_layouts(store, list(selected), ensemble.layout(cache), config.recreate)
+            phases["preflight"] = time.perf_counter() - clock
             with Progress(
                 len(selected), "store", "collection", config.engine.show_progress, "point"
             ) as progress:
-                for wave in load_waves(selected, config, summary):
-                    process_wave(wave, ensemble, cache, store, config, summary, progress)
+                for wave in load_waves(selected, config, summary, phases):
+                    process_wave(wave, ensemble, cache, store, config, summary, progress, work)
         except Exception as error:  # a full or read-only disk: keep what is done, then stop
             if not stops_the_run(error):
                 raise
@@ -190,7 +222,12 @@ def run_logged(config: RunConfig) -> RunSummary:
                 store.close()
         layout = ensemble.layout(cache)
         write_run_record(config.output_dir, ensemble.record(config, layout))
+    log_lease_events(work.lease_events)
+    warn_truncation(work.lengths)
     summary.extra.update(run_extras(config, ensemble, layout, time.perf_counter() - started))
+    summary.extra["lease_events"] = work.lease_events
+    summary.extra["token_lengths"] = {name: t.to_dict() for name, t in work.lengths.items()}
+    summary.extra["phases"] = {name: round(seconds, 3) for name, seconds in phases.items()}
     summary.count("skipped_records", 0)  # present even when nothing was skipped
     summary.count("file_errors", 0)
     write_summary(config.output_dir / SUMMARY_FILE, summary)
@@ -200,7 +237,7 @@ def run_logged(config: RunConfig) -> RunSummary:
         if isinstance(stopped, EmbedCollectionsError):
             raise stopped
         raise DiskFullError(f"The run stopped: {stopped}") from stopped
-    if config.export:
+    if config.export:  # the manifest covers the summary: it is the last thing written
         finish_export(config, summary)
     log_processing_summary(summary)
     return summary
@@ -303,12 +340,18 @@ def run_extras(
 
 
 def load_waves(
-    selected: dict[str, Path], config: RunConfig, summary: RunSummary
+    selected: dict[str, Path],
+    config: RunConfig,
+    summary: RunSummary,
+    phases: dict[str, float] | None = None,
 ) -> Iterator[list[LoadedCollection]]:
-    """Load collections in order, yielding groups of about `wave_size` chunks."""
+    """Load collections in order, yielding groups of about `wave_size` chunks (the loading time
+    is added to `phases["load chunks"]`)."""
     wave: list[LoadedCollection] = []
     size = 0
+    phases = {} if phases is None else phases
     for name, directory in selected.items():
+        clock = time.perf_counter()
         try:
             log_collection_header(name, len(find_chunk_files(directory, config.pattern)))
             loaded = load_collection(name, directory, config.pattern, config.chunked_dir)
@@ -317,6 +360,8 @@ def load_waves(
             summary.failed_collections[name] = f"{type(error).__name__}: {error}"
             summary.count("file_errors", 1)
             continue
+        finally:
+            phases["load chunks"] = phases.get("load chunks", 0.0) + time.perf_counter() - clock
         summary.count("file_errors", len(loaded.stats.file_errors))
         summary.count("skipped_records", loaded.stats.skipped_records)
         if loaded.stats.file_errors:
@@ -341,32 +386,39 @@ def process_wave(
     config: RunConfig,
     summary: RunSummary,
     progress: Progress | None = None,
+    work: RunWork | None = None,
 ) -> None:
     """Embed a wave's unique texts model by model, then combine and store each collection."""
+    work = RunWork() if work is None else work
     texts = {text_digest(c.text): c.text for loaded in wave for c in loaded.chunks}
     missing_before = {fp: set(cache.missing(fp, texts)) for fp in ensemble.fingerprints}
     check_wave_space(wave, ensemble.dims(cache), missing_before, config)
-    events_by_model: dict[str, list[LeaseEvent]] = {}
     wave_telemetry: dict[str, ModelTelemetry] = {}
     embed = choose_executor(config)
     for spec, fingerprint, backend in zip(ensemble.specs, ensemble.fingerprints, ensemble.backends):
         events: list[LeaseEvent] = []
         options = replace(config.engine, backend=backend, quantize="")  # decided in preflight
+        clock = time.perf_counter()
         telemetry = embed(spec, fingerprint, texts, cache, options, events)
-        events_by_model[spec.name] = events
+        work.add_phase(f"embed {spec.name}", time.perf_counter() - clock)
+        work.lease_events.extend(e.to_dict() for e in events)
         wave_telemetry[spec.name] = telemetry
         if spec.name in ensemble.telemetry:
             ensemble.telemetry[spec.name].add(telemetry)
         else:
             ensemble.telemetry[spec.name] = telemetry
     if ensemble.sparse:
+        clock = time.perf_counter()
         sparse_vectors.embed_pending(ensemble.sparse, texts, cache)
+        work.add_phase("embed bm25", time.perf_counter() - clock)
     layout = ensemble.layout(cache)
     for loaded in wave:
         started = time.perf_counter()
         result = CollectionResult(name=loaded.name)
+        exported = work.phases.get("export", 0.0)
         try:
-            store_collection(loaded, Targets(ensemble, cache, store, config), layout, result)
+            targets = Targets(ensemble, cache, store, config, work.lengths, work.phases)
+            store_collection(loaded, targets, layout, result)
         except Exception as error:  # per-collection boundary: record and go on
             log.debug("Collection %s failed", loaded.name, exc_info=True)
             summary.failed_collections[loaded.name] = f"{error}"
@@ -376,12 +428,14 @@ def process_wave(
             if progress is not None:
                 progress.update(1, 0, time.perf_counter() - started)
             continue
+        finally:  # the export's seconds are counted apart; the rest is the store's
+            exported = work.phases.get("export", 0.0) - exported
+            work.add_phase("store", time.perf_counter() - started - exported)
         digests = {text_digest(c.text) for c in loaded.chunks}
         for spec, fp in zip(ensemble.specs, ensemble.fingerprints):
-            fresh = len(digests & missing_before[fp])
-            result.embedded_now[spec.name] = fresh
-            if fresh:
-                result.lease_events.extend(e.to_dict() for e in events_by_model[spec.name])
+            result.embedded_now[spec.name] = len(digests & missing_before[fp])
+        if any(result.embedded_now.values()) or result.status != "unchanged":
+            result.status = "ok"
         share = embed_share(ensemble, wave_telemetry, missing_before, digests)
         result.processing_time = round(time.perf_counter() - started + share, 3)
         summary.results[loaded.name] = result
@@ -390,6 +444,20 @@ def process_wave(
         log_collection_completion(result)
         if progress is not None:
             progress.update(1, len(loaded.chunks), time.perf_counter() - started)
+
+
+class RunWork:
+    """What a run gathers across waves for its summary and report: phase times, lease events
+    (once per run, not per collection) and token lengths per model."""
+
+    def __init__(self, phases: dict[str, float] | None = None):
+        self.phases = {} if phases is None else phases
+        self.lease_events: list[dict] = []
+        self.lengths: dict[str, TokenLengths] = {}
+
+    def add_phase(self, name: str, seconds: float) -> None:
+        """Add seconds to a phase (a model's embedding spans every wave)."""
+        self.phases[name] = self.phases.get(name, 0.0) + seconds
 
 
 def embed_share(

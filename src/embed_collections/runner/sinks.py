@@ -181,7 +181,8 @@ class StoreSink:
         if stale and not self.keep_stale:
             self.store.delete(self.collection, sorted(stale))
             result.points_deleted = len(stale)
-            log.info("Deleted %d stale points from %s", len(stale), self.collection)
+            noun = "point" if len(stale) == 1 else "points"
+            log.info("Deleted %d stale %s from %s", len(stale), noun, self.collection)
         expected = len(self.written) + (len(stale) if self.keep_stale else 0)
         count = self.store.count(self.collection)
         result.points_in_store = count
