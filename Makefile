@@ -24,7 +24,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/embed-collections run --chunked-dir examples/Chunked --output-dir output/demo \
 		--models sentence-transformers/all-MiniLM-L6-v2 --sparse bm25 --export
-	@echo "Results: output/demo (summary: output/demo/embedding_summary_v6.json, log: output/demo/embedding_v6.log, store: output/demo/qdrant)"
+	@echo "Results: output/demo (report: output/demo/report.html, summary: output/demo/embedding_summary_v6.json, log: output/demo/embedding_v6.log, store: output/demo/qdrant)"
 	$(BIN)/embed-collections search Docling "How do I convert a PDF to Markdown?" --output-dir output/demo --top-k 3
 
 test: $(STAMP)

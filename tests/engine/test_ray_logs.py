@@ -4,9 +4,11 @@ run's format, not straight to stderr ahead of everything else."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 
 import pytest
+from conftest import cli_run_args, run_cli, write_chunks
 
 from embed_collections.engine.ray_executor import ray_logs_routed
 
@@ -34,3 +36,19 @@ def test_ray_records_go_through_our_logger_while_ray_starts(caplog):
             "Ray: Token authentication is enabled for this Ray cluster.",
         )
     ]
+
+
+@pytest.mark.slow
+def test_a_ray_run_starts_ray_inside_its_time_and_its_log(tiny_models, tmp_path):
+    pytest.importorskip("ray")
+    write_chunks(tmp_path / "Chunked" / "alpha" / "a_chunks.json", ["one text", "another text"])
+    out = tmp_path / "out"
+    args = cli_run_args(tmp_path / "Chunked", out, [tiny_models["tiny32"]], "--executor", "ray")
+    result = run_cli([a for a in args if a != "-q"], tmp_path)
+    assert result.code == 0, result.err
+    lines = result.err.splitlines()
+    assert lines[0].startswith("INFO - ")  # the run speaks first, in its own format
+    assert not [line for line in lines if "authentication_token_setup.py" in line]
+    summary = json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
+    startup = summary["phases"]["ray start-up"]
+    assert startup > 0.5 and summary["total_seconds"] >= sum(summary["phases"].values())

@@ -87,8 +87,9 @@ def test_progress_off_a_terminal_logs_about_every_tenth():
         logger.removeHandler(collect)
         logger.setLevel(logging.NOTSET)
     lines = collect.messages
-    assert len(lines) == 10
-    assert lines[0].startswith("model: 10/100 chunks (10%), 100.0 points/s, ETA ")
+    assert len(lines) == 11  # the first batch at once, then every tenth
+    assert lines[0] == "model: 5/100 chunks (5%), 100.0 points/s, ETA 10s"  # from its own time
+    assert lines[1].startswith("model: 15/100 chunks (15%), 100.0 points/s, ETA ")
     assert lines[-1] == "model: 100/100 chunks (100%), 100.0 points/s"
 
 

@@ -137,7 +137,7 @@ def lease_chart(events: list[dict[str, Any]]) -> Figure | None:
     seconds = [float(e.get("wait_seconds") or 0.0) for e in waits]
     top = max(1.0, max(seconds) * 1.2)  # a wait of none reads as none
     fig = figure("Lease waits (seconds before each model got its device)", showlegend=False,
-                 yaxis={"range": [0, top]})  # fmt: skip
+                 yaxis={"range": [0, top]}, height=260)  # fmt: skip
     fig["data"] = [
         {"type": "bar", "x": labels, "y": seconds, "marker": {"color": "#f0a202"},
          "text": [f"{s:.1f} s" for s in seconds], "textposition": "outside"}
