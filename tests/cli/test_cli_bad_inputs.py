@@ -111,6 +111,15 @@ def test_two_concurrent_recreates_take_turns_and_leave_the_input(chunked, tiny_m
         assert "Traceback" not in result.err and "Error" not in result.err
     with EdgeStore(out / "qdrant") as store:
         assert store.count("alpha") == 5
+    # each run logs from taking the output directory's lock to releasing it: the log holds one
+    # whole run, then the other, never their lines interleaved
+    lines = (out / "embedding_v6.log").read_text(encoding="utf-8").splitlines()
+    marks = [
+        "start" if "Environment: " in line else "end"
+        for line in lines
+        if "Environment: " in line or "Failed: " in line
+    ]
+    assert marks == ["start", "end", "start", "end"]
 
 
 def test_partly_loaded_collection_with_poison_exits_3(tiny_models, tmp_path):

@@ -58,4 +58,5 @@ def test_named_keeps_each_model_normalised_under_its_name():
 
 def test_zero_vector_stays_zero_instead_of_nan():
     combined = combine_vectors([np.zeros((1, 4)), np.ones((1, 4))], [1, 1], "concat")[""]
-    assert not np.isnan(combined).any()
+    assert np.array_equal(combined[0, :4], np.zeros(4))  # zero, not NaN from 0 / 0
+    assert np.allclose(combined[0, 4:], np.full(4, np.sqrt(0.5) / 2))  # the other part as usual

@@ -93,13 +93,17 @@ def test_out_of_memory_halves_the_batch_and_retries(tmp_path, tiny_models, monke
 
 
 def test_other_errors_are_not_mistaken_for_out_of_memory(tmp_path, tiny_models, monkeypatch):
+    calls = []
+
     def broken(self, texts):
+        calls.append(texts)
         raise ValueError("bad input")
 
     monkeypatch.setattr(SentenceTransformerBackend, "forward", broken)
     spec = resolve_model(str(tiny_models["tiny32"]))
-    with EmbeddingCache(tmp_path / "c.sqlite") as cache, pytest.raises(ValueError):
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache, pytest.raises(ValueError, match="bad"):
         embed(spec, TEXTS, cache, options(tmp_path))
+    assert len(calls) == 1  # raised at once: never retried with a smaller batch as an OOM
 
 
 def test_cached_texts_load_no_model_and_changed_text_embeds_alone(
