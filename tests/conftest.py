@@ -258,6 +258,44 @@ def engine_options(tmp_path: Path, **changes: Any) -> EngineOptions:
     return EngineOptions(**settings).resolved()
 
 
+def skip_unless_ci(reason: str) -> None:
+    """Skip a test this machine cannot run; in CI (`CI=true`), where it must run, fail instead."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason}; CI must run this test (give the runner root, tmpfs and setpriv)")
+    pytest.skip(reason)
+
+
+def mount_tmpfs(target: Path, megabytes: int, remount: bool = False) -> None:
+    """Mount (or resize) a real tmpfs of `megabytes` at `target`: a small, truly full disk."""
+    options = f"{'remount,' if remount else ''}size={megabytes}m"
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        skip_unless_ci(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 12 MB tmpfs, unmounted afterwards."""
+    target = tmp_path / "disk"
+    target.mkdir()
+    mount_tmpfs(target, 12)
+    yield target
+    subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+def nobody_command() -> list[str]:
+    """The command prefix that runs a child as user nobody (no DAC override, unlike root)."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        skip_unless_ci("needs root and setpriv to run a child as a user without DAC override")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
 def cosine(a: Any, b: Any) -> Any:
     """Cosine similarity of two vectors, or row by row of two matrices."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)

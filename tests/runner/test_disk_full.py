@@ -2,38 +2,15 @@
 filesystem and the space needed; a re-run with space finishes without re-embedding.
 
 Uses a small tmpfs (the store memory-maps its files: writing one on a full tmpfs is SIGBUS), so
-it needs root and `mount -t tmpfs`; skipped with the reason otherwise."""
+it needs root and `mount -t tmpfs`; skipped with the reason otherwise, a failure in CI."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 
-import pytest
-from conftest import run_cli, write_chunks
+from conftest import mount_tmpfs, run_cli, write_chunks
 
 from embed_collections.stores.edge import EdgeStore
-
-
-def mount_tmpfs(target: Path, megabytes: int, remount: bool = False) -> None:
-    options = f"{'remount,' if remount else ''}size={megabytes}m"
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    target = tmp_path / "disk"
-    target.mkdir()
-    mount_tmpfs(target, 12)
-    yield target
-    subprocess.run(["umount", "-l", str(target)], check=False)
 
 
 def test_full_disk_stops_cleanly_and_a_rerun_with_space_finishes(small_disk, tiny_models, tmp_path):
