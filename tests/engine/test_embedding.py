@@ -1,6 +1,7 @@
 """The model-major engine: parity with sentence-transformers, OOM back-off, resumption."""
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -278,14 +279,15 @@ def test_vectors_non_finite_in_float32_too_are_reported_and_never_cached(
     assert "short" in telemetry.to_dict()["non_finite_texts"]
 
 
-def test_missing_texts_are_listed_after_the_lease(tmp_path, tiny_models):
+def test_missing_texts_are_listed_after_the_lease(tmp_path, tiny_models, caplog):
     """A run that waited for the lease embeds nothing another run embedded meanwhile."""
     import threading
 
     from embed_collections.engine.lease import DeviceLease
 
     spec = resolve_model(str(tiny_models["tiny32"]))
-    opts = options(tmp_path)
+    opts = options(tmp_path, check_interval=0.05)  # a waiting lease says so every 50 ms
+    caplog.set_level(logging.INFO, logger="embed_collections.engine.lease")
     fingerprint = model_fingerprint(spec, opts.backend, opts.dtype)
     by_digest = {text_digest(t): t for t in TEXTS}
     outcome: dict = {}
@@ -299,7 +301,10 @@ def test_missing_texts_are_listed_after_the_lease(tmp_path, tiny_models):
     with DeviceLease("first run", "cpu", lease_dir=tmp_path / "leases"):
         waiter = threading.Thread(target=second_run)
         waiter.start()
-        time.sleep(1.0)  # let the second run reach the lease (asserted below, not assumed)
+        deadline = time.monotonic() + 60
+        while "Waiting for lease on cpu" not in caplog.text:  # the second run reached the lease
+            assert time.monotonic() < deadline and waiter.is_alive()
+            time.sleep(0.01)
         with EmbeddingCache(tmp_path / "c.sqlite") as cache:  # the first run embeds everything
             cache.put_vectors(fingerprint, list(by_digest), np.ones((len(TEXTS), 32), np.float32))
     waiter.join()
