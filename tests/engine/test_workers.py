@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import cosine, encode
@@ -64,7 +66,7 @@ def test_two_cpu_workers_give_the_one_worker_vectors(tmp_path, prompt_model, mon
 
 
 def test_a_killed_worker_loses_only_its_unit_which_the_other_embeds(
-    tmp_path, tiny_models, monkeypatch
+    tmp_path, tiny_models, monkeypatch, caplog
 ):
     monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "kill@cpu:1#1,late@cpu:0#3000")
     spec = resolve_model(str(tiny_models["tiny32"]))
@@ -72,6 +74,11 @@ def test_a_killed_worker_loses_only_its_unit_which_the_other_embeds(
         fingerprint, telemetry = embed(spec, cache, options(tmp_path, "cpu:0,cpu:1"))
         assert cache.missing(fingerprint, [text_digest(t) for t in TEXTS]) == []
     assert telemetry.chunks_embedded == len(TEXTS)
+    # the kill really happened (SIGKILL: exit code -9) and its unit's rest went back to the queue
+    (died,) = [r.getMessage() for r in caplog.records if "died" in r.getMessage()]
+    assert re.search(r"worker on cpu:1 died \(exit code -9\); \d+ texts of its unit go back", died)
+    by_device = {d.device: d for d in telemetry.devices}
+    assert by_device["cpu:0"].chunks > 0  # the survivor embedded the re-queued texts
 
 
 def test_every_worker_killed_then_a_rerun_embeds_only_what_is_missing(
