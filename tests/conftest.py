@@ -258,6 +258,29 @@ def engine_options(tmp_path: Path, **changes: Any) -> EngineOptions:
     return EngineOptions(**settings).resolved()
 
 
+def nested_dict(depth: int) -> dict:
+    """{"n": {"n": ...}} `depth` levels deep: metadata nested past what a record may hold."""
+    nested: dict = {}
+    for _ in range(depth):
+        nested = {"n": nested}
+    return nested
+
+
+def write_beir(
+    folder: Path, corpus: list[dict], queries: list[dict], qrels: dict[str, list[str]]
+) -> Path:
+    """A BEIR folder: corpus.jsonl, queries.jsonl, and qrels/<split>.tsv from `qid\tdid\tscore`
+    rows per split."""
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    (folder / "corpus.jsonl").write_text("\n".join(map(json.dumps, corpus)) + "\n")
+    (folder / "queries.jsonl").write_text("\n".join(map(json.dumps, queries)) + "\n")
+    for split, rows in qrels.items():
+        (folder / "qrels" / f"{split}.tsv").write_text(
+            "\n".join(["query-id\tcorpus-id\tscore", *rows]) + "\n"
+        )
+    return folder
+
+
 def skip_unless_ci(reason: str) -> None:
     """Skip a test this machine cannot run; in CI (`CI=true`), where it must run, fail instead."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Result, run_cli, write_chunks
+from conftest import Result, read_summary, run_cli, write_chunks
 
 from embed_collections.archive import export
 from embed_collections.archive.upload import (
@@ -173,7 +173,7 @@ def test_manifest_lists_every_file_with_its_sha256(concat_run):
     for entry in entries:
         data = (output / entry.path).read_bytes()
         assert (entry.size, entry.sha256) == (len(data), hashlib.sha256(data).hexdigest())
-    summary = json.loads((output / SUMMARY_FILE).read_text("utf-8"))
+    summary = read_summary(output)
     assert summary["export"]["archive"] == archive_of(output).name
 
 

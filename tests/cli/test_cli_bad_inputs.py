@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Result, cli_run_args, nobody_command, run_cli, write_chunks
+from conftest import (
+    Result,
+    cli_run_args,
+    nested_dict,
+    nobody_command,
+    read_summary,
+    run_cli,
+    write_chunks,
+)
 
 from embed_collections.engine.tiny_model import build_tiny_model
 from embed_collections.runner.dirlock import output_lock
@@ -124,9 +132,7 @@ def test_two_concurrent_recreates_take_turns_and_leave_the_input(chunked, tiny_m
 
 def test_partly_loaded_collection_with_poison_exits_3(tiny_models, tmp_path):
     chunked = tmp_path / "Chunked"
-    nested: dict = {}
-    for _ in range(300):
-        nested = {"n": nested}
+    nested = nested_dict(300)
     records = [{"text": f"good {i}"} for i in range(4)] + [{"text": "deep", "metadata": nested}]
     (chunked / "mixed").mkdir(parents=True)
     (chunked / "mixed" / "a_chunks.json").write_text(json.dumps(records), encoding="utf-8")
@@ -134,7 +140,7 @@ def test_partly_loaded_collection_with_poison_exits_3(tiny_models, tmp_path):
     out = tmp_path / "out"
     result = run_cli(base_args(chunked, out, tiny_models["tiny32"]), tmp_path)
     assert_message(result, 3, "nested deeper than 32 levels", "not valid JSON")
-    summary = json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
+    summary = read_summary(out)
     assert summary["file_errors"] == 1 and summary["skipped_records"] == 1
     assert "mixed" in summary["failed_collections"]
     with EdgeStore(out / "qdrant") as store:
@@ -186,7 +192,7 @@ def test_unreadable_collection_directory_fails_in_the_summary(world):
     result = as_nobody(base_args(chunked, out, world / "model"), world)
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
-    summary = json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
+    summary = read_summary(out)
     assert "Permission denied" in summary["failed_collections"]["secret"]
     assert summary["results"]["alpha"]["points_in_store"] == 2
 

@@ -2,13 +2,10 @@
 
 import numpy as np
 import pytest
+from conftest import cosine
 
 from embed_collections.engine.combine import check_combine, combine_vectors
 from embed_collections.errors import UsageError
-
-
-def cosine(a, b):
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def test_concat_dot_product_is_weighted_mean_of_model_cosines():

@@ -11,13 +11,12 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import write_chunks
+from conftest import engine_options, read_summary, write_chunks
 
 from embed_collections.engine.backends import SentenceTransformerBackend
 from embed_collections.engine.cache import EmbeddingCache, text_digest
 from embed_collections.engine.local_executor import embed_pending
 from embed_collections.engine.models import model_fingerprint, resolve_model
-from embed_collections.engine.options import EngineOptions
 from embed_collections.record.config import RunConfig
 from embed_collections.runner.pipeline import run
 
@@ -31,15 +30,7 @@ TEXTS = [
 
 
 def options(tmp_path, **changes):
-    settings = dict(
-        device="cpu",
-        backend="torch",
-        show_progress=False,
-        lease_dir=tmp_path / "leases",
-        batch_size=4,
-    )
-    settings.update(changes)
-    return EngineOptions(**settings).resolved()
+    return engine_options(tmp_path, **{"batch_size": 4, **changes})
 
 
 def fingerprint_for(spec, opts):
@@ -222,7 +213,7 @@ def test_killed_run_resumes_embedding_only_what_is_missing(tmp_path, tiny_models
     embedded_second = [t for line in log.read_text().splitlines() for t in json.loads(line)]
     assert not set(embedded_first) & set(embedded_second)
     assert len(embedded_first) + len(embedded_second) == unique
-    summary = json.loads((tmp_path / "out" / "embedding_summary_v6.json").read_text())
+    summary = read_summary(tmp_path / "out")
     assert summary["cache_hits"] == 24 and summary["failed_collections"] == {}
 
 

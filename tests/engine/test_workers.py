@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import pytest
-from conftest import cosine, encode
+from conftest import cosine, encode, engine_options
 
 from embed_collections.engine.cache import EmbeddingCache, text_digest
 from embed_collections.engine.local_executor import embed_pending
 from embed_collections.engine.models import model_fingerprint, resolve_model
-from embed_collections.engine.options import EngineOptions
 from embed_collections.errors import ModelError
 
 TEXTS = [f"Text number {i}: " + "word " * (i % 23) for i in range(60)]
 
 
 def options(tmp_path, device, **changes):
-    settings = dict(
-        device=device,
-        backend="torch",
-        show_progress=False,
-        lease_dir=tmp_path / "leases",
-        max_batch_tokens=64,  # many small batches, so both workers get units
-    )
-    settings.update(changes)
-    return EngineOptions(**settings).resolved()
+    # many small batches, so both workers get units
+    return engine_options(tmp_path, **{"device": device, "max_batch_tokens": 64, **changes})
 
 
 def embed(spec, cache, opts, texts=TEXTS):
@@ -41,10 +32,6 @@ def vectors(cache, fingerprint, dim=32):
     return cache.get_vectors(fingerprint, [text_digest(t) for t in TEXTS], dim)
 
 
-def cosines(a, b):
-    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
 def test_two_cpu_workers_give_the_one_worker_vectors(tmp_path, prompt_model, monkeypatch):
     monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "late@cpu:0#3000")  # cpu:1 starts first
     spec = resolve_model(str(prompt_model))  # the workers must put its `passage: ` first
@@ -55,7 +42,7 @@ def test_two_cpu_workers_give_the_one_worker_vectors(tmp_path, prompt_model, mon
         fp_two, telemetry = embed(spec, cache, options(tmp_path, "cpu:0,cpu:1"))
         two = vectors(cache, fp_two)
     assert fp_one == fp_two  # the device list does not change the vectors' identity
-    assert cosines(one, two).min() >= 0.9999
+    assert cosine(one, two).min() >= 0.9999
     assert cosine(two, encode(prompt_model, TEXTS, "passage")).min() >= 0.9999
     assert cosine(two, encode(prompt_model, TEXTS, None)).max() < 0.999
     by_device = {d.device: d for d in telemetry.devices}

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import search_run, write_chunks
+from conftest import engine_options, search_run, write_chunks
 
 from embed_collections.engine.options import EngineOptions
 from embed_collections.errors import UsageError
@@ -42,8 +42,7 @@ IDENTIFIER_CHUNK = "notes_chunks-0003"
 
 
 def engine(tmp_path: Path) -> EngineOptions:
-    options = EngineOptions(device="cpu", show_progress=False, lease_dir=tmp_path / "leases")
-    return options.resolved()
+    return engine_options(tmp_path, backend="auto")
 
 
 def term_weights(text: str) -> dict[int, float]:

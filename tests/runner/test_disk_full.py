@@ -6,9 +6,7 @@ it needs root and `mount -t tmpfs`; skipped with the reason otherwise, a failure
 
 from __future__ import annotations
 
-import json
-
-from conftest import mount_tmpfs, run_cli, write_chunks
+from conftest import mount_tmpfs, read_summary, run_cli, write_chunks
 
 from embed_collections.stores.edge import EdgeStore
 
@@ -41,7 +39,7 @@ def test_full_disk_stops_cleanly_and_a_rerun_with_space_finishes(small_disk, tin
     assert stopped.code == 1, stopped.err
     assert "Traceback" not in stopped.err
     assert f"the filesystem of {out}" in stopped.err and "MB are needed" in stopped.err
-    summary = json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
+    summary = read_summary(out)
     assert summary["results"]["a_small"]["points_in_store"] == 10
     assert "MB are needed" in summary["stopped"]
 
@@ -49,7 +47,7 @@ def test_full_disk_stops_cleanly_and_a_rerun_with_space_finishes(small_disk, tin
     resumed = run_cli(args, tmp_path)
 
     assert resumed.code == 0, resumed.err
-    summary = json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
+    summary = read_summary(out)
     assert summary["cache_misses"] == 12_000  # the small collection was not embedded again
     with EdgeStore(out / "qdrant") as store:
         assert store.count("a_small") == 10 and store.count("b_large") == 12_000
