@@ -142,8 +142,7 @@ def run_cli(
 ) -> Result:
     """Run the CLI (`embed-collections ARGS`) in a child process, offline, off Kaggle.
 
-    The one subprocess CLI helper of the suite (`start_cli` for a child watched while it runs);
-    `timeout` only stops a hung child.
+    The one subprocess CLI helper of the suite; `timeout` only stops a hung child.
     """
     done = subprocess.run(
         [sys.executable, "-c", DRIVER, *map(str, args)],
@@ -156,20 +155,6 @@ def run_cli(
     err, _, report = done.stderr.rpartition("MODULES ")
     modules = frozenset(json.loads(report)) if report else frozenset()
     return Result(done.returncode, done.stdout, err if report else done.stderr, modules)
-
-
-def start_cli(
-    args: list[Any], cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[str]:
-    """Start the CLI in a child process as `run_cli` does, its stderr a pipe read while it runs."""
-    return subprocess.Popen(
-        [sys.executable, "-c", DRIVER, *map(str, args)],
-        cwd=cwd,
-        env=cli_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def cli_run_args(chunked: Path, out: Path, models: list[Any], *extra: Any) -> list[Any]:

@@ -78,6 +78,11 @@ def test_remote_code_without_the_flag_is_a_usage_error_naming_it(
 
 
 def test_model_cache_dir_also_serves_code(tmp_path, remote_models, monkeypatch):
+    # Hugging Face's own caches are empty here: the code can only come from --model-cache-dir
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    with pytest.raises(ModelError, match='hub repository "acme/bert-code"'):
+        resolve_model(str(remote_models["present"]), trust_remote_code=True)
     spec = resolve_model(
         str(remote_models["present"]), model_cache_dir=remote_models["hub"], trust_remote_code=True
     )
