@@ -75,7 +75,7 @@ def encode(model: Path, texts: list[str], prompt_name: str | None) -> np.ndarray
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for every Ray test: 2 CPUs, 80 MiB object store, no dashboard."""
-    ray = pytest.importorskip("ray")
+    ray = need_module("ray")
     ray.init(
         num_cpus=2,
         object_store_memory=80 * 2**20,
@@ -271,6 +271,16 @@ def skip_unless_ci(reason: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"{reason}; CI must run this test (give the runner root, tmpfs and setpriv)")
     pytest.skip(reason)
+
+
+def need_module(name: str) -> Any:
+    """Import an optional package the test extra installs; skip without it, fail in CI."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        skip_unless_ci(f"needs {name} (pip install -e '.[test]'): {error}")
 
 
 def mount_tmpfs(target: Path, megabytes: int, remount: bool = False) -> None:

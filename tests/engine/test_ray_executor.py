@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cosine, encode, run_cli, unused_port, write_chunks
+from conftest import cosine, encode, need_module, run_cli, unused_port, write_chunks
 
 import embed_collections
 from embed_collections.engine.cache import EmbeddingCache, text_digest
@@ -153,7 +153,7 @@ def test_cuda_on_a_cluster_without_gpus_is_a_usage_error(
 
 
 def test_unreachable_ray_address_fails_before_any_model_loads(corpus, tiny_models, tmp_path):
-    pytest.importorskip("ray")
+    need_module("ray")
     with unused_port() as port:  # held, not listening: nobody answers there
         address = f"127.0.0.1:{port}"
         args = ["run", "--chunked-dir", corpus, "--output-dir", tmp_path / "out"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import need_module
 
 from embed_collections.engine import preflight, runtimes
 from embed_collections.engine.backends import SentenceTransformerBackend
@@ -39,9 +40,9 @@ RUNTIME_MODULES = {"onnx": "onnxruntime", "openvino": "openvino"}
 
 def need(*backends):
     for backend in backends:
-        pytest.importorskip(RUNTIME_MODULES[backend.split("-")[0]])
+        need_module(RUNTIME_MODULES[backend.split("-")[0]])
     if any(b.endswith("-int8") for b in backends):
-        pytest.importorskip("onnxruntime")  # both int8 paths quantize with onnxruntime
+        need_module("onnxruntime")  # both int8 paths quantize with onnxruntime
 
 
 @pytest.fixture(scope="module", autouse=True)
