@@ -75,7 +75,7 @@ def encode(model: Path, texts: list[str], prompt_name: str | None) -> np.ndarray
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for every Ray test: 2 CPUs, 80 MiB object store, no dashboard."""
-    ray = pytest.importorskip("ray")
+    ray = need_module("ray")
     ray.init(
         num_cpus=2,
         object_store_memory=80 * 2**20,
@@ -142,8 +142,7 @@ def run_cli(
 ) -> Result:
     """Run the CLI (`embed-collections ARGS`) in a child process, offline, off Kaggle.
 
-    The one subprocess CLI helper of the suite (`start_cli` for a child watched while it runs);
-    `timeout` only stops a hung child.
+    The one subprocess CLI helper of the suite; `timeout` only stops a hung child.
     """
     done = subprocess.run(
         [sys.executable, "-c", DRIVER, *map(str, args)],
@@ -156,20 +155,6 @@ def run_cli(
     err, _, report = done.stderr.rpartition("MODULES ")
     modules = frozenset(json.loads(report)) if report else frozenset()
     return Result(done.returncode, done.stdout, err if report else done.stderr, modules)
-
-
-def start_cli(
-    args: list[Any], cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[str]:
-    """Start the CLI in a child process as `run_cli` does, its stderr a pipe read while it runs."""
-    return subprocess.Popen(
-        [sys.executable, "-c", DRIVER, *map(str, args)],
-        cwd=cwd,
-        env=cli_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def cli_run_args(chunked: Path, out: Path, models: list[Any], *extra: Any) -> list[Any]:
@@ -262,6 +247,77 @@ def engine_options(tmp_path: Path, **changes: Any) -> EngineOptions:
     )
     settings.update(changes)
     return EngineOptions(**settings).resolved()
+
+
+def nested_dict(depth: int) -> dict:
+    """{"n": {"n": ...}} `depth` levels deep: metadata nested past what a record may hold."""
+    nested: dict = {}
+    for _ in range(depth):
+        nested = {"n": nested}
+    return nested
+
+
+def write_beir(
+    folder: Path, corpus: list[dict], queries: list[dict], qrels: dict[str, list[str]]
+) -> Path:
+    """A BEIR folder: corpus.jsonl, queries.jsonl, and qrels/<split>.tsv from `qid\tdid\tscore`
+    rows per split."""
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    (folder / "corpus.jsonl").write_text("\n".join(map(json.dumps, corpus)) + "\n")
+    (folder / "queries.jsonl").write_text("\n".join(map(json.dumps, queries)) + "\n")
+    for split, rows in qrels.items():
+        (folder / "qrels" / f"{split}.tsv").write_text(
+            "\n".join(["query-id\tcorpus-id\tscore", *rows]) + "\n"
+        )
+    return folder
+
+
+def skip_unless_ci(reason: str) -> None:
+    """Skip a test this machine cannot run; in CI (`CI=true`), where it must run, fail instead."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason}; CI must run this test (give the runner root, tmpfs and setpriv)")
+    pytest.skip(reason)
+
+
+def need_module(name: str) -> Any:
+    """Import an optional package the test extra installs; skip without it, fail in CI."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        skip_unless_ci(f"needs {name} (pip install -e '.[test]'): {error}")
+
+
+def mount_tmpfs(target: Path, megabytes: int, remount: bool = False) -> None:
+    """Mount (or resize) a real tmpfs of `megabytes` at `target`: a small, truly full disk."""
+    options = f"{'remount,' if remount else ''}size={megabytes}m"
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        skip_unless_ci(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 12 MB tmpfs, unmounted afterwards."""
+    target = tmp_path / "disk"
+    target.mkdir()
+    mount_tmpfs(target, 12)
+    yield target
+    subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+def nobody_command() -> list[str]:
+    """The command prefix that runs a child as user nobody (no DAC override, unlike root)."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        skip_unless_ci("needs root and setpriv to run a child as a user without DAC override")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 def cosine(a: Any, b: Any) -> Any:

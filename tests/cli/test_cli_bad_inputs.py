@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Result, cli_run_args, run_cli, write_chunks
+from conftest import (
+    Result,
+    cli_run_args,
+    nested_dict,
+    nobody_command,
+    read_summary,
+    run_cli,
+    write_chunks,
+)
 
 from embed_collections.engine.tiny_model import build_tiny_model
 from embed_collections.runner.dirlock import output_lock
@@ -111,13 +119,20 @@ def test_two_concurrent_recreates_take_turns_and_leave_the_input(chunked, tiny_m
         assert "Traceback" not in result.err and "Error" not in result.err
     with EdgeStore(out / "qdrant") as store:
         assert store.count("alpha") == 5
+    # each run logs from taking the output directory's lock to releasing it: the log holds one
+    # whole run, then the other, never their lines interleaved
+    lines = (out / "embedding_v6.log").read_text(encoding="utf-8").splitlines()
+    marks = [
+        "start" if "Environment: " in line else "end"
+        for line in lines
+        if "Environment: " in line or "Failed: " in line
+    ]
+    assert marks == ["start", "end", "start", "end"]
 
 
 def test_partly_loaded_collection_with_poison_exits_3(tiny_models, tmp_path):
     chunked = tmp_path / "Chunked"
-    nested: dict = {}
-    for _ in range(300):
-        nested = {"n": nested}
+    nested = nested_dict(300)
     records = [{"text": f"good {i}"} for i in range(4)] + [{"text": "deep", "metadata": nested}]
     (chunked / "mixed").mkdir(parents=True)
     (chunked / "mixed" / "a_chunks.json").write_text(json.dumps(records), encoding="utf-8")
@@ -125,7 +140,7 @@ def test_partly_loaded_collection_with_poison_exits_3(tiny_models, tmp_path):
     out = tmp_path / "out"
     result = run_cli(base_args(chunked, out, tiny_models["tiny32"]), tmp_path)
     assert_message(result, 3, "nested deeper than 32 levels", "not valid JSON")
-    summary = json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
+    summary = read_summary(out)
     assert summary["file_errors"] == 1 and summary["skipped_records"] == 1
     assert "mixed" in summary["failed_collections"]
     with EdgeStore(out / "qdrant") as store:
@@ -146,8 +161,7 @@ def as_nobody(args: list[Any], cwd: Path) -> subprocess.CompletedProcess:
     env["EMBED_COLLECTIONS_CACHE_HOME"] = str(cwd / "home")
     env["EMBED_COLLECTIONS_EXPORT_DIR"] = str(cwd / "home" / "exported")
     env["HOME"] = str(cwd / "home")
-    command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    command += [sys.executable, "-m", "embed_collections"]
+    command = [*nobody_command(), sys.executable, "-m", "embed_collections"]
     return subprocess.run(
         [*command, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
@@ -156,8 +170,7 @@ def as_nobody(args: list[Any], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture
 def world(tmp_path_factory):
     """A directory every user may use, with a tiny model readable by all."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run the CLI as a user without DAC override")
+    nobody_command()  # skips, or fails in CI, where no child can run as nobody
     root = Path(tempfile.mkdtemp(prefix="ec-world-"))
     root.chmod(0o777)
     build_tiny_model(root / "model", 32, seed=1)
@@ -179,7 +192,7 @@ def test_unreadable_collection_directory_fails_in_the_summary(world):
     result = as_nobody(base_args(chunked, out, world / "model"), world)
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
-    summary = json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
+    summary = read_summary(out)
     assert "Permission denied" in summary["failed_collections"]["secret"]
     assert summary["results"]["alpha"]["points_in_store"] == 2
 

@@ -8,15 +8,22 @@ import json
 import math
 import re
 import shutil
-import socket
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import cached_vectors, cli_run_args, invoke, run_cli, write_chunks
-from qdrant_edge import EdgeShard, ScrollRequest
+from conftest import (
+    cached_vectors,
+    cli_run_args,
+    invoke,
+    read_points,
+    read_summary,
+    run_cli,
+    unused_port,
+    write_chunks,
+)
 
 from embed_collections.stores.edge import EdgeStore
 from embed_collections.stores.open import point_id
@@ -90,26 +97,9 @@ def expected_points(collection: str) -> dict[str, dict[str, Any]]:
     return points
 
 
-def read_points(store_root: Path, collection: str) -> dict[str, tuple[Any, dict]]:
-    """Every point (id -> (vector, payload)) read straight from the shard on disk."""
-    shard = EdgeShard.load(str(store_root / collection))
-    try:
-        records, offset = shard.scroll(
-            ScrollRequest(limit=1000, with_payload=True, with_vector=True)
-        )
-        assert offset is None
-        return {str(r.id): (r.vector, r.payload) for r in records}
-    finally:
-        shard.close()
-
-
 def store_counts(store_root: Path) -> dict[str, int]:
     with EdgeStore(store_root) as store:
         return {name: store.count(name) for name in store.collections()}
-
-
-def read_summary(out: Path) -> dict[str, Any]:
-    return json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
 
 
 def model_args(tiny_models: dict[str, Path]) -> list[Any]:
@@ -119,12 +109,6 @@ def model_args(tiny_models: dict[str, Path]) -> list[Any]:
 def run_args(chunked: Path, out: Path, tiny_models: dict[str, Path], *extra: Any) -> list[Any]:
     """A `run` command line with the two tiny models, private lease and output dirs, on the CPU."""
     return cli_run_args(chunked, out, [tiny_models["tiny32"], tiny_models["tiny48"]], *extra)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -327,11 +311,11 @@ def test_unknown_collection_exits_2_listing_the_available_ones(corpus, tiny_mode
 def test_unreachable_qdrant_fails_in_preflight_before_any_model_loads(
     corpus, tiny_models, tmp_path
 ):
-    port = free_port()
     out = tmp_path / "out"
-    result = run_cli(
-        run_args(corpus, out, tiny_models, "--qdrant-url", f"http://127.0.0.1:{port}"), tmp_path
-    )
+    with unused_port() as port:  # held, not listening: connections are refused
+        result = run_cli(
+            run_args(corpus, out, tiny_models, "--qdrant-url", f"http://127.0.0.1:{port}"), tmp_path
+        )
     assert result.code == 1
     assert "Traceback" not in result.err
     lines = result.err.strip().splitlines()

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import write_chunks
+from conftest import nested_dict, write_chunks
 
 from embed_collections.corpus.chunks import Chunk, load_chunk_file, load_collection
 from embed_collections.errors import ChunkFileError
@@ -210,9 +210,7 @@ def test_empty_list_and_empty_collection(tmp_path: Path):
 
 
 def test_poison_records_are_refused_one_by_one(tmp_path: Path):
-    nested: dict = {}
-    for _ in range(300):
-        nested = {"n": nested}
+    nested = nested_dict(300)
     records = [
         {"text": "fine one"},
         {"text": "deep", "metadata": nested},

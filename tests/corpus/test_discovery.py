@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import write_chunks
+from conftest import nobody_command, write_chunks
 
 from embed_collections.corpus.discovery import (
     discover_collections,
@@ -195,18 +200,43 @@ def test_symlinked_directory_is_followed(tmp_path: Path, root: Path):
     assert found == {"local": root / "local", "shortcut": root / "shortcut"}
 
 
-def test_unreadable_directory_is_warned(root: Path, caplog: pytest.LogCaptureFixture):
-    make_collection(root / "readable")
-    locked = make_collection(root / "locked")
-    locked.chmod(0)
+# Discovers under argv[1] and prints the collections found; warnings go to stderr.
+DISCOVER = """
+import json, logging, sys
+from pathlib import Path
+from embed_collections.corpus.discovery import discover_collections
+logging.basicConfig(level=logging.WARNING)
+found = discover_collections(Path(sys.argv[1]))
+print(json.dumps({name: str(path) for name, path in found.items()}))
+"""
+
+
+def test_unreadable_directory_is_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    # root reads a chmod 000 directory: there, discovery runs as user nobody in a child
+    root = Path(tempfile.mkdtemp(prefix="ec-discovery-"))
     try:
+        root.chmod(0o755)
+        make_collection(root / "readable")
+        locked = make_collection(root / "locked")
+        for path in root.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        locked.chmod(0)
         if os.access(locked, os.R_OK):
-            pytest.skip("running with privileges that read a chmod 000 directory (root)")
-        found = discover_collections(root)
+            done = subprocess.run(
+                [*nobody_command(), sys.executable, "-c", DISCOVER, str(root)],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            found = {name: Path(p) for name, p in json.loads(done.stdout).items()}
+            messages = done.stderr.splitlines()
+        else:
+            found = discover_collections(root)
+            messages = warnings_of(caplog)
+        assert found == {"readable": root / "readable"}
+        assert any(str(locked) in m and "Cannot read" in m for m in messages)
     finally:
-        locked.chmod(0o755)
-    assert found == {"readable": root / "readable"}
-    assert any(str(locked) in m and "Cannot read" in m for m in warnings_of(caplog))
+        (root / "locked").chmod(0o755)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_filter_collections(root: Path):

@@ -2,13 +2,10 @@
 
 import numpy as np
 import pytest
+from conftest import cosine
 
 from embed_collections.engine.combine import check_combine, combine_vectors
 from embed_collections.errors import UsageError
-
-
-def cosine(a, b):
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def test_concat_dot_product_is_weighted_mean_of_model_cosines():
@@ -58,4 +55,5 @@ def test_named_keeps_each_model_normalised_under_its_name():
 
 def test_zero_vector_stays_zero_instead_of_nan():
     combined = combine_vectors([np.zeros((1, 4)), np.ones((1, 4))], [1, 1], "concat")[""]
-    assert not np.isnan(combined).any()
+    assert np.array_equal(combined[0, :4], np.zeros(4))  # zero, not NaN from 0 / 0
+    assert np.allclose(combined[0, 4:], np.full(4, np.sqrt(0.5) / 2))  # the other part as usual

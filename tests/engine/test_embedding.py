@@ -1,6 +1,7 @@
 """The model-major engine: parity with sentence-transformers, OOM back-off, resumption."""
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -10,13 +11,12 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import write_chunks
+from conftest import engine_options, read_summary, write_chunks
 
 from embed_collections.engine.backends import SentenceTransformerBackend
 from embed_collections.engine.cache import EmbeddingCache, text_digest
 from embed_collections.engine.local_executor import embed_pending
 from embed_collections.engine.models import model_fingerprint, resolve_model
-from embed_collections.engine.options import EngineOptions
 from embed_collections.record.config import RunConfig
 from embed_collections.runner.pipeline import run
 
@@ -30,15 +30,7 @@ TEXTS = [
 
 
 def options(tmp_path, **changes):
-    settings = dict(
-        device="cpu",
-        backend="torch",
-        show_progress=False,
-        lease_dir=tmp_path / "leases",
-        batch_size=4,
-    )
-    settings.update(changes)
-    return EngineOptions(**settings).resolved()
+    return engine_options(tmp_path, **{"batch_size": 4, **changes})
 
 
 def fingerprint_for(spec, opts):
@@ -93,13 +85,17 @@ def test_out_of_memory_halves_the_batch_and_retries(tmp_path, tiny_models, monke
 
 
 def test_other_errors_are_not_mistaken_for_out_of_memory(tmp_path, tiny_models, monkeypatch):
+    calls = []
+
     def broken(self, texts):
+        calls.append(texts)
         raise ValueError("bad input")
 
     monkeypatch.setattr(SentenceTransformerBackend, "forward", broken)
     spec = resolve_model(str(tiny_models["tiny32"]))
-    with EmbeddingCache(tmp_path / "c.sqlite") as cache, pytest.raises(ValueError):
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache, pytest.raises(ValueError, match="bad"):
         embed(spec, TEXTS, cache, options(tmp_path))
+    assert len(calls) == 1  # raised at once: never retried with a smaller batch as an OOM
 
 
 def test_cached_texts_load_no_model_and_changed_text_embeds_alone(
@@ -217,7 +213,7 @@ def test_killed_run_resumes_embedding_only_what_is_missing(tmp_path, tiny_models
     embedded_second = [t for line in log.read_text().splitlines() for t in json.loads(line)]
     assert not set(embedded_first) & set(embedded_second)
     assert len(embedded_first) + len(embedded_second) == unique
-    summary = json.loads((tmp_path / "out" / "embedding_summary_v6.json").read_text())
+    summary = read_summary(tmp_path / "out")
     assert summary["cache_hits"] == 24 and summary["failed_collections"] == {}
 
 
@@ -274,14 +270,15 @@ def test_vectors_non_finite_in_float32_too_are_reported_and_never_cached(
     assert "short" in telemetry.to_dict()["non_finite_texts"]
 
 
-def test_missing_texts_are_listed_after_the_lease(tmp_path, tiny_models):
+def test_missing_texts_are_listed_after_the_lease(tmp_path, tiny_models, caplog):
     """A run that waited for the lease embeds nothing another run embedded meanwhile."""
     import threading
 
     from embed_collections.engine.lease import DeviceLease
 
     spec = resolve_model(str(tiny_models["tiny32"]))
-    opts = options(tmp_path)
+    opts = options(tmp_path, check_interval=0.05)  # a waiting lease says so every 50 ms
+    caplog.set_level(logging.INFO, logger="embed_collections.engine.lease")
     fingerprint = model_fingerprint(spec, opts.backend, opts.dtype)
     by_digest = {text_digest(t): t for t in TEXTS}
     outcome: dict = {}
@@ -295,7 +292,10 @@ def test_missing_texts_are_listed_after_the_lease(tmp_path, tiny_models):
     with DeviceLease("first run", "cpu", lease_dir=tmp_path / "leases"):
         waiter = threading.Thread(target=second_run)
         waiter.start()
-        time.sleep(1.0)  # let the second run reach the lease (asserted below, not assumed)
+        deadline = time.monotonic() + 60
+        while "Waiting for lease on cpu" not in caplog.text:  # the second run reached the lease
+            assert time.monotonic() < deadline and waiter.is_alive()
+            time.sleep(0.01)
         with EmbeddingCache(tmp_path / "c.sqlite") as cache:  # the first run embeds everything
             cache.put_vectors(fingerprint, list(by_digest), np.ones((len(TEXTS), 32), np.float32))
     waiter.join()

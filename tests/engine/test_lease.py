@@ -8,6 +8,7 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from datetime import datetime
@@ -28,7 +29,7 @@ lease_dir, device, model, hold_s, out = sys.argv[1:6]
 with DeviceLease(model, device, lease_dir=lease_dir, max_wait_time=10.0):
     acquired = datetime.now().isoformat()
     print("acquired", flush=True)
-    time.sleep(float(hold_s))
+    sys.stdin.read() if hold_s == "stdin" else time.sleep(float(hold_s))
     released = datetime.now().isoformat()
 if out != "-":
     with open(out, "w") as f:
@@ -37,12 +38,14 @@ if out != "-":
 
 
 def start_holder(
-    lease_dir: Path, hold_s: float, out: Path | None = None, device: str = "cpu"
+    lease_dir: Path, hold_s: float | str, out: Path | None = None, device: str = "cpu"
 ) -> subprocess.Popen[str]:
-    """Start a process holding the lease and return once it has acquired it."""
+    """Start a process holding the lease and return once it has acquired it (`hold_s` "stdin":
+    until its stdin closes)."""
     proc = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(lease_dir), device, "holder-model", str(hold_s),
          str(out) if out else "-"],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )  # fmt: skip
@@ -57,7 +60,7 @@ def test_acquire_release_records_events(tmp_path: Path) -> None:
     assert not lease.is_held
     acquire, release = lease.events
     assert (acquire.event_type, acquire.model, acquire.device) == ("acquire", "model-a", "cpu")
-    assert acquire.wait_seconds >= 0.0
+    assert 0.0 <= acquire.wait_seconds < 0.5  # free: taken at once, not after a poll
     assert acquire.peak_memory_bytes is None
     assert (release.event_type, release.wait_seconds) == ("release", 0.0)
     assert release.peak_memory_bytes is not None and release.peak_memory_bytes > 1_000_000
@@ -100,18 +103,27 @@ def test_shared_events_and_hold_drops_model(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
-def test_two_processes_do_not_overlap(tmp_path: Path) -> None:
-    times = tmp_path / "holder.json"
-    proc = start_holder(tmp_path / "leases", 1.5, out=times)
-    with DeviceLease("model-b", "cpu", lease_dir=tmp_path / "leases", max_wait_time=10) as lease:
-        mine_acquired = datetime.now()
-    assert proc.wait(timeout=10) == 0
-    assert lease.events[0].wait_seconds > 0.5
-    theirs = json.loads(times.read_text())
-    their_acquired = datetime.fromisoformat(theirs["acquire"])
-    their_released = datetime.fromisoformat(theirs["release"])
-    mine_released = datetime.fromisoformat(lease.events[1].timestamp)
-    assert their_acquired < their_released <= mine_acquired < mine_released
+def test_two_processes_do_not_overlap(tmp_path: Path, caplog) -> None:
+    leases = tmp_path / "leases"
+    proc = start_holder(leases, "stdin")
+    assert proc.stdin is not None
+    with pytest.raises(LeaseTimeoutError):  # held by the other process: no second holder
+        DeviceLease("model-b", "cpu", lease_dir=leases, max_wait_time=0.0).acquire()
+    caplog.set_level(logging.INFO, logger="embed_collections.engine.lease")
+    lease = DeviceLease("model-b", "cpu", lease_dir=leases, max_wait_time=60, check_interval=0.05)
+    waiter = threading.Thread(target=lease.acquire)
+    waiter.start()
+    deadline = time.monotonic() + 60
+    while "Waiting for lease on cpu for model model-b" not in caplog.text:
+        assert time.monotonic() < deadline and waiter.is_alive()
+        time.sleep(0.01)
+    assert not lease.is_held  # it waits while the other holds
+    proc.stdin.close()  # the holder releases and exits
+    assert proc.wait(timeout=30) == 0
+    waiter.join(timeout=60)
+    assert lease.is_held and lease.events[0].wait_seconds > 0
+    assert f"held by pid {proc.pid} for model holder-model" in caplog.text
+    lease.release()
 
 
 def test_timeout_names_device_model_and_holder_then_kill_frees(tmp_path: Path) -> None:

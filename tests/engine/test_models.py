@@ -86,6 +86,17 @@ def test_bad_weights_are_usage_errors(tiny_models, weights, message):
         resolve_ensemble(names, weights)
 
 
-def test_truncate_dim_sets_the_dimension(tiny_models):
+def test_truncate_dim_cuts_the_model_s_vectors_and_refuses_more_than_it_has(tiny_models):
+    from conftest import cosine, encode
+
+    from embed_collections.engine.backends import SentenceTransformerBackend
+
     spec = resolve_model(str(tiny_models["tiny48"]), truncate_dim=16)
-    assert spec.dim == 16
+    backend = SentenceTransformerBackend(spec, "float32")
+    backend.load("cpu")
+    vectors = backend.embed(["a text to cut", "another one"])
+    assert (backend.dim, vectors.shape) == (16, (2, 16))
+    full = encode(tiny_models["tiny48"], ["a text to cut", "another one"], None)
+    assert cosine(vectors, full[:, :16]).min() > 0.9999  # the first 16 of the 48, not others
+    with pytest.raises(UsageError, match="--truncate-dim 64 is larger than .* dimension 48"):
+        resolve_model(str(tiny_models["tiny48"]), truncate_dim=64)

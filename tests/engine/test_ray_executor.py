@@ -4,7 +4,6 @@ object store), an actor killed mid-shard, and the usage error without the extra.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cosine, encode, run_cli, write_chunks
+from conftest import cosine, encode, need_module, run_cli, unused_port, write_chunks
 
 import embed_collections
 from embed_collections.engine.cache import EmbeddingCache, text_digest
@@ -93,8 +92,7 @@ def test_ray_run_matches_local_and_survives_a_killed_actor(
     dim = telemetry["dim"]
     ours = cached_vectors(config, telemetry["fingerprint"], dim)
     theirs = cached_vectors(local_config, local_telemetry["fingerprint"], dim)
-    cosines = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
-    assert cosines.min() >= 0.9999
+    assert cosine(ours, theirs).min() >= 0.9999
     texts = sorted({t for texts in CORPUS.values() for t in texts}, key=text_digest)
     assert cosine(ours, encode(model, texts, "passage")).min() >= 0.9999
     assert cosine(ours, encode(model, texts, None)).max() < 0.999
@@ -157,13 +155,12 @@ def test_cuda_on_a_cluster_without_gpus_is_a_usage_error(
 
 
 def test_unreachable_ray_address_fails_before_any_model_loads(corpus, tiny_models, tmp_path):
-    pytest.importorskip("ray")
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{probe.getsockname()[1]}"
-    args = ["run", "--chunked-dir", corpus, "--output-dir", tmp_path / "out"]
-    args += ["--models", tiny_models["tiny32"], "--executor", "ray", "--ray-address", address]
-    result = run_cli(args, tmp_path, env={"PYTHONPATH": str(SRC)})
+    need_module("ray")
+    with unused_port() as port:  # held, not listening: nobody answers there
+        address = f"127.0.0.1:{port}"
+        args = ["run", "--chunked-dir", corpus, "--output-dir", tmp_path / "out"]
+        args += ["--models", tiny_models["tiny32"], "--executor", "ray", "--ray-address", address]
+        result = run_cli(args, tmp_path, env={"PYTHONPATH": str(SRC)})
     assert result.code == 1
     assert (
         result.err.strip()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from conftest import cached_vectors, cli_run_args, run_cli, write_chunks
+from conftest import cached_vectors, cli_run_args, read_summary, run_cli, write_chunks
 
 from embed_collections.engine.models import resolve_model
 from embed_collections.engine.tiny_model import build_remote_code_model
@@ -45,7 +44,7 @@ def test_remote_code_from_another_repository_loads_and_embeds(tmp_path, tiny_mod
     args = run_args(tmp_path / "Chunked", out, tiny_models["tiny48"], remote_models["present"])
     result = run_cli(args, tmp_path, run_env(remote_models, tmp_path))
     assert result.code == 0, result.err
-    models = json.loads((out / "embedding_summary_v6.json").read_text())["models"]
+    models = read_summary(out)["models"]
     assert [m["chunks_embedded"] for m in models.values()] == [2, 2]
     assert cached_vectors(out) == 4
 
@@ -79,6 +78,11 @@ def test_remote_code_without_the_flag_is_a_usage_error_naming_it(
 
 
 def test_model_cache_dir_also_serves_code(tmp_path, remote_models, monkeypatch):
+    # Hugging Face's own caches are empty here: the code can only come from --model-cache-dir
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    with pytest.raises(ModelError, match='hub repository "acme/bert-code"'):
+        resolve_model(str(remote_models["present"]), trust_remote_code=True)
     spec = resolve_model(
         str(remote_models["present"]), model_cache_dir=remote_models["hub"], trust_remote_code=True
     )

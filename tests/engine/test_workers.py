@@ -3,33 +3,29 @@
 from __future__ import annotations
 
 import os
+import re
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import cosine, encode
+from conftest import cosine, encode, engine_options
 
 from embed_collections.engine.cache import EmbeddingCache, text_digest
+from embed_collections.engine.lease import DeviceLease
 from embed_collections.engine.local_executor import embed_pending
 from embed_collections.engine.models import model_fingerprint, resolve_model
-from embed_collections.engine.options import EngineOptions
 from embed_collections.errors import ModelError
 
 TEXTS = [f"Text number {i}: " + "word " * (i % 23) for i in range(60)]
 
 
 def options(tmp_path, device, **changes):
-    settings = dict(
-        device=device,
-        backend="torch",
-        show_progress=False,
-        lease_dir=tmp_path / "leases",
-        max_batch_tokens=64,  # many small batches, so both workers get units
-    )
-    settings.update(changes)
-    return EngineOptions(**settings).resolved()
+    # many small batches, so both workers get units
+    return engine_options(tmp_path, **{"device": device, "max_batch_tokens": 64, **changes})
 
 
 def embed(spec, cache, opts, texts=TEXTS):
@@ -38,6 +34,45 @@ def embed(spec, cache, opts, texts=TEXTS):
         spec, fingerprint, {text_digest(t): t for t in texts}, cache, opts, []
     )
     return fingerprint, telemetry
+
+
+def embed_cpu1_first(spec, path: Path, opts, texts=TEXTS):
+    """Embed on cpu:0,cpu:1 with cpu:1 first: this test holds cpu:0's lease until cpu:1's first
+    vectors are in the cache (an event, not a head start in seconds), then lets cpu:0 join."""
+    fingerprint = model_fingerprint(spec, opts.backend, opts.dtype)
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            with EmbeddingCache(path) as cache:
+                outcome["telemetry"] = embed(spec, cache, opts, texts)[1]
+        except BaseException as error:  # re-raised in the test's thread
+            outcome["error"] = error
+
+    with DeviceLease("head start", "cpu:0", lease_dir=opts.lease_dir):
+        worker = threading.Thread(target=work)
+        worker.start()
+        deadline = time.monotonic() + 120
+        while cached_count(path, fingerprint) == 0:
+            assert time.monotonic() < deadline and worker.is_alive(), outcome.get("error")
+            time.sleep(0.05)
+    worker.join(timeout=300)
+    if "error" in outcome:
+        raise outcome["error"]
+    return fingerprint, outcome["telemetry"]
+
+
+def cached_count(path: Path, fingerprint: str) -> int:
+    """Vectors of `fingerprint` in the cache, read beside the run that writes them."""
+    try:
+        db = sqlite3.connect(path)
+        try:
+            query = "SELECT COUNT(*) FROM vectors WHERE fingerprint = ?"
+            return db.execute(query, (fingerprint,)).fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.OperationalError:  # not created yet
+        return 0
 
 
 def vectors(cache, fingerprint, dim=32):
@@ -51,8 +86,10 @@ def test_two_cpu_workers_give_the_one_worker_vectors(tmp_path, prompt_model, mon
     with EmbeddingCache(tmp_path / "one.sqlite") as cache:
         fp_one, _ = embed(spec, cache, options(tmp_path, "cpu"))
         one = vectors(cache, fp_one)
+    fp_two, telemetry = embed_cpu1_first(
+        spec, tmp_path / "two.sqlite", options(tmp_path, "cpu:0,cpu:1")
+    )
     with EmbeddingCache(tmp_path / "two.sqlite") as cache:
-        fp_two, telemetry = embed(spec, cache, options(tmp_path, "cpu:0,cpu:1"))
         two = vectors(cache, fp_two)
     assert fp_one == fp_two  # the device list does not change the vectors' identity
     assert cosine(one, two).min() >= 0.9999
@@ -66,14 +103,21 @@ def test_two_cpu_workers_give_the_one_worker_vectors(tmp_path, prompt_model, mon
 
 
 def test_a_killed_worker_loses_only_its_unit_which_the_other_embeds(
-    tmp_path, tiny_models, monkeypatch
+    tmp_path, tiny_models, monkeypatch, caplog
 ):
-    monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "kill@cpu:1#1,late@cpu:0#3000")
+    monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "kill@cpu:1#1")
     spec = resolve_model(str(tiny_models["tiny32"]))
+    fingerprint, telemetry = embed_cpu1_first(
+        spec, tmp_path / "c.sqlite", options(tmp_path, "cpu:0,cpu:1")
+    )
     with EmbeddingCache(tmp_path / "c.sqlite") as cache:
-        fingerprint, telemetry = embed(spec, cache, options(tmp_path, "cpu:0,cpu:1"))
         assert cache.missing(fingerprint, [text_digest(t) for t in TEXTS]) == []
     assert telemetry.chunks_embedded == len(TEXTS)
+    # the kill really happened (SIGKILL: exit code -9) and its unit's rest went back to the queue
+    (died,) = [r.getMessage() for r in caplog.records if "died" in r.getMessage()]
+    assert re.search(r"worker on cpu:1 died \(exit code -9\); \d+ texts of its unit go back", died)
+    by_device = {d.device: d for d in telemetry.devices}
+    assert by_device["cpu:0"].chunks > 0  # the survivor embedded the re-queued texts
 
 
 def test_every_worker_killed_then_a_rerun_embeds_only_what_is_missing(
@@ -97,10 +141,12 @@ def test_every_worker_killed_then_a_rerun_embeds_only_what_is_missing(
 
 
 def test_out_of_memory_in_one_worker_stays_in_that_worker(tmp_path, tiny_models, monkeypatch):
-    monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "oom@cpu:1#0,late@cpu:0#3000")
+    monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "oom@cpu:1#0")
     spec = resolve_model(str(tiny_models["tiny32"]))
+    fingerprint, telemetry = embed_cpu1_first(
+        spec, tmp_path / "c.sqlite", options(tmp_path, "cpu:0,cpu:1")
+    )
     with EmbeddingCache(tmp_path / "c.sqlite") as cache:
-        fingerprint, telemetry = embed(spec, cache, options(tmp_path, "cpu:0,cpu:1"))
         assert cache.missing(fingerprint, [text_digest(t) for t in TEXTS]) == []
     by_device = {d.device: d for d in telemetry.devices}
     assert by_device["cpu:1"].oom_retries == 1

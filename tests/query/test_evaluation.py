@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Result, run_cli
+from conftest import write_beir as write_beir_files
 
 from embed_collections.engine.options import EngineOptions
 from embed_collections.errors import UsageError
@@ -145,8 +146,7 @@ def rare_word(i: int, j: int) -> str:
 
 def write_beir(folder: Path, n: int = 30) -> Path:
     """A BEIR folder where query qI asks for document dI by its two rare words and its topic."""
-    folder.mkdir(parents=True, exist_ok=True)
-    corpus, queries, qrels = [], [], ["query-id\tcorpus-id\tscore"]
+    corpus, queries, qrels = [], [], []
     for i in range(n):
         topic, sentence = TOPICS[i % len(TOPICS)]
         first, second = rare_word(i, 1), rare_word(i, 2)
@@ -156,11 +156,7 @@ def write_beir(folder: Path, n: int = 30) -> Path:
         queries.append({"_id": f"q{i}", "text": f"{first} {second} {topic}"})
         qrels.append(f"q{i}\td{i}\t1")
     queries.append({"_id": "unjudged", "text": "a query the split does not judge"})
-    (folder / "corpus.jsonl").write_text("\n".join(map(json.dumps, corpus)) + "\n")
-    (folder / "queries.jsonl").write_text("\n".join(map(json.dumps, queries)) + "\n")
-    (folder / "qrels").mkdir(exist_ok=True)
-    (folder / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n")
-    return folder
+    return write_beir_files(folder, corpus, queries, {"test": qrels})
 
 
 def test_load_beir_reads_corpus_queries_and_qrels(tmp_path):

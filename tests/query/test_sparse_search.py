@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import search_run, write_chunks
+from conftest import Result, engine_options, run_cli, search_run, write_chunks
 
 from embed_collections.engine.options import EngineOptions
 from embed_collections.errors import UsageError
@@ -42,8 +40,7 @@ IDENTIFIER_CHUNK = "notes_chunks-0003"
 
 
 def engine(tmp_path: Path) -> EngineOptions:
-    options = EngineOptions(device="cpu", show_progress=False, lease_dir=tmp_path / "leases")
-    return options.resolved()
+    return engine_options(tmp_path, backend="auto")
 
 
 def term_weights(text: str) -> dict[int, float]:
@@ -57,13 +54,9 @@ def term_index(word: str) -> int:
     return indices[0]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "embed_collections", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def search_cli(*args: str) -> Result:
+    """`embed-collections search ARGS` in a child process."""
+    return run_cli(["search", *args], Path.cwd())
 
 
 # --- sparse vectors ------------------------------------------------------------------------
@@ -174,9 +167,9 @@ def dense_only_run(tmp_path_factory, tiny_models) -> Path:
 
 
 def test_search_cli_json(dense_only_run):
-    result = run_cli("search", "Beta", "boats", "--output-dir", str(dense_only_run), "--json")
-    assert result.returncode == 0, result.stderr
-    data = json.loads(result.stdout)
+    result = search_cli("Beta", "boats", "--output-dir", str(dense_only_run), "--json")
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
     hits = data["hits"]
     assert data["mode"] == "dense"
     assert [h["rank"] for h in hits] == [1, 2, 3]
@@ -185,27 +178,25 @@ def test_search_cli_json(dense_only_run):
 
 
 def test_search_cli_unknown_collection_lists_names(dense_only_run):
-    result = run_cli("search", "Gamma", "boats", "--output-dir", str(dense_only_run))
-    assert result.returncode == 2
-    assert result.stdout == ""
-    assert result.stderr.strip() == 'Error: Unknown collection "Gamma". Available: Alpha, Beta'
+    result = search_cli("Gamma", "boats", "--output-dir", str(dense_only_run))
+    assert result.code == 2
+    assert result.out == ""
+    assert result.err.strip() == 'Error: Unknown collection "Gamma". Available: Alpha, Beta'
 
 
 def test_search_cli_sparse_mode_without_sparse_vectors(dense_only_run):
-    result = run_cli(
-        "search", "Alpha", "apples", "--output-dir", str(dense_only_run), "--mode", "sparse"
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
+    result = search_cli("Alpha", "apples", "--output-dir", str(dense_only_run), "--mode", "sparse")
+    assert result.code == 2
+    assert result.err.strip() == (
         'Error: Search mode "sparse" needs sparse vectors; this run had none (use mode dense, '
         "or re-run with --sparse bm25)"
     )
 
 
 def test_search_cli_without_a_run(tmp_path):
-    result = run_cli("search", "Alpha", "apples", "--output-dir", str(tmp_path))
-    assert result.returncode == 2
-    assert "run_config.json is missing" in result.stderr
+    result = search_cli("Alpha", "apples", "--output-dir", str(tmp_path))
+    assert result.code == 2
+    assert "run_config.json is missing" in result.err
 
 
 def test_sparse_language_is_configurable_and_checked():

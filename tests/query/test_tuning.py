@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli, search_run
+from conftest import run_cli, search_run, write_beir
 
 from embed_collections.engine.models import find_in_package
 from embed_collections.engine.options import EngineOptions
@@ -71,14 +71,7 @@ def world(tmp_path_factory):
         queries.append({"_id": f"q{k}", "text": asks[k][0]})
         split = "test" if k % 3 == 0 else "train"
         qrels[split] += [f"q{k}\td{k}-0\t1", f"q{k}\td{k}-1\t1"]
-    folder = root / "beir"
-    (folder / "qrels").mkdir(parents=True)
-    (folder / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in corpus) + "\n")
-    (folder / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in queries) + "\n")
-    for split, rows in qrels.items():
-        (folder / "qrels" / f"{split}.tsv").write_text(
-            "query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n"
-        )
+    folder = write_beir(root / "beir", corpus, queries, qrels)
 
     def model(name: str, seed: int, linked: range) -> Path:
         matrix = np.random.default_rng(seed).standard_normal((minilm_vocab_size(), DIM))

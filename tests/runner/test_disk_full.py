@@ -2,38 +2,13 @@
 filesystem and the space needed; a re-run with space finishes without re-embedding.
 
 Uses a small tmpfs (the store memory-maps its files: writing one on a full tmpfs is SIGBUS), so
-it needs root and `mount -t tmpfs`; skipped with the reason otherwise."""
+it needs root and `mount -t tmpfs`; skipped with the reason otherwise, a failure in CI."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-from pathlib import Path
-
-import pytest
-from conftest import run_cli, write_chunks
+from conftest import mount_tmpfs, read_summary, run_cli, write_chunks
 
 from embed_collections.stores.edge import EdgeStore
-
-
-def mount_tmpfs(target: Path, megabytes: int, remount: bool = False) -> None:
-    options = f"{'remount,' if remount else ''}size={megabytes}m"
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    target = tmp_path / "disk"
-    target.mkdir()
-    mount_tmpfs(target, 12)
-    yield target
-    subprocess.run(["umount", "-l", str(target)], check=False)
 
 
 def test_full_disk_stops_cleanly_and_a_rerun_with_space_finishes(small_disk, tiny_models, tmp_path):
@@ -64,7 +39,7 @@ def test_full_disk_stops_cleanly_and_a_rerun_with_space_finishes(small_disk, tin
     assert stopped.code == 1, stopped.err
     assert "Traceback" not in stopped.err
     assert f"the filesystem of {out}" in stopped.err and "MB are needed" in stopped.err
-    summary = json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
+    summary = read_summary(out)
     assert summary["results"]["a_small"]["points_in_store"] == 10
     assert "MB are needed" in summary["stopped"]
 
@@ -72,7 +47,7 @@ def test_full_disk_stops_cleanly_and_a_rerun_with_space_finishes(small_disk, tin
     resumed = run_cli(args, tmp_path)
 
     assert resumed.code == 0, resumed.err
-    summary = json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
+    summary = read_summary(out)
     assert summary["cache_misses"] == 12_000  # the small collection was not embedded again
     with EdgeStore(out / "qdrant") as store:
         assert store.count("a_small") == 10 and store.count("b_large") == 12_000

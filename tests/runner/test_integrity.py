@@ -7,7 +7,6 @@ points back from the shard.
 
 from __future__ import annotations
 
-import json
 import shutil
 import uuid
 from pathlib import Path
@@ -15,8 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Result, cli_run_args, invoke, run_cli, write_chunks
-from qdrant_edge import EdgeShard, Point, ScrollRequest, UpdateOperation
+from conftest import Result, cli_run_args, invoke, read_points, read_summary, write_chunks
+from qdrant_edge import EdgeShard, Point, UpdateOperation
 
 from embed_collections.stores import PointBatch
 from embed_collections.stores.edge import EdgeStore
@@ -34,32 +33,22 @@ def expected_ids(collection: str) -> set[str]:
     }
 
 
-def read_store(store_root: Path, collection: str) -> dict[str, list[float]]:
+def read_vectors(store_root: Path, collection: str) -> dict[str, Any]:
     """point id -> vector, read straight from the shard on disk."""
-    shard = EdgeShard.load(str(store_root / collection))
-    try:
-        records, offset = shard.scroll(ScrollRequest(limit=1000, with_vector=True))
-        assert offset is None
-        return {str(r.id): r.vector for r in records}
-    finally:
-        shard.close()
+    return {pid: vector for pid, (vector, _) in read_points(store_root, collection).items()}
 
 
 def run_args(chunked: Path, out: Path, model: Path, *extra: Any) -> list[Any]:
     return cli_run_args(chunked, out, [model], "--no-index", *extra)
 
 
-def summary(out: Path) -> dict[str, Any]:
-    return json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
-
-
 def assert_store_equals_input(out: Path, reference: dict[str, dict[str, list[float]]]) -> None:
     for collection in TEXTS:
-        points = read_store(out / "qdrant", collection)
+        points = read_vectors(out / "qdrant", collection)
         assert set(points) == expected_ids(collection)
         for pid, vector in points.items():
             np.testing.assert_allclose(vector, reference[collection][pid], rtol=1e-5, atol=1e-6)
-        result = summary(out)["results"][collection]
+        result = read_read_summary(out)["results"][collection]
         assert result["points_in_store"] == len(TEXTS[collection])
 
 
@@ -73,7 +62,7 @@ def finished(tmp_path_factory, tiny_models) -> dict[str, Any]:
     out = root / "out"
     result = invoke(run_args(chunked, out, tiny_models["tiny32"]))
     assert result.code == 0, result.err
-    vectors = {name: read_store(out / "qdrant", name) for name in TEXTS}
+    vectors = {name: read_vectors(out / "qdrant", name) for name in TEXTS}
     return {"chunked": chunked, "out": out, "vectors": vectors}
 
 
@@ -104,8 +93,8 @@ def test_orphan_points_written_by_another_tool_are_removed(finished, tiny_models
     assert result.code == 0, result.err
     assert_store_equals_input(out, finished["vectors"])
     # the marker vouched for the old content: the collection is rebuilt and the damage named
-    assert "3 are foreign" in summary(out)["results"]["alpha"]["store_repaired"]
-    assert summary(out)["cache_misses"] == 0
+    assert "3 are foreign" in read_read_summary(out)["results"]["alpha"]["store_repaired"]
+    assert read_read_summary(out)["cache_misses"] == 0
 
 
 def test_foreign_upload_of_other_vectors_is_replaced(finished, tiny_models, tmp_path):
@@ -134,7 +123,7 @@ def test_shard_with_a_deleted_segment_file_is_rebuilt_from_the_cache(
     assert result.code == 0, result.err
     assert "rebuilding it from the embedding cache" in result.err
     assert_store_equals_input(out, finished["vectors"])
-    assert summary(out)["cache_misses"] == 0
+    assert read_read_summary(out)["cache_misses"] == 0
 
 
 def test_recreate_replaces_a_shard_that_no_longer_opens(finished, tiny_models, tmp_path):
@@ -205,6 +194,6 @@ def test_damage_that_keeps_the_count_is_found_and_rebuilt(finished, tiny_models,
     assert result.code == 0, result.err
     assert "Traceback" not in result.err
     assert_store_equals_input(out, finished["vectors"])
-    assert summary(out)["results"]["alpha"]["store_repaired"]
-    assert summary(out)["results"]["beta"]["store_repaired"] is None
-    assert summary(out)["cache_misses"] == 0
+    assert read_summary(out)["results"]["alpha"]["store_repaired"]
+    assert read_summary(out)["results"]["beta"]["store_repaired"] is None
+    assert read_summary(out)["cache_misses"] == 0

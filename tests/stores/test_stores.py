@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import textwrap
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import unused_port
 
 from embed_collections.errors import StoreError, UsageError
 from embed_collections.stores.base import PointBatch, SearchQuery, VectorLayout
@@ -205,15 +205,9 @@ def test_edge_check_writable_names_the_path(tmp_path):
     assert str(blocker / "store") in str(caught.value)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_server_unreachable_fails_fast():
-    url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(StoreError) as caught:
+    with unused_port() as port, pytest.raises(StoreError) as caught:
+        url = f"http://127.0.0.1:{port}"
         ServerStore(url=url).check_writable()
     message = str(caught.value)
     assert message.startswith(f"Cannot reach Qdrant at {url}: ")
@@ -222,11 +216,12 @@ def test_server_unreachable_fails_fast():
 
 
 def test_server_upsert_retries_then_reports(monkeypatch):
-    store = ServerStore(url=f"http://127.0.0.1:{free_port()}", max_retries=2, parallel=2)
     monkeypatch.setattr("embed_collections.stores.server.time.sleep", lambda s: None)
-    store.batch_size = 4
-    with pytest.raises(StoreError, match=r"failed after 3 attempt\(s\)"):
-        store.upsert("c", make_batch(10, {"": 4}))
+    with unused_port() as port:
+        store = ServerStore(url=f"http://127.0.0.1:{port}", max_retries=2, parallel=2)
+        store.batch_size = 4
+        with pytest.raises(StoreError, match=r"failed after 3 attempt\(s\)"):
+            store.upsert("c", make_batch(10, {"": 4}))
 
 
 def test_open_store_picks_by_url(tmp_path):
