@@ -1,5 +1,6 @@
 """The content-addressed cache: round trips, missing keys, and durability across a kill."""
 
+import os
 import signal
 import sqlite3
 import subprocess

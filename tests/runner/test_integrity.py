@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Result, cli_run_args, invoke, read_points, read_summary, write_chunks
+from conftest import Result, cli_run_args, invoke, read_points, read_summary, run_cli, write_chunks
 from qdrant_edge import EdgeShard, Point, UpdateOperation
 
 from embed_collections.stores import PointBatch
@@ -48,7 +48,7 @@ def assert_store_equals_input(out: Path, reference: dict[str, dict[str, list[flo
         assert set(points) == expected_ids(collection)
         for pid, vector in points.items():
             np.testing.assert_allclose(vector, reference[collection][pid], rtol=1e-5, atol=1e-6)
-        result = read_read_summary(out)["results"][collection]
+        result = read_summary(out)["results"][collection]
         assert result["points_in_store"] == len(TEXTS[collection])
 
 
@@ -93,8 +93,8 @@ def test_orphan_points_written_by_another_tool_are_removed(finished, tiny_models
     assert result.code == 0, result.err
     assert_store_equals_input(out, finished["vectors"])
     # the marker vouched for the old content: the collection is rebuilt and the damage named
-    assert "3 are foreign" in read_read_summary(out)["results"]["alpha"]["store_repaired"]
-    assert read_read_summary(out)["cache_misses"] == 0
+    assert "3 are foreign" in read_summary(out)["results"]["alpha"]["store_repaired"]
+    assert read_summary(out)["cache_misses"] == 0
 
 
 def test_foreign_upload_of_other_vectors_is_replaced(finished, tiny_models, tmp_path):
@@ -123,7 +123,7 @@ def test_shard_with_a_deleted_segment_file_is_rebuilt_from_the_cache(
     assert result.code == 0, result.err
     assert "rebuilding it from the embedding cache" in result.err
     assert_store_equals_input(out, finished["vectors"])
-    assert read_read_summary(out)["cache_misses"] == 0
+    assert read_summary(out)["cache_misses"] == 0
 
 
 def test_recreate_replaces_a_shard_that_no_longer_opens(finished, tiny_models, tmp_path):
