@@ -43,6 +43,9 @@ def test_every_option_round_trips_and_finds_each_point_first(tmp_path, kind):
             queries = [SearchQuery(dense={"": vectors[i]}, limit=5) for i in range(0, 300, 30)]
             hits = store.search(f"c{n}", queries)
             assert [h[0].id for h in hits] == ids[0:300:30]
+            if kind == "edge":  # the quantized copy is really built, even for 300 points
+                built = {p.name for p in (tmp_path / kind / f"c{n}").rglob("quantized*")}
+                assert bool(built) == storage.quantized
 
 
 def test_other_storage_options_need_recreate(tmp_path):
