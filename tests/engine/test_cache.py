@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from embed_collections.engine.cache import CacheError, EmbeddingCache, text_digest
+from embed_collections.engine.cache import CacheError, EmbeddingCache, text_digest, write_shard
 
 
 def test_round_trip_keeps_order_and_exact_values(tmp_path):
@@ -215,3 +215,43 @@ def test_two_writer_processes_share_one_cache(tmp_path):
             keys = [text_digest(f"{me}-{b}-{i}") for b in range(20) for i in range(64)]
             back = cache.get_vectors("fp", keys, 8)
             assert np.array_equal(back[:, 0], np.repeat(np.arange(20) + shift, 64))
+
+
+def test_a_worker_shard_is_indexed_in_place_and_non_finite_rows_are_left_out(tmp_path):
+    path = tmp_path / "cache" / "embeddings.sqlite"
+    digests = [text_digest(str(i)) for i in range(6)]
+    vectors = np.random.default_rng(5).normal(size=(6, 16)).astype(np.float32)
+    vectors[2] = np.nan
+    with EmbeddingCache(path) as cache:
+        folder = cache.shard_dir("fp")
+        write_shard(folder, "s1", digests, vectors, [7] * 6)
+        rows_inode = (folder / "s1.f32").stat().st_ino
+        assert cache.adopt_shard("fp", folder / "s1.json") == 5
+        assert list(folder.iterdir()) == []  # adopted: nothing left to re-read
+        segment = path.with_suffix(".vectors") / "000001.f32"
+        assert segment.stat().st_ino == rows_inode  # renamed, not copied
+        keep = [0, 1, 3, 4, 5]
+        back = cache.get_vectors("fp", [digests[i] for i in keep], 16)
+        assert np.array_equal(back, vectors[keep])
+        assert cache.missing("fp", digests) == [digests[2]]
+        # later shards appended by the driver land after the adopted rows
+        cache.put_vectors("fp", [text_digest("x")], np.ones((1, 16), np.float32))
+        assert np.array_equal(cache.get_vectors("fp", digests[:1], 16), vectors[:1])
+
+
+def test_shards_finished_before_the_driver_died_are_indexed_on_the_next_run(tmp_path):
+    path = tmp_path / "embeddings.sqlite"
+    vectors = np.arange(32, dtype=np.float32).reshape(4, 8)
+    digests = [text_digest(str(i)) for i in range(4)]
+    with EmbeddingCache(path) as cache:
+        folder = cache.shard_dir("fp")
+    write_shard(folder, "a", digests[:2], vectors[:2], [1, 2])
+    write_shard(folder, "b", digests[2:], vectors[2:], [3, 4])
+    (folder / "b.f32").unlink()  # lost to a kill mid-adoption: embedded again, not an error
+    (folder / ".c.f32.tmp").write_bytes(b"\x00" * 7)  # a worker killed mid-write
+    with EmbeddingCache(path) as cache:
+        assert cache.adopt_finished_shards("fp") == 2
+        assert cache.missing("fp", digests) == digests[2:]
+        assert np.array_equal(cache.get_vectors("fp", digests[:2], 8), vectors[:2])
+        assert cache.token_counts("fp", digests[:2]) == dict(zip(digests[:2], [1, 2]))
+        assert sorted(p.name for p in folder.iterdir()) == [".c.f32.tmp"]
