@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -398,7 +399,7 @@ class EmbeddingCache:
                 "INSERT INTO segments (space, rows) VALUES (?, ?)", (space, len(digests))
             )
             assert cursor.lastrowid is not None
-            os.replace(rows_file, self.segment_path(cursor.lastrowid))
+            move_file(rows_file, self.segment_path(cursor.lastrowid))
             self.db.executemany(
                 "INSERT OR REPLACE INTO dense VALUES (?, ?, ?, ?, ?)",
                 [(space, digests[i], cursor.lastrowid, i, info["tokens"][i]) for i in keep],
@@ -487,6 +488,18 @@ def write_shard(
         "finite": np.isfinite(rows).all(axis=1).tolist(),
     }
     write_json_atomic(folder / f"{name}.json", manifest)
+
+
+def move_file(source: Path, target: Path) -> None:
+    """Rename, or copy and delete when the shard folder is on another filesystem (a cluster's
+    shared storage linked into the cache folder: SQLite itself must stay on a local disk)."""
+    try:
+        os.replace(source, target)
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+        shutil.copyfile(source, target)
+        source.unlink()
 
 
 def chunked(items: list, size: int) -> Iterator[list]:
