@@ -167,9 +167,9 @@ def old_layout_cache(path, vectors, digests):
             PRIMARY KEY (fingerprint, digest)) WITHOUT ROWID;
         """
     )
-    db.execute("INSERT INTO models VALUES ('fp', 6, '{}', 0)")
+    db.execute("INSERT INTO models VALUES ('fp', 64, '{}', 0)")
     rows = [("fp", d, v.tobytes(), i) for i, (d, v) in enumerate(zip(digests, vectors))]
-    rows += [("unregistered", d, v.tobytes(), 1) for d, v in zip(digests, vectors)]
+    rows += [("unregistered", d, v.tobytes(), 1) for d, v in zip(digests[:2], vectors)]
     rows.append(("sparse", digests[0], b"\x01\x02\x03", 0))
     db.executemany("INSERT INTO vectors VALUES (?, ?, ?, ?)", rows)
     db.commit()
@@ -179,16 +179,18 @@ def old_layout_cache(path, vectors, digests):
 def test_an_old_cache_is_upgraded_in_place_with_a_message(tmp_path, caplog):
     path = tmp_path / "embeddings.sqlite"
     digests = [text_digest(str(i)) for i in range(5000)]
-    vectors = np.random.default_rng(4).normal(size=(5000, 6)).astype(np.float32)
+    vectors = np.random.default_rng(4).normal(size=(5000, 64)).astype(np.float32)
     old_layout_cache(path, vectors, digests)
+    old_size = path.stat().st_size
     with caplog.at_level("WARNING"), EmbeddingCache(path) as cache:
         assert "old layout" in caplog.text and "5000 vectors moved" in caplog.text
-        assert np.array_equal(cache.get_vectors("fp", digests[::-1], 6), vectors[::-1])
+        assert np.array_equal(cache.get_vectors("fp", digests[::-1], 64), vectors[::-1])
         assert cache.token_counts("fp", digests[:3]) == dict(zip(digests[:3], [0, 1, 2]))
         # a model the old cache never registered is still read, from its rows
-        assert np.array_equal(cache.get_vectors("unregistered", digests[:2], 6), vectors[:2])
+        assert np.array_equal(cache.get_vectors("unregistered", digests[:2], 64), vectors[:2])
         assert cache.get_many("sparse", digests[:1]) == [b"\x01\x02\x03"]
-        assert cache.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 5001
+        assert cache.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 3
+    assert path.stat().st_size < old_size / 2  # the moved rows' pages were given back
     caplog.clear()
     with caplog.at_level("WARNING"), EmbeddingCache(path):
         assert caplog.text == ""  # upgraded once

@@ -138,6 +138,10 @@ class EmbeddingCache:
                 moved += len(rows)
         self.db.execute(f"PRAGMA user_version = {LAYOUT}")
         if moved:
+            try:
+                self.db.execute("VACUUM")  # give the old rows' pages back to the filesystem
+            except sqlite3.OperationalError as error:  # another process has it open: later
+                logger.info("Embedding cache %s not compacted yet: %s", self.path, error)
             logger.warning(
                 "Embedding cache %s: %d vectors moved to segment files", self.path, moved
             )
