@@ -72,9 +72,8 @@ def main() -> None:
     for row in rows.values():
         row["ndcg_share"] = round(row["ndcg@10"] / base["ndcg@10"], 4)
         row["recall_share"] = round(row["recall@100"] / base["recall@100"], 4)
-        row["ram_reduction"] = round(
-            base["vector_ram_bytes_per_point"] / row["vector_ram_bytes_per_point"], 1
-        )
+        ram = row["vector_ram_bytes_per_point"]
+        row["ram_reduction"] = round(base["vector_ram_bytes_per_point"] / ram, 1) if ram else None
     print(json.dumps({"set": counts, "rows": rows}, indent=1))
     print(
         "| storage | nDCG@10 | of float32 | Recall@100 | vector RAM B/pt | less RAM | disk B/pt |"
@@ -83,7 +82,7 @@ def main() -> None:
     for name, r in rows.items():
         print(
             f"| {name} | {r['ndcg@10']:.4f} | {r['ndcg_share']:.1%} | {r['recall@100']:.4f} | "
-            f"{r['vector_ram_bytes_per_point']:.0f} | {r['ram_reduction']}x | "
+            f"{r['vector_ram_bytes_per_point']:.0f} | {r['ram_reduction'] or '-'}x | "
             f"{r['disk_bytes_per_point']:.0f} |"
         )
 

@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from embed_collections.engine.cache import CacheError, EmbeddingCache, text_digest
+from embed_collections.engine.cache import CacheError, EmbeddingCache, text_digest, write_shard
 
 
 def test_round_trip_keeps_order_and_exact_values(tmp_path):
@@ -167,9 +167,9 @@ def old_layout_cache(path, vectors, digests):
             PRIMARY KEY (fingerprint, digest)) WITHOUT ROWID;
         """
     )
-    db.execute("INSERT INTO models VALUES ('fp', 6, '{}', 0)")
+    db.execute("INSERT INTO models VALUES ('fp', 64, '{}', 0)")
     rows = [("fp", d, v.tobytes(), i) for i, (d, v) in enumerate(zip(digests, vectors))]
-    rows += [("unregistered", d, v.tobytes(), 1) for d, v in zip(digests, vectors)]
+    rows += [("unregistered", d, v.tobytes(), 1) for d, v in zip(digests[:2], vectors)]
     rows.append(("sparse", digests[0], b"\x01\x02\x03", 0))
     db.executemany("INSERT INTO vectors VALUES (?, ?, ?, ?)", rows)
     db.commit()
@@ -179,16 +179,18 @@ def old_layout_cache(path, vectors, digests):
 def test_an_old_cache_is_upgraded_in_place_with_a_message(tmp_path, caplog):
     path = tmp_path / "embeddings.sqlite"
     digests = [text_digest(str(i)) for i in range(5000)]
-    vectors = np.random.default_rng(4).normal(size=(5000, 6)).astype(np.float32)
+    vectors = np.random.default_rng(4).normal(size=(5000, 64)).astype(np.float32)
     old_layout_cache(path, vectors, digests)
+    old_size = path.stat().st_size
     with caplog.at_level("WARNING"), EmbeddingCache(path) as cache:
         assert "old layout" in caplog.text and "5000 vectors moved" in caplog.text
-        assert np.array_equal(cache.get_vectors("fp", digests[::-1], 6), vectors[::-1])
+        assert np.array_equal(cache.get_vectors("fp", digests[::-1], 64), vectors[::-1])
         assert cache.token_counts("fp", digests[:3]) == dict(zip(digests[:3], [0, 1, 2]))
         # a model the old cache never registered is still read, from its rows
-        assert np.array_equal(cache.get_vectors("unregistered", digests[:2], 6), vectors[:2])
+        assert np.array_equal(cache.get_vectors("unregistered", digests[:2], 64), vectors[:2])
         assert cache.get_many("sparse", digests[:1]) == [b"\x01\x02\x03"]
-        assert cache.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 5001
+        assert cache.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 3
+    assert path.stat().st_size < old_size / 2  # the moved rows' pages were given back
     caplog.clear()
     with caplog.at_level("WARNING"), EmbeddingCache(path):
         assert caplog.text == ""  # upgraded once
@@ -215,3 +217,43 @@ def test_two_writer_processes_share_one_cache(tmp_path):
             keys = [text_digest(f"{me}-{b}-{i}") for b in range(20) for i in range(64)]
             back = cache.get_vectors("fp", keys, 8)
             assert np.array_equal(back[:, 0], np.repeat(np.arange(20) + shift, 64))
+
+
+def test_a_worker_shard_is_indexed_in_place_and_non_finite_rows_are_left_out(tmp_path):
+    path = tmp_path / "cache" / "embeddings.sqlite"
+    digests = [text_digest(str(i)) for i in range(6)]
+    vectors = np.random.default_rng(5).normal(size=(6, 16)).astype(np.float32)
+    vectors[2] = np.nan
+    with EmbeddingCache(path) as cache:
+        folder = cache.shard_dir("fp")
+        write_shard(folder, "s1", digests, vectors, [7] * 6)
+        rows_inode = (folder / "s1.f32").stat().st_ino
+        assert cache.adopt_shard("fp", folder / "s1.json") == 5
+        assert list(folder.iterdir()) == []  # adopted: nothing left to re-read
+        segment = path.with_suffix(".vectors") / "000001.f32"
+        assert segment.stat().st_ino == rows_inode  # renamed, not copied
+        keep = [0, 1, 3, 4, 5]
+        back = cache.get_vectors("fp", [digests[i] for i in keep], 16)
+        assert np.array_equal(back, vectors[keep])
+        assert cache.missing("fp", digests) == [digests[2]]
+        # later shards appended by the driver land after the adopted rows
+        cache.put_vectors("fp", [text_digest("x")], np.ones((1, 16), np.float32))
+        assert np.array_equal(cache.get_vectors("fp", digests[:1], 16), vectors[:1])
+
+
+def test_shards_finished_before_the_driver_died_are_indexed_on_the_next_run(tmp_path):
+    path = tmp_path / "embeddings.sqlite"
+    vectors = np.arange(32, dtype=np.float32).reshape(4, 8)
+    digests = [text_digest(str(i)) for i in range(4)]
+    with EmbeddingCache(path) as cache:
+        folder = cache.shard_dir("fp")
+    write_shard(folder, "a", digests[:2], vectors[:2], [1, 2])
+    write_shard(folder, "b", digests[2:], vectors[2:], [3, 4])
+    (folder / "b.f32").unlink()  # lost to a kill mid-adoption: embedded again, not an error
+    (folder / ".c.f32.tmp").write_bytes(b"\x00" * 7)  # a worker killed mid-write
+    with EmbeddingCache(path) as cache:
+        assert cache.adopt_finished_shards("fp") == 2
+        assert cache.missing("fp", digests) == digests[2:]
+        assert np.array_equal(cache.get_vectors("fp", digests[:2], 8), vectors[:2])
+        assert cache.token_counts("fp", digests[:2]) == dict(zip(digests[:2], [1, 2]))
+        assert sorted(p.name for p in folder.iterdir()) == [".c.f32.tmp"]

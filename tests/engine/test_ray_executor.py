@@ -96,6 +96,9 @@ def test_ray_run_matches_local_and_survives_a_killed_actor(
     texts = sorted({t for texts in CORPUS.values() for t in texts}, key=text_digest)
     assert cosine(ours, encode(model, texts, "passage")).min() >= 0.9999
     assert cosine(ours, encode(model, texts, None)).max() < 0.999
+    # every shard the actors wrote was indexed in place by the driver: no file is left over
+    with EmbeddingCache(config.embedding_cache_path) as cache:
+        assert list(cache.shard_dir(telemetry["fingerprint"]).iterdir()) == []
     events = summary.extra["lease_events"]
     kinds = [(e["event_type"], e["device"].split("@")[0]) for e in events]
     assert kinds == [
@@ -189,3 +192,29 @@ def test_shards_hold_similar_lengths_and_every_text_once():
     assert sorted(i for shard in shards for i in shard) == list(range(len(texts)))
     assert len(shards) == 3  # ceil(9 / (1 actor x 4 shards per actor)) = 3 texts per shard
     assert [len(texts[i]) for i in shards[0]] == sorted((len(t) for t in texts), reverse=True)[:3]
+
+
+def test_the_driver_receives_names_not_vectors(ray_session, tiny_models, tmp_path):
+    import pickle
+
+    from embed_collections.engine.models import resolve_ensemble
+    from embed_collections.engine.ray_executor import ShardEmbedder
+
+    (spec,) = resolve_ensemble([str(tiny_models["tiny48"])], None, None, False, None, None)
+    actor = ray_session.remote(ShardEmbedder).remote(
+        0, spec, "torch", "float32", "cpu", 32, 4096, {}
+    )
+    texts = [f"shard text number {i} about a topic" for i in range(200)]
+    digests = [text_digest(t) for t in texts]
+    folder = tmp_path / "shards"
+    result = ray_session.get(actor.embed.remote(0, texts, digests, str(folder)))
+    ray_session.kill(actor)
+    shard, name, finite, counts, _ = result
+    received = len(pickle.dumps(result))
+    vector_bytes = (folder / f"{name}.f32").stat().st_size
+    assert vector_bytes == 200 * 48 * 4 and all(finite) and len(counts) == 200
+    # what came back before (the same plus every vector) vs now: under 5%, at only 48 dimensions
+    assert received / (received + vector_bytes) < 0.05
+    with EmbeddingCache(tmp_path / "embeddings.sqlite") as cache:
+        assert cache.adopt_shard("fp", folder / f"{name}.json") == 200
+        assert cache.missing("fp", digests) == []

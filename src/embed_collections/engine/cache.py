@@ -20,6 +20,8 @@ import errno
 import hashlib
 import json
 import logging
+import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from embed_collections.atomic import write_json_atomic
 from embed_collections.errors import DiskFullError, EmbedCollectionsError
 
 logger = logging.getLogger(__name__)
@@ -135,6 +138,10 @@ class EmbeddingCache:
                 moved += len(rows)
         self.db.execute(f"PRAGMA user_version = {LAYOUT}")
         if moved:
+            try:
+                self.db.execute("VACUUM")  # give the old rows' pages back to the filesystem
+            except sqlite3.OperationalError as error:  # another process has it open: later
+                logger.info("Embedding cache %s not compacted yet: %s", self.path, error)
             logger.warning(
                 "Embedding cache %s: %d vectors moved to segment files", self.path, moved
             )
@@ -336,28 +343,14 @@ class EmbeddingCache:
             # IMMEDIATE takes the write lock first, so concurrent writers (worker processes)
             # never write to the same place of a segment
             self.db.execute("BEGIN IMMEDIATE")
-            space = self.space(fingerprint)
-            if space is None:
-                self.db.execute(
-                    "INSERT INTO spaces (fingerprint, dim) VALUES (?, ?)", (fingerprint, dim)
-                )
-                space = self.space(fingerprint)
-            assert space is not None
-            if space[1] != dim:
-                raise CacheError(
-                    f"Embedding cache {self.path}: model {fingerprint[:12]} has {space[1]}-d "
-                    f"vectors, not {dim}; delete {self.path.parent} or pass another --cache-dir"
-                )
-            segment, used = self.open_segment(space[0], dim)
+            space = self.space_for(fingerprint, dim)
+            segment, used = self.open_segment(space, dim)
             with open(self.segment_path(segment), "r+b" if used else "wb") as file:
                 file.seek(used * dim * 4)
                 file.write(rows.data)
             self.db.executemany(
                 "INSERT OR REPLACE INTO dense VALUES (?, ?, ?, ?, ?)",
-                [
-                    (space[0], d, segment, used + i, t)
-                    for i, (d, t) in enumerate(zip(digests, tokens))
-                ],
+                [(space, d, segment, used + i, t) for i, (d, t) in enumerate(zip(digests, tokens))],
             )
             self.db.execute(
                 "UPDATE segments SET rows = ? WHERE id = ?", (used + len(digests), segment)
@@ -368,6 +361,65 @@ class EmbeddingCache:
                     [(fingerprint, d) for d in digests],
                 )
             self.db.execute("COMMIT")
+
+    def space_for(self, fingerprint: str, dim: int) -> int:
+        """The id of the model's dense vectors, created on first use (inside a transaction)."""
+        space = self.space(fingerprint)
+        if space is None:
+            self.db.execute(
+                "INSERT INTO spaces (fingerprint, dim) VALUES (?, ?)", (fingerprint, dim)
+            )
+            space = self.space(fingerprint)
+        assert space is not None
+        if space[1] != dim:
+            raise CacheError(
+                f"Embedding cache {self.path}: model {fingerprint[:12]} has {space[1]}-d "
+                f"vectors, not {dim}; delete {self.path.parent} or pass another --cache-dir"
+            )
+        return space[0]
+
+    def shard_dir(self, fingerprint: str) -> Path:
+        """Where embedding workers leave finished shards of this model for `adopt_shard`."""
+        return self.path.with_suffix(".shards") / fingerprint[:16]
+
+    def adopt_shard(self, fingerprint: str, manifest: Path) -> int:
+        """Index a shard a worker wrote (`write_shard`) in place: its rows file becomes a
+        segment, no vector is copied. Returns the vectors indexed (0 for a shard whose rows file
+        is gone: it was adopted, or lost to a kill mid-adoption and is embedded again)."""
+        try:
+            info = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise CacheError(damaged(self.path, f"shard {manifest.name}: {error}")) from error
+        rows_file = manifest.with_suffix(".f32")
+        if not rows_file.exists():
+            manifest.unlink(missing_ok=True)
+            return 0
+        dim, digests = int(info["dim"]), [bytes.fromhex(d) for d in info["digests"]]
+        keep = [i for i, ok in enumerate(info["finite"]) if ok]
+        with self.writing():
+            self.db.execute("BEGIN IMMEDIATE")
+            space = self.space_for(fingerprint, dim)
+            cursor = self.db.execute(
+                "INSERT INTO segments (space, rows) VALUES (?, ?)", (space, len(digests))
+            )
+            assert cursor.lastrowid is not None
+            move_file(rows_file, self.segment_path(cursor.lastrowid))
+            self.db.executemany(
+                "INSERT OR REPLACE INTO dense VALUES (?, ?, ?, ?, ?)",
+                [(space, digests[i], cursor.lastrowid, i, info["tokens"][i]) for i in keep],
+            )
+            self.db.execute("COMMIT")
+        manifest.unlink(missing_ok=True)
+        return len(keep)
+
+    def adopt_finished_shards(self, fingerprint: str) -> int:
+        """Index every shard workers finished for this model (also those of a killed run)."""
+        folder = self.shard_dir(fingerprint)
+        manifests = sorted(folder.glob("*.json")) if folder.is_dir() else []
+        adopted = sum(self.adopt_shard(fingerprint, m) for m in manifests)
+        if adopted:
+            logger.info("Embedding cache: %d vectors of finished shard files indexed", adopted)
+        return adopted
 
     def open_segment(self, space: int, dim: int) -> tuple[int, int]:
         """(segment id, rows used) of the segment to append to; a new one once it is full."""
@@ -420,6 +472,38 @@ class EmbeddingCache:
     def token_counts(self, fingerprint: str, digests: list[bytes]) -> dict[bytes, int]:
         """Token counts recorded when the texts were embedded (for truncation statistics)."""
         return self.lookup(fingerprint, digests, "tokens")
+
+
+def write_shard(
+    folder: Path, name: str, digests: list[bytes], vectors: np.ndarray, tokens: list[int]
+) -> None:
+    """Leave a finished shard for `EmbeddingCache.adopt_shard`: raw float32 rows in
+    `<name>.f32`, then `<name>.json` (digests, token counts, which rows are finite). Each file
+    appears whole (written aside, then renamed), the manifest last, so a shard exists only once
+    complete. Used by workers on other processes or machines (shared storage)."""
+    rows = np.ascontiguousarray(vectors, dtype=np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows.tofile(folder / f".{name}.f32.tmp")
+    os.replace(folder / f".{name}.f32.tmp", folder / f"{name}.f32")
+    manifest = {
+        "dim": rows.shape[1],
+        "digests": [d.hex() for d in digests],
+        "tokens": [int(t) for t in tokens],
+        "finite": np.isfinite(rows).all(axis=1).tolist(),
+    }
+    write_json_atomic(folder / f"{name}.json", manifest)
+
+
+def move_file(source: Path, target: Path) -> None:
+    """Rename, or copy and delete when the shard folder is on another filesystem (a cluster's
+    shared storage linked into the cache folder: SQLite itself must stay on a local disk)."""
+    try:
+        os.replace(source, target)
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+        shutil.copyfile(source, target)
+        source.unlink()
 
 
 def chunked(items: list, size: int) -> Iterator[list]:

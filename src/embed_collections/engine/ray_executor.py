@@ -3,13 +3,16 @@
 Same contract as `embedding.embed_pending`; the pipeline picks it with `--executor ray`. The driver
 keeps the run's logic (dedup, cache, model-major order, combine, store); per model it cuts the
 pending unique texts into shards, and a pool of actors (one per GPU with `num_gpus=1`, or one per
-node on CPU) loads the model once each and embeds the shards. Vectors come back as shards finish
-and the driver, the cache's only writer, stores them at once: a killed driver resumes from the
-cache, and a killed actor is restarted by Ray, which re-runs its shard (`max_restarts`,
-`max_task_retries`), so no scheduler of ours is involved.
+node on CPU) loads the model once each and embeds the shards. Each actor writes a finished shard
+as files under the cache folder (`cache.write_shard`: raw float32 rows plus a manifest; shared
+storage on a multi-node cluster) and returns only its name, token counts and which rows are
+finite; the driver indexes the rows file in place as a cache segment (`adopt_shard`), so vectors
+never travel through Ray's object store. A killed driver indexes the finished shard files on its
+next run instead of embedding them again, and a killed actor is restarted by Ray, which re-runs
+its shard (`max_restarts`, `max_task_retries`), so no scheduler of ours is involved.
 
 Ray Core (`ActorPool.map_unordered`) rather than Ray Data: the pending texts are already in the
-driver's memory and every vector must come back to the driver's cache, so a Dataset would add an
+driver's memory and every shard must be indexed by the driver's cache, so a Dataset would add an
 execution engine (streaming executor, object spilling, `map_batches` ~25% slower than a plain
 loop, ray #44905) around the same actor class, and would hide which actor embedded which shard,
 which the summary reports. The pool is about a hundred lines.
@@ -28,6 +31,7 @@ import os
 import signal
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -43,7 +47,7 @@ from embed_collections.engine.batches import (
     run_batches,
     start_telemetry,
 )
-from embed_collections.engine.cache import EmbeddingCache
+from embed_collections.engine.cache import EmbeddingCache, write_shard
 from embed_collections.engine.lease import LeaseEvent
 from embed_collections.engine.models import ModelSpec
 from embed_collections.engine.options import EngineOptions, default_batch_tokens
@@ -292,10 +296,14 @@ class ShardEmbedder:
             "max_seq_length": self.backend.max_seq_length,
         }
 
-    def embed(self, shard: int, texts: list[str]) -> tuple[int, np.ndarray, list[int], dict]:
-        """Vectors (in input order; NaN rows: non-finite even in float32), untruncated token
-        counts and this shard's statistics. The shared batch loop does the batching by token
-        budget, the out-of-memory back-off and the float32 re-run (`batches.run_batches`)."""
+    def embed(
+        self, shard: int, texts: list[str], digests: list[bytes], folder: str
+    ) -> tuple[int, str, list[bool], list[int], dict]:
+        """Embed a shard and leave it in `folder` as a shard file (`cache.write_shard`); return
+        only its name, which rows are finite (NaN rows: non-finite even in float32), untruncated
+        token counts and statistics, so vectors never travel through Ray to the driver. The
+        shared batch loop does the batching by token budget, the out-of-memory back-off and the
+        float32 re-run (`batches.run_batches`)."""
         started = time.perf_counter()
         counts = self.backend.token_counts(texts)
         order = sorted(range(len(texts)), key=lambda i: -counts[i])
@@ -323,7 +331,10 @@ class ShardEmbedder:
             "oom_retries": stats.oom_retries,
         }
         summary.update(self.describe(), seconds=time.perf_counter() - started)
-        return shard, vectors, counts, summary
+        name = f"{uuid.uuid4().hex}"
+        write_shard(Path(folder), name, digests, vectors, counts)
+        finite: list[bool] = np.isfinite(vectors).all(axis=1).tolist()  # type: ignore[assignment]
+        return shard, name, finite, counts, summary
 
 
 def kill_once_after_first_batch() -> None:
@@ -361,6 +372,7 @@ def embed_pending(
         connect(None)
     telemetry = start_telemetry(spec, fingerprint, cache, options, f"ray:{options.device}")
     backend = telemetry.backend
+    cache.adopt_finished_shards(fingerprint)  # a killed run's finished shards are not redone
     missing = cache.missing(fingerprint, texts)
     telemetry.cache_hits = len(texts) - len(missing)
     telemetry.cache_misses = len(missing)
@@ -505,15 +517,21 @@ def run_pool(
     workers: dict[int, dict] = {}
     for info in described:
         record_worker(workers, info)
+    folder = cache.shard_dir(fingerprint)
     pool = ActorPool(actors)
     results = pool.map_unordered(
-        lambda actor, shard: actor.embed.remote(shard, [inputs[i] for i in shards[shard]]),
+        lambda actor, shard: actor.embed.remote(
+            shard,
+            [inputs[i] for i in shards[shard]],
+            [missing[i] for i in shards[shard]],
+            str(folder),
+        ),
         list(range(len(shards))),
     )
     with progress_bar(spec, len(inputs), options) as bar:
         while True:
             try:
-                shard, vectors, counts, stats = next(results)
+                shard, name, finite, counts, stats = next(results)
             except StopIteration:
                 break
             except ray.exceptions.RayError as error:
@@ -522,17 +540,10 @@ def run_pool(
                     f"restarts: {ray_error(error)} (finished shards are cached; re-run to resume)"
                 ) from error
             rows = shards[shard]
-            finite = np.isfinite(vectors).all(axis=1)
             report_non_finite(telemetry, [inputs[r] for r, ok in zip(rows, finite) if not ok])
-            kept = [k for k, ok in enumerate(finite) if ok]
-            cache.put_vectors(
-                fingerprint,
-                [missing[rows[k]] for k in kept],
-                vectors[finite],
-                [counts[k] for k in kept],
-            )
+            kept = cache.adopt_shard(fingerprint, folder / f"{name}.json")
             used = [min(c, limit) for c in counts]
-            telemetry.chunks_embedded += len(kept)
+            telemetry.chunks_embedded += kept
             telemetry.tokens_embedded += sum(used)
             telemetry.padded_tokens += stats["padded_tokens"]
             telemetry.truncated_chunks += sum(1 for c in counts if c > limit)

@@ -312,7 +312,8 @@ def evaluate_beir(
 def measure_storage(report: EvalReport, record: RunRecord) -> None:
     """The collection's storage options, the RAM its dense vectors need per point (computed from
     the options: the quantized copy, plus the originals unless on disk) and the disk it takes
-    per point (measured: the embedded store's shard folder; None on a server)."""
+    per point (measured: blocks allocated to the embedded store's segments, vectors, index and
+    payloads; the write-ahead log's fixed 64 MB aside; None on a server)."""
     if record.layout is None:
         return
     storage = record.layout.storage
@@ -321,8 +322,8 @@ def measure_storage(report: EvalReport, record: RunRecord) -> None:
         storage.ram_bytes(dim) for dim in record.layout.dense.values()
     )
     if record.store.path and report.corpus_size:
-        shard = Path(record.store.path) / report.collection
-        size = sum(p.stat().st_size for p in shard.rglob("*") if p.is_file())
+        segments = Path(record.store.path) / report.collection / "segments"
+        size = sum(p.stat().st_blocks * 512 for p in segments.rglob("*") if p.is_file())
         report.disk_bytes_per_point = round(size / report.corpus_size, 1)
 
 

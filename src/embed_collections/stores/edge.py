@@ -24,6 +24,7 @@ from qdrant_edge import (
     CountRequest,
     Distance,
     EdgeConfig,
+    EdgeOptimizersConfig,
     EdgeShard,
     EdgeSparseVectorParams,
     EdgeVectorParams,
@@ -118,7 +119,14 @@ def _search_params(storage: StorageOptions) -> SearchParams | None:
 
 
 def _edge_config(layout: VectorLayout) -> EdgeConfig:
+    # Quantized copies, float16 and on-disk originals exist only in optimized segments, which
+    # Qdrant builds once a segment passes its indexing threshold (~10 MB of vectors): below it,
+    # `optimize()` would leave every vector float32 in RAM. A 1 KB threshold makes `finish`
+    # build them (and the HNSW index) for collections of any size when storage options are set.
+    storage = layout.storage
+    optimizers = None if storage == StorageOptions() else EdgeOptimizersConfig(indexing_threshold=1)
     return EdgeConfig(
+        optimizers=optimizers,
         vectors={name: _vector_params(size, layout.storage) for name, size in layout.dense.items()},
         sparse_vectors={
             name: EdgeSparseVectorParams(modifier=Modifier.Idf) for name in layout.sparse
