@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -64,15 +63,8 @@ def embed_cpu1_first(spec, path: Path, opts, texts=TEXTS):
 
 def cached_count(path: Path, fingerprint: str) -> int:
     """Vectors of `fingerprint` in the cache, read beside the run that writes them."""
-    try:
-        db = sqlite3.connect(path)
-        try:
-            query = "SELECT COUNT(*) FROM vectors WHERE fingerprint = ?"
-            return db.execute(query, (fingerprint,)).fetchone()[0]
-        finally:
-            db.close()
-    except sqlite3.OperationalError:  # not created yet
-        return 0
+    with EmbeddingCache(path) as cache:
+        return cache.count(fingerprint)
 
 
 def vectors(cache, fingerprint, dim=32):

@@ -228,6 +228,15 @@ class EmbeddingCache:
             )
         return found
 
+    def count(self, fingerprint: str) -> int:
+        """How many texts have a vector of this model (dense segments and rows together)."""
+        rows = "SELECT COUNT(*) FROM vectors WHERE fingerprint = ?"
+        dense = (
+            "SELECT COUNT(*) FROM dense JOIN spaces ON dense.space = spaces.id "
+            "WHERE fingerprint = ?"
+        )
+        return sum(self.db.execute(sql, (fingerprint,)).fetchone()[0] for sql in (rows, dense))
+
     def has_rows(self, fingerprint: str) -> bool:
         """Whether a dense model also has vectors kept as SQLite rows (an old cache's), asked
         once: dense vectors never become rows, so a model without any never looks there."""
