@@ -105,21 +105,22 @@ def test_sparse_language_stems_and_stops_in_that_language(named_run):
 
 
 def search(out: Path, *extra) -> list[dict]:
+    """The hits of `search --json`; `fused_score` is the store's score behind each ranking."""
     result = invoke(
         ["search", "notes", "Katzen auf den Straßen", "--output-dir", out, "--json", *extra]
     )
     assert result.code == 0, result.err
-    return json.loads(result.out)
+    return json.loads(result.out)["hits"]
 
 
 def test_search_rrf_k_and_dbsf_fusion_from_the_command_line(named_run):
     lists = 3  # two named dense vectors and bm25, fused
     default = search(named_run, "--mode", "hybrid")
-    assert max(h["score"] for h in default) <= lists / 60 + 1e-6  # score = sum 1/(k + rank)
+    assert max(h["fused_score"] for h in default) <= lists / 60 + 1e-6  # sum 1/(k + rank)
     sharp = search(named_run, "--mode", "hybrid", "--rrf-k", "1")
-    assert max(h["score"] for h in sharp) > lists / 60
+    assert max(h["fused_score"] for h in sharp) > lists / 60
     dbsf = search(named_run, "--mode", "hybrid", "--fusion", "dbsf")
-    assert max(h["score"] for h in dbsf) > 0.5  # normalised scores summed, not reciprocal ranks
+    assert max(h["fused_score"] for h in dbsf) > 0.5  # normalised scores summed, not reciprocal ranks
     assert {h["text"] for h in dbsf} == set(GERMAN)
 
 
@@ -131,7 +132,7 @@ def test_search_weights_from_the_command_line_fuse_the_named_cosines(named_run, 
         hits = search(named_run, "--mode", "dense", "--weights", weights)
         expected = full_vectors(tiny_models[model], query)[:, :16]
         for hit in hits:
-            assert hit["score"] == pytest.approx(
+            assert hit["fused_score"] == pytest.approx(
                 float(cosine(expected[0], points[hit["text"]][names[model]])), abs=1e-4
             )
 

@@ -387,7 +387,7 @@ def test_named_combine_stores_one_vector_per_model(corpus, tiny_models, tmp_path
     wanted = CORPUS["beta"]["docs/v2/beta/beta_guide_chunks.json"][5]
     found = invoke(["search", "beta", wanted, "--output-dir", out, "--json", "--top-k", "2"])
     assert found.code == 0, found.err
-    assert json.loads(found.out)[0]["chunk_id"] == "beta_guide_chunks-0005"
+    assert json.loads(found.out)["hits"][0]["chunk_id"] == "beta_guide_chunks-0005"
 
 
 def test_rerun_with_another_layout_fails_before_embedding(first_run, corpus, tiny_models, tmp_path):
@@ -407,7 +407,7 @@ def test_search_finds_the_exact_chunk_first(first_run):
         ["search", "beta", wanted, "--output-dir", first_run["out"], "--json", "--top-k", "3"]
     )
     assert result.code == 0, result.err
-    hits = json.loads(result.out)
+    hits = json.loads(result.out)["hits"]
     assert len(hits) == 3
     assert hits[0]["text"] == wanted
     assert hits[0]["chunk_id"] == "beta_guide_chunks-0003"
