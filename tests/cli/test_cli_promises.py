@@ -120,7 +120,9 @@ def test_search_rrf_k_and_dbsf_fusion_from_the_command_line(named_run):
     sharp = search(named_run, "--mode", "hybrid", "--rrf-k", "1")
     assert max(h["fused_score"] for h in sharp) > lists / 60
     dbsf = search(named_run, "--mode", "hybrid", "--fusion", "dbsf")
-    assert max(h["fused_score"] for h in dbsf) > 0.5  # normalised scores summed, not reciprocal ranks
+    assert (
+        max(h["fused_score"] for h in dbsf) > 0.5
+    )  # normalised scores summed, not reciprocal ranks
     assert {h["text"] for h in dbsf} == set(GERMAN)
 
 

@@ -52,8 +52,8 @@ def embed_cpu1_first(spec, path: Path, opts, texts=TEXTS):
         worker = threading.Thread(target=work)
         worker.start()
         deadline = time.monotonic() + 120
-        while cached_count(path, fingerprint) == 0:
-            assert time.monotonic() < deadline and worker.is_alive(), outcome.get("error")
+        while worker.is_alive() and cached_count(path, fingerprint) == 0:
+            assert time.monotonic() < deadline, "cpu:1 cached nothing in 120 s"
             time.sleep(0.05)
     worker.join(timeout=300)
     if "error" in outcome:

@@ -76,6 +76,20 @@ CREATE TABLE IF NOT EXISTS dense (
 """
 
 
+def enable_wal(db: sqlite3.Connection, seconds: float = 60.0) -> None:
+    """Switch to WAL; SQLite answers "locked" at once, without waiting for its busy timeout,
+    while another process creates the same new database, so this waits here instead."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class EmbeddingCache:
     """Vectors keyed by model fingerprint and text digest, written as batches complete."""
 
@@ -92,7 +106,7 @@ class EmbeddingCache:
             ) from error
         try:
             self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            enable_wal(self.db)
             # NORMAL in WAL mode: a killed process loses nothing committed (only power loss can).
             self.db.execute("PRAGMA synchronous=NORMAL")
             layout = self.db.execute("PRAGMA user_version").fetchone()[0]
