@@ -3,7 +3,7 @@ chunks of that section (with their heading lines removed) are the relevant docum
 
 Used to measure ensemble weights (README, "Choosing ensemble weights"):
 
-    python bench/heading_retrieval.py --chunked-dir ../shared/corpus/Chunked \\
+    python bench/heading_retrieval.py --chunked-dir $BENCH_CORPUS \\
         --out bench/results/headings --max-chunks 2000
 
 Only headings that name one section are kept: a heading text found in more than one source file

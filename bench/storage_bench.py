@@ -7,7 +7,7 @@ nDCG@10 and Recall@100 on the test split (with their share of float32's), vector
 (computed from the options: quantized copy, plus originals unless on disk), disk per point
 (measured: the collection's shard folder) and search time. Rescoring uses `--oversampling` (3).
 
-    python bench/storage_bench.py [--chunked-dir ../shared/corpus/Chunked] [--max-chunks 5000]
+    python bench/storage_bench.py [--chunked-dir $BENCH_CORPUS] [--max-chunks 5000]
 """
 
 from __future__ import annotations
