@@ -232,20 +232,25 @@ class Collections:
         per_model = [row[None, :] for row in vectors] if vectors else encoder.per_model([query])
         combined = encoder.combined(per_model, [spec.weight for spec in encoder.specs])
         dense = {name: array[0] for name, array in combined.items()}
+        # A plain dense search's score is already the cosine: no vectors to fetch and compare.
+        fetch = mode != "dense" or len(dense) > 1
         hits: list[SearchHit] = []
         for name in names:
             if uses_weighted_fusion(encoder, mode):
                 found = weighted_named_search(
-                    self.store, name, encoder, [query], top_k, where=match, with_vector=True,
+                    self.store, name, encoder, [query], top_k, where=match, with_vector=fetch,
                     dense=combined,
                 )[0]  # fmt: skip
             else:
                 request = build_queries(
-                    encoder, [query], mode, top_k, fusion, rrf_k, where=match, with_vector=True,
+                    encoder, [query], mode, top_k, fusion, rrf_k, where=match, with_vector=fetch,
                     dense=combined,
                 )  # fmt: skip
                 found = self.store.search(name, request)[0]
-            scored = [(hit, dense_cosine(encoder, dense, hit.vectors)) for hit in found]
+            scored = [
+                (hit, dense_cosine(encoder, dense, hit.vectors) if fetch else hit.score)
+                for hit in found
+            ]
             # Equal fused scores (common with RRF) are ordered by the cosine, so the ranking
             # does not depend on the engine's tie order, which changes with the limit.
             scored.sort(key=lambda pair: (-pair[0].score, -(pair[1] or 0.0)))
