@@ -229,6 +229,24 @@ def test_fifty_concurrent_requests_are_all_answered_correctly_in_batches(served)
     assert served.service.batches - batches_before < 50  # some requests shared a model call
 
 
+@pytest.mark.slow  # 1,000 requests
+def test_a_thousand_mixed_requests_get_no_5xx_and_the_server_keeps_serving(served):
+    good = [{"query": q, "mode": m} for q in QUERIES for m in ("dense", "sparse", "hybrid")]
+    mixed = [BAD_REQUESTS[i % len(BAD_REQUESTS)][0] if i % 3 == 0 else good[i % len(good)]
+             for i in range(1000)]  # fmt: skip
+
+    async def send_all() -> list[int]:
+        limits = httpx.Limits(max_connections=32)
+        async with httpx.AsyncClient(base_url=served.url, timeout=300, limits=limits) as client:
+            answers = await asyncio.gather(*(client.post("/search", json=b) for b in mixed))
+        return [answer.status_code for answer in answers]
+
+    statuses = asyncio.run(send_all())
+    assert not [s for s in statuses if s >= 500]
+    assert statuses.count(200) == sum(1 for i in range(1000) if i % 3)
+    assert served.client.get("/healthz").json()["status"] == "ok"
+
+
 def test_mcp_over_streamable_http_lists_and_searches(served):
     from mcp import ClientSession
     from mcp.client.streamable_http import streamable_http_client
