@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
 import threading
 from dataclasses import dataclass
@@ -303,6 +305,27 @@ def test_cli_and_mcp_stdio_give_the_same_top10_as_the_api(served, tmp_path):
     assert names == ["Garden", "Kitchen", "Notes"]
     hits = found.structured_content["hits"]
     assert [(h["collection"], h["chunk_id"]) for h in hits] == expected
+
+
+@pytest.mark.slow  # a child that loads torch
+def test_serve_command_picks_a_free_port_and_prints_it(served, tmp_path):
+    taken = served.url.rsplit(":", 1)[1]
+    busy = run_cli(["serve", "--output-dir", served.out, "--port", taken], tmp_path)
+    assert busy.code == 2 and f"Cannot listen on 127.0.0.1:{taken}" in busy.err, busy.err
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from embed_collections.cli.main import main; main()"]
+        + ["serve", "--output-dir", str(served.out), "--port", "0", "-q"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = child.stdout.readline() if child.stdout else ""
+        assert line.startswith("Serving 3 collections of ") and "http://127.0.0.1:" in line
+        url = line.split(" on ", 1)[1].split()[0]
+        assert httpx.get(url + "/healthz", timeout=60).json()["collections"] == 3
+    finally:
+        child.send_signal(signal.SIGINT)  # Ctrl-C
+        assert child.wait(timeout=60) == 0
 
 
 @pytest.mark.slow  # two runs

@@ -137,6 +137,8 @@ def serve(
         uvicorn_server(create_app(service, mcp), "info" if verbose else "warning").run(
             sockets=[sock]
         )
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn stopped cleanly, then re-raised the signal
+        log.info("Stopped.")
     finally:
         service.close()
         if sock is not None:
