@@ -111,7 +111,7 @@ class Server:
         self.process.wait(timeout=60)
 
 
-async def load(url: str, mode: str, clients: int, per_client: int) -> dict:
+async def load(url: str, mode: str, clients: int, per_client: int, target: str = "all") -> dict:
     """`clients` concurrent clients, each sending `per_client` queries back to back."""
     import httpx
 
@@ -121,7 +121,8 @@ async def load(url: str, mode: str, clients: int, per_client: int) -> dict:
     async def client(index: int, http: httpx.AsyncClient) -> None:
         nonlocal errors
         for i in range(per_client):
-            body = {"query": QUERIES[(index * 7 + i) % len(QUERIES)], "mode": mode}
+            query = QUERIES[(index * 7 + i) % len(QUERIES)]
+            body = {"query": query, "mode": mode, "collections": target}
             started = time.perf_counter()
             answer = await http.post(url + "/search", json=body)
             latencies.append(time.perf_counter() - started)
@@ -221,12 +222,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--per-client", type=int, default=0, help="queries per client [auto]")
+    parser.add_argument(
+        "--target", default="all", help='collections each request searches ["all"], e.g. Docling'
+    )
+    parser.add_argument("--only", help="one store label: minilm or minilm+static")
+    parser.add_argument("--no-baselines", action="store_true")
     args = parser.parse_args()
     os.environ.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     names = None if args.whole else slice_collections(args.corpus, args.quick)
     root = WORK / "serve" / ("whole" if args.whole else "quick" if args.quick else "slice")
     root.mkdir(parents=True, exist_ok=True)
     outs = build_stores(args.corpus, names, root)
+    if args.only:
+        outs = {args.only: outs[args.only]}
     repeats = 1 if args.quick else args.repeats
     rounds: dict[str, list[dict]] = {}
     for repeat in range(repeats):
@@ -238,7 +246,9 @@ def main() -> None:
                         per_client = args.per_client or (
                             4 if args.quick else max(4, 240 // clients if clients > 1 else 60)
                         )
-                        result = asyncio.run(load(server.url, mode, clients, per_client))
+                        result = asyncio.run(
+                            load(server.url, mode, clients, per_client, args.target)
+                        )
                         key = f"{label}|{mode}|{clients}"
                         rounds.setdefault(key, []).append(result)
                         print(key, json.dumps(result), file=sys.stderr)
@@ -253,12 +263,15 @@ def main() -> None:
         for key, results in rounds.items()
     }
     count = 3 if args.quick else 8
-    baselines = {
-        "api-per-call|dense": plain_api(outs["minilm"], "dense", count),
-        "api-per-call|hybrid": plain_api(outs["minilm"], "hybrid", count),
-        "cli-process|dense": plain_cli(outs["minilm"], "dense", min(count, 4)),
-        "fastembed-style|dense": fastembed_style(outs["minilm"], count * 4),
-    }
+    baselines = {}
+    if not args.no_baselines:
+        minilm = root / "run-minilm"
+        baselines = {
+            "api-per-call|dense": plain_api(minilm, "dense", count),
+            "api-per-call|hybrid": plain_api(minilm, "hybrid", count),
+            "cli-process|dense": plain_cli(minilm, "dense", min(count, 4)),
+            "fastembed-style|dense": fastembed_style(minilm, count * 4),
+        }
     for key, value in baselines.items():
         print(key, json.dumps(value), file=sys.stderr)
     report = {
@@ -266,11 +279,12 @@ def main() -> None:
         "machine": machine(),
         "load_average": os.getloadavg(),
         "collections": len(names) if names else "all",
+        "target": args.target,
         "repeats": repeats,
         "served": served,
         "baselines": baselines,
     }
-    path = root / "serve_bench.json"
+    path = root / f"serve_bench-{args.target}.json"
     path.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 
