@@ -15,8 +15,10 @@ from embed_collections.stores.server import ServerStore
 LAYOUT = VectorLayout(dense={"a": 8, "b": 4}, sparse=("bm25",))
 
 
-@pytest.fixture(params=["edge", "local"])
-def store(request, tmp_path):
+@pytest.fixture(scope="module", params=["edge", "local"])
+def store(request, tmp_path_factory):
+    """One filled collection per store, shared by the module's searches (they only read)."""
+    tmp_path = tmp_path_factory.mktemp(request.param)
     made = EdgeStore(tmp_path / "edge") if request.param == "edge" else None
     made = made if made is not None else ServerStore(path=tmp_path / "local")
     rng = np.random.default_rng(0)
