@@ -257,4 +257,3 @@ def test_shards_finished_before_the_driver_died_are_indexed_on_the_next_run(tmp_
         assert np.array_equal(cache.get_vectors("fp", digests[:2], 8), vectors[:2])
         assert cache.token_counts("fp", digests[:2]) == dict(zip(digests[:2], [1, 2]))
         assert sorted(p.name for p in folder.iterdir()) == [".c.f32.tmp"]
-

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
 import threading
 from dataclasses import dataclass
@@ -229,6 +231,24 @@ def test_fifty_concurrent_requests_are_all_answered_correctly_in_batches(served)
     assert served.service.batches - batches_before < 50  # some requests shared a model call
 
 
+@pytest.mark.slow  # 1,000 requests
+def test_a_thousand_mixed_requests_get_no_5xx_and_the_server_keeps_serving(served):
+    good = [{"query": q, "mode": m} for q in QUERIES for m in ("dense", "sparse", "hybrid")]
+    mixed = [BAD_REQUESTS[i % len(BAD_REQUESTS)][0] if i % 3 == 0 else good[i % len(good)]
+             for i in range(1000)]  # fmt: skip
+
+    async def send_all() -> list[int]:
+        limits = httpx.Limits(max_connections=32)
+        async with httpx.AsyncClient(base_url=served.url, timeout=300, limits=limits) as client:
+            answers = await asyncio.gather(*(client.post("/search", json=b) for b in mixed))
+        return [answer.status_code for answer in answers]
+
+    statuses = asyncio.run(send_all())
+    assert not [s for s in statuses if s >= 500]
+    assert statuses.count(200) == sum(1 for i in range(1000) if i % 3)
+    assert served.client.get("/healthz").json()["status"] == "ok"
+
+
 def test_mcp_over_streamable_http_lists_and_searches(served):
     from mcp import ClientSession
     from mcp.client.streamable_http import streamable_http_client
@@ -285,6 +305,27 @@ def test_cli_and_mcp_stdio_give_the_same_top10_as_the_api(served, tmp_path):
     assert names == ["Garden", "Kitchen", "Notes"]
     hits = found.structured_content["hits"]
     assert [(h["collection"], h["chunk_id"]) for h in hits] == expected
+
+
+@pytest.mark.slow  # a child that loads torch
+def test_serve_command_picks_a_free_port_and_prints_it(served, tmp_path):
+    taken = served.url.rsplit(":", 1)[1]
+    busy = run_cli(["serve", "--output-dir", served.out, "--port", taken], tmp_path)
+    assert busy.code == 2 and f"Cannot listen on 127.0.0.1:{taken}" in busy.err, busy.err
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from embed_collections.cli.main import main; main()"]
+        + ["serve", "--output-dir", str(served.out), "--port", "0", "-q"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = child.stdout.readline() if child.stdout else ""
+        assert line.startswith("Serving 3 collections of ") and "http://127.0.0.1:" in line
+        url = line.split(" on ", 1)[1].split()[0]
+        assert httpx.get(url + "/healthz", timeout=60).json()["collections"] == 3
+    finally:
+        child.send_signal(signal.SIGINT)  # Ctrl-C
+        assert child.wait(timeout=60) == 0
 
 
 @pytest.mark.slow  # two runs

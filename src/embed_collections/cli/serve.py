@@ -134,9 +134,11 @@ def serve(
             f"Serving {len(live.state.counts)} collections of {root} on http://{host}:{bound} "
             f"(API docs /docs, MCP /mcp/)",
         )
-        uvicorn_server(create_app(service, mcp), "info" if verbose else "warning").run(
+        uvicorn_server(create_app(service, mcp, host), "info" if verbose else "warning").run(
             sockets=[sock]
         )
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn stopped cleanly, then re-raised the signal
+        log.info("Stopped.")
     finally:
         service.close()
         if sock is not None:

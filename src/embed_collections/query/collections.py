@@ -24,7 +24,7 @@ from embed_collections.query.search import (
     weighted_named_search,
 )
 from embed_collections.record.run_record import ModelRecord, RunRecord, read_run_record
-from embed_collections.stores.base import Hit, PayloadMatch, Store
+from embed_collections.stores.base import Hit, PayloadMatch, SearchQuery, Store
 
 MAX_TOP_K = 1000
 MAX_QUERY_CHARS = 8192  # far above any model's window (MiniLM reads 256 tokens)
@@ -131,6 +131,44 @@ def check_request(query: str, top_k: int) -> None:
         raise UsageError(f"top_k is {top_k!r}; give a whole number from 1 to {MAX_TOP_K}")
 
 
+@dataclass(frozen=True)
+class PreparedSearch:
+    """One checked search with its query vectors: what to ask each collection, and how to
+    merge what they answer."""
+
+    query: str
+    names: list[str]
+    top_k: int
+    mode: str
+    where: PayloadMatch
+    encoder: QueryEncoder
+    combined: dict[str, np.ndarray]
+    fetch: bool  # whether hits come back with vectors to compute the cosine from
+    request: SearchQuery | None  # None: a weighted --combine named search, one per collection
+
+    def merge(self, found: dict[str, list[Hit]]) -> list[SearchHit]:
+        """The `top_k` best of each collection's hits, ranked as `Collections.search` says."""
+        dense = {name: array[0] for name, array in self.combined.items()}
+        hits: list[SearchHit] = []
+        for name in self.names:
+            scored = [
+                (hit, dense_cosine(self.encoder, dense, hit.vectors) if self.fetch else hit.score)
+                for hit in found.get(name, [])
+            ]
+            # Equal fused scores (common with RRF) are ordered by the cosine, so the ranking
+            # does not depend on the engine's tie order, which changes with the limit.
+            scored.sort(key=lambda pair: (-pair[0].score, -(pair[1] or 0.0)))
+            hits.extend(
+                SearchHit.from_hit(name, hit, rank, cosine)
+                for rank, (hit, cosine) in enumerate(scored, 1)
+            )
+        if self.mode == "dense":
+            hits.sort(key=lambda hit: -hit.score)
+        else:
+            hits.sort(key=lambda hit: (hit.rank, -hit.score))
+        return hits[: self.top_k]
+
+
 class Collections:
     """The collections of one run (`embed_collections.open(output_dir)`): names, models, search.
 
@@ -224,6 +262,25 @@ class Collections:
         Hits of several collections are merged by `score` (the dense cosine) in dense mode,
         and by their rank within their collection, then `score`, in sparse and hybrid mode.
         """
+        prepared = self.prepare(
+            query, collections, top_k, mode, fusion, rrf_k, weights, where, vectors
+        )
+        found = {name: self._search_one(prepared, name) for name in prepared.names}
+        return prepared.merge(found)
+
+    def prepare(
+        self,
+        query: str,
+        collections: str | Iterable[str] | None = None,
+        top_k: int = 10,
+        mode: str | None = None,
+        fusion: str = "rrf",
+        rrf_k: int = DEFAULT_RRF_K,
+        weights: list[float] | None = None,
+        where: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+        vectors: list[np.ndarray] | None = None,
+    ) -> PreparedSearch:
+        """A checked search with its query vectors, ready for the store (see `search`)."""
         check_request(query, top_k)
         match = payload_match(where)
         mode = self.resolve_mode(mode)
@@ -231,31 +288,47 @@ class Collections:
         encoder = self.encoder.with_weights(weights)
         per_model = [row[None, :] for row in vectors] if vectors else encoder.per_model([query])
         combined = encoder.combined(per_model, [spec.weight for spec in encoder.specs])
-        dense = {name: array[0] for name, array in combined.items()}
-        hits: list[SearchHit] = []
+        # A plain dense search's score is already the cosine: no vectors to fetch and compare.
+        fetch = mode != "dense" or len(combined) > 1
+        request = None
+        if not uses_weighted_fusion(encoder, mode):
+            request = build_queries(
+                encoder, [query], mode, top_k, fusion, rrf_k, where=match, with_vector=fetch,
+                dense=combined,
+            )[0]  # fmt: skip
+        return PreparedSearch(query, names, top_k, mode, match, encoder, combined, fetch, request)
+
+    def search_many(self, prepared: list[PreparedSearch]) -> list[list[SearchHit] | Exception]:
+        """Several prepared searches, each collection asked once for all of them (one batched
+        store call per collection); a failure fails only the searches it touched."""
+        found: list[dict[str, list[Hit]]] = [{} for _ in prepared]
+        failed: dict[int, Exception] = {}
+        names = dict.fromkeys(name for one in prepared for name in one.names)
         for name in names:
-            if uses_weighted_fusion(encoder, mode):
-                found = weighted_named_search(
-                    self.store, name, encoder, [query], top_k, where=match, with_vector=True,
-                    dense=combined,
-                )[0]  # fmt: skip
-            else:
-                request = build_queries(
-                    encoder, [query], mode, top_k, fusion, rrf_k, where=match, with_vector=True,
-                    dense=combined,
-                )  # fmt: skip
-                found = self.store.search(name, request)[0]
-            scored = [(hit, dense_cosine(encoder, dense, hit.vectors)) for hit in found]
-            # Equal fused scores (common with RRF) are ordered by the cosine, so the ranking
-            # does not depend on the engine's tie order, which changes with the limit.
-            scored.sort(key=lambda pair: (-pair[0].score, -(pair[1] or 0.0)))
-            for rank, (hit, cosine) in enumerate(scored, 1):
-                hits.append(SearchHit.from_hit(name, hit, rank, cosine))
-        if mode == "dense":
-            hits.sort(key=lambda hit: -hit.score)
-        else:
-            hits.sort(key=lambda hit: (hit.rank, -hit.score))
-        return hits[:top_k]
+            batch = [
+                i for i, one in enumerate(prepared) if name in one.names and one.request is not None
+            ]
+            try:
+                if batch:
+                    queries = [prepared[i].request for i in batch]
+                    for i, hits in zip(batch, self.store.search(name, queries)):  # type: ignore[arg-type]
+                        found[i][name] = hits
+                for i, one in enumerate(prepared):
+                    if name in one.names and one.request is None:
+                        found[i][name] = self._search_one(one, name)
+            except Exception as error:
+                for i, one in enumerate(prepared):
+                    if name in one.names:
+                        failed.setdefault(i, error)
+        return [failed.get(i) or one.merge(found[i]) for i, one in enumerate(prepared)]
+
+    def _search_one(self, prepared: PreparedSearch, name: str) -> list[Hit]:
+        if prepared.request is not None:
+            return self.store.search(name, [prepared.request])[0]
+        return weighted_named_search(
+            self.store, name, prepared.encoder, [prepared.query], prepared.top_k,
+            where=prepared.where, with_vector=prepared.fetch, dense=prepared.combined,
+        )[0]  # fmt: skip
 
     def close(self) -> None:
         self.store.close()

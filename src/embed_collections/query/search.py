@@ -3,6 +3,7 @@ mode, query prefixes) and search the run's store, dense, sparse or fused."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -16,10 +17,12 @@ from embed_collections.engine.combine import combine_vectors, scaled_weights
 from embed_collections.engine.models import (
     ModelSettings,
     ModelSpec,
+    code_references,
     fingerprint_folder,
     locate_model,
     model_fingerprint,
     static_format,
+    transformer_folder,
 )
 from embed_collections.engine.runtimes import create_backend, runtime_installed
 from embed_collections.errors import ModelError, UsageError
@@ -89,6 +92,7 @@ class QueryEncoder:
                     static=static_format(path) is not None,
                 )
             )
+            check_remote_code(specs[-1])
             if check_fingerprints:
                 check_fingerprint(model, specs[-1])
         sparse = None
@@ -338,6 +342,23 @@ def resolve_recorded(base_dir: Path | None, recorded: str | None) -> Path | None
     if path.is_absolute() or base_dir is None:
         return path
     return base_dir / path
+
+
+def check_remote_code(spec: ModelSpec) -> None:
+    """A UsageError when the model maps to its own code and the caller did not allow it."""
+    if spec.trust_remote_code:
+        return
+    folder = transformer_folder(spec.path)
+    try:
+        raw = json.loads((folder / "config.json").read_text()) if folder else None
+    except (OSError, ValueError):
+        return  # loading reports an unreadable config with its own message
+    refs = code_references(raw.get("auto_map") or {}) if isinstance(raw, dict) else []
+    if refs:
+        raise UsageError(
+            f'Model "{spec.name}" runs its own code ({refs[0]}); a run\'s record cannot allow '
+            "that: pass --trust-remote-code if you trust the model"
+        )
 
 
 def check_fingerprint(model: ModelRecord, spec: ModelSpec) -> None:

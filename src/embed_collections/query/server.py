@@ -76,9 +76,12 @@ def describe_validation(error: RequestValidationError) -> str:
     return f'Field "{where}": {first.get("msg", "invalid")} (see /docs for the schema)'
 
 
-def create_app(service: SearchService, mcp_server: Any = None) -> FastAPI:
-    """The API over `service`; with `mcp_server`, MCP over streamable HTTP at /mcp/."""
-    mcp_app = mcp_server.streamable_http_app(streamable_http_path="/") if mcp_server else None
+def create_app(service: SearchService, mcp_server: Any = None, host: str = "127.0.0.1") -> FastAPI:
+    """The API over `service`; with `mcp_server`, MCP over streamable HTTP at /mcp/ (`host`: the
+    address served, which MCP's DNS-rebinding protection accepts in Host headers)."""
+    mcp_app = None
+    if mcp_server is not None:
+        mcp_app = mcp_server.streamable_http_app(streamable_http_path="/", host=host)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -146,23 +146,31 @@ class SearchService:
                         embedded[text] = opened.embed([text])[0]
                     except Exception as one:
                         embedded[text] = one  # type: ignore[assignment]
+            prepared, waiting = [], []
             for request in batch:
                 vectors = embedded[request.query]
                 if isinstance(vectors, Exception):
                     request.future.set_exception(vectors)
                     continue
                 try:
-                    hits = opened.search(
-                        request.query,
-                        request.collections,
-                        request.top_k,
-                        request.mode,
-                        where=request.where,
-                        vectors=vectors,
+                    prepared.append(
+                        opened.prepare(
+                            request.query,
+                            request.collections,
+                            request.top_k,
+                            request.mode,
+                            where=request.where,
+                            vectors=vectors,
+                        )
                     )
-                    request.future.set_result((request.mode, hits))
+                    waiting.append(request)
                 except Exception as error:
                     request.future.set_exception(error)
+            for request, result in zip(waiting, opened.search_many(prepared)):
+                if isinstance(result, Exception):
+                    request.future.set_exception(result)
+                else:
+                    request.future.set_result((request.mode, result))
 
     def close(self) -> None:
         """Finish queued searches, stop the worker and close the run."""

@@ -49,7 +49,7 @@ from qdrant_edge import (
 )
 
 from embed_collections.atomic import write_json_atomic
-from embed_collections.errors import ShardDamagedError, StoreError, StoreInUseError
+from embed_collections.errors import ShardDamagedError, StoreError, StoreInUseError, UsageError
 from embed_collections.stores.base import (
     Hit,
     PointBatch,
@@ -149,6 +149,13 @@ def _filter(query: SearchQuery) -> Filter | None:
     """Every (key, value) of `where` must match exactly."""
     if not query.where:
         return None
+    for key, value in query.where:
+        if isinstance(value, bool):
+            # The binding (0.9) turns True into the integer 1, which never matches a boolean.
+            raise UsageError(
+                f'Filter "{key}" matches a boolean, which the embedded store (Qdrant Edge 0.9) '
+                "cannot filter on; filter on another field, or search a Qdrant server"
+            )
     return Filter(must=[FieldCondition(key, match=MatchValue(value)) for key, value in query.where])
 
 
