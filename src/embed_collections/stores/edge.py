@@ -38,7 +38,12 @@ from qdrant_edge import (
 )
 
 from embed_collections.atomic import write_json_atomic
-from embed_collections.errors import ShardDamagedError, StoreError, StoreInUseError
+from embed_collections.errors import (
+    DiskFullError,
+    ShardDamagedError,
+    StoreError,
+    StoreInUseError,
+)
 from embed_collections.stores.base import (
     Hit,
     PointBatch,
@@ -55,6 +60,7 @@ LAYOUT_SUFFIX = ".layout.json"
 MARKER_SUFFIX = ".loaded.json"
 WRITER_LOCK = ".writer.lock"
 NAME_MAX = 255  # bytes in one file name on Linux filesystems
+OPEN_MARGIN = 4 * 1024 * 1024  # the WAL and small files written while a shard is open
 
 
 @contextmanager
@@ -105,6 +111,33 @@ def _request(query: SearchQuery) -> QueryRequest:
     return QueryRequest(
         query.limit, prefetches=prefetches, query=fusion, with_payload=query.with_payload
     )
+
+
+def check_room(shard: Path) -> None:
+    """DiskFullError unless the disk can hold what opening `shard` allocates.
+
+    The engine fills the holes of a segment's vector files when it opens one (each is a fixed
+    32 MB file, sparse until then): on tmpfs or a nearly full disk that write is SIGBUS. So the
+    holes, plus a margin, must be free before the shard is opened.
+    """
+    holes = 0
+    for path in shard.glob("segments/*/vector_storage/**/chunk_*.mmap"):
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        holes += max(0, info.st_size - info.st_blocks * 512)
+    if not holes:
+        return
+    free = shutil.disk_usage(shard).free
+    if free < holes + OPEN_MARGIN:
+        mb = 1024 * 1024
+        raise DiskFullError(
+            f"Opening Qdrant Edge shard {shard} needs about {(holes + OPEN_MARGIN) // mb} MB "
+            f"free but its filesystem has {free // mb} MB (the engine fills its vector files "
+            "when it opens them); free space there or move --qdrant-path to a larger disk; "
+            "finished work is kept and a re-run resumes without re-embedding"
+        )
 
 
 class EdgeStore:
@@ -171,6 +204,7 @@ class EdgeStore:
                     f'Collection "{collection}" does not exist in {self.root} '
                     "(create it with ensure_collection first)"
                 )
+            check_room(path)
             with self._opening(path):
                 shard = EdgeShard.load(str(path))
             self._shards[collection] = shard
