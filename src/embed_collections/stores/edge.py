@@ -152,6 +152,7 @@ class EdgeStore:
         self._shards: dict[str, EdgeShard] = {}
         self._unmarked: set[str] = set()  # collections whose loaded marker this object removed
         self._writer: Any = None  # the open lock file while this object is the store's writer
+        self._written: set[str] = set()  # open shards this object has written to
 
     def __enter__(self) -> EdgeStore:
         return self
@@ -240,8 +241,10 @@ class EdgeStore:
         if shard is not None:
             with _edge_errors(f'Closing collection "{collection}" in {self.root} failed'):
                 try:
-                    shard.flush()
+                    if collection in self._written:  # a shard only read has nothing to flush
+                        shard.flush()
                 finally:
+                    self._written.discard(collection)
                     shard.close()
 
     def check_writable(self) -> None:
@@ -320,9 +323,11 @@ class EdgeStore:
             hint = f" (use --recreate to replace it with {layout.describe()})"
             with self._opening(path, hint):
                 self._shards[collection] = EdgeShard.load(str(path), _edge_config(layout))
+            self._written.add(collection)
         else:
             with self._opening(path):
                 self._shards[collection] = EdgeShard.create(str(path), _edge_config(layout))
+            self._written.add(collection)
             logger.info('created collection "%s" in %s: %s', collection, path, layout.describe())
         self._write_layout(collection, layout)
 
@@ -353,6 +358,7 @@ class EdgeStore:
         """Insert or overwrite points by id, ~1024 points per engine update."""
         self.clear_loaded(collection)
         shard = self._shard(collection)
+        self._written.add(collection)
         # One tolist() per whole array: per-row conversion is the ingest bottleneck.
         dense = {name: np.asarray(a, dtype=np.float32).tolist() for name, a in batch.dense.items()}
         for start in range(0, len(batch), self.upsert_batch):
@@ -435,6 +441,7 @@ class EdgeStore:
         """Delete points by id."""
         self.clear_loaded(collection)
         shard = self._shard(collection)
+        self._written.add(collection)
         with _edge_errors(f'Delete from collection "{collection}" in {self.root} failed'):
             for start in range(0, len(ids), self.scroll_page):
                 part: list[Any] = ids[start : start + self.scroll_page]
