@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -24,9 +25,18 @@ from embed_collections.stores.edge import EdgeStore
 
 log = logging.getLogger(__name__)
 
+PARENT_CHECK_S = 1.0  # how often an idle store child checks that its parent is alive
 
-def serve(root: Path, conn: Connection) -> None:
-    """The child: run calls on one EdgeStore until "close" or until the parent goes away."""
+
+def serve(root: Path, conn: Connection, parents_end: Connection, parent: int) -> None:
+    """The child: run calls on one EdgeStore until "close" or until the parent goes away.
+
+    The parent's end of the pipe is closed here, so the parent's death reads as end of file;
+    the parent's pid is also watched, because processes the parent forks later (workers) hold
+    copies of that end. Either way the child closes its shards and exits, releasing the locks
+    it inherited (the output directory's) and its own (the store's).
+    """
+    parents_end.close()
     # The parent decides when the store stops (Ctrl-C reaches the whole process group).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -34,6 +44,9 @@ def serve(root: Path, conn: Connection) -> None:
     try:
         while True:
             try:
+                while not conn.poll(PARENT_CHECK_S):
+                    if os.getppid() != parent:
+                        return
                 method, args = conn.recv()
             except (EOFError, OSError):
                 return  # the parent died: close the shards (finally) and go
@@ -60,7 +73,10 @@ class IsolatedStore:
         context = multiprocessing.get_context("fork")
         self._conn, child = context.Pipe()
         self._process = context.Process(
-            target=serve, args=(self.root, child), name="embed-collections-store", daemon=True
+            target=serve,
+            args=(self.root, child, self._conn, os.getpid()),
+            name="embed-collections-store",
+            daemon=True,
         )
         self._process.start()
         child.close()
