@@ -259,12 +259,21 @@ def worker_kills(args, chunked, work, model, env, reference, rng, duration) -> d
 
 
 def children_of(pid: int) -> list[int]:
-    """Live child processes of `pid` (the worker processes of a run)."""
+    """The spawned worker processes of run `pid` (not its forked store process, which runs the
+    same command line as the run itself)."""
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        own = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return []
-    return [int(p) for p in text.split()]
+    workers = []
+    for child in map(int, text.split()):
+        try:
+            if Path(f"/proc/{child}/cmdline").read_bytes() != own:
+                workers.append(child)
+        except OSError:
+            continue
+    return workers
 
 
 def full_disk(args, chunked, work, model, env) -> dict:
