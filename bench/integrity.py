@@ -312,14 +312,17 @@ def full_disk(args, chunked, work, model, env) -> dict:
             err = child.communicate(timeout=600)[1].decode(errors="replace")
             exits.append(child.returncode)
             sigbus += child.returncode in (-signal.SIGBUS, 128 + signal.SIGBUS)
+            stopped = ""
             try:
                 summary = json.loads((out / "embedding_summary_v6.json").read_text())
                 no_summary += "running" in summary
+                stopped = str(summary.get("stopped", ""))[:90]
             except (OSError, ValueError):
                 no_summary += 1
             if "Traceback" in err:
                 print(err[-1500:], file=sys.stderr)
-            print(json.dumps({"full_disk": attempt, "exit": child.returncode}), flush=True)
+            row = {"full_disk": attempt, "exit": child.returncode, "stopped": stopped}
+            print(json.dumps(row), flush=True)
         finally:
             subprocess.run(["umount", "-l", str(disk)], check=False)
     return {"tries": args.full_disk, "sigbus": sigbus, "no_summary": no_summary, "exits": exits}
