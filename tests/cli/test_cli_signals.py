@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import cli_run_args, run_cli, write_chunks
@@ -58,3 +59,41 @@ def test_signal_stops_cleanly_and_a_rerun_resumes(tiny_models, tmp_path, stop, c
     assert resumed.code == 0, resumed.err
     with EdgeStore(out / "qdrant") as store:
         assert [store.count(name) for name in ("a", "b", "c")] == [600, 600, 600]
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for a container's init to reap it has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_store_process_exits_with_a_killed_run_and_frees_its_locks(tiny_models, tmp_path):
+    chunked = tmp_path / "Chunked"
+    write_chunks(chunked / "a" / "a_chunks.json", [f"a {i} text" for i in range(3000)])
+    out = tmp_path / "out"
+    args = cli_run_args(chunked, out, [tiny_models["tiny32"]], "--no-index")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "embed_collections", *map(str, args)], cwd=tmp_path, env=env
+    )
+    wait_for(lambda: bool(children_of(child.pid)) or child.poll() is not None)
+    store_processes = children_of(child.pid)
+    child.kill()  # kill -9: no cleanup in the run itself
+    child.wait()
+
+    for pid in store_processes:  # the store child notices and exits, releasing what it held
+        wait_for(lambda pid=pid: not alive(pid), seconds=30)
+    resumed = run_cli([*args, "--no-wait"], tmp_path)  # the output directory is free at once
+    assert resumed.code == 0, resumed.err
+    with EdgeStore(out / "qdrant") as store:
+        assert store.count("a") == 3000

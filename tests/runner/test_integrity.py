@@ -180,8 +180,8 @@ def damage_delete_one_add_one(out: Path) -> None:
     "damage",
     [
         damage_truncate_vectors,
-        damage_random_bytes,
-        damage_truncate_payloads,
+        pytest.param(damage_random_bytes, marks=pytest.mark.slow),
+        pytest.param(damage_truncate_payloads, marks=pytest.mark.slow),
         damage_delete_one_add_one,
     ],
 )

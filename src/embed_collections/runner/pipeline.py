@@ -65,11 +65,19 @@ from embed_collections.stores.open import open_store
 log = logging.getLogger("embed_collections.runner.pipeline")
 
 
+class RunLogHandler(logging.FileHandler):
+    """The run's log file; a line the disk refuses is dropped (the console still shows it)
+    instead of printing logging's own traceback on every later line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        return
+
+
 @contextmanager
 def file_log(path: Path) -> Iterator[None]:
     """Copy the package's log records into `embedding_v6.log` in the V6.1 format for the run."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = RunLogHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(message)s"))
     handler.setLevel(logging.DEBUG)
     logger = logging.getLogger("embed_collections")
@@ -221,7 +229,13 @@ def run_logged(
             if store is not None:
                 store.close()
         layout = ensemble.layout(cache)
-        write_run_record(config.output_dir, ensemble.record(config, layout))
+        try:
+            write_run_record(config.output_dir, ensemble.record(config, layout))
+        except OSError as error:  # a full disk: the summary below still has its reserved space
+            log.error("❌ The run record could not be written: %s", error)
+            if stopped is None and stops_the_run(error):
+                stopped = error
+                summary.extra["stopped"] = f"the run record could not be written: {error}"
     log_lease_events(work.lease_events)
     warn_truncation(work.lengths)
     summary.extra.update(run_extras(config, ensemble, layout, time.perf_counter() - started))
@@ -305,7 +319,7 @@ def open_run_store(config: RunConfig) -> Store | None:
     """Open and probe the store (preflight), or None with --no-upload."""
     if not config.upload:
         return None
-    store = open_store(config.qdrant_url, config.store_path, config.qdrant_api_key)
+    store = open_store(config.qdrant_url, config.store_path, config.qdrant_api_key, isolated=True)
     try:
         store.check_writable()
     except BaseException:

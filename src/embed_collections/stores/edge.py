@@ -49,7 +49,13 @@ from qdrant_edge import (
 )
 
 from embed_collections.atomic import write_json_atomic
-from embed_collections.errors import ShardDamagedError, StoreError, StoreInUseError, UsageError
+from embed_collections.errors import (
+    DiskFullError,
+    ShardDamagedError,
+    StoreError,
+    StoreInUseError,
+    UsageError,
+)
 from embed_collections.stores.base import (
     Hit,
     PointBatch,
@@ -67,6 +73,7 @@ LAYOUT_SUFFIX = ".layout.json"
 MARKER_SUFFIX = ".loaded.json"
 WRITER_LOCK = ".writer.lock"
 NAME_MAX = 255  # bytes in one file name on Linux filesystems
+OPEN_MARGIN = 4 * 1024 * 1024  # the WAL and small files written while a shard is open
 
 
 @contextmanager
@@ -188,6 +195,33 @@ def _vectors(vector: Any) -> dict[str, Any]:
     return {"": vector} if isinstance(vector, list) else {}
 
 
+def check_room(shard: Path) -> None:
+    """DiskFullError unless the disk can hold what opening `shard` allocates.
+
+    The engine fills the holes of a segment's vector files when it opens one (each is a fixed
+    32 MB file, sparse until then): on tmpfs or a nearly full disk that write is SIGBUS. So the
+    holes, plus a margin, must be free before the shard is opened.
+    """
+    holes = 0
+    for path in shard.glob("segments/*/vector_storage/**/chunk_*.mmap"):
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        holes += max(0, info.st_size - info.st_blocks * 512)
+    if not holes:
+        return
+    free = shutil.disk_usage(shard).free
+    if free < holes + OPEN_MARGIN:
+        mb = 1024 * 1024
+        raise DiskFullError(
+            f"Opening Qdrant Edge shard {shard} needs about {(holes + OPEN_MARGIN) // mb} MB "
+            f"free but its filesystem has {free // mb} MB (the engine fills its vector files "
+            "when it opens them); free space there or move --qdrant-path to a larger disk; "
+            "finished work is kept and a re-run resumes without re-embedding"
+        )
+
+
 class EdgeStore:
     """Qdrant Edge shards under `root`: `<root>/<collection>/` plus a `<collection>.layout.json`."""
 
@@ -200,6 +234,7 @@ class EdgeStore:
         self._shards: dict[str, EdgeShard] = {}
         self._unmarked: set[str] = set()  # collections whose loaded marker this object removed
         self._writer: Any = None  # the open lock file while this object is the store's writer
+        self._written: set[str] = set()  # open shards this object has written to
 
     def __enter__(self) -> EdgeStore:
         return self
@@ -252,6 +287,7 @@ class EdgeStore:
                     f'Collection "{collection}" does not exist in {self.root} '
                     "(create it with ensure_collection first)"
                 )
+            check_room(path)
             with self._opening(path):
                 shard = EdgeShard.load(str(path))
             self._shards[collection] = shard
@@ -287,8 +323,10 @@ class EdgeStore:
         if shard is not None:
             with _edge_errors(f'Closing collection "{collection}" in {self.root} failed'):
                 try:
-                    shard.flush()
+                    if collection in self._written:  # a shard only read has nothing to flush
+                        shard.flush()
                 finally:
+                    self._written.discard(collection)
                     shard.close()
 
     def check_writable(self) -> None:
@@ -367,9 +405,11 @@ class EdgeStore:
             hint = f" (use --recreate to replace it with {layout.describe()})"
             with self._opening(path, hint):
                 self._shards[collection] = EdgeShard.load(str(path), _edge_config(layout))
+            self._written.add(collection)
         else:
             with self._opening(path):
                 self._shards[collection] = EdgeShard.create(str(path), _edge_config(layout))
+            self._written.add(collection)
             logger.info('created collection "%s" in %s: %s', collection, path, layout.describe())
         self._write_layout(collection, layout)
 
@@ -400,6 +440,7 @@ class EdgeStore:
         """Insert or overwrite points by id, ~1024 points per engine update."""
         self.clear_loaded(collection)
         shard = self._shard(collection)
+        self._written.add(collection)
         # One tolist() per whole array: per-row conversion is the ingest bottleneck.
         dense = {name: np.asarray(a, dtype=np.float32).tolist() for name, a in batch.dense.items()}
         for start in range(0, len(batch), self.upsert_batch):
@@ -482,6 +523,7 @@ class EdgeStore:
         """Delete points by id."""
         self.clear_loaded(collection)
         shard = self._shard(collection)
+        self._written.add(collection)
         with _edge_errors(f'Delete from collection "{collection}" in {self.root} failed'):
             for start in range(0, len(ids), self.scroll_page):
                 part: list[Any] = ids[start : start + self.scroll_page]

@@ -44,9 +44,14 @@ def check_url(url: str) -> None:
 
 
 def open_store(
-    qdrant_url: str | None, qdrant_path: Path | None, api_key: str | None = None, **kw: Any
+    qdrant_url: str | None,
+    qdrant_path: Path | None,
+    api_key: str | None = None,
+    isolated: bool = False,
+    **kw: Any,
 ) -> Store:
-    """A Qdrant server store when `qdrant_url` is given, else the embedded store at `qdrant_path`.
+    """A Qdrant server store when `qdrant_url` is given, else the embedded store at `qdrant_path`
+    (in a child process with `isolated`, so a fault in its memory maps cannot kill the caller).
 
     `kw` tunes the server store (batch_size, parallel, max_retries, timeout); the embedded store
     has nothing to tune and ignores it.
@@ -60,6 +65,10 @@ def open_store(
         return ServerStore(url=qdrant_url, api_key=api_key, **kw)
     if qdrant_path is None:
         raise UsageError("No vector store given: pass --qdrant-path or --qdrant-url")
+    if isolated:
+        from embed_collections.stores.isolated import IsolatedStore
+
+        return IsolatedStore(Path(qdrant_path))
     from embed_collections.stores.edge import EdgeStore
 
     return EdgeStore(Path(qdrant_path))
