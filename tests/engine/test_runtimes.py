@@ -170,19 +170,30 @@ def test_dense_normalize_and_other_poolings_match_torch(pooling, tiny_models, tm
     assert min(cosines(backend.embed(TEXTS), reference.embed(TEXTS))) >= 0.9999
 
 
-def test_auto_picks_a_checked_runtime_on_cpu_and_caches_the_check(minilm, monkeypatch):
+def test_auto_takes_the_fastest_measured_backend_and_remembers_it(minilm, monkeypatch, caplog):
     need("onnx")
-    expected = next(r for r in runtimes.AUTO_ORDER if runtimes.runtime_installed(r))
-    assert resolve_backend(minilm, "auto", "cpu") == expected
-    record_file = runtimes.export_root() / fingerprint_folder(minilm.path)
-    record = json.loads((record_file / f"check-{expected}.json").read_text())
+    installed = [r for r in runtimes.AUTO_ORDER if runtimes.runtime_installed(r)]
+    with caplog.at_level(logging.INFO, logger="embed_collections"):
+        choice = resolve_backend(minilm, "auto", "cpu", sample=TEXTS)
+    folder = runtimes.export_root() / fingerprint_folder(minilm.path)
+    record = json.loads((folder / f"check-{installed[0]}.json").read_text())
     assert record["passed"] and record["min_cosine"] >= 0.9999
+    measured = json.loads((folder / preflight.CHOICE_FILE).read_text())
+    assert measured["candidates"] == ["torch", *installed]  # every runtime that agrees
+    assert choice == measured["choice"] == max(measured["rates"], key=measured["rates"].get)
+    assert measured["machine"] == preflight.machine_key()
+    rates = f"torch {measured['rates']['torch']:g} texts/s"  # logged, measured now or earlier
+    assert (
+        f"auto measured {rates}" in caplog.text
+        or f"earlier on this machine ({rates}" in caplog.text
+    )
 
-    def must_not_check(*args):
-        raise AssertionError("the agreement check ran again")
+    def must_not_run(*args):
+        raise AssertionError("measured or checked again")
 
-    monkeypatch.setattr(preflight, "measure_agreement", must_not_check)
-    assert resolve_backend(minilm, "auto", "cpu") == expected
+    monkeypatch.setattr(preflight, "measure_agreement", must_not_run)
+    monkeypatch.setattr(preflight, "measure_rate", must_not_run)
+    assert resolve_backend(minilm, "auto", "cpu", sample=TEXTS) == choice  # remembered
     assert resolve_backend(minilm, "auto", "cuda") == "torch"
     assert resolve_backend(minilm, "auto", "cpu", dtype="bfloat16") == "torch"
 
@@ -194,12 +205,17 @@ def test_auto_falls_back_when_the_check_fails(minilm, fresh_exports, monkeypatch
     with caplog.at_level(logging.WARNING, logger="embed_collections"):
         assert resolve_backend(minilm, "auto", "cpu") == "torch"
     assert "differs from torch (min cosine 0.500000); auto uses torch" in caplog.text
-    if runtimes.runtime_installed("openvino"):  # the next runtime in line is tried
+    if runtimes.runtime_installed("openvino"):  # only what agrees is measured
         shutil.rmtree(fresh_exports)
         only_onnx = {"passed": True, "min_cosine": 1.0, "mean_cosine": 1.0}
         checks = {"openvino": failing, "onnx": only_onnx}
         monkeypatch.setattr(preflight, "measure_agreement", lambda spec, runtime: checks[runtime])
-        assert resolve_backend(minilm, "auto", "cpu") == "onnx"
+        timed = []
+        monkeypatch.setattr(
+            preflight, "measure_rate", lambda spec, name, texts: timed.append(name) or len(name)
+        )
+        assert resolve_backend(minilm, "auto", "cpu") == "torch"  # 5 "texts/s" beats 4
+        assert timed == ["torch", "onnx"]
 
 
 def test_backend_requests_are_checked():
@@ -230,13 +246,14 @@ def test_preflight_decides_auto_per_model_and_fingerprints_it(tiny_models, tmp_p
     requested = EngineOptions(**settings).resolved()
     with caplog.at_level(logging.INFO, logger="embed_collections"):
         [decided] = decide_backends([spec], requested)
-    assert decided in runtimes.RUNTIMES
-    assert f"backend {decided} (auto, checked against torch: cosine " in caplog.text
+    assert decided in ("torch", *runtimes.RUNTIMES)
+    assert f"backend {decided} (auto" in caplog.text and "fastest measured" in caplog.text
     auto = EngineOptions(**settings, backend=decided).resolved()
     torch_only = EngineOptions(**settings, backend="torch").resolved()
-    assert model_fingerprint(spec, decided, "float32") != model_fingerprint(
-        spec, "torch", "float32"
-    )
+    if decided != "torch":
+        assert model_fingerprint(spec, decided, "float32") != model_fingerprint(
+            spec, "torch", "float32"
+        )
     by_digest = {text_digest(t): t for t in TEXTS}
     with EmbeddingCache(tmp_path / "cache.sqlite") as cache:
         vectors = {}

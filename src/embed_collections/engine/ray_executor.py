@@ -27,7 +27,6 @@ import math
 import os
 import signal
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +46,7 @@ from embed_collections.engine.batches import (
 )
 from embed_collections.engine.cache import EmbeddingCache
 from embed_collections.engine.lease import LeaseEvent
+from embed_collections.engine.lifeline import die_with_driver
 from embed_collections.engine.models import ModelSpec
 from embed_collections.engine.options import EngineOptions, default_batch_tokens
 from embed_collections.engine.runtimes import create_backend
@@ -334,25 +334,6 @@ class ShardEmbedder:
         }
         summary.update(self.describe(), seconds=time.perf_counter() - started)
         return shard, vectors, counts, summary
-
-
-def die_with_driver(host: str, pid: int) -> None:
-    """An actor on the driver's machine exits when the driver process is gone (Ray kills the
-    actors of a driver it sees die; this covers a driver killed with its local Ray)."""
-    if not pid or host != socket.gethostname():
-        return
-
-    def watch() -> None:
-        while True:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                os._exit(1)
-            except PermissionError:  # alive, another user's
-                pass
-            time.sleep(1.0)
-
-    threading.Thread(target=watch, name="watch-driver", daemon=True).start()
 
 
 def kill_once_after_first_batch() -> None:

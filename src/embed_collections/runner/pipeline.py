@@ -46,7 +46,7 @@ from embed_collections.runner.diskspace import (
     preflight_space,
     stops_the_run,
 )
-from embed_collections.runner.ensemble import Ensemble, prepare_ensemble
+from embed_collections.runner.ensemble import Ensemble, prepare_ensemble, sample_texts
 from embed_collections.stores import Store, VectorLayout
 from embed_collections.stores import sparse as sparse_vectors
 from embed_collections.stores.open import open_store
@@ -131,7 +131,7 @@ def run_logged(config: RunConfig) -> RunSummary:
     found = discover_collections(config.chunked_dir, config.pattern, config.max_depth, unreadable)
     selected = filter_collections(found, list(config.collections) or None)
     with EmbeddingCache(config.embedding_cache_path) as cache:
-        ensemble = prepare_ensemble(config)
+        ensemble = prepare_ensemble(config, sample_texts(selected, config.pattern))
         for spec in ensemble.specs:
             log.info("Model %s from %s (weight %g)", spec.name, spec.source, spec.weight)
         preflight_space(config, selected, ensemble.dims(cache))
