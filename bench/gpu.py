@@ -14,7 +14,8 @@ Measures, per model and precision (fp32, fp16, bf16 where supported), after a wa
 plain `SentenceTransformer.encode(batch_size=32)` vs the engine (`embed_pending`) over the same
 unique texts; the share of the engine's embedding wall time inside the forward passes (CUDA
 events in the same run); fp16/bf16 cosine to fp32. Also the tokenisation rate, a token-budget
-sweep with peak memory, a forced real out-of-memory (memory-fraction cap), and `pytest -m gpu`.
+sweep with peak memory, a forced real out-of-memory (memory-fraction cap), the engine's limits that
+only a GPU can show (`limit_checks`), and `pytest -m gpu`.
 """
 
 from __future__ import annotations
@@ -260,12 +261,93 @@ def forced_oom(folder: Path, texts: list[str], device: str, work: Path) -> dict:
     return result
 
 
+def with_fault(fault: str, run):
+    """Run `run()` with EMBED_COLLECTIONS_FAULT set (the engine's fault injection), recorded."""
+    os.environ["EMBED_COLLECTIONS_FAULT"] = fault
+    try:
+        return run()
+    except Exception as error:  # recorded, not fatal: the bench goes on
+        return {"error": f"{type(error).__name__}: {error}"[:300]}
+    finally:
+        os.environ.pop("EMBED_COLLECTIONS_FAULT", None)
+
+
+def limit_checks(folder: Path, texts: list[str], device: str, half: str, work: Path) -> dict:
+    """What only a GPU shows of the engine at its limits (each a line; CPU tests cover the rest):
+    the float32 re-run under flash-attention 2, an OOM inside that re-run, the OOM budget kept
+    across work units, one current CUDA device per worker, bf16 on Ray GPUs, the lease's weight
+    estimate against the memory a load really takes."""
+    import importlib.util
+
+    import torch
+
+    from embed_collections.engine.backends import SentenceTransformerBackend
+    from embed_collections.engine.batches import (
+        TokenBudget,
+        count_tokens,
+        run_batches,
+        weights_size,
+    )
+    from embed_collections.engine.models import resolve_model
+    from embed_collections.engine.telemetry import DeviceTelemetry
+
+    checks: dict = {}
+    # 1 + 2: a NaN batch re-run in float32 (flash-attention 2 where installed), then the same
+    # with an OOM inside the re-run: every vector finite, no text lost.
+    checks["nan_rerun"] = with_fault("nan@*#0", lambda: engine_run(
+        folder, texts[:256], device, half, work)[0])  # fmt: skip
+    checks["oom_in_float32_rerun"] = with_fault("nan@*#0,oom32@*#0", lambda: engine_run(
+        folder, texts[:256], device, half, work)[0])  # fmt: skip
+    checks["flash_attn_installed"] = importlib.util.find_spec("flash_attn") is not None
+    # 3: the budget across units: an OOM in the first of two calls; the second starts halved.
+    spec = resolve_model(str(folder))
+    backend = SentenceTransformerBackend(spec, half)
+    release(device)
+    cuda = device.startswith("cuda")
+    before = torch.cuda.memory_allocated(device) if cuda else 0
+    backend.load(device)
+    checks["lease_estimate_mib"] = round(weights_size(folder) * 0.5 * 1.5 / 2**20, 1)
+    if cuda:
+        loaded = torch.cuda.memory_allocated(device) - before
+        checks["loaded_weights_mib"] = round(loaded / 2**20, 1)
+    counts = count_tokens(backend, texts[:512])
+    order = sorted(range(len(counts)), key=lambda i: -counts[i])
+    inputs, sorted_counts = [texts[i] for i in order], [counts[i] for i in order]
+    budget, stats = TokenBudget(65536), DeviceTelemetry(device)
+
+    def two_units() -> dict:
+        run_batches(backend, inputs, sorted_counts, 65536, 0, stats, lambda r, v: None,
+                    lambda r: None, "bench", budget)  # fmt: skip
+        first = stats.oom_retries
+        os.environ.pop("EMBED_COLLECTIONS_FAULT", None)
+        run_batches(backend, inputs, sorted_counts, 65536, 0, stats, lambda r, v: None,
+                    lambda r: None, "bench", budget)  # fmt: skip
+        return {"oom_first_unit": first, "oom_second_unit": stats.oom_retries - first,
+                "budget_after": budget.current}  # fmt: skip
+
+    checks["budget_across_units"] = with_fault("oom@*#0", two_units)
+    backend.unload()
+    release(device)
+    # 4: one current device per worker (needs two GPUs).
+    if cuda and torch.cuda.device_count() > 1:
+        checks["two_gpu_workers"] = engine_run(folder, texts[:512], "cuda:0,cuda:1", half, work)[0]
+    else:
+        checks["two_gpu_workers"] = "skipped: one GPU"
+    # 5: the dtype Ray picks for its GPUs (bf16 on compute capability 8.0+).
+    if cuda and importlib.util.find_spec("ray") is not None:
+        from embed_collections.engine.ray_executor import cluster_gpu_dtype, connect
+
+        checks["ray_gpu_dtype"] = with_fault("", lambda: (connect(None), cluster_gpu_dtype(
+            torch.cuda.device_count(), 120))[1])  # fmt: skip
+    return checks
+
+
 def run_gpu_tests(smoke: bool) -> dict:
     """`pytest -m gpu` in a child process (skips itself without CUDA)."""
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-         "tests/test_gpu.py"],
+         "tests/engine/test_gpu.py"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO / "src")},
         capture_output=True, text=True, timeout=240 if not smoke else 120,
     )  # fmt: skip
@@ -375,6 +457,12 @@ def main() -> None:
         report["token_budget_sweep"][str(budget)] = result
         print("budget", budget, json.dumps(result), flush=True)
 
+    if clock.left() > 60:
+        report["limit_checks"] = limit_checks(
+            folders[sweep_model], make_texts(64 if args.smoke else 512, seed=3), device,
+            "float32" if args.smoke else default_half, work,
+        )  # fmt: skip
+        print("limit_checks", json.dumps(report["limit_checks"]), flush=True)
     if device.startswith("cuda") and clock.left() > 30:
         oom_texts = make_texts(2000, seed=2)
         report["forced_oom"] = forced_oom(folders["minilm-shaped"], oom_texts, device, work)

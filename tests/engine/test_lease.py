@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import re
 import signal
 import subprocess
 import sys
@@ -137,7 +138,9 @@ def test_timeout_names_device_model_and_holder_then_kill_frees(tmp_path: Path) -
         assert isinstance(info.value, EmbedCollectionsError)
         assert "\n" not in message
         assert "cpu" in message and "model-b" in message and "--lease-timeout" in message
-        assert f"pid {proc.pid} for model holder-model" in message
+        assert re.search(
+            rf"held by pid {proc.pid} \(.+\) for model holder-model since \d{{4}}-", message
+        )
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
@@ -159,9 +162,9 @@ def test_waiting_logs_every_check_interval(
     waiting = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Waiting")]
     assert 2 <= len(waiting) <= 6
     assert waiting[0].startswith(
-        f"Waiting for lease on cpu for model model-b (held by pid {proc.pid} for model "
-        "holder-model, "
+        f"Waiting for lease on cpu for model model-b (held by pid {proc.pid} ("
     )
+    assert "for model holder-model since " in waiting[0]  # who, with what command, since when
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("GPU Lease: Acquired for model-b on cpu (waited ") for m in messages)
     assert "GPU Lease: Released for model-b on cpu" in messages

@@ -16,7 +16,13 @@ from conftest import cosine, encode, need_module, run_cli, unused_port, write_ch
 import embed_collections
 from embed_collections.engine.cache import EmbeddingCache, text_digest
 from embed_collections.engine.options import EngineOptions
-from embed_collections.engine.ray_executor import KILL_ONCE_ENV, Cluster, cluster_engine, cut_shards
+from embed_collections.engine.ray_executor import (
+    KILL_ONCE_ENV,
+    Cluster,
+    cluster_engine,
+    cut_shards,
+    dtype_for_capabilities,
+)
 from embed_collections.errors import UsageError
 from embed_collections.record.config import RunConfig
 from embed_collections.runner.pipeline import run
@@ -176,14 +182,21 @@ def test_unreachable_ray_address_fails_before_any_model_loads(corpus, tiny_model
 def test_the_cluster_not_the_driver_chooses_the_device():
     gpus = Cluster(address="head:6379", cpus=32, gpus=2, nodes=2, started_here=False)
     cpus = replace(gpus, gpus=0)
-    engine = cluster_engine(EngineOptions(device=""), gpus)
+    # (an unset --dtype is asked of the cluster's GPUs: dtype_for_capabilities below)
+    engine = cluster_engine(EngineOptions(device="", dtype="float16"), gpus)
     assert (engine.device, engine.dtype, engine.max_batch_tokens) == ("cuda", "float16", 65536)
-    engine = cluster_engine(EngineOptions(device="cuda"), gpus)  # this machine has no GPU
-    assert (engine.device, engine.dtype) == ("cuda", "float16")
+    engine = cluster_engine(EngineOptions(device="cuda", dtype="bfloat16"), gpus)  # no local GPU
+    assert (engine.device, engine.dtype) == ("cuda", "bfloat16")
     engine = cluster_engine(EngineOptions(device=""), cpus)
     assert (engine.device, engine.dtype, engine.max_batch_tokens) == ("cpu", "float32", 8192)
     with pytest.raises(UsageError, match=r"at head:6379 has none \(32 CPUs on 2 node\(s\)\)"):
         cluster_engine(EngineOptions(device="cuda:1"), cpus)
+
+
+def test_ray_gpus_get_bf16_where_every_one_has_it_like_local_gpus():
+    assert dtype_for_capabilities([8, 9]) == "bfloat16"  # Ampere, Hopper
+    assert dtype_for_capabilities([8, 7]) == "float16"  # one T4 in the pool
+    assert dtype_for_capabilities([]) == "float16"
 
 
 def test_shards_hold_similar_lengths_and_every_text_once():

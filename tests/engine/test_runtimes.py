@@ -173,19 +173,30 @@ def test_dense_normalize_and_other_poolings_match_torch(pooling, tiny_models, tm
     assert min(cosines(backend.embed(TEXTS), reference.embed(TEXTS))) >= 0.9999
 
 
-def test_auto_picks_a_checked_runtime_on_cpu_and_caches_the_check(minilm, monkeypatch):
+def test_auto_takes_the_fastest_measured_backend_and_remembers_it(minilm, monkeypatch, caplog):
     need("onnx")
-    expected = next(r for r in runtimes.AUTO_ORDER if runtimes.runtime_installed(r))
-    assert resolve_backend(minilm, "auto", "cpu") == expected
-    record_file = runtimes.export_root() / fingerprint_folder(minilm.path)
-    record = json.loads((record_file / f"check-{expected}.json").read_text())
+    installed = [r for r in runtimes.AUTO_ORDER if runtimes.runtime_installed(r)]
+    with caplog.at_level(logging.INFO, logger="embed_collections"):
+        choice = resolve_backend(minilm, "auto", "cpu", sample=TEXTS)
+    folder = runtimes.export_root() / fingerprint_folder(minilm.path)
+    record = json.loads((folder / f"check-{installed[0]}.json").read_text())
     assert record["passed"] and record["min_cosine"] >= 0.9999
+    measured = json.loads((folder / preflight.CHOICE_FILE).read_text())
+    assert measured["candidates"] == ["torch", *installed]  # every runtime that agrees
+    assert choice == measured["choice"] == max(measured["rates"], key=measured["rates"].get)
+    assert measured["machine"] == preflight.machine_key()
+    rates = f"torch {measured['rates']['torch']:g} texts/s"  # logged, measured now or earlier
+    assert (
+        f"auto measured {rates}" in caplog.text
+        or f"earlier on this machine ({rates}" in caplog.text
+    )
 
-    def must_not_check(*args):
-        raise AssertionError("the agreement check ran again")
+    def must_not_run(*args):
+        raise AssertionError("measured or checked again")
 
-    monkeypatch.setattr(preflight, "measure_agreement", must_not_check)
-    assert resolve_backend(minilm, "auto", "cpu") == expected
+    monkeypatch.setattr(preflight, "measure_agreement", must_not_run)
+    monkeypatch.setattr(preflight, "measure_rate", must_not_run)
+    assert resolve_backend(minilm, "auto", "cpu", sample=TEXTS) == choice  # remembered
     assert resolve_backend(minilm, "auto", "cuda") == "torch"
     assert resolve_backend(minilm, "auto", "cpu", dtype="bfloat16") == "torch"
 
@@ -219,10 +230,16 @@ def test_auto_falls_back_when_a_runtime_disagrees_with_torch(tiny_models, fresh_
     assert re.search(
         r"onnx differs from torch \(min cosine -?0\.\d+\); auto uses torch", caplog.text
     )
-    if openvino:  # openvino still disagrees; the next runtime in line, checked again, agrees
+    if openvino:  # openvino still disagrees: only what agrees is measured, the fastest chosen
         onnx_file.write_bytes(clean)
         (fresh_exports / fingerprint_folder(spec.path) / "check-onnx.json").unlink()
-        assert resolve_backend(spec, "auto", "cpu") == "onnx"
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="embed_collections"):
+            chosen = resolve_backend(spec, "auto", "cpu")
+        measured = re.search(r"auto measured (.*): (\w+) is fastest", caplog.text)
+        assert measured, caplog.text
+        assert "onnx" in measured.group(1) and "openvino" not in measured.group(1)
+        assert chosen == measured.group(2)
 
 
 def test_backend_requests_are_checked():
@@ -253,13 +270,14 @@ def test_preflight_decides_auto_per_model_and_fingerprints_it(tiny_models, tmp_p
     requested = EngineOptions(**settings).resolved()
     with caplog.at_level(logging.INFO, logger="embed_collections"):
         [decided] = decide_backends([spec], requested)
-    assert decided in runtimes.RUNTIMES
-    assert f"backend {decided} (auto, checked against torch: cosine " in caplog.text
+    assert decided in ("torch", *runtimes.RUNTIMES)
+    assert f"backend {decided} (auto" in caplog.text and "fastest measured" in caplog.text
     auto = EngineOptions(**settings, backend=decided).resolved()
     torch_only = EngineOptions(**settings, backend="torch").resolved()
-    assert model_fingerprint(spec, decided, "float32") != model_fingerprint(
-        spec, "torch", "float32"
-    )
+    if decided != "torch":
+        assert model_fingerprint(spec, decided, "float32") != model_fingerprint(
+            spec, "torch", "float32"
+        )
     by_digest = {text_digest(t): t for t in TEXTS}
     with EmbeddingCache(tmp_path / "cache.sqlite") as cache:
         vectors = {}

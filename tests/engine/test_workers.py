@@ -238,3 +238,14 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path, tiny_models):
     while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)  # polling the process table, with a deadline
     assert not any(alive(pid) for pid in workers)
+
+
+def test_units_are_sized_so_every_device_gets_work():
+    from embed_collections.engine.workers import SMALL_BATCH, cut_units
+
+    counts = [40] * 150  # 150 short texts: one CPU batch of 8,192 tokens holds them all
+    for devices in (1, 2, 4):
+        units = cut_units(counts, 256, 8192, 0, devices)
+        assert sorted(p for unit in units for p in unit) == list(range(150))
+        assert len(units) >= min(3 * devices, 150 // SMALL_BATCH)
+    assert len(cut_units([40] * 20, 256, 8192, 0, 2)) == 2  # never under SMALL_BATCH texts

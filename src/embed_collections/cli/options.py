@@ -246,7 +246,13 @@ engine_options = stack(
         default=None,
         help="Padded tokens per forward pass [8192 on CPU, 65536 on CUDA].",
     ),
-    click.option("--lease-dir", type=click.Path(path_type=Path), help="Device lease lock files."),
+    click.option(
+        "--lease-dir",
+        type=click.Path(path_type=Path),
+        help="Device lease lock files. Default: machine-wide for GPUs; on CPU beside the "
+        "embedding cache, so only runs sharing a cache take turns (give several runs one "
+        "--lease-dir to make them queue on CPU too).",
+    ),
     click.option(
         "--lease-timeout",
         type=float,

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -61,15 +62,34 @@ def start_telemetry(
     )
 
 
-def weights_size(spec: ModelSpec) -> int:
-    """Bytes of weight files, to ask the lease for enough free GPU memory."""
-    patterns = ("*.safetensors", "*.bin", "*.pt", "*.onnx")
-    return sum(f.stat().st_size for p in patterns for f in spec.path.rglob(p))
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+OTHER_RUNTIMES = {"onnx", "openvino"}  # folders of exported variants torch never loads
+NOT_WEIGHTS = ("training_args", "optimizer", "scheduler", "rng_state")
+
+
+def weights_size(folder: Path) -> int:
+    """Bytes of the weight files torch loads from a model folder, to ask the lease for enough free
+    GPU memory: per module folder its safetensors (else its .bin/.pt files), never the ONNX or
+    OpenVINO variants nor training state."""
+    by_folder: dict[Path, list[Path]] = {}
+    for path in folder.rglob("*"):
+        if (
+            path.suffix in WEIGHT_SUFFIXES
+            and not path.name.startswith(NOT_WEIGHTS)
+            and not OTHER_RUNTIMES & set(path.relative_to(folder).parts[:-1])
+            and path.is_file()
+        ):
+            by_folder.setdefault(path.parent, []).append(path)
+    total = 0
+    for files in by_folder.values():
+        preferred = [f for f in files if f.suffix == ".safetensors"] or files
+        total += sum(f.stat().st_size for f in preferred)
+    return total
 
 
 def lease_for(spec: ModelSpec, device: str, options: EngineOptions, events: list) -> DeviceLease:
     """The lease of one device for one model (asking CUDA for room for the weights)."""
-    required = int(weights_size(spec) * (1.0 if options.dtype == "float32" else 0.5) * 1.5)
+    required = int(weights_size(spec.path) * (1.0 if options.dtype == "float32" else 0.5) * 1.5)
     return DeviceLease(
         spec.name,
         device,

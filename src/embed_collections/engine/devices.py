@@ -15,13 +15,33 @@ from pathlib import Path
 from embed_collections.errors import UsageError
 
 _DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+DEV = Path("/dev")
+CPUINFO = Path("/proc/cpuinfo")
+CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 (AVX-512 BF16, AMX), Arm (bf16)
 
 
 def gpu_driver_present() -> bool:
-    """False only where CUDA surely cannot work: Linux without NVIDIA or ROCm device files."""
+    """False only where CUDA surely cannot work: Linux without NVIDIA, ROCm or WSL2 GPU devices.
+
+    WSL2 exposes the Windows driver as /dev/dxg, without any /dev/nvidia* file.
+    """
     if not sys.platform.startswith("linux"):
         return True  # no cheap test elsewhere: ask torch
-    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/kfd").exists()
+    return any(DEV.glob("nvidia[0-9]*")) or (DEV / "kfd").exists() or (DEV / "dxg").exists()
+
+
+def cpu_has_bfloat16() -> bool | None:
+    """Whether the CPU has bf16 arithmetic (AVX-512 BF16 or AMX on x86, BF16 on Arm); None where
+    the CPU's flags cannot be read (not Linux)."""
+    try:
+        text = CPUINFO.read_text(errors="replace")
+    except OSError:
+        return None
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & CPU_BF16_FLAGS)
 
 
 def cuda_device_count() -> int:
@@ -110,9 +130,16 @@ def supports_bfloat16(device: str) -> bool:
 
 
 def check_dtype(devices: list[str], dtype: str) -> None:
-    """A usage error for `--dtype bfloat16` on a GPU without bf16 (T4, V100)."""
+    """A usage error for `--dtype bfloat16` on a GPU without bf16 (T4, V100) or on a CPU without
+    bf16 units, where it runs several times slower than float32."""
     if dtype != "bfloat16":
         return
+    if any(not is_cuda(d) for d in devices) and cpu_has_bfloat16() is False:
+        raise UsageError(
+            "--dtype bfloat16: this CPU has no bf16 units (no avx512_bf16, amx_bf16 or bf16 "
+            "flag), so bf16 would run several times slower than float32; use --dtype float32 "
+            "or leave --dtype unset"
+        )
     for device in devices:
         if is_cuda(device) and not supports_bfloat16(device):
             import torch

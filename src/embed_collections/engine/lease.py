@@ -54,6 +54,23 @@ def default_lease_dir() -> Path:
     return user_cache_home() / "leases"
 
 
+def holder_record(model: str) -> dict[str, Any]:
+    """What a lease file says about its holder: who (pid, command), for which model, since when."""
+    return {
+        "pid": os.getpid(),
+        "model": model,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300] if sys.argv else "",
+        "since": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def describe_holder(info: dict[str, Any]) -> str:
+    """`held by pid 123 (embed-collections run ...) for model X since 2026-01-01T10:00:00`."""
+    command = f" ({info['command']})" if info.get("command") else ""
+    since = f" since {info['since']}" if info.get("since") else ""
+    return f"held by pid {int(info['pid'])}{command} for model {info['model']}{since}"
+
+
 def _uses_cuda(device: str) -> bool:
     # torch is imported only here so that importing this module stays cheap.
     if not device.startswith("cuda"):
@@ -126,7 +143,7 @@ class DeviceLease:
             self._lock(fd, start, deadline)
             # Truncate-and-write only after locking, so waiters never lose the holder's name.
             os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps({"pid": os.getpid(), "model": self.model}).encode(), 0)
+            os.pwrite(fd, json.dumps(holder_record(self.model)).encode(), 0)
             self._cuda = _uses_cuda(self.device)
             if self._cuda:
                 self._wait_for_memory(start, deadline)
@@ -188,7 +205,7 @@ class DeviceLease:
                     "or use --lease-timeout to wait longer."
                 )
             if now >= next_log:
-                logger.info(
+                logger.warning(
                     "Waiting for lease on %s for model %s (%s, %.0fs elapsed)",
                     self.device, self.model, blocker(), now - start,
                 )  # fmt: skip
@@ -205,8 +222,7 @@ class DeviceLease:
 
         def holder() -> str:
             try:
-                info = json.loads(os.pread(fd, 4096, 0))
-                return f"held by pid {int(info['pid'])} for model {info['model']}"
+                return describe_holder(json.loads(os.pread(fd, 4096, 0)))
             except (OSError, ValueError, KeyError, TypeError):
                 return "held by another process"
 

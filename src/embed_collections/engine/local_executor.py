@@ -13,6 +13,7 @@ device everything stays in this process.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from embed_collections.engine.batches import (
     start_telemetry,
 )
 from embed_collections.engine.cache import EmbeddingCache
+from embed_collections.engine.devices import is_cuda
 from embed_collections.engine.lease import LeaseEvent
 from embed_collections.engine.models import ModelSpec
 from embed_collections.engine.options import EngineOptions
@@ -51,6 +53,7 @@ def embed_pending(
     Vectors are written to the cache batch by batch (this process is the only writer), so a crash
     keeps everything finished.
     """
+    options = cpu_lease_beside(cache, options)
     telemetry = start_telemetry(spec, fingerprint, cache, options, options.device)
     if not cache.missing(fingerprint, texts):
         telemetry.cache_hits = len(texts)
@@ -64,6 +67,18 @@ def embed_pending(
         return telemetry
     embed_in_process(spec, fingerprint, texts, cache, options, events, telemetry, devices[0])
     return telemetry
+
+
+def cpu_lease_beside(cache: EmbeddingCache, options: EngineOptions) -> EngineOptions:
+    """On CPU without --lease-dir, the lease folder sits beside the embedding cache.
+
+    A GPU is one shared device, so its lease is machine-wide (the user cache). CPU runs only need
+    to take turns when they share a cache (else both would embed the same texts); runs with their
+    own output directories run side by side. Runs that should queue anyway name one --lease-dir.
+    """
+    if options.lease_dir is not None or any(is_cuda(d) for d in options.devices):
+        return options
+    return replace(options, lease_dir=cache.path.parent / "leases")
 
 
 def embed_in_process(

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from embed_collections.engine.batches import (
+    TokenBudget,
     progress_bar,
     report_non_finite,
     run_batches,
@@ -49,6 +50,7 @@ from embed_collections.engine.batches import (
 )
 from embed_collections.engine.cache import EmbeddingCache, write_shard
 from embed_collections.engine.lease import LeaseEvent
+from embed_collections.engine.lifeline import die_with_driver
 from embed_collections.engine.models import ModelSpec
 from embed_collections.engine.options import EngineOptions, default_batch_tokens
 from embed_collections.engine.runtimes import create_backend
@@ -182,15 +184,41 @@ def cluster_engine(engine: EngineOptions, cluster: Cluster) -> EngineOptions:
         )
     device = engine.device or ("cuda" if cluster.gpus >= 1 else "cpu")
     if device.startswith("cuda"):
-        # The GPUs are the cluster's: this machine may have none, so nothing local is asked.
-        # fp16 runs on every GPU generation (a batch that overflows is re-run in float32).
+        # The GPUs are the cluster's: this machine may have none, so they are asked themselves.
         return replace(
             engine,
             device="cuda",
-            dtype=engine.dtype or "float16",
+            dtype=engine.dtype or cluster_gpu_dtype(int(cluster.gpus), engine.lease_timeout),
             max_batch_tokens=engine.max_batch_tokens or default_batch_tokens("cuda"),
         )
     return replace(engine, device=device).resolved()
+
+
+def gpu_capability() -> int:
+    """The major compute capability of the GPU a Ray task was given (it sees it as cuda:0)."""
+    import torch
+
+    return int(torch.cuda.get_device_capability(0)[0])
+
+
+def dtype_for_capabilities(majors: list[int]) -> str:
+    """bf16 when every GPU has it (compute capability 8.0+, as locally), else fp16 (T4, V100)."""
+    return "bfloat16" if majors and min(majors) >= 8 else "float16"
+
+
+def cluster_gpu_dtype(gpus: int, timeout: float) -> str:
+    """The half precision for the cluster's GPUs, asked of them (one probe task per GPU, spread);
+    fp16, which every generation runs, when they do not answer in time."""
+    ray = import_ray()
+    probe = ray.remote(num_gpus=1, scheduling_strategy="SPREAD")(gpu_capability)
+    try:
+        majors = ray.get([probe.remote() for _ in range(max(1, gpus))], timeout=timeout)
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as error:
+        log.warning("GPU capability of the Ray cluster unknown (%s): float16", ray_error(error))
+        return "float16"
+    dtype = dtype_for_capabilities(majors)
+    log.info("Ray cluster GPUs: compute capability %s, %s", sorted(set(majors)), dtype)
+    return dtype
 
 
 @contextmanager
@@ -267,12 +295,16 @@ class ShardEmbedder:
         batch_size: int,
         max_batch_tokens: int,
         env: dict[str, str],
+        driver: tuple[str, int] = ("", 0),
     ):
         os.environ.update(env)
+        die_with_driver(*driver)
         self.index, self.name = index, spec.name
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         # Inside Ray a GPU actor sees only its own GPU (CUDA_VISIBLE_DEVICES): it is cuda:0.
         self.device = "cuda" if device.startswith("cuda") else device
+        # One budget for every shard: an out-of-memory halving outlives the shard that hit it.
+        self.budget = TokenBudget(max_batch_tokens or default_batch_tokens(self.device))
         with Timer() as timer:
             self.backend = create_backend(spec, backend, dtype)
             self.backend.load(self.device)
@@ -324,6 +356,7 @@ class ShardEmbedder:
             deliver,
             lambda row: None,  # left NaN: the driver reports and skips it
             self.name,
+            self.budget,
         )
         summary: dict[str, Any] = {
             "batches": stats.batches,
@@ -400,6 +433,7 @@ def embed_pending(
             options.batch_size,
             options.max_batch_tokens,
             env,
+            (socket.gethostname(), os.getpid()),
         )  # fmt: skip
         for i in range(plan.actors)
     ]

@@ -15,15 +15,10 @@ the next.
 from __future__ import annotations
 
 import collections
-import contextlib
-import ctypes
 import logging
 import math
 import multiprocessing
 import os
-import signal
-import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import wait
@@ -49,6 +44,7 @@ from embed_collections.engine.batches import (
 from embed_collections.engine.cache import EmbeddingCache
 from embed_collections.engine.devices import is_cuda
 from embed_collections.engine.lease import LeaseEvent
+from embed_collections.engine.lifeline import die_with_parent
 from embed_collections.engine.models import ModelSpec, transformer_folder
 from embed_collections.engine.options import EngineOptions, default_batch_tokens
 from embed_collections.engine.telemetry import DeviceTelemetry, ModelTelemetry, Timer
@@ -61,8 +57,6 @@ UNIT_BATCHES = 8  # most batches per work unit: small enough to balance, large e
 UNITS_PER_DEVICE = 3  # at least this many units per device when the job allows it
 SMALL_BATCH = 16  # fewest texts in a unit cut smaller for balance
 START_TIMEOUT = 600.0  # seconds to wait for the first worker to hold its lease and load
-PARENT_CHECK_SECONDS = 1.0  # how often a worker's watching thread looks for its parent
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -89,23 +83,6 @@ class WorkerState:
     unit: Unit | None = None  # handed out and not finished: what its death would lose
     chunks: int = 0  # what the parent cached from it, counted for a worker that dies
     tokens: int = 0
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """End this worker when its parent dies, even mid-batch: the kernel's parent-death signal on
-    Linux, and everywhere a thread that notices the parent is gone (the pipe also breaks)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):  # a libc without prctl
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the parent died before the signal was armed
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_CHECK_SECONDS)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
 def worker_main(

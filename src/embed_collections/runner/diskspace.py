@@ -16,7 +16,7 @@ from pathlib import Path
 from embed_collections.corpus.chunks import Chunk, LoadedCollection
 from embed_collections.corpus.discovery import find_chunk_files
 from embed_collections.engine.cache import EmbeddingCache
-from embed_collections.errors import DiskFullError, EmbedCollectionsError
+from embed_collections.errors import DiskFullError, EmbedCollectionsError, LeaseTimeoutError
 from embed_collections.record.config import RunConfig
 
 MB = 1024 * 1024
@@ -87,10 +87,11 @@ def check_space(needs: dict[Path, int], when: str) -> None:
 
 
 def stops_the_run(error: BaseException) -> bool:
-    """True for failures that every later collection would meet too: a full or read-only disk."""
+    """True for failures that every later collection would meet too: a full or read-only disk,
+    a device lease that did not come in time."""
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, DiskFullError):
+        if isinstance(seen, (DiskFullError, LeaseTimeoutError)):
             return True
         if isinstance(seen, OSError) and seen.errno in STOP_ERRNOS:
             return True

@@ -3,8 +3,11 @@ what it makes the store keep per point and the run record say."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from embed_collections.corpus.discovery import find_chunk_files
 from embed_collections.engine.cache import EmbeddingCache
 from embed_collections.engine.combine import check_combine, combined_dims, vector_names
 from embed_collections.engine.models import (
@@ -102,8 +105,30 @@ class Ensemble:
         )
 
 
-def prepare_ensemble(config: RunConfig) -> Ensemble:
-    """Resolve and fingerprint every model, and check the combine mode (before any work)."""
+SAMPLE_TEXTS = 96  # texts `--backend auto` times the candidate backends on
+
+
+def sample_texts(selected: dict[str, Path], pattern: str, limit: int = SAMPLE_TEXTS) -> list[str]:
+    """Some of the run's own texts (the first readable chunk files), for `--backend auto`."""
+    texts: list[str] = []
+    for directory in selected.values():
+        for path in find_chunk_files(directory, pattern)[:2]:
+            try:
+                records = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # reported when the collection loads
+            for record in records if isinstance(records, list) else []:
+                text = record.get("text") if isinstance(record, dict) else None
+                if isinstance(text, str) and text.strip():
+                    texts.append(text)
+            if len(texts) >= limit:
+                return texts[:limit]
+    return texts
+
+
+def prepare_ensemble(config: RunConfig, sample: list[str] | None = None) -> Ensemble:
+    """Resolve and fingerprint every model, and check the combine mode (before any work);
+    `sample`: some of the run's texts, on which `--backend auto` times the backends."""
     specs = resolve_ensemble(
         list(config.models),
         list(config.weights) if config.weights else None,
@@ -115,7 +140,7 @@ def prepare_ensemble(config: RunConfig) -> Ensemble:
         config.query_prefix,
     )
     check_combine(config.combine, [s.dim for s in specs], [s.name for s in specs])
-    backends = decide_backends(specs, config.engine)
+    backends = decide_backends(specs, config.engine, sample)
     hashes = {spec.path: fingerprint_folder(spec.path) for spec in specs}
     fingerprints = [
         model_fingerprint(spec, backend, config.engine.dtype, hashes[spec.path])

@@ -57,7 +57,7 @@ from embed_collections.runner.diskspace import (
     preflight_space,
     stops_the_run,
 )
-from embed_collections.runner.ensemble import Ensemble, prepare_ensemble
+from embed_collections.runner.ensemble import Ensemble, prepare_ensemble, sample_texts
 from embed_collections.stores import Store, VectorLayout
 from embed_collections.stores import sparse as sparse_vectors
 from embed_collections.stores.open import open_store
@@ -183,7 +183,7 @@ def run_logged(
     phases["discover"] = time.perf_counter() - clock
     with EmbeddingCache(config.embedding_cache_path) as cache:
         clock = time.perf_counter()
-        ensemble = prepare_ensemble(config)
+        ensemble = prepare_ensemble(config, sample_texts(selected, config.pattern))
         for spec in ensemble.specs:
             log.info("Model %s from %s (weight %g)", spec.name, spec.source, spec.weight)
         preflight_space(config, selected, ensemble.dims(cache))
