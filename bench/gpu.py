@@ -335,7 +335,7 @@ def limit_checks(folder: Path, texts: list[str], device: str, half: str, work: P
         checks["two_gpu_workers"] = "skipped: one GPU"
     # 5: the dtype Ray picks for its GPUs (bf16 on compute capability 8.0+).
     if cuda and importlib.util.find_spec("ray") is not None:
-        from embed_collections.engine.ray_executor import cluster_gpu_dtype, connect
+        from embed_collections.engine.ray_cluster import cluster_gpu_dtype, connect
 
         checks["ray_gpu_dtype"] = with_fault("", lambda: (connect(None), cluster_gpu_dtype(
             torch.cuda.device_count(), 120))[1])  # fmt: skip

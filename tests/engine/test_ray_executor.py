@@ -16,13 +16,8 @@ from conftest import cosine, encode, need_module, run_cli, unused_port, write_ch
 import embed_collections
 from embed_collections.engine.cache import EmbeddingCache, text_digest
 from embed_collections.engine.options import EngineOptions
-from embed_collections.engine.ray_executor import (
-    KILL_ONCE_ENV,
-    Cluster,
-    cluster_engine,
-    cut_shards,
-    dtype_for_capabilities,
-)
+from embed_collections.engine.ray_cluster import Cluster, cluster_engine, dtype_for_capabilities
+from embed_collections.engine.ray_executor import KILL_ONCE_ENV, cut_shards
 from embed_collections.errors import UsageError
 from embed_collections.record.config import RunConfig
 from embed_collections.runner.pipeline import run

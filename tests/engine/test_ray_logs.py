@@ -10,7 +10,7 @@ import logging
 import pytest
 from conftest import cli_run_args, run_cli, write_chunks
 
-from embed_collections.engine.ray_executor import ray_logs_routed
+from embed_collections.engine.ray_cluster import ray_logs_routed
 
 
 def test_ray_records_go_through_our_logger_while_ray_starts(caplog):

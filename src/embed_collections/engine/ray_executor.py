@@ -20,7 +20,8 @@ which the summary reports. The pool is about a hundred lines.
 Tokenisation happens in the actors, not on the driver: one driver tokenises about 1,900 texts/s
 (docs/measurements.md), 15 hours for 100 M chunks. The driver orders texts by character length
 to cut shards of similar lengths; each actor sorts its shard by token count and returns the counts.
-Ray is imported only inside these functions: the local executor never imports it.
+Joining the cluster is `ray_cluster.py`. Ray is imported only inside functions: the local
+executor never imports it.
 """
 
 from __future__ import annotations
@@ -32,9 +33,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -53,10 +52,10 @@ from embed_collections.engine.lease import LeaseEvent
 from embed_collections.engine.lifeline import die_with_driver
 from embed_collections.engine.models import ModelSpec
 from embed_collections.engine.options import EngineOptions, default_batch_tokens
+from embed_collections.engine.ray_cluster import connect, import_ray, ray_error
 from embed_collections.engine.runtimes import create_backend
 from embed_collections.engine.telemetry import DeviceTelemetry, ModelTelemetry, Timer
 from embed_collections.errors import (
-    EmbedCollectionsError,
     LeaseTimeoutError,
     ModelError,
     UsageError,
@@ -64,7 +63,6 @@ from embed_collections.errors import (
 
 log = logging.getLogger(__name__)
 
-EXTRA = "embed-collections[ray]"
 SHARD_TEXTS = 1024  # most texts per shard: ~1.5 MB of 384-d vectors back per shard
 SHARDS_PER_ACTOR = 4  # at least this many shards per actor, so a slow actor does not hold the tail
 MAX_RESTARTS = 3  # Ray restarts a dead actor this often and re-runs its unfinished shards
@@ -72,180 +70,6 @@ MAX_RESTARTS = 3  # Ray restarts a dead actor this often and re-runs its unfinis
 # SIGKILLs its own process mid-shard (once: the restarted actor sees the marker and goes on).
 KILL_ONCE_ENV = "EMBED_COLLECTIONS_RAY_KILL_ONCE"
 FORWARDED_ENV = ("EMBED_COLLECTIONS_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
-
-
-def import_ray() -> Any:
-    """Ray itself, or a usage error naming the extra that installs it."""
-    try:
-        import ray
-    except ImportError as error:
-        raise UsageError(
-            f'--executor ray needs Ray, which is not importable ({error}); pip install "{EXTRA}"'
-        ) from error
-    return ray
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """What the driver sees of the Ray cluster it joined."""
-
-    address: str
-    cpus: float
-    gpus: float
-    nodes: int
-    started_here: bool
-
-    def describe(self) -> dict[str, Any]:
-        """For the summary."""
-        return {"address": self.address, "cpus": self.cpus, "gpus": self.gpus, "nodes": self.nodes}
-
-
-def probe_address(address: str, timeout: float = 5.0) -> None:
-    """Fail in seconds, naming the address, when nothing listens at a host:port Ray address."""
-    target = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        return  # "auto" and friends: Ray resolves them itself
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as error:
-        raise EmbedCollectionsError(
-            f"Ray cluster at {address} is unreachable ({error.strerror or error}); start it with "
-            "`ray start --head` there, or fix --ray-address / RAY_ADDRESS"
-        ) from error
-
-
-class RayLogForwarder(logging.Handler):
-    """Hands Ray's own log records to this module's logger: the run's log, in its format."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        level = min(record.levelno, logging.INFO)  # Ray's start-up notices are not our warnings
-        log.log(level, "Ray: %s", record.getMessage())
-
-
-@contextmanager
-def ray_logs_routed() -> Iterator[None]:
-    """While Ray starts, its logger writes through ours instead of straight to stderr."""
-    ray_logger = logging.getLogger("ray")
-    handlers, propagate = ray_logger.handlers[:], ray_logger.propagate
-    ray_logger.handlers[:] = [RayLogForwarder()]
-    ray_logger.propagate = False
-    try:
-        yield
-    finally:
-        ray_logger.handlers[:] = handlers
-        ray_logger.propagate = propagate
-
-
-def connect(address: str | None) -> Cluster:
-    """Join the Ray cluster at `address` (else RAY_ADDRESS, else start one sized to this machine).
-
-    An already initialised Ray (a test session, a notebook) is used as it is.
-    """
-    ray = import_ray()
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    started = False
-    if not ray.is_initialized():
-        if address:
-            probe_address(address)
-        try:
-            with ray_logs_routed():
-                ray.init(
-                    address=address or "local",  # not a cluster found on disk: the one asked for
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    logging_level=logging.WARNING,
-                )
-        except (ConnectionError, RuntimeError, TimeoutError) as error:
-            raise EmbedCollectionsError(
-                f"Ray cluster at {address or 'a new local instance'} could not be joined "
-                f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
-                "check --ray-address / RAY_ADDRESS"
-            ) from error
-        started = not address
-    resources = ray.cluster_resources()
-    alive = [node for node in ray.nodes() if node.get("Alive")]
-    return Cluster(
-        address=address or ray.get_runtime_context().gcs_address,
-        cpus=float(resources.get("CPU", 0)),
-        gpus=float(resources.get("GPU", 0)),
-        nodes=len(alive),
-        started_here=started,
-    )
-
-
-def cluster_engine(engine: EngineOptions, cluster: Cluster) -> EngineOptions:
-    """The engine options for the cluster: cuda when it has GPUs (unless a device was asked)."""
-    if engine.device.startswith("cuda") and cluster.gpus < 1:
-        raise UsageError(
-            f"--device {engine.device} asks for GPUs, but the Ray cluster at {cluster.address} has "
-            f"none ({cluster.cpus:g} CPUs on {cluster.nodes} node(s)); use --device cpu or add "
-            "GPU nodes"
-        )
-    device = engine.device or ("cuda" if cluster.gpus >= 1 else "cpu")
-    if device.startswith("cuda"):
-        # The GPUs are the cluster's: this machine may have none, so they are asked themselves.
-        return replace(
-            engine,
-            device="cuda",
-            dtype=engine.dtype or cluster_gpu_dtype(int(cluster.gpus), engine.lease_timeout),
-            max_batch_tokens=engine.max_batch_tokens or default_batch_tokens("cuda"),
-        )
-    return replace(engine, device=device).resolved()
-
-
-def gpu_capability() -> int:
-    """The major compute capability of the GPU a Ray task was given (it sees it as cuda:0)."""
-    import torch
-
-    return int(torch.cuda.get_device_capability(0)[0])
-
-
-def dtype_for_capabilities(majors: list[int]) -> str:
-    """bf16 when every GPU has it (compute capability 8.0+, as locally), else fp16 (T4, V100)."""
-    return "bfloat16" if majors and min(majors) >= 8 else "float16"
-
-
-def cluster_gpu_dtype(gpus: int, timeout: float) -> str:
-    """The half precision for the cluster's GPUs, asked of them (one probe task per GPU, spread);
-    fp16, which every generation runs, when they do not answer in time."""
-    ray = import_ray()
-    probe = ray.remote(num_gpus=1, scheduling_strategy="SPREAD")(gpu_capability)
-    try:
-        majors = ray.get([probe.remote() for _ in range(max(1, gpus))], timeout=timeout)
-    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as error:
-        log.warning("GPU capability of the Ray cluster unknown (%s): float16", ray_error(error))
-        return "float16"
-    dtype = dtype_for_capabilities(majors)
-    log.info("Ray cluster GPUs: compute capability %s, %s", sorted(set(majors)), dtype)
-    return dtype
-
-
-@contextmanager
-def cluster_session(address: str | None, engine: EngineOptions) -> Iterator[EngineOptions]:
-    """Preflight before any model loads: join Ray, check the device; yields the engine options
-    the cluster's devices decide."""
-    cluster = connect(address)
-    log.info(
-        "Ray cluster %s: %g CPUs, %g GPUs on %d node(s)",
-        cluster.address,
-        cluster.cpus,
-        cluster.gpus,
-        cluster.nodes,
-    )
-    try:
-        yield cluster_engine(engine, cluster)
-    finally:
-        if cluster.started_here:
-            import_ray().shutdown()
-
-
-def describe_cluster() -> dict[str, Any]:
-    """The joined cluster's address and resources, for the summary ({} when Ray is not up)."""
-    ray = import_ray()
-    if not ray.is_initialized():
-        return {}
-    return connect(None).describe()
 
 
 @dataclass(frozen=True)
@@ -382,13 +206,6 @@ def kill_once_after_first_batch() -> None:
 def forwarded_env() -> dict[str, str]:
     """The driver's settings the actors need (offline mode, export and cache folders, hooks)."""
     return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
-
-
-def ray_error(error: BaseException) -> str:
-    """The first line of a Ray error's cause, for a one-line message."""
-    cause = getattr(error, "cause", None) or error
-    text = str(cause).strip().splitlines()
-    return text[-1] if text else type(cause).__name__
 
 
 def embed_pending(

@@ -134,7 +134,7 @@ def run(config: RunConfig) -> RunSummary:
         ExitStack() as stack,
     ):
         if config.executor == "ray":  # preflight: join Ray and check its devices before any model
-            from embed_collections.engine.ray_executor import cluster_session
+            from embed_collections.engine.ray_cluster import cluster_session
 
             ray_started = time.perf_counter()
             engine = stack.enter_context(cluster_session(config.ray_address, config.engine))
@@ -334,7 +334,7 @@ def run_extras(
     """The keys the summary adds after the V6.1 schema."""
     ray_cluster = None
     if config.executor == "ray":
-        from embed_collections.engine.ray_executor import describe_cluster
+        from embed_collections.engine.ray_cluster import describe_cluster
 
         ray_cluster = describe_cluster()
     return {
