@@ -31,7 +31,7 @@ def test_ray_records_go_through_our_logger_while_ray_starts(caplog):
     assert raw.getvalue() == ""
     assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
         (
-            "embed_collections.engine.ray_executor",
+            "embed_collections.engine.ray_cluster",
             "INFO",
             "Ray: Token authentication is enabled for this Ray cluster.",
         )
