@@ -213,7 +213,6 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_exit_when_their_parent_is_killed(tmp_path, tiny_models):
     script = tmp_path / "parent.py"

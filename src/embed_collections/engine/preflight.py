@@ -133,7 +133,13 @@ def fastest_backend(spec: ModelSpec, candidates: list[str], texts: list[str]) ->
         return str(record["choice"])
     sample = (texts or list(CHECK_TEXTS)) * (MEASURE_TEXTS // max(1, len(texts)) + 1)
     sample = sample[:MEASURE_TEXTS]
-    rates = {name: round(measure_rate(spec, name, sample), 1) for name in candidates}
+    rates: dict[str, float] = {}
+    for name in candidates:
+        try:
+            rates[name] = round(measure_rate(spec, name, sample), 1)
+        except ModelError as error:  # a runtime that cannot run this model is not a choice
+            log.warning("%s: auto could not time %s (%s)", spec.name, name, error)
+            rates[name] = 0.0
     choice = max(candidates, key=lambda name: rates[name])
     log.info("%s: auto measured %s: %s is fastest", spec.name, rates_text(rates), choice)
     write_json_atomic(
