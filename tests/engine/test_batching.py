@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import queue
 import signal
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from embed_collections.engine.batches import GROW_AFTER, load_backend, run_batch
 from embed_collections.engine.lease import DeviceLease
 from embed_collections.engine.models import ModelSettings, ModelSpec, resolve_model
 from embed_collections.engine.telemetry import DeviceTelemetry, ModelTelemetry
-from embed_collections.engine.workers import Unit, WorkerState, requeue_dead_workers
+from embed_collections.engine.workers import Plan, Unit, WorkerState, lost_worker
 from embed_collections.errors import LeaseTimeoutError, ModelError
 
 SPEC = ModelSpec(name="tiny", path=Path("tiny"), source="test", settings=ModelSettings())
@@ -69,27 +68,25 @@ def kill_self() -> None:
 
 
 def dead_worker(device: str, unit: Unit) -> WorkerState:
-    """A worker whose process really died of SIGKILL, holding `unit` with one row sent back."""
+    """A worker whose process really died of SIGKILL while it held `unit`."""
     process = multiprocessing.get_context("fork").Process(target=kill_self)
     process.start()
     process.join(timeout=30)
     assert process.exitcode == -signal.SIGKILL
-    return WorkerState(device=device, process=process, unit=unit, received={0})
+    return WorkerState(device=device, process=process, unit=unit)
 
 
 def test_a_unit_that_killed_one_worker_goes_back_then_one_that_killed_two_fails():
     telemetry = ModelTelemetry(model="tiny", fingerprint="f")
-    tasks: queue.Queue = queue.Queue()
+    plan = Plan(listed=True, order=[0, 1, 2], inputs=["a", "b", "c"], counts=[3, 3, 3])
+    plan.done = {0}  # the first text's vector reached the cache before the kill
     first = Unit(7, [0, 1, 2], ["a", "b", "c"], [3, 3, 3])
-    pending = {7: first}
-    requeue_dead_workers(SPEC, telemetry, {"cpu:1": dead_worker("cpu:1", first)}, pending, tasks)
-    retry = tasks.get_nowait()
+    lost_worker(SPEC, telemetry, dead_worker("cpu:1", first), plan)
+    (retry,) = plan.waiting
     assert (retry.positions, retry.texts, retry.attempts) == ([1, 2], ["b", "c"], 1)
-    assert list(pending.values()) == [retry]  # the dead worker's unit is replaced by the rest
+    plan.waiting.clear()  # handed to the next worker, which dies too
     with pytest.raises(ModelError, match=r"a work unit killed two workers \(last on cpu:0\)"):
-        requeue_dead_workers(
-            SPEC, telemetry, {"cpu:0": dead_worker("cpu:0", retry)}, pending, tasks
-        )
+        lost_worker(SPEC, telemetry, dead_worker("cpu:0", retry), plan)
 
 
 def test_cuda_and_cuda_0_meet_on_one_lock(tmp_path, monkeypatch):
