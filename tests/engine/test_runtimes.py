@@ -3,8 +3,11 @@ and the `auto` choice, on the packaged all-MiniLM-L6-v2 and tiny generated model
 
 import json
 import logging
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -296,3 +299,31 @@ def test_run_help_lists_the_backends_and_quantize():
     result = CliRunner().invoke(cli, ["run", "--help"])
     assert result.exit_code == 0
     assert "[auto|torch|onnx|openvino]" in result.output and "--quantize [int8]" in result.output
+
+
+# OpenVINO with the openvino backend, in a fresh process outside CI with an empty home: left
+# alone, `import openvino` sends usage telemetry from a thread pool (a run once hung at exit).
+OPENVINO_USE = """
+import sys, threading
+from embed_collections.engine.models import resolve_model
+from embed_collections.engine.runtimes import create_backend
+backend = create_backend(resolve_model(sys.argv[1]), "openvino", "float32")
+backend.load("cpu")
+backend.embed(["hello world"])
+print(sorted(t.name for t in threading.enumerate()))
+"""
+
+
+def test_the_openvino_backend_sends_no_telemetry(tiny_models, tmp_path):
+    need("openvino")
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    done = subprocess.run(
+        [sys.executable, "-c", OPENVINO_USE, str(tiny_models["tiny32"])],
+        env={**env, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "['MainThread']"
+    assert not (tmp_path / "intel").exists()  # no consent folder or client id written

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from dataclasses import replace
@@ -124,10 +125,9 @@ def build_export(spec: ModelSpec, backend: str, folder: Path) -> None:
         if runtime == "onnx":
             quantize_onnx(source / "model.onnx", folder / "model.onnx")
         else:
-            import openvino as ov
-
+            ov = import_openvino()
+            converted = ov.Core().read_model(source / "model.onnx")
             # save_model compresses weights to fp16 by default: not lossless, so switched off
-            converted = ov.convert_model(source / "model.onnx")
             ov.save_model(converted, folder / "model.xml", compress_to_fp16=False)
     manifest.update(backend=backend, format=FORMAT)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -329,9 +329,19 @@ def open_onnxruntime(folder: Path, threads: int | None):
     return lambda feeds: session.run(["last_hidden_state"], feeds)[0]
 
 
+def import_openvino() -> Any:
+    """OpenVINO without its usage telemetry: `import openvino` sends an event from a thread
+    pool whose sender forks, which has hung a finished run at exit; blocking the telemetry
+    package makes OpenVINO use its own no-op stub (unless this process imported it already)."""
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    import openvino
+
+    return openvino
+
+
 def open_openvino(folder: Path, threads: int | None):
     """An OpenVINO CPU request; f32 forced, since CPUs with bf16 units otherwise default to bf16."""
-    import openvino as ov
+    ov = import_openvino()
 
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
     if threads:  # a CPU worker's share: pinned threads of two workers would land on one core
