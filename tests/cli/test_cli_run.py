@@ -411,7 +411,7 @@ def test_search_finds_the_exact_chunk_first(first_run):
     assert len(hits) == 3
     assert hits[0]["text"] == wanted
     assert hits[0]["chunk_id"] == "beta_guide_chunks-0003"
-    assert hits[0]["id"] == point_id("beta", "beta_guide_chunks-0003")
+    assert hits[0]["point_id"] == point_id("beta", "beta_guide_chunks-0003")
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert hits[0]["score"] > hits[1]["score"]
 

@@ -29,6 +29,7 @@ from embed_collections.query.search import (
     QueryEncoder,
     build_queries,
     open_run_store,
+    resolve_recorded,
     uses_weighted_fusion,
     weighted_named_search,
 )
@@ -288,7 +289,7 @@ def evaluate_beir(
         cache_hits=summary.extra.get("cache_hits", 0),
         cache_misses=summary.extra.get("cache_misses", 0),
     )
-    measure_storage(report, record)
+    measure_storage(report, record, config.output_dir)
     qrels = {qid: dataset.qrels[qid] for qid in queries}
     corpus_ids = list(dataset.corpus)
     store = open_run_store(record, config.qdrant_api_key, config.output_dir)
@@ -309,7 +310,7 @@ def evaluate_beir(
     return report
 
 
-def measure_storage(report: EvalReport, record: RunRecord) -> None:
+def measure_storage(report: EvalReport, record: RunRecord, output_dir: Path) -> None:
     """The collection's storage options, the RAM its dense vectors need per point (computed from
     the options: the quantized copy, plus the originals unless on disk) and the disk it takes
     per point (measured: blocks allocated to the embedded store's segments, vectors, index and
@@ -321,8 +322,9 @@ def measure_storage(report: EvalReport, record: RunRecord) -> None:
     report.vector_ram_bytes_per_point = sum(
         storage.ram_bytes(dim) for dim in record.layout.dense.values()
     )
-    if record.store.path and report.corpus_size:
-        segments = Path(record.store.path) / report.collection / "segments"
+    store_path = resolve_recorded(output_dir, record.store.path)
+    if store_path and report.corpus_size:
+        segments = store_path / report.collection / "segments"
         size = sum(p.stat().st_blocks * 512 for p in segments.rglob("*") if p.is_file())
         report.disk_bytes_per_point = round(size / report.corpus_size, 1)
 

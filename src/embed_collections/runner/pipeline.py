@@ -197,7 +197,6 @@ def run_logged(
                 f"Cannot read directory {directory}: {reason} (fix its permissions)"
             )
             summary.count("file_errors", 1)
-        reserve_summary(config.output_dir / SUMMARY_FILE, summary)
         store: Store | None = None
         stopped: Exception | None = None
         interrupted = False
@@ -206,6 +205,8 @@ def run_logged(
             store = open_run_store(config)
             if store is not None:
                 check_store_layouts(store, list(selected), ensemble.layout(cache), config.recreate)
+            # after the preflight: a run refused there leaves the last run's summary as it was
+            reserve_summary(config.output_dir / SUMMARY_FILE, summary)
             phases["preflight"] = time.perf_counter() - clock
             with Progress(
                 len(selected), "store", "collection", config.engine.show_progress, "point"
