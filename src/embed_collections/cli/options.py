@@ -275,3 +275,27 @@ engine_options = stack(
         help="Seconds a device worker may go without progress before its model fails.",
     ),
 )
+
+
+# How `search` and `serve` reach a run's store and models.
+query_options = stack(
+    click.option(
+        "--qdrant-url",
+        envvar="QDRANT_URL",
+        help="Search this Qdrant server instead of the run's store (env QDRANT_URL).",
+    ),
+    click.option(
+        "--qdrant-path",
+        type=click.Path(path_type=Path),
+        help="Search this embedded store folder instead of the run's store.",
+    ),
+    click.option("--qdrant-api-key", envvar="QDRANT_API_KEY", help="API key (env QDRANT_API_KEY)."),
+    click.option(
+        "--trust-remote-code",
+        is_flag=True,
+        help="Let models run their own code (never taken from the run's record).",
+    ),
+    click.option(
+        "--device", default="", help="Device for the query models [cuda if present, else cpu]."
+    ),
+)

@@ -12,6 +12,7 @@ from embed_collections.cli.options import (
     engine_options,
     ensemble_options,
     parse_weights,
+    query_options,
     quiet_option,
     split_list,
     storage_options,
@@ -53,25 +54,7 @@ from embed_collections.cli.render import echo_json, render_table, setup_logging
 @click.option(
     "--rrf-k", default=60, show_default=True, help="RRF constant k: score = sum 1/(k + rank)."
 )
-@click.option(
-    "--qdrant-url",
-    envvar="QDRANT_URL",
-    help="Search this Qdrant server instead of the run's store (env QDRANT_URL).",
-)
-@click.option(
-    "--qdrant-path",
-    type=click.Path(path_type=Path),
-    help="Search this embedded store folder instead of the run's store.",
-)
-@click.option("--qdrant-api-key", envvar="QDRANT_API_KEY", help="API key (env QDRANT_API_KEY).")
-@click.option(
-    "--trust-remote-code",
-    is_flag=True,
-    help="Let models run their own code (never taken from the run's record).",
-)
-@click.option(
-    "--device", default="", help="Device for the query models [cuda if present, else cpu]."
-)
+@query_options
 @click.option(
     "--weights",
     multiple=True,

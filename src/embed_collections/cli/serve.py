@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from embed_collections.cli.options import quiet_option, verbose_option
+from embed_collections.cli.options import query_options, quiet_option, verbose_option
 from embed_collections.cli.render import setup_logging
 from embed_collections.errors import UsageError
 
@@ -36,25 +36,7 @@ log = logging.getLogger("embed_collections.cli.serve")
     is_flag=True,
     help="Speak MCP over stdin/stdout instead of HTTP (for desktop agents).",
 )
-@click.option(
-    "--qdrant-url",
-    envvar="QDRANT_URL",
-    help="Search this Qdrant server instead of the run's store (env QDRANT_URL).",
-)
-@click.option(
-    "--qdrant-path",
-    type=click.Path(path_type=Path),
-    help="Search this embedded store folder instead of the run's store.",
-)
-@click.option("--qdrant-api-key", envvar="QDRANT_API_KEY", help="API key (env QDRANT_API_KEY).")
-@click.option(
-    "--trust-remote-code",
-    is_flag=True,
-    help="Let models run their own code (never taken from the run's record).",
-)
-@click.option(
-    "--device", default="", help="Device for the query models [cuda if present, else cpu]."
-)
+@query_options
 @click.option(
     "--max-batch",
     type=click.IntRange(min=1),
