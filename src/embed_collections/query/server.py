@@ -133,7 +133,9 @@ def create_app(service: SearchService, mcp_server: Any = None, host: str = "127.
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening socket on host:port (port 0: a free port the system picks)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only for sockets that
+    # say so, and without it every kept-alive response waited ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
