@@ -7,7 +7,6 @@ import io
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import pytest
 
 import embed_collections
 from embed_collections.cli.main import main
+from embed_collections.engine.cache import EmbeddingCache
 from embed_collections.engine.options import EngineOptions
 from embed_collections.engine.tiny_model import build_tiny_model
 from embed_collections.record.config import SUMMARY_FILE
@@ -181,17 +181,8 @@ def cached_vectors(out: Path) -> int:
     path = out / "cache" / "embeddings.sqlite"
     if not path.exists():
         return 0
-    db = sqlite3.connect(path)
-    try:
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-        counts = [
-            db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-            for t in ("vectors", "dense")
-            if t in tables
-        ]
-        return sum(counts)
-    finally:
-        db.close()
+    with EmbeddingCache(path) as cache:
+        return cache.count()
 
 
 def write_chunks(path: Path, texts: list[str], stem_ids: bool = True) -> Path:

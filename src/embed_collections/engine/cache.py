@@ -242,14 +242,17 @@ class EmbeddingCache:
             )
         return found
 
-    def count(self, fingerprint: str) -> int:
-        """How many texts have a vector of this model (dense segments and rows together)."""
-        rows = "SELECT COUNT(*) FROM vectors WHERE fingerprint = ?"
-        dense = (
-            "SELECT COUNT(*) FROM dense JOIN spaces ON dense.space = spaces.id "
-            "WHERE fingerprint = ?"
+    def count(self, fingerprint: str | None = None) -> int:
+        """How many texts have a vector of this model (every model's with None), dense segments
+        and rows together."""
+        rows = "SELECT COUNT(*) FROM vectors"
+        dense = "SELECT COUNT(*) FROM dense JOIN spaces ON dense.space = spaces.id"
+        if fingerprint is None:
+            return sum(self.db.execute(sql).fetchone()[0] for sql in (rows, dense))
+        where = " WHERE fingerprint = ?"
+        return sum(
+            self.db.execute(sql + where, (fingerprint,)).fetchone()[0] for sql in (rows, dense)
         )
-        return sum(self.db.execute(sql, (fingerprint,)).fetchone()[0] for sql in (rows, dense))
 
     def has_rows(self, fingerprint: str) -> bool:
         """Whether a dense model also has vectors kept as SQLite rows (an old cache's), asked
