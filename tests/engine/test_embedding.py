@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -229,10 +230,15 @@ def test_unchanged_collections_are_not_rewritten_and_a_changed_one_is(tmp_path, 
     store = tmp_path / "out" / "qdrant"
 
     def markers() -> dict[str, int]:
-        # A load replaces its collection's marker file (a new inode); the store's writes happen
-        # in its own process, so they are observed on disk.
-        return {name: (store / f"{name}.loaded.json").stat().st_ino for name in ("alpha", "beta")}
+        # A load replaces its collection's marker file; the store's writes happen in its own
+        # process, so they are observed on disk. Marked with an old mtime, a rewritten marker
+        # shows a new one (an inode number can be reused by the replacement).
+        return {
+            name: (store / f"{name}.loaded.json").stat().st_mtime_ns for name in ("alpha", "beta")
+        }
 
+    for name in ("alpha", "beta"):
+        os.utime(store / f"{name}.loaded.json", ns=(10**18, 10**18))
     before = markers()
     summary = run(config)
     assert markers() == before
