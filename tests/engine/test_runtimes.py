@@ -83,7 +83,9 @@ def test_runtime_matches_torch(name, minilm, torch_vectors):
     assert counts[TEXTS.index(LONG)] > 256  # truncation to max_seq_length is exercised
     assert backend.token_counts(TEXTS) == counts
     assert (backend.dim, backend.max_seq_length) == (384, 256)
-    vectors = backend.embed(TEXTS)
+    vectors = backend.embed(TEXTS)  # the counting pass's ids: each text tokenised once
+    assert not backend.tokenised  # taken by the batch
+    np.testing.assert_array_equal(backend.embed(TEXTS), vectors)  # the same, tokenised here
     assert vectors.dtype == np.float32 and vectors.shape == (len(TEXTS), 384)
     assert min(cosines(vectors, reference)) >= 0.9999
     np.testing.assert_allclose(vectors, reference, atol=2e-4)  # unnormalised, like torch's

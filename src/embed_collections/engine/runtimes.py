@@ -37,7 +37,6 @@ POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens")
 LAYOUT = f"Transformer + Pooling ({', '.join(POOLING_MODES)}) (+ Dense) (+ Normalize)"
 ACTIVATIONS = {"Identity": np.positive, "Tanh": np.tanh}  # np.positive: a copy, unchanged
 TEXT_METHOD = ("forward", "last_hidden_state")
-FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 LOSSLESS_COSINE = 0.9999
 INT8_SAMPLE = 64  # texts compared with the fp32 twin, to tell users what int8 costs
 MANIFEST = "manifest.json"
@@ -246,6 +245,7 @@ class RuntimeBackend:
         self.max_seq_length = spec.settings.max_seq_length or 512
         self.reference: RuntimeBackend | None = None  # the fp32 twin an int8 backend checks with
         self.cosines: list[float] = []
+        self.tokenised: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # ids from `token_counts`
 
     def load(self, device: str = "cpu") -> None:
         if not device.startswith("cpu"):
@@ -265,7 +265,8 @@ class RuntimeBackend:
         self.counter.no_truncation()
         self.counter.no_padding()
         self.tokenizer.enable_truncation(self.max_seq_length)
-        self.tokenizer.enable_padding(**manifest["padding"])
+        self.tokenizer.no_padding()  # `feeds` pads a batch
+        self.specials = self.tokenizer.num_special_tokens_to_add(False)
         self.steps = [load_step(folder, step) for step in manifest["steps"]]
         opener = open_onnxruntime if self.runtime == "onnx" else open_openvino
         self.session = opener(folder, self.threads)
@@ -277,8 +278,42 @@ class RuntimeBackend:
         return [text.lower() for text in texts] if self.manifest["do_lower_case"] else texts
 
     def token_counts(self, texts: list[str]) -> list[int]:
-        """Untruncated token counts (special tokens included), used to sort and to report cuts."""
-        return [len(encoding.ids) for encoding in self.counter.encode_batch(self.prepare(texts))]
+        """Untruncated token counts (special tokens included), used to sort and to report cuts.
+
+        Texts are tokenised once: the counting pass keeps each text's truncated ids until a
+        batch of `forward` takes them (texts never counted are tokenised there).
+        """
+        counts, tokenised = self.tokenise(texts)
+        self.tokenised.update(zip(texts, tokenised))
+        return counts
+
+    def tokenise(self, texts: list[str]) -> tuple[list[int], list[tuple[np.ndarray, np.ndarray]]]:
+        """Untruncated counts, and ids and type ids truncated with special tokens added (the
+        tokenizer's own truncation of a whole text: equal ids, tested)."""
+        encodings = self.counter.encode_batch(self.prepare(texts), add_special_tokens=False)
+        counts = [len(e.ids) + self.specials for e in encodings]
+        done = [self.tokenizer.post_process(e) for e in encodings]
+        return counts, [(np.array(e.ids, np.int32), np.array(e.type_ids, np.int8)) for e in done]
+
+    def feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """The model's inputs for a batch, padded to its longest text as the export expects."""
+        held = [self.tokenised.pop(text, None) for text in texts]
+        fresh = iter(self.tokenise([t for t, row in zip(texts, held) if row is None])[1])
+        rows = [row if row is not None else next(fresh) for row in held]
+        padding = self.manifest["padding"]
+        width = max(len(ids) for ids, _ in rows)
+        ids = np.full((len(rows), width), padding["pad_id"], dtype=np.int64)
+        types = np.full((len(rows), width), padding["pad_type_id"], dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, (row_ids, row_types) in enumerate(rows):
+            place = (
+                slice(width - len(row_ids), None)
+                if padding["direction"] == "left"
+                else slice(0, len(row_ids))
+            )
+            ids[i, place], types[i, place], mask[i, place] = row_ids, row_types, 1
+        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {name: arrays[name] for name in self.manifest["inputs"]}
 
     def embed(self, texts: list[str]) -> np.ndarray:
         vectors = self.forward(texts)
@@ -290,11 +325,7 @@ class RuntimeBackend:
         return vectors
 
     def forward(self, texts: list[str]) -> np.ndarray:
-        encodings = self.tokenizer.encode_batch(self.prepare(texts))
-        arrays = {
-            name: np.array([getattr(e, FIELDS[name]) for e in encodings], dtype=np.int64)
-            for name in self.manifest["inputs"]
-        }
+        arrays = self.feeds(texts)
         vectors = pool(self.session(arrays), arrays["attention_mask"], self.manifest["pooling"])
         for step in self.steps:
             vectors = step(vectors)
@@ -315,6 +346,7 @@ class RuntimeBackend:
     def unload(self) -> None:
         self.report_agreement()
         self.session = None
+        self.tokenised.clear()
 
 
 def open_onnxruntime(folder: Path, threads: int | None):
