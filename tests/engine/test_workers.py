@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cosine, encode, engine_options
+from conftest import cosine, encode, engine_options, need_module
 
 from embed_collections.engine.cache import EmbeddingCache, text_digest
 from embed_collections.engine.lease import DeviceLease
@@ -71,16 +71,22 @@ def vectors(cache, fingerprint, dim=32):
     return cache.get_vectors(fingerprint, [text_digest(t) for t in TEXTS], dim)
 
 
-def test_two_cpu_workers_give_the_one_worker_vectors(tmp_path, prompt_model, monkeypatch):
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_two_cpu_workers_give_the_one_worker_vectors(tmp_path, prompt_model, monkeypatch, backend):
+    """With onnx the parent tokenises once for the workers (ids travel with the units)."""
+    if backend == "onnx":
+        need_module("onnxruntime")
+        monkeypatch.setenv("EMBED_COLLECTIONS_EXPORT_DIR", str(tmp_path / "exports"))
     # Slow batches (seconds of work in all), so both workers are up before the job ends.
     monkeypatch.setenv("EMBED_COLLECTIONS_FAULT", "slow@*#250")
     spec = resolve_model(str(prompt_model))  # the workers must put its `passage: ` first
     with EmbeddingCache(tmp_path / "one.sqlite") as cache:
-        fp_one, _ = embed(spec, cache, options(tmp_path, "cpu"))
+        fp_one, one_telemetry = embed(spec, cache, options(tmp_path, "cpu", backend=backend))
         one = vectors(cache, fp_one)
     with EmbeddingCache(tmp_path / "two.sqlite") as cache:
-        fp_two, telemetry = embed(spec, cache, options(tmp_path, "cpu:0,cpu:1"))
+        fp_two, telemetry = embed(spec, cache, options(tmp_path, "cpu:0,cpu:1", backend=backend))
         two = vectors(cache, fp_two)
+    assert telemetry.tokens_embedded == one_telemetry.tokens_embedded  # the same counts
     assert fp_one == fp_two  # the device list does not change the vectors' identity
     assert cosine(one, two).min() >= 0.9999
     assert cosine(two, encode(prompt_model, TEXTS, "passage")).min() >= 0.9999

@@ -235,6 +235,47 @@ def describe_step(spec: ModelSpec, module, index: int, folder: Path) -> dict:
     return {"kind": "dense", "file": f"dense_{index}.npz", "activation": activation}
 
 
+class ExportTokenizer:
+    """An export's fast tokenizer (the `tokenizers` library, no transformers import): untruncated
+    token counts, and ids truncated the tokenizer's own way from the same encoding."""
+
+    def __init__(self, folder: Path, max_seq_length: int):
+        from tokenizers import Tokenizer
+
+        # The folder's tokenizer.json may pad and truncate to 128: set both explicitly.
+        path = str(folder / "tokenizer.json")
+        self.counter, self.truncator = Tokenizer.from_file(path), Tokenizer.from_file(path)
+        self.counter.no_truncation()
+        self.counter.no_padding()
+        self.truncator.enable_truncation(max_seq_length)
+        self.truncator.no_padding()  # `RuntimeBackend.feeds` pads a batch
+        self.specials = self.truncator.num_special_tokens_to_add(False)
+        self.lower = bool(read_manifest(folder)["do_lower_case"])
+
+    def encode(self, texts: list[str]) -> list[Any]:
+        """Encodings without special tokens, untruncated."""
+        texts = [text.lower() for text in texts] if self.lower else texts
+        return self.counter.encode_batch(texts, add_special_tokens=False)
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Untruncated token counts, special tokens included."""
+        return [len(e.ids) + self.specials for e in self.encode(texts)]
+
+    def tokenise(self, texts: list[str]) -> tuple[list[int], list[tuple[np.ndarray, np.ndarray]]]:
+        """Untruncated counts, and ids and type ids truncated with special tokens added (equal
+        to the tokenizer's own truncation of the whole text, tested)."""
+        encodings = self.encode(texts)
+        counts = [len(e.ids) + self.specials for e in encodings]
+        done = [self.truncator.post_process(e) for e in encodings]
+        return counts, [(np.array(e.ids, np.int32), np.array(e.type_ids, np.int8)) for e in done]
+
+
+def export_token_counter(spec: ModelSpec, backend: str, max_seq_length: int) -> ExportTokenizer:
+    """The tokenizer of a runtime backend's export (built if missing), without the model: the
+    device workers' parent counts and tokenises with it for the workers."""
+    return ExportTokenizer(ensure_exported(spec, backend), max_seq_length)
+
+
 class RuntimeBackend:
     """A model exported to ONNX and run on CPU by onnxruntime or OpenVINO, pooled with numpy."""
 
@@ -257,16 +298,7 @@ class RuntimeBackend:
         self.manifest = manifest = read_manifest(folder)
         self.max_seq_length = self.spec.settings.max_seq_length or int(manifest["max_seq_length"])
         self.dim = self.spec.settings.truncate_dim or int(manifest["dim"])
-        from tokenizers import Tokenizer
-
-        # The folder's tokenizer.json may pad and truncate to 128: set both explicitly.
-        path = str(folder / "tokenizer.json")
-        self.counter, self.tokenizer = Tokenizer.from_file(path), Tokenizer.from_file(path)
-        self.counter.no_truncation()
-        self.counter.no_padding()
-        self.tokenizer.enable_truncation(self.max_seq_length)
-        self.tokenizer.no_padding()  # `feeds` pads a batch
-        self.specials = self.tokenizer.num_special_tokens_to_add(False)
+        self.tokenizer = ExportTokenizer(folder, self.max_seq_length)
         self.steps = [load_step(folder, step) for step in manifest["steps"]]
         opener = open_onnxruntime if self.runtime == "onnx" else open_openvino
         self.session = opener(folder, self.threads)
@@ -274,31 +306,20 @@ class RuntimeBackend:
             self.reference = RuntimeBackend(self.spec, self.runtime, self.threads)
             self.reference.load(device)
 
-    def prepare(self, texts: list[str]) -> list[str]:
-        return [text.lower() for text in texts] if self.manifest["do_lower_case"] else texts
-
     def token_counts(self, texts: list[str]) -> list[int]:
         """Untruncated token counts (special tokens included), used to sort and to report cuts.
 
         Texts are tokenised once: the counting pass keeps each text's truncated ids until a
         batch of `forward` takes them (texts never counted are tokenised there).
         """
-        counts, tokenised = self.tokenise(texts)
+        counts, tokenised = self.tokenizer.tokenise(texts)
         self.tokenised.update(zip(texts, tokenised))
         return counts
-
-    def tokenise(self, texts: list[str]) -> tuple[list[int], list[tuple[np.ndarray, np.ndarray]]]:
-        """Untruncated counts, and ids and type ids truncated with special tokens added (the
-        tokenizer's own truncation of a whole text: equal ids, tested)."""
-        encodings = self.counter.encode_batch(self.prepare(texts), add_special_tokens=False)
-        counts = [len(e.ids) + self.specials for e in encodings]
-        done = [self.tokenizer.post_process(e) for e in encodings]
-        return counts, [(np.array(e.ids, np.int32), np.array(e.type_ids, np.int8)) for e in done]
 
     def feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
         """The model's inputs for a batch, padded to its longest text as the export expects."""
         held = [self.tokenised.pop(text, None) for text in texts]
-        fresh = iter(self.tokenise([t for t, row in zip(texts, held) if row is None])[1])
+        fresh = iter(self.tokenizer.tokenise([t for t, row in zip(texts, held) if row is None])[1])
         rows = [row if row is not None else next(fresh) for row in held]
         padding = self.manifest["padding"]
         width = max(len(ids) for ids, _ in rows)

@@ -5,7 +5,9 @@ pending texts into units sized to the job (every device gets some). Each worker 
 starts clean) takes its device's lease, loads the model once, and then asks for a unit at a time
 over its own pipe; vectors go back batch by batch. The parent records which unit it handed to
 which worker, so whatever kills a worker (even between the hand-out and its first message), the
-texts of its unit not yet cached go back to the others. The parent is the only writer of the cache.
+texts of its unit not yet cached go back to the others. With an ONNX/OpenVINO backend the
+parent counts with the export's own tokenizer and sends each text's truncated ids with its unit,
+so a text is tokenised once. The parent is the only writer of the cache.
 A watchdog fails the model when no worker makes progress for `stall_timeout` seconds, and a worker
 exits when its parent dies (parent-death signal on Linux, a watching thread everywhere). Every
 worker unloads before `embed_on_devices` returns: all devices finish one model before any loads
@@ -68,6 +70,7 @@ class Unit:
     texts: list[str]
     counts: list[int]
     attempts: int = 0
+    tokenised: list | None = None  # a runtime backend's truncated ids, from the parent's count
 
 
 @dataclass
@@ -137,6 +140,8 @@ def embed_units(spec, options, device, backend, stats: DeviceTelemetry, conn) ->
             conn.send(("vectors", device, [unit.positions[r] for r in rows], vectors))
 
         skipped: list[int] = []
+        if unit.tokenised is not None:  # counted by the parent: each text is tokenised once
+            backend.tokenised.update(zip(unit.texts, unit.tokenised))
         run_batches(
             backend, unit.texts, unit.counts, options.max_batch_tokens,
             options.batch_size, stats, deliver, skipped.append, spec.name, budget,
@@ -145,22 +150,39 @@ def embed_units(spec, options, device, backend, stats: DeviceTelemetry, conn) ->
         conn.send(("finished", device, unit.unit_id, [unit.positions[r] for r in skipped]))
 
 
-def count_tokens_in_parent(spec: ModelSpec, inputs: list[str]) -> list[int]:
-    """Token counts for sorting, from the model's own tokenizer (no model weights loaded)."""
+def count_tokens_in_parent(
+    spec: ModelSpec, inputs: list[str], backend: str, max_seq_length: int
+) -> tuple[list[int], list | None]:
+    """Token counts for sorting, from the model's own tokenizer (no model weights loaded), and
+    for a runtime backend the truncated ids that go to the workers with the units: its export
+    tokenizer (the `tokenizers` library: 0.34 s for 1,476 texts against 2.35 s through
+    transformers, which it does not import), truncated to the loaded model's `max_seq_length`.
+    Otherwise transformers' AutoTokenizer counts."""
+    if backend not in ("auto", "torch") and not spec.static:
+        from embed_collections.engine.runtimes import export_token_counter
+
+        counter = export_token_counter(spec, backend, max_seq_length)
+        counts: list[int] = []
+        tokenised: list = []
+        for start in range(0, len(inputs), TOKENIZE_CHUNK):
+            more, ids = counter.tokenise(inputs[start : start + TOKENIZE_CHUNK])
+            counts.extend(more)
+            tokenised.extend(ids)
+        return counts, tokenised
     from transformers import AutoTokenizer
 
     folder = transformer_folder(spec.path) or spec.path
     tokenizer = AutoTokenizer.from_pretrained(
         str(folder), trust_remote_code=spec.trust_remote_code, local_files_only=True
     )
-    counts: list[int] = []
+    counts = []
     for start in range(0, len(inputs), TOKENIZE_CHUNK):
         encoded = tokenizer(
             inputs[start : start + TOKENIZE_CHUNK],
             add_special_tokens=True, truncation=False, padding=False, verbose=False,
         )  # fmt: skip
         counts.extend(len(ids) for ids in encoded["input_ids"])
-    return counts
+    return counts, None
 
 
 def cut_units(
@@ -196,6 +218,7 @@ class Plan:
     order: list[int] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
+    tokenised: list | None = None
     waiting: collections.deque[Unit] = field(default_factory=collections.deque)
     done: set[int] = field(default_factory=set)
     skipped: list[int] = field(default_factory=list)
@@ -214,6 +237,7 @@ class Plan:
             [self.inputs[p] for p in positions],
             [self.counts[p] for p in positions],
             attempts,
+            [self.tokenised[p] for p in positions] if self.tokenised is not None else None,
         )
         self.next_id += 1
         self.waiting.append(unit)
@@ -386,10 +410,14 @@ def list_pending(spec, fingerprint, texts, cache, options, telemetry, workers, p
     telemetry.cache_hits = len(texts) - len(plan.missing)
     telemetry.cache_misses = len(plan.missing)
     inputs = prefixed(spec, texts, plan.missing)
-    counts = count_tokens_in_parent(spec, inputs) if inputs else []
+    backend = decided_backend(options)
+    counts, tokenised = (
+        count_tokens_in_parent(spec, inputs, backend, max_seq_length) if inputs else ([], None)
+    )
     plan.order = sorted(range(len(inputs)), key=lambda i: -counts[i])
     plan.inputs = [inputs[i] for i in plan.order]
     plan.counts = [counts[i] for i in plan.order]
+    plan.tokenised = [tokenised[i] for i in plan.order] if tokenised is not None else None
     units = cut_units(
         plan.counts, max_seq_length, options.max_batch_tokens, options.batch_size, len(workers)
     )
