@@ -98,10 +98,11 @@ def worker_main(
     try:
         threads = None
         if device.startswith("cpu") and cpu_workers > 1:  # share the cores, never oversubscribe
-            import torch
-
             threads = max(1, (os.cpu_count() or 1) // cpu_workers)
-            torch.set_num_threads(threads)
+            if decided_backend(options) == "torch":  # a runtime takes `threads` at load; torch
+                import torch  # is not imported for it (~1 s of a worker's start)
+
+                torch.set_num_threads(threads)
         if is_cuda(device):
             import torch
 
