@@ -232,6 +232,41 @@ def test_fifty_concurrent_requests_are_all_answered_correctly_in_batches(served)
     assert served.service.batches - batches_before < 50  # some requests shared a model call
 
 
+def test_searches_abandoned_by_their_callers_leave_the_pipeline_answering(served):
+    """A client that disconnects cancels its awaited search; the batch it was in still answers
+    the others, and blocking callers in other threads share the same pipeline."""
+    expected = api_hits(served.out, QUERIES[0], "dense")
+
+    async def abandon_some() -> list[dict]:
+        tasks = [
+            asyncio.create_task(served.service.search(query=QUERIES[i % 4], mode="dense"))
+            for i in range(12)
+        ]
+        await asyncio.sleep(0)  # let them queue
+        for task in tasks[::2]:
+            task.cancel()
+        return [await task for task in tasks[1::2]]
+
+    kept = asyncio.run(abandon_some())
+    assert len(kept) == 6 and all(answer["mode"] == "dense" for answer in kept)
+    threaded: list[tuple] = []
+    workers = [
+        threading.Thread(
+            target=lambda: threaded.append(
+                served.service.search_now(query=QUERIES[0], mode="dense")
+            )
+        )
+        for _ in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [[(h.collection, h.chunk_id, round(h.score, 5)) for h in hits]
+            for _, hits in threaded] == [expected] * 4  # fmt: skip
+    assert served.client.post("/search", json={"query": QUERIES[1]}).status_code == 200
+
+
 @pytest.mark.slow  # 1,000 requests
 def test_a_thousand_mixed_requests_get_no_5xx_and_the_server_keeps_serving(served):
     good = [{"query": q, "mode": m} for q in QUERIES for m in ("dense", "sparse", "hybrid")]

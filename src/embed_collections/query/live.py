@@ -119,17 +119,27 @@ class LiveRun:
     @contextmanager
     def using(self) -> Iterator[Collections]:
         """The current collections, kept open until the block ends."""
-        with self._lock:
-            state = self.state
-            state.users += 1
+        state = self.acquire()
         try:
             yield state.collections
         finally:
-            with self._lock:
-                state.users -= 1
-                done = state.retired and state.users == 0
-            if done:
-                self._close_state(state)
+            self.release(state)
+
+    def acquire(self) -> LoadedState:
+        """The current state, kept open until `release(state)` (which another thread may call:
+        a search embedded in one thread is searched in another)."""
+        with self._lock:
+            state = self.state
+            state.users += 1
+        return state
+
+    def release(self, state: LoadedState) -> None:
+        """Give back a state from `acquire`; a replaced one closes with its last user."""
+        with self._lock:
+            state.users -= 1
+            done = state.retired and state.users == 0
+        if done:
+            self._close_state(state)
 
     def signature(self) -> Signature:
         """What changes when a run finishes: its record's and summary's size and mtime."""
@@ -221,7 +231,10 @@ class LiveRun:
                 snapshot = Path(tempfile.mkdtemp(prefix="embed-collections-serve-"))
                 copy = snapshot / "qdrant"
                 shutil.copytree(store_dir, copy, ignore=shutil.ignore_patterns(".write-check.*"))
-                collections = Collections(self.output_dir, record, EdgeStore(copy), encoder)
+                store = EdgeStore(copy)
+                collections = Collections(
+                    self.output_dir, record, store, encoder, fixed_names=store.collections()
+                )
             try:
                 counts = {name: collections.store.count(name) for name in collections.names}
             except BaseException:
