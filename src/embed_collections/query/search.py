@@ -153,6 +153,7 @@ class QueryEncoder:
         """
         device = (self.device or default_device()).split(",")[0]
         device = "cpu" if device.startswith("cpu") else device
+        self.device = self.device or device  # looking for a GPU driver each query costs a glob
         for index, spec in enumerate(self.specs):
             if index not in self.loaded:
                 backend = create_backend(spec, *self.query_backend(index, device), threads)
