@@ -21,7 +21,7 @@ import pytest
 from conftest import PACKAGE_ROOT, run_cli
 
 import embed_collections as ec
-from embed_collections.query.live import LiveRun
+from embed_collections.query.live import LiveRun, default_threads
 from embed_collections.query.mcp_tools import build_mcp
 from embed_collections.query.server import BackgroundServer, create_app
 from embed_collections.query.service import SearchService
@@ -412,6 +412,25 @@ def wait_for(condition, what: str, seconds: float = 60) -> bool:
         return True
     finally:
         deadline.cancel()
+
+
+def test_a_served_runtime_model_runs_on_the_threads_given(tmp_path, tiny_models):
+    """`serve --threads`: an ONNX Runtime model gets that many threads (1 by default on two
+    cores, so the model leaves the event loop a core), and still answers as `search` does."""
+    pytest.importorskip("onnxruntime")
+    bread = "Kitchen/bread_chunks.json"
+    chunked = write_corpus(tmp_path / "Chunked", {bread: CORPUS[bread]})
+    out = tmp_path / "out"
+    ec.run(chunked, out, models=[str(tiny_models["tiny32"])], device="cpu", backend="onnx",
+           quiet=True, lease_dir=str(tmp_path / "leases"))  # fmt: skip
+    expected = api_hits(out, "bread", "dense")
+    with LiveRun(out, threads=1).start() as live:
+        backend = live.state.collections.encoder.loaded[0]
+        assert (type(backend).__name__, backend.threads) == ("RuntimeBackend", 1)
+        service = SearchService(live)
+        hits = service.search_now(query="bread", mode="dense")[1]
+        assert [(h.collection, h.chunk_id, round(h.score, 5)) for h in hits] == expected
+    assert default_threads() == (1 if len(os.sched_getaffinity(0)) <= 2 else None)
 
 
 def test_the_listening_socket_says_tcp_so_kept_alive_answers_are_not_delayed():
