@@ -213,6 +213,17 @@ def test_a_query_that_cannot_be_embedded_is_a_500_with_a_message(served):
     assert served.client.get("/healthz").status_code == 200
 
 
+def test_the_served_copy_of_the_store_keeps_its_holes(served):
+    """The snapshot a server searches takes no more disk than the run's own store."""
+
+    def disk_bytes(folder: Path) -> int:
+        return sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
+
+    snapshot = served.service.live.state.snapshot_dir
+    assert snapshot is not None
+    assert disk_bytes(snapshot / "qdrant") <= 1.2 * disk_bytes(served.out / "qdrant")
+
+
 def test_fifty_concurrent_requests_are_all_answered_correctly_in_batches(served):
     requests = [
         {"query": QUERIES[i % 4], "mode": ("dense", "hybrid")[i % 2], "top_k": 5} for i in range(50)
