@@ -1,6 +1,7 @@
 """What `serve` answers, whatever the protocol: the collections, and searches whose queries are
 embedded together in small batches (a micro-batcher), so that concurrent clients share one
-model call instead of queueing for one each."""
+model call instead of queueing for one each; a batch is searched in the store while the next one
+is embedded."""
 
 from __future__ import annotations
 
