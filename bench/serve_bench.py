@@ -6,9 +6,15 @@ mcp-server-qdrant user has (fastembed-style query embedding, one Qdrant query).
 Stores: `run` over the corpus slice (see common.py; `--whole` for the whole corpus) with BM25,
 once with the packaged MiniLM and once with MiniLM + a static model (MiniLM's own input token
 embeddings as a sentence-transformers StaticEmbedding, `tiny_model.build_static_model`),
-sharing one embedding cache. The server runs as its own process (`serve --port 0`); clients are
-asyncio + httpx in this process, each sending its next query when the last one is answered.
-Every request searches every collection ("collections": "all", top_k 10).
+sharing one embedding cache (`--collections A,B`: a store of only those). The server runs as its
+own process (`serve --port 0`); the clients run in another (`bench/http_load.py`: kept-alive
+connections on raw asyncio streams, each client sending its next query when the last one is
+answered), so they do not share the server's interpreter; each round reports the CPU seconds the
+server and the clients used. Every request searches every collection ("collections": "all",
+top_k 10) unless `--target` names some. Rounds of every server are interleaved, repeat by repeat;
+`--compare-src DIR` adds a server running another source tree (e.g. an earlier commit's `src`,
+from `git archive COMMIT src | tar -x -C DIR`) to compare before and after on the same load. The
+served top-10 of every query are checked against `open(...).search`.
 
 fastembed-style: fastembed itself is not installed here (it would replace the environment's
 huggingface_hub); its query path is reproduced with what it runs: onnxruntime on the project's
@@ -17,12 +23,13 @@ then one Qdrant Edge query per collection, in one process, one client.
 
     python bench/serve_bench.py --quick      # 5 small collections, short rounds (harness check)
     python bench/serve_bench.py              # the slice, 2 interleaved repeats
+    python bench/serve_bench.py --collections Docling --target Docling --only minilm \
+        --no-baselines --repeats 5 --compare-src /tmp/before/src    # one collection, before/after
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
@@ -54,8 +61,10 @@ QUERIES = [
 CLIENTS = (1, 8, 32)
 
 
-def build_stores(corpus: Path, names: list[str] | None, root: Path) -> dict[str, Path]:
-    """The two runs (one model, two-model ensemble), made once and reused."""
+def build_stores(
+    corpus: Path, names: list[str] | None, root: Path, only: str | None = None
+) -> dict[str, Path]:
+    """The two runs (one model, two-model ensemble; `only`: one of them), made once and reused."""
     import numpy as np
 
     import embed_collections as ec
@@ -70,6 +79,7 @@ def build_stores(corpus: Path, names: list[str] | None, root: Path) -> dict[str,
         key = next(k for k in weights if k.endswith("word_embeddings.weight"))
         build_static_model(static, np.asarray(weights[key], dtype=np.float32))
     runs = {"minilm": [MINILM], "minilm+static": [MINILM, str(static)]}
+    runs = {label: models for label, models in runs.items() if only in (None, label)}
     outs = {}
     for label, models in runs.items():
         out = root / f"run-{label}"
@@ -92,57 +102,82 @@ def build_stores(corpus: Path, names: list[str] | None, root: Path) -> dict[str,
 
 
 class Server:
-    """`embed-collections serve --port 0` as a child process."""
+    """`embed-collections serve --port 0` as a child process (`src`: the source tree it runs)."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(
+        self,
+        out: Path,
+        src: Path | None = None,
+        args: list[str] | None = None,
+        blocked: list[str] | None = None,
+    ) -> None:
+        """`blocked`: modules the server must not find (the environment before they were
+        installed), shadowed by modules that raise ImportError."""
         command = [sys.executable, "-c", "from embed_collections.cli.main import main; main()"]
-        args = ["serve", "--output-dir", str(out), "--port", "0", "-q"]
-        self.process = subprocess.Popen(
-            command + args, env=bench_env(), stdout=subprocess.PIPE, text=True
-        )
+        command += ["serve", "--output-dir", str(out), "--port", "0", "-q", *(args or [])]
+        env = bench_env()
+        paths = [str(src)] if src is not None else []
+        if blocked:
+            shadow = out.parent / "blocked-imports"
+            shadow.mkdir(exist_ok=True)
+            for name in blocked:
+                (shadow / f"{name}.py").write_text(f"raise ImportError('{name} blocked')\n")
+            paths.insert(0, str(shadow))
+        if paths:
+            env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")])
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
         line = self.process.stdout.readline() if self.process.stdout else ""
         if "http://" not in line:
             self.process.kill()
             raise SystemExit(f"serve did not start: {line!r}")
         self.url = line.split(" on ", 1)[1].split()[0]
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the server has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def close(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=60)
 
 
-async def load(url: str, mode: str, clients: int, per_client: int, target: str = "all") -> dict:
-    """`clients` concurrent clients, each sending `per_client` queries back to back."""
+def load(server: Server, mode: str, clients: int, per_client: int, target: str = "all") -> dict:
+    """`clients` concurrent clients in their own process, each sending `per_client` queries back
+    to back; with the server's CPU seconds per query and the clients' CPU seconds."""
+    command = [sys.executable, str(Path(__file__).parent / "http_load.py"), "--url", server.url]
+    command += ["--clients", str(clients), "--per-client", str(per_client)]
+    for query in QUERIES:
+        command += ["--body", json.dumps({"query": query, "mode": mode, "collections": target})]
+    before = server.cpu_seconds()
+    done = subprocess.run(command, env=bench_env(), capture_output=True, text=True, check=True)
+    used = server.cpu_seconds() - before
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["server_cpu_ms_per_query"] = 1000 * used / result["requests"]
+    result["server_cores"] = used / result["wall_s"]
+    result["load_average"] = os.getloadavg()[0]
+    return result
+
+
+def served_top10(url: str, out: Path, target: str) -> dict:
+    """Whether the server's top-10 chunk ids equal `open(...).search` for every query and mode."""
     import httpx
 
-    latencies: list[float] = []
-    errors = 0
+    import embed_collections as ec
 
-    async def client(index: int, http: httpx.AsyncClient) -> None:
-        nonlocal errors
-        for i in range(per_client):
-            query = QUERIES[(index * 7 + i) % len(QUERIES)]
-            body = {"query": query, "mode": mode, "collections": target}
-            started = time.perf_counter()
-            answer = await http.post(url + "/search", json=body)
-            latencies.append(time.perf_counter() - started)
-            errors += answer.status_code != 200
-
-    limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
-        await asyncio.gather(*(client(i, http) for i in range(min(clients, 4))))  # warm-up
-        latencies.clear()
-        started = time.perf_counter()
-        await asyncio.gather(*(client(i, http) for i in range(clients)))
-        wall = time.perf_counter() - started
-    latencies.sort()
-    return {
-        "p50_ms": 1000 * statistics.median(latencies),
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-        "qps": len(latencies) / wall,
-        "requests": len(latencies),
-        "errors": errors,
-    }
+    same = differ = 0
+    with ec.open(out) as opened, httpx.Client(base_url=url, timeout=120) as http:
+        opened.encoder.load()
+        try:
+            for mode in ("dense", "hybrid"):
+                for query in QUERIES:
+                    body = {"query": query, "mode": mode, "collections": target, "top_k": 10}
+                    served = [h["chunk_id"] for h in http.post("/search", json=body).json()["hits"]]
+                    direct = [h.chunk_id for h in opened.search(query, target, 10, mode)]
+                    same, differ = same + (served == direct), differ + (served != direct)
+        finally:
+            opened.encoder.unload()
+    return {"identical": same, "different": differ}
 
 
 def plain_api(out: Path, mode: str, count: int) -> dict:
@@ -219,47 +254,76 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--whole", action="store_true", help="the whole corpus, not the slice")
+    parser.add_argument("--collections", help="comma-separated collections to build stores of")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--per-client", type=int, default=0, help="queries per client [auto]")
+    parser.add_argument("--clients", default="1,8,32", help="client counts [1,8,32]")
+    parser.add_argument("--modes", default="dense,hybrid", help="modes [dense,hybrid]")
     parser.add_argument(
         "--target", default="all", help='collections each request searches ["all"], e.g. Docling'
     )
     parser.add_argument("--only", help="one store label: minilm or minilm+static")
     parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--compare-src", type=Path, help="also serve this source tree (before)")
+    parser.add_argument(
+        "--compare-block",
+        default="",
+        help="modules hidden from the --compare-src server, e.g. uvloop,httptools",
+    )
+    parser.add_argument(
+        "--serve-args", default="", help='extra `serve` options, e.g. "--threads 2"'
+    )
     args = parser.parse_args()
     os.environ.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    names = None if args.whole else slice_collections(args.corpus, args.quick)
-    root = WORK / "serve" / ("whole" if args.whole else "quick" if args.quick else "slice")
+    if args.collections:
+        names = args.collections.split(",")
+        root = WORK / "serve" / "-".join(names)
+    else:
+        names = None if args.whole else slice_collections(args.corpus, args.quick)
+        root = WORK / "serve" / ("whole" if args.whole else "quick" if args.quick else "slice")
     root.mkdir(parents=True, exist_ok=True)
-    outs = build_stores(args.corpus, names, root)
-    if args.only:
-        outs = {args.only: outs[args.only]}
+    outs = build_stores(args.corpus, names, root, args.only)
     repeats = 1 if args.quick else args.repeats
+    clients_list = [int(c) for c in args.clients.split(",")]
+    modes = args.modes.split(",")
+    servers: dict[str, Server] = {}
     rounds: dict[str, list[dict]] = {}
-    for repeat in range(repeats):
-        for label in outs if repeat % 2 == 0 else reversed(list(outs)):
-            server = Server(outs[label])
-            try:
-                for mode in ("dense", "hybrid"):
-                    for clients in CLIENTS:
+    checks = {}
+    try:
+        for label, out in outs.items():
+            servers[label] = Server(out, args=args.serve_args.split())
+            if args.compare_src:
+                blocked = [name for name in args.compare_block.split(",") if name]
+                servers[f"{label}|before"] = Server(out, args.compare_src, blocked=blocked)
+        for label, server in servers.items():  # warm-up, and the answers checked
+            load(server, modes[0], 4, 3, args.target)
+            checks[label] = served_top10(server.url, outs[label.split("|")[0]], args.target)
+            print(label, "top-10 against search:", checks[label], file=sys.stderr)
+        for repeat in range(repeats):
+            order = list(servers) if repeat % 2 == 0 else list(reversed(servers))
+            for mode in modes:
+                for clients in clients_list:
+                    for label in order:
                         per_client = args.per_client or (
                             4 if args.quick else max(4, 240 // clients if clients > 1 else 60)
                         )
-                        result = asyncio.run(
-                            load(server.url, mode, clients, per_client, args.target)
-                        )
+                        result = load(servers[label], mode, clients, per_client, args.target)
                         key = f"{label}|{mode}|{clients}"
                         rounds.setdefault(key, []).append(result)
                         print(key, json.dumps(result), file=sys.stderr)
-            finally:
-                server.close()
+    finally:
+        for server in servers.values():
+            server.close()
+    measures = ("p50_ms", "p99_ms", "qps", "server_cpu_ms_per_query", "server_cores")
     served = {
-        key: {
-            name: statistics.median(r[name] for r in results)
-            for name in ("p50_ms", "p99_ms", "qps")
+        key: {name: statistics.median(r[name] for r in results) for name in measures}
+        | {
+            "qps_runs": [round(r["qps"], 1) for r in results],
+            "client_cpu_s": statistics.median(r["client_cpu_s"] for r in results),
+            "load_average": [round(r["load_average"], 1) for r in results],
+            "errors": sum(r["errors"] for r in results),
         }
-        | {"errors": sum(r["errors"] for r in results)}
         for key, results in rounds.items()
     }
     count = 3 if args.quick else 8
@@ -281,6 +345,7 @@ def main() -> None:
         "collections": len(names) if names else "all",
         "target": args.target,
         "repeats": repeats,
+        "top10_against_search": checks,
         "served": served,
         "baselines": baselines,
     }

@@ -21,7 +21,7 @@ import pytest
 from conftest import PACKAGE_ROOT, run_cli
 
 import embed_collections as ec
-from embed_collections.query.live import LiveRun
+from embed_collections.query.live import LiveRun, default_threads
 from embed_collections.query.mcp_tools import build_mcp
 from embed_collections.query.server import BackgroundServer, create_app
 from embed_collections.query.service import SearchService
@@ -213,6 +213,17 @@ def test_a_query_that_cannot_be_embedded_is_a_500_with_a_message(served):
     assert served.client.get("/healthz").status_code == 200
 
 
+def test_the_served_copy_of_the_store_keeps_its_holes(served):
+    """The snapshot a server searches takes no more disk than the run's own store."""
+
+    def disk_bytes(folder: Path) -> int:
+        return sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
+
+    snapshot = served.service.live.state.snapshot_dir
+    assert snapshot is not None
+    assert disk_bytes(snapshot / "qdrant") <= 1.2 * disk_bytes(served.out / "qdrant")
+
+
 def test_fifty_concurrent_requests_are_all_answered_correctly_in_batches(served):
     requests = [
         {"query": QUERIES[i % 4], "mode": ("dense", "hybrid")[i % 2], "top_k": 5} for i in range(50)
@@ -230,6 +241,41 @@ def test_fifty_concurrent_requests_are_all_answered_correctly_in_batches(served)
     for body, answer in zip(requests, answers):
         assert json_hits(answer.json()["hits"]) == expected[(body["query"], body["mode"])]
     assert served.service.batches - batches_before < 50  # some requests shared a model call
+
+
+def test_searches_abandoned_by_their_callers_leave_the_pipeline_answering(served):
+    """A client that disconnects cancels its awaited search; the batch it was in still answers
+    the others, and blocking callers in other threads share the same pipeline."""
+    expected = api_hits(served.out, QUERIES[0], "dense")
+
+    async def abandon_some() -> list[dict]:
+        tasks = [
+            asyncio.create_task(served.service.search(query=QUERIES[i % 4], mode="dense"))
+            for i in range(12)
+        ]
+        await asyncio.sleep(0)  # let them queue
+        for task in tasks[::2]:
+            task.cancel()
+        return [await task for task in tasks[1::2]]
+
+    kept = asyncio.run(abandon_some())
+    assert len(kept) == 6 and all(answer["mode"] == "dense" for answer in kept)
+    threaded: list[tuple] = []
+    workers = [
+        threading.Thread(
+            target=lambda: threaded.append(
+                served.service.search_now(query=QUERIES[0], mode="dense")
+            )
+        )
+        for _ in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [[(h.collection, h.chunk_id, round(h.score, 5)) for h in hits]
+            for _, hits in threaded] == [expected] * 4  # fmt: skip
+    assert served.client.post("/search", json={"query": QUERIES[1]}).status_code == 200
 
 
 @pytest.mark.slow  # 1,000 requests
@@ -377,6 +423,25 @@ def wait_for(condition, what: str, seconds: float = 60) -> bool:
         return True
     finally:
         deadline.cancel()
+
+
+def test_a_served_runtime_model_runs_on_the_threads_given(tmp_path, tiny_models):
+    """`serve --threads`: an ONNX Runtime model gets that many threads (1 by default on two
+    cores, so the model leaves the event loop a core), and still answers as `search` does."""
+    pytest.importorskip("onnxruntime")
+    bread = "Kitchen/bread_chunks.json"
+    chunked = write_corpus(tmp_path / "Chunked", {bread: CORPUS[bread]})
+    out = tmp_path / "out"
+    ec.run(chunked, out, models=[str(tiny_models["tiny32"])], device="cpu", backend="onnx",
+           quiet=True, lease_dir=str(tmp_path / "leases"))  # fmt: skip
+    expected = api_hits(out, "bread", "dense")
+    with LiveRun(out, threads=1).start() as live:
+        backend = live.state.collections.encoder.loaded[0]
+        assert (type(backend).__name__, backend.threads) == ("RuntimeBackend", 1)
+        service = SearchService(live)
+        hits = service.search_now(query="bread", mode="dense")[1]
+        assert [(h.collection, h.chunk_id, round(h.score, 5)) for h in hits] == expected
+    assert default_threads() == (1 if len(os.sched_getaffinity(0)) <= 2 else None)
 
 
 def test_the_listening_socket_says_tcp_so_kept_alive_answers_are_not_delayed():

@@ -45,6 +45,13 @@ log = logging.getLogger("embed_collections.cli.serve")
     help="Most concurrent queries embedded in one model call.",
 )
 @click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads of an ONNX Runtime or OpenVINO model [1 on two or fewer cores, leaving "
+    "one to the server; every core otherwise].",
+)
+@click.option(
     "--poll-seconds",
     type=click.FloatRange(min=0.05),
     default=2.0,
@@ -64,6 +71,7 @@ def serve(
     trust_remote_code,
     device,
     max_batch,
+    threads,
     poll_seconds,
     verbose,
     quiet,
@@ -86,7 +94,7 @@ def serve(
       embed-collections serve --output-dir ./output --mcp   # in an MCP client's config
     """
     try:
-        from embed_collections.query.live import LiveRun
+        from embed_collections.query.live import LiveRun, default_threads
         from embed_collections.query.mcp_tools import build_mcp
         from embed_collections.query.server import bind_socket, create_app, uvicorn_server
         from embed_collections.query.service import SearchService
@@ -101,7 +109,14 @@ def serve(
     root = Path(output_dir) if output_dir else default_paths(detect_environment())[1]
     sock = None if mcp_stdio else bind_socket(host, port)  # a taken port fails before loading
     live = LiveRun(
-        root, qdrant_url, qdrant_path, qdrant_api_key, device, trust_remote_code, poll_seconds
+        root,
+        qdrant_url,
+        qdrant_path,
+        qdrant_api_key,
+        device,
+        trust_remote_code,
+        poll_seconds,
+        threads or default_threads(),
     ).start()
     service = SearchService(live, max_batch)
     try:

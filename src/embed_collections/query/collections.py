@@ -175,8 +175,18 @@ class Collections:
     A context manager; `close()` releases the store (the embedded store is locked while open).
     """
 
-    def __init__(self, output_dir: Path, record: RunRecord, store: Store, encoder: QueryEncoder):
+    def __init__(
+        self,
+        output_dir: Path,
+        record: RunRecord,
+        store: Store,
+        encoder: QueryEncoder,
+        fixed_names: list[str] | None = None,
+    ):
+        """`fixed_names`: the store's collections when they cannot change (a server's private
+        copy of the store), so that a search does not list the store again."""
         self.output_dir, self.record, self.store, self.encoder = output_dir, record, store, encoder
+        self.fixed_names = sorted(fixed_names) if fixed_names is not None else None
 
     @classmethod
     def open(
@@ -207,6 +217,8 @@ class Collections:
     @property
     def names(self) -> list[str]:
         """The collections in the store, sorted."""
+        if self.fixed_names is not None:
+            return list(self.fixed_names)
         return sorted(self.store.collections())
 
     @property
@@ -223,7 +235,7 @@ class Collections:
     def resolve_names(self, collections: str | Iterable[str] | None) -> list[str]:
         """Collection names from None or "all" (every one), a comma-separated string or a list;
         UnknownCollectionError names the first unknown one and the choices."""
-        available = self.store.collections()
+        available = self.names
         if isinstance(collections, str):
             collections = [part for part in collections.split(",")]
         names = [name.strip() for name in collections or [] if name.strip()]

@@ -146,13 +146,17 @@ class QueryEncoder:
                 backend.unload()
         return per_model
 
-    def load(self) -> QueryEncoder:
-        """Load every model now and keep it loaded (a server's encoder); `unload()` frees them."""
+    def load(self, threads: int | None = None) -> QueryEncoder:
+        """Load every model now and keep it loaded (a server's encoder); `unload()` frees them.
+
+        `threads`: the CPU threads an ONNX Runtime or OpenVINO model may use [every core].
+        """
         device = (self.device or default_device()).split(",")[0]
         device = "cpu" if device.startswith("cpu") else device
+        self.device = self.device or device  # looking for a GPU driver each query costs a glob
         for index, spec in enumerate(self.specs):
             if index not in self.loaded:
-                backend = create_backend(spec, *self.query_backend(index, device))
+                backend = create_backend(spec, *self.query_backend(index, device), threads)
                 backend.load(device)
                 self.loaded[index] = backend
         return self

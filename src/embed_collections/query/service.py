@@ -1,6 +1,7 @@
 """What `serve` answers, whatever the protocol: the collections, and searches whose queries are
 embedded together in small batches (a micro-batcher), so that concurrent clients share one
-model call instead of queueing for one each."""
+model call instead of queueing for one each; a batch is searched in the store while the next one
+is embedded."""
 
 from __future__ import annotations
 
@@ -8,12 +9,17 @@ import asyncio
 import logging
 import queue
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
-from embed_collections.query.collections import SearchHit, check_request, payload_match
-from embed_collections.query.live import LiveRun
+from embed_collections.query.collections import (
+    Collections,
+    SearchHit,
+    check_request,
+    payload_match,
+)
+from embed_collections.query.live import LiveRun, LoadedState
 from embed_collections.stores.base import PayloadMatch
 
 log = logging.getLogger(__name__)
@@ -21,24 +27,49 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BATCH = 32
 
 
+Outcome = Any  # (mode, hits) or the exception the search raised
+
+
 @dataclass
 class SearchRequest:
-    """One checked search waiting for its batch."""
+    """One checked search waiting for its batch, and where its answer goes: an asyncio future
+    of `loop`, or (no loop) a concurrent future for a caller blocked in another thread."""
 
     query: str
     collections: list[str]
     top_k: int
     mode: str
     where: PayloadMatch
-    future: Future = field(default_factory=Future)
+    future: Future | asyncio.Future = field(default_factory=Future)
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+def resolve(future: Future | asyncio.Future, outcome: Outcome) -> None:
+    """Set a future's outcome unless its caller gave up on it (a disconnected client)."""
+    if future.done():
+        return
+    try:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except (InvalidStateError, asyncio.InvalidStateError):  # cancelled meanwhile
+        pass
+
+
+def resolve_all(outcomes: list[tuple[Future | asyncio.Future, Outcome]]) -> None:
+    for future, outcome in outcomes:
+        resolve(future, outcome)
 
 
 class SearchService:
-    """The run's collections (`LiveRun`) and a batching worker thread in front of them.
+    """The run's collections (`LiveRun`) and a two-stage batching pipeline in front of them.
 
-    The worker takes every request waiting (up to `max_batch`), embeds their texts in one call
-    to each model, then searches the store for each; one thread owns the models and the store,
-    so neither needs to be safe for concurrent use.
+    The embedding thread takes every request waiting (up to `max_batch`) and embeds their texts
+    in one call to each model; the search thread then searches the store for the batch (one
+    batched store call per collection) and answers its requests, while the next batch is being
+    embedded: the model runs outside the GIL, so the two stages use both cores. One thread owns
+    the models and one the store, so neither needs to be safe for concurrent use.
     """
 
     def __init__(self, live: LiveRun, max_batch: int = DEFAULT_MAX_BATCH) -> None:
@@ -46,8 +77,16 @@ class SearchService:
         self.batches = 0
         self.requests = 0
         self._queue: queue.Queue[SearchRequest | None] = queue.Queue()
-        self._worker = threading.Thread(target=self._work, name="search-batcher", daemon=True)
-        self._worker.start()
+        # One embedded batch waits at most: while the store is slower than the model, requests
+        # gather into the next, larger batch instead of many small ones.
+        self._embedded: queue.Queue[tuple[list[SearchRequest], LoadedState, dict] | None] = (
+            queue.Queue(maxsize=1)
+        )
+        self._embedder = threading.Thread(target=self._embed_batches, name="search-embed")
+        self._searcher = threading.Thread(target=self._search_batches, name="search-store")
+        for thread in (self._embedder, self._searcher):
+            thread.daemon = True
+            thread.start()
 
     def collections(self) -> dict[str, Any]:
         """The collections with their point counts, and the models that embed queries."""
@@ -78,28 +117,37 @@ class SearchService:
             "requests": self.requests,
         }
 
-    def submit(
+    def check(
         self,
         query: str,
         collections: str | list[str] | None = None,
         top_k: int = 10,
         mode: str | None = None,
         where: Any = None,
-    ) -> Future:
-        """Check a search (UsageError now for bad input) and queue it; the future's result is
-        (mode, hits)."""
+    ) -> SearchRequest:
+        """A checked search, not yet queued (UsageError now for bad input)."""
         check_request(query, top_k)
         match = payload_match(where)
         with self.live.using() as opened:
             chosen = opened.resolve_mode(mode)
             names = opened.resolve_names(collections)
-        request = SearchRequest(query, names, top_k, chosen, match)
-        self._queue.put(request)
-        return request.future
+        return SearchRequest(query, names, top_k, chosen, match)
+
+    def submit(self, **request: Any) -> Future:
+        """Check a search (UsageError now for bad input) and queue it; the future's result is
+        (mode, hits)."""
+        checked = self.check(**request)
+        self._queue.put(checked)
+        return checked.future  # type: ignore[return-value]
 
     async def search(self, **request: Any) -> dict[str, Any]:
-        """`submit`, awaited: {"mode", "hits": [...]} as every client receives it."""
-        mode, hits = await asyncio.wrap_future(self.submit(**request))
+        """A search answered in this event loop: {"mode", "hits": [...]} as every client
+        receives it."""
+        checked = self.check(**request)
+        checked.loop = asyncio.get_running_loop()
+        checked.future = checked.loop.create_future()
+        self._queue.put(checked)
+        mode, hits = await checked.future
         return {"mode": mode, "hits": [hit.to_json() for hit in hits]}
 
     def search_now(self, **request: Any) -> tuple[str, list[SearchHit]]:
@@ -122,58 +170,100 @@ class SearchService:
             batch.append(item)
         return batch
 
-    def _work(self) -> None:
+    def _settle(self, outcomes: list[tuple[SearchRequest, Outcome]]) -> None:
+        """Hand each request its outcome: one call into each waiting event loop per batch,
+        since every wake-up of a loop from another thread costs a write to its self-pipe."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Outcome]]] = {}
+        for request, outcome in outcomes:
+            if request.loop is None:
+                resolve(request.future, outcome)
+            else:
+                by_loop.setdefault(request.loop, []).append((request.future, outcome))
+        for loop, pairs in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(resolve_all, pairs)
+            except RuntimeError:  # the loop has closed: nobody is waiting any more
+                log.debug("Dropped %d answers for a closed event loop", len(pairs))
+
+    def _embed_batches(self) -> None:
         while (batch := self._take_batch()) is not None:
             self.batches += 1
             self.requests += len(batch)
             try:
-                self._answer(batch)
+                state = self.live.acquire()
             except BaseException as error:  # never leave a client waiting
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(error)
-
-    def _answer(self, batch: list[SearchRequest]) -> None:
-        texts = list(dict.fromkeys(request.query for request in batch))
-        with self.live.using() as opened:
+                self._settle([(request, error) for request in batch])
+                continue
             try:
-                embedded = dict(zip(texts, opened.embed(texts)))
-            except Exception as error:
-                log.warning("Embedding %d queries failed: %s", len(texts), error)
-                embedded = {}
-                for text in texts:  # find the one query that fails, answer the others
-                    try:
-                        embedded[text] = opened.embed([text])[0]
-                    except Exception as one:
-                        embedded[text] = one  # type: ignore[assignment]
-            prepared, waiting = [], []
-            for request in batch:
-                vectors = embedded[request.query]
-                if isinstance(vectors, Exception):
-                    request.future.set_exception(vectors)
-                    continue
-                try:
-                    prepared.append(
-                        opened.prepare(
-                            request.query,
-                            request.collections,
-                            request.top_k,
-                            request.mode,
-                            where=request.where,
-                            vectors=vectors,
-                        )
+                embedded = self._embed(state.collections, batch)
+            except BaseException as error:
+                self.live.release(state)
+                self._settle([(request, error) for request in batch])
+                continue
+            self._embedded.put((batch, state, embedded))
+        self._embedded.put(None)
+
+    def _search_batches(self) -> None:
+        while (item := self._embedded.get()) is not None:
+            batch, state, embedded = item
+            try:
+                outcomes = self._search(state.collections, batch, embedded)
+            except BaseException as error:  # never leave a client waiting
+                outcomes = [(request, error) for request in batch]
+            finally:
+                self.live.release(state)
+            self._settle(outcomes)
+
+    @staticmethod
+    def _embed(opened: Collections, batch: list[SearchRequest]) -> dict[str, Any]:
+        """Each distinct query's per-model vectors, or the exception embedding it raised."""
+        texts = list(dict.fromkeys(request.query for request in batch))
+        try:
+            return dict(zip(texts, opened.embed(texts)))
+        except Exception as error:
+            log.warning("Embedding %d queries failed: %s", len(texts), error)
+        embedded: dict[str, Any] = {}
+        for text in texts:  # find the one query that fails, answer the others
+            try:
+                embedded[text] = opened.embed([text])[0]
+            except Exception as one:
+                embedded[text] = one
+        return embedded
+
+    @staticmethod
+    def _search(
+        opened: Collections, batch: list[SearchRequest], embedded: dict[str, Any]
+    ) -> list[tuple[SearchRequest, Outcome]]:
+        outcomes: list[tuple[SearchRequest, Outcome]] = []
+        prepared, waiting = [], []
+        for request in batch:
+            vectors = embedded[request.query]
+            if isinstance(vectors, Exception):
+                outcomes.append((request, vectors))
+                continue
+            try:
+                prepared.append(
+                    opened.prepare(
+                        request.query,
+                        request.collections,
+                        request.top_k,
+                        request.mode,
+                        where=request.where,
+                        vectors=vectors,
                     )
-                    waiting.append(request)
-                except Exception as error:
-                    request.future.set_exception(error)
-            for request, result in zip(waiting, opened.search_many(prepared)):
-                if isinstance(result, Exception):
-                    request.future.set_exception(result)
-                else:
-                    request.future.set_result((request.mode, result))
+                )
+                waiting.append(request)
+            except Exception as error:
+                outcomes.append((request, error))
+        for request, result in zip(waiting, opened.search_many(prepared)):
+            outcomes.append(
+                (request, result if isinstance(result, Exception) else (request.mode, result))
+            )
+        return outcomes
 
     def close(self) -> None:
-        """Finish queued searches, stop the worker and close the run."""
+        """Finish queued searches, stop the workers and close the run."""
         self._queue.put(None)
-        self._worker.join(timeout=30)
+        self._embedder.join(timeout=30)
+        self._searcher.join(timeout=30)
         self.live.close()
