@@ -51,6 +51,7 @@ from embed_collections.runner.diskspace import (
 )
 from embed_collections.runner.ensemble import Ensemble, prepare_ensemble, sample_texts
 from embed_collections.runner.waves import RunWork, run_waves
+from embed_collections.runner.wavesize import decide_wave_size
 from embed_collections.stores import Store, VectorLayout
 from embed_collections.stores.open import open_store
 
@@ -191,6 +192,9 @@ def run_logged(
             # after the preflight: a run refused there leaves the last run's summary as it was
             reserve_summary(config.output_dir / SUMMARY_FILE, summary)
             phases["preflight"] = time.perf_counter() - clock
+            wave_size, wave_note = decide_wave_size(config.wave_size)
+            config = replace(config, wave_size=wave_size)
+            summary.extra.update(wave_note)
             with Progress(
                 len(selected), "store", "collection", config.engine.show_progress, "point"
             ) as progress:
