@@ -300,3 +300,5 @@ def test_a_three_wave_run_starts_each_models_pool_once(
     assert summary.results["beta"].embedded_now == {str(m): 6 for m in models}  # SHARED: alpha's
     assert single.results["beta"].embedded_now == {str(m): 7 for m in models}
     assert all(r.processing_time > 0 for r in summary.results.values())
+    log = (config.output_dir / "embedding_v6.log").read_text(encoding="utf-8")
+    assert log.count("Processing collection: beta") == 1  # the re-read logs no second header
