@@ -113,13 +113,13 @@ def run_waves(
             for wave in waves:
                 if number == 0:
                     plan.append([loaded.name for loaded in wave])
+                    work.waves = len(plan)  # so far: an interrupted run reports what it read
                     keep = len(passes) > 1 and len(plan) == 1 and wave[-1].name == last_name
                     kept = wave if keep else None
                 embed_wave(wave, ensemble, sessions, cache, config, work)
                 if final:
                     store_wave(wave, ensemble, cache, store, config, summary, progress, work)
                 del wave  # the next wave loads without this one in memory
-    work.waves = len(plan)
 
 
 def take_events(session: ModelSession, work: RunWork) -> None:
