@@ -6,6 +6,14 @@ ray-joined (the run joins a Ray started once with `ray start --head`: the cluste
 
     python bench/ray_bench.py                 # Docling, 3 repeats
     python bench/ray_bench.py --quick         # a tiny model on five small collections
+
+`--waves`: one actor pool per model per run against one per model per wave. A 3-wave run
+(`--wave-size 600` on the slice: Docling, then the Qdrant documentation collections) with two
+tiny models (`--minilm`: MiniLM and a tiny one) under `--executor ray` (a private Ray each run,
+so the actors run the code of the process that started it), this tree's code against an older
+tree's `src` (`--before-src`, e.g. `git archive <rev> src | tar -x -C /tmp/before`), interleaved:
+
+    python bench/ray_bench.py --waves --before-src /tmp/before/src --corpus $BENCH_CORPUS
 """
 
 from __future__ import annotations
@@ -22,7 +30,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DEFAULT_CORPUS, MINILM, WORK, machine, median, now, run_timed, tiny_model
+from common import (
+    DEFAULT_CORPUS,
+    MINILM,
+    REPO,
+    WORK,
+    machine,
+    median,
+    now,
+    run_timed,
+    slice_collections,
+    tiny_model,
+)
 
 RAY_PORT = 6391
 
@@ -58,7 +77,14 @@ def main() -> None:
     parser.add_argument("--collections", nargs="+", default=["Docling"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--waves", action="store_true", help="pool per run vs pool per wave")
+    parser.add_argument("--before-src", type=Path, help="the older tree's src (with --waves)")
+    parser.add_argument("--minilm", action="store_true", help="MiniLM + a tiny model (--waves)")
+    parser.add_argument("--wave-size", type=int, default=600)
     args = parser.parse_args()
+    if args.waves:
+        compare_waves(args)
+        return
     model = str(tiny_model(32)) if args.quick else MINILM
     names = ["Docling"] if not args.quick else args.collections
     repeats = 1 if args.quick else args.repeats
@@ -117,6 +143,61 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     for label in ("ray-fresh", "ray-joined"):
         print(f"{label} / local: {medians[label] / medians['local']:.2f}x")
+
+
+def compare_waves(args: argparse.Namespace) -> None:
+    """Pool starts and wall seconds of a multi-wave Ray run, this tree against `--before-src`."""
+    if args.before_src is None:
+        raise SystemExit("--waves needs --before-src (an older tree's src folder)")
+    names = slice_collections(args.corpus, quick=False)
+    models = [MINILM if args.minilm else str(tiny_model(32)), str(tiny_model(48))]
+    trees = {"pool per wave (before)": args.before_src.resolve(), "pool per run": REPO / "src"}
+    seconds: dict[str, list[float]] = {label: [] for label in trees}
+    starts: dict[str, list[int]] = {label: [] for label in trees}
+    embed: dict[str, list[float]] = {label: [] for label in trees}  # the "embed <model>" phases
+    reads: dict[str, list[float]] = {label: [] for label in trees}  # "load chunks"
+    waves: dict[str, int] = {}
+    for repeat in range(args.repeats):
+        for label, src in trees.items():
+            out = WORK / f"ray-waves-{'before' if 'before' in label else 'now'}"
+            shutil.rmtree(out, ignore_errors=True)
+            run = command(args.corpus, names, models[0], out, "ray")
+            run[run.index("--models") + 1 : run.index("--models") + 2] = models
+            run += ["--wave-size", str(args.wave_size)]
+            os.environ["PYTHONPATH"] = str(src)  # the driver's and (private Ray) the actors'
+            try:
+                seconds[label].append(run_timed(run)[0])
+            finally:
+                os.environ.pop("PYTHONPATH", None)
+            summary = json.loads((out / "embedding_summary_v6.json").read_text())
+            starts[label].append(sum(m["loads"] for m in summary["models"].values()))
+            phases = summary["phases"]
+            embed[label].append(sum(v for k, v in phases.items() if k.startswith("embed ")))
+            reads[label].append(phases.get("load chunks", 0.0))
+            waves[label] = summary.get("waves") or len(
+                [line for line in (out / "embedding_v6.log").read_text().splitlines()
+                 if "embedding" in line and "Ray actor" in line]
+            ) // len(models)  # fmt: skip
+        print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in seconds.items()))
+    result = {
+        "date": now(),
+        "machine": machine(),
+        "load_average": os.getloadavg(),
+        "collections": len(names),
+        "models": models,
+        "wave_size": args.wave_size,
+        "waves": waves,
+        "seconds": seconds,
+        "medians": {k: median(v) for k, v in seconds.items()},
+        "pool_starts": starts,
+        "embed_seconds": embed,
+        "embed_medians": {k: median(v) for k, v in embed.items()},
+        "load_chunks_seconds": reads,
+        "load_chunks_medians": {k: median(v) for k, v in reads.items()},
+    }
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / "ray_waves.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ object store), an actor killed mid-shard, and the usage error without the extra.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cosine, encode, need_module, run_cli, unused_port, write_chunks
+from conftest import (
+    cosine,
+    encode,
+    need_module,
+    read_points,
+    run_cli,
+    unused_port,
+    write_chunks,
+)
 
 import embed_collections
 from embed_collections.engine.cache import EmbeddingCache, text_digest
@@ -226,3 +235,70 @@ def test_the_driver_receives_names_not_vectors(ray_session, tiny_models, tmp_pat
     with EmbeddingCache(tmp_path / "embeddings.sqlite") as cache:
         assert cache.adopt_shard("fp", folder / f"{name}.json") == 200
         assert cache.missing("fp", digests) == []
+
+
+WAVE_TEXTS = {  # one collection per wave at --wave-size 6; SHARED crosses waves
+    "alpha": [f"Alpha wave note {i} about foxes and dogs." for i in range(6)] + [SHARED],
+    "beta": [f"Beta wave step {i}: run command {i} " * (1 + i % 3) for i in range(6)] + [SHARED],
+    "gamma": [f"Gamma wave fact {i} on vector search." for i in range(6)],
+}
+
+
+@pytest.fixture(scope="module")
+def waves_corpus(tmp_path_factory) -> Path:
+    """Three collections, a record without text (skipped) and a file that is not JSON."""
+    root = tmp_path_factory.mktemp("ray-waves")
+    for name, texts in WAVE_TEXTS.items():
+        write_chunks(root / name / f"{name}_chunks.json", texts)
+    bad = [{"metadata": {"chunk_id": "beta-bad"}}]  # no text: skipped
+    (root / "beta" / "beta2_chunks.json").write_text(json.dumps(bad), encoding="utf-8")
+    (root / "gamma" / "broken_chunks.json").write_text("{not json", encoding="utf-8")
+    return root
+
+
+def test_a_three_wave_run_starts_each_models_pool_once(
+    ray_session, waves_corpus, tiny_models, tmp_path
+):
+    models = [tiny_models["tiny32"], tiny_models["tiny48"]]
+    single = run(make_config(waves_corpus, tmp_path / "single", models, "local"))
+    local = run(
+        replace(make_config(waves_corpus, tmp_path / "local", models, "local"), wave_size=6)
+    )
+    config = replace(make_config(waves_corpus, tmp_path / "ray", models, "ray"), wave_size=6)
+    summary = run(config)
+    assert (single.extra["waves"], local.extra["waves"], summary.extra["waves"]) == (1, 3, 3)
+    assert summary.exit_code == single.exit_code == 3  # gamma's broken file
+    # file errors and skipped records are counted once, not once per pass over the corpus
+    counts = ("file_errors", "skipped_records")
+    assert [summary.extra[k] for k in counts] == [single.extra[k] for k in counts] == [1, 1]
+    assert summary.failed_collections == single.failed_collections
+    unique = len({t for texts in WAVE_TEXTS.values() for t in texts})
+    pids = set()
+    for model in models:
+        telemetry = summary.extra["models"][str(model)]
+        (worker,) = telemetry["workers"]  # one actor, started once for the three waves
+        assert telemetry["loads"] == worker["loads"] == 1 and len(worker["pids"]) == 1
+        assert worker["shards"] >= 3 and worker["chunks"] == unique
+        assert telemetry["chunks_embedded"] == unique
+        assert single.extra["models"][str(model)]["chunks_embedded"] == unique
+        pids.update(worker["pids"])
+    assert len(pids) == 2  # each model in its own pool, one after the other
+    kinds = [(e["event_type"], e["device"].split("@")[0]) for e in summary.extra["lease_events"]]
+    pool = [("acquire", "ray:1xcpu"), ("acquire", "ray-actor-0")]
+    pool += [("release", "ray-actor-0"), ("release", "ray:1xcpu")]
+    assert kinds == pool + pool  # one pool per model for the run
+    # the store equals the local executor's (ids and vectors), and so do the summary's numbers
+    for name, texts in WAVE_TEXTS.items():
+        ours = read_points(config.store_path, name)
+        theirs = read_points(tmp_path / "local" / "qdrant", name)
+        assert sorted(ours) == sorted(theirs) and len(ours) == len(texts)
+        for point, (vector, _) in ours.items():
+            assert cosine(np.array([vector]), np.array([theirs[point][0]])).min() >= 0.9999
+        result, expected = summary.results[name], local.results[name]
+        assert result.embedded_now == expected.embedded_now
+        assert result.points_in_store == single.results[name].points_in_store == len(texts)
+    assert summary.results["beta"].embedded_now == {str(m): 6 for m in models}  # SHARED: alpha's
+    assert single.results["beta"].embedded_now == {str(m): 7 for m in models}
+    assert all(r.processing_time > 0 for r in summary.results.values())
+    log = (config.output_dir / "embedding_v6.log").read_text(encoding="utf-8")
+    assert log.count("Processing collection: beta") == 1  # the re-read logs no second header

@@ -21,6 +21,19 @@ from embed_collections.cli.options import (
 from embed_collections.cli.render import echo_json, render_table, setup_logging
 
 
+class WaveSize(click.ParamType):
+    """`--wave-size`: a number of chunks (1 or more), or `auto`."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or isinstance(value, int):
+            return value
+        if str(value).isdigit() and int(value) >= 1:
+            return int(value)
+        self.fail(f"{value!r} is not a number of chunks (1 or more) or 'auto'", param, ctx)
+
+
 @click.command()
 @click.argument("chunked_dir", required=False, type=click.Path(path_type=Path))
 @discovery_options
@@ -166,10 +179,12 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
 @discovery_options
 @click.option(
     "--wave-size",
-    type=click.IntRange(min=1),
-    default=50_000,
+    type=WaveSize(),
+    metavar="N|auto",
+    default="auto",
     show_default=True,
-    help="Chunks loaded at once; bounds memory on huge corpora.",
+    help="Chunks loaded at once; bounds memory on huge corpora. auto: as many as a quarter "
+    "of the memory available holds (about 4 KB per chunk).",
 )
 @click.option(
     "--no-wait",

@@ -12,8 +12,10 @@ device everything stays in this process.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import replace
+from types import TracebackType
 
 import numpy as np
 
@@ -67,6 +69,71 @@ def embed_pending(
         return telemetry
     embed_in_process(spec, fingerprint, texts, cache, options, events, telemetry, devices[0])
     return telemetry
+
+
+class ModelSession:
+    """One model's executor for a whole run: `embed` is called with each wave's texts, `close`
+    frees what the session holds. `telemetry` sums the waves; `take_events` hands over the lease
+    events recorded since the last call.
+
+    `holds_device` is True when the session keeps its model loaded between calls (a Ray actor
+    pool holds its GPUs until `close`): the run then opens one such session at a time and goes
+    model-major across its waves, so a device never holds two models at once.
+    """
+
+    holds_device = False
+
+    def __init__(
+        self, spec: ModelSpec, fingerprint: str, cache: EmbeddingCache, options: EngineOptions
+    ):
+        self.spec, self.fingerprint, self.cache, self.options = spec, fingerprint, cache, options
+        self.telemetry: ModelTelemetry | None = None
+        self.events: list[LeaseEvent] = []
+        self.taken = 0
+
+    def embed(self, texts: dict[bytes, str]) -> ModelTelemetry:
+        """Embed the texts (digest -> text) this model has not cached yet; this call's telemetry."""
+        raise NotImplementedError
+
+    def record(self, wave: ModelTelemetry) -> ModelTelemetry:
+        """Add a call's telemetry to the session's sum; return the call's."""
+        if self.telemetry is None:
+            self.telemetry = copy.deepcopy(wave)
+        else:
+            self.telemetry.add(wave)
+        return wave
+
+    def take_events(self) -> list[LeaseEvent]:
+        """The lease events recorded since the last call."""
+        events = self.events[self.taken :]
+        self.taken = len(self.events)
+        return events
+
+    def close(self) -> None:
+        """Free what the session holds (nothing for the local executor)."""
+
+    def __enter__(self) -> ModelSession:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class LocalSession(ModelSession):
+    """The in-process executor as a session: each wave is an `embed_pending` call, which takes
+    the lease and loads the model only when the wave has texts to embed."""
+
+    def embed(self, texts: dict[bytes, str]) -> ModelTelemetry:
+        """Embed one wave's missing texts in this process (or its worker processes)."""
+        wave = embed_pending(
+            self.spec, self.fingerprint, texts, self.cache, self.options, self.events
+        )
+        return self.record(wave)
 
 
 def cpu_lease_beside(cache: EmbeddingCache, options: EngineOptions) -> EngineOptions:

@@ -1,9 +1,11 @@
 """The Ray executor: a model's pending texts embedded by a pool of Ray actors, cached by the driver.
 
-Same contract as `embedding.embed_pending`; the pipeline picks it with `--executor ray`. The driver
-keeps the run's logic (dedup, cache, model-major order, combine, store); per model it cuts the
-pending unique texts into shards, and a pool of actors (one per GPU with `num_gpus=1`, or one per
-node on CPU) loads the model once each and embeds the shards. Each actor writes a finished shard
+A `RaySession` (the `local_executor.ModelSession` interface) per model per run; the pipeline picks
+it with `--executor ray`. The driver keeps the run's logic (dedup, cache, model-major order,
+combine, store); for each wave it cuts the model's pending unique texts into shards, and the
+model's pool of actors (one per GPU with `num_gpus=1`, or one per node on CPU), started at the
+first wave with work and kept until the session closes, loads the model once per actor for the
+whole run and embeds the shards. Each actor writes a finished shard
 as files under the cache folder (`cache.write_shard`: raw float32 rows plus a manifest; shared
 storage on a multi-node cluster) and returns only its name, token counts and which rows are
 finite; the driver indexes the rows file in place as a cache segment (`adopt_shard`), so vectors
@@ -50,6 +52,7 @@ from embed_collections.engine.batches import (
 from embed_collections.engine.cache import EmbeddingCache, write_shard
 from embed_collections.engine.lease import LeaseEvent
 from embed_collections.engine.lifeline import die_with_driver
+from embed_collections.engine.local_executor import ModelSession
 from embed_collections.engine.models import ModelSpec
 from embed_collections.engine.options import EngineOptions, default_batch_tokens
 from embed_collections.engine.ray_cluster import connect, import_ray, ray_error
@@ -216,71 +219,65 @@ def embed_pending(
     options: EngineOptions,
     events: list[LeaseEvent],
 ) -> ModelTelemetry:
-    """Embed the texts this model has not cached yet on Ray actors; the driver caches each shard."""
-    ray = import_ray()
-    if not ray.is_initialized():
-        connect(None)
-    telemetry = start_telemetry(spec, fingerprint, cache, options, f"ray:{options.device}")
-    backend = telemetry.backend
-    cache.adopt_finished_shards(fingerprint)  # a killed run's finished shards are not redone
-    missing = cache.missing(fingerprint, texts)
-    telemetry.cache_hits = len(texts) - len(missing)
-    telemetry.cache_misses = len(missing)
-    if not missing:
-        log.info("%s: all %d texts cached, model not loaded", spec.name, len(texts))
-        return telemetry
-    plan = plan_pool(options.device)
-    actor_class = ray.remote(
-        num_cpus=plan.num_cpus,
-        num_gpus=plan.num_gpus,
-        max_restarts=MAX_RESTARTS,
-        max_task_retries=MAX_RESTARTS,
-        scheduling_strategy="SPREAD",
-    )(ShardEmbedder)
-    pool_label = f"ray:{plan.actors}x{options.device}"
-    env = forwarded_env()
-    created = time.perf_counter()
-    actors = [
-        actor_class.remote(
-            i,
-            spec,
-            backend,
-            options.dtype,
-            options.device,
-            options.batch_size,
-            options.max_batch_tokens,
-            env,
-            (socket.gethostname(), os.getpid()),
-        )  # fmt: skip
-        for i in range(plan.actors)
-    ]
+    """Embed the texts this model has not cached yet on a pool of Ray actors started for this
+    call alone (a run keeps one `RaySession` per model instead)."""
+    session = RaySession(spec, fingerprint, cache, options)
     try:
-        described = start_pool(ray, actors, spec, options, events, pool_label, created)
-        info = described[0]
-        telemetry.loads = len(described)
-        telemetry.load_seconds = max(d["load_seconds"] for d in described)
-        telemetry.lease_wait_seconds = next(
-            e for e in events if e.device == pool_label
-        ).wait_seconds
+        session.embed(texts)
+    finally:
+        session.close()
+        events.extend(session.events)
+    assert session.telemetry is not None
+    return session.telemetry
+
+
+class RaySession(ModelSession):
+    """One model's actor pool for a whole run: started at the first call with texts to embed,
+    kept for every later wave, killed at `close` (which frees its GPUs: Ray's resource is the
+    lease). `telemetry.loads` counts actor starts (Ray's restarts included) over the session."""
+
+    holds_device = True
+
+    def __init__(
+        self, spec: ModelSpec, fingerprint: str, cache: EmbeddingCache, options: EngineOptions
+    ):
+        super().__init__(spec, fingerprint, cache, options)
+        self.ray = import_ray()
+        if not self.ray.is_initialized():
+            connect(None)
+        self.actors: list = []
+        self.described: list[dict] = []
+        self.workers: dict[int, dict] = {}  # per actor, over the whole session
+        self.pool_label = ""
+        cache.adopt_finished_shards(fingerprint)  # a killed run's finished shards are not redone
+
+    def embed(self, texts: dict[bytes, str]) -> ModelTelemetry:
+        """Embed one wave's missing texts on the pool (started now if this is its first work)."""
+        spec, fingerprint, cache, options = self.spec, self.fingerprint, self.cache, self.options
+        telemetry = start_telemetry(spec, fingerprint, cache, options, f"ray:{options.device}")
+        missing = cache.missing(fingerprint, texts)
+        telemetry.cache_hits = len(texts) - len(missing)
+        telemetry.cache_misses = len(missing)
+        if not missing:
+            log.info("%s: all %d texts cached, model not loaded", spec.name, len(texts))
+            return self.record(telemetry)
+        loads_before = sum(w["loads"] for w in self.workers.values())
+        if not self.actors:
+            self.start(telemetry)
+        info = self.described[0]
         telemetry.dim, telemetry.max_seq_length = info["dim"], info["max_seq_length"]
-        cache.register_model(
-            fingerprint,
-            info["dim"],
-            {"model": spec.name, "path": str(spec.path), "max_seq_length": info["max_seq_length"]},
-        )
         log.info(
             "%s: embedding %d texts (%d cached) on %d Ray actor(s) (%s)",
             spec.name,
             len(missing),
             telemetry.cache_hits,
-            plan.actors,
+            len(self.actors),
             options.device,
         )
         with Timer() as embed_timer:
-            workers = run_pool(
-                ray,
-                actors,
-                described,
+            run_pool(
+                self.ray,
+                self.actors,
                 spec,
                 fingerprint,
                 missing,
@@ -288,15 +285,66 @@ def embed_pending(
                 cache,
                 telemetry,
                 options,
+                self.workers,
             )
         telemetry.embed_seconds = embed_timer.seconds
-        telemetry.workers = sorted(workers.values(), key=lambda w: w["actor"])
-        telemetry.loads = sum(w["loads"] for w in telemetry.workers)
-    finally:
-        for actor in actors:
-            ray.kill(actor)  # frees the actor's GPU: Ray's resource is the lease
-        release_events(events, spec.name, pool_label)
-    return telemetry
+        telemetry.loads = sum(w["loads"] for w in self.workers.values()) - loads_before
+        self.record(telemetry)
+        assert self.telemetry is not None
+        self.telemetry.workers = sorted(self.workers.values(), key=lambda w: w["actor"])
+        return telemetry
+
+    def start(self, telemetry: ModelTelemetry) -> None:
+        """Create the pool and wait until every actor holds its resources and its model."""
+        ray, spec, options = self.ray, self.spec, self.options
+        plan = plan_pool(options.device)
+        actor_class = ray.remote(
+            num_cpus=plan.num_cpus,
+            num_gpus=plan.num_gpus,
+            max_restarts=MAX_RESTARTS,
+            max_task_retries=MAX_RESTARTS,
+            scheduling_strategy="SPREAD",
+        )(ShardEmbedder)
+        self.pool_label = f"ray:{plan.actors}x{options.device}"
+        env = forwarded_env()
+        created = time.perf_counter()
+        self.actors = [
+            actor_class.remote(
+                i,
+                spec,
+                telemetry.backend,
+                options.dtype,
+                options.device,
+                options.batch_size,
+                options.max_batch_tokens,
+                env,
+                (socket.gethostname(), os.getpid()),
+            )  # fmt: skip
+            for i in range(plan.actors)
+        ]
+        self.described = start_pool(
+            ray, self.actors, spec, options, self.events, self.pool_label, created
+        )
+        for info in self.described:
+            record_worker(self.workers, info)
+        telemetry.load_seconds = max(d["load_seconds"] for d in self.described)
+        telemetry.lease_wait_seconds = next(
+            e for e in self.events if e.device == self.pool_label
+        ).wait_seconds
+        info = self.described[0]
+        self.cache.register_model(
+            self.fingerprint,
+            info["dim"],
+            {"model": spec.name, "path": str(spec.path), "max_seq_length": info["max_seq_length"]},
+        )
+
+    def close(self) -> None:
+        """Kill the pool (frees its GPUs) and record the releases."""
+        for actor in self.actors:
+            self.ray.kill(actor)
+        if self.actors:
+            release_events(self.events, self.spec.name, self.pool_label)
+        self.actors = []
 
 
 def start_pool(
@@ -349,7 +397,6 @@ def now() -> str:
 def run_pool(
     ray: Any,
     actors: list,
-    described: list[dict],
     spec: ModelSpec,
     fingerprint: str,
     missing: list[bytes],
@@ -357,17 +404,15 @@ def run_pool(
     cache: EmbeddingCache,
     telemetry: ModelTelemetry,
     options: EngineOptions,
-) -> dict[int, dict]:
-    """Hand out shards, cache each one as it comes back; returns per-actor telemetry."""
+    workers: dict[int, dict],
+) -> None:
+    """Hand out shards, cache each one as it comes back; per-actor telemetry goes to `workers`."""
     from ray.util import ActorPool
 
     prefix = spec.settings.document_prefix
     inputs = [prefix + texts[d] for d in missing]
     shards = cut_shards(inputs, len(actors))
     limit = telemetry.max_seq_length
-    workers: dict[int, dict] = {}
-    for info in described:
-        record_worker(workers, info)
     folder = cache.shard_dir(fingerprint)
     pool = ActorPool(actors)
     results = pool.map_unordered(
@@ -403,7 +448,6 @@ def run_pool(
             telemetry.oom_retries += stats["oom_retries"]
             record_worker(workers, stats, len(rows), sum(used))
             bar.update(len(rows))
-    return workers
 
 
 def record_worker(workers: dict[int, dict], stats: dict, chunks: int = 0, tokens: int = 0) -> None:

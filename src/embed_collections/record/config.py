@@ -74,7 +74,7 @@ class RunConfig:
     zip_compression: str = "deflated"
     pattern: str = CHUNK_FILE_PATTERN
     max_depth: int = MAX_DISCOVERY_DEPTH
-    wave_size: int = 50_000
+    wave_size: int | None = None  # chunks per wave; None: chosen from the memory available
     upload_batch_size: int = 1024
     wait: bool = True  # for another run holding the output directory (False: --no-wait)
     storage: StorageOptions = field(default_factory=StorageOptions)
@@ -132,7 +132,7 @@ class RunOptions(TypedDict, total=False):
     zip_compression: str
     pattern: str
     max_depth: int
-    wave_size: int
+    wave_size: int | str  # "auto" (the default): chosen from the memory available
     no_wait: bool
     quiet: bool
     quantization: str
@@ -161,6 +161,13 @@ def build_run_config(
     if unknown:
         raise UsageError(
             f"Unknown run option {', '.join(unknown)}; the options are {', '.join(RUN_OPTIONS)}"
+        )
+    if given.get("wave_size") == "auto":
+        del given["wave_size"]
+    if "wave_size" in given and (not isinstance(given["wave_size"], int) or given["wave_size"] < 1):
+        raise UsageError(
+            f"wave_size {given['wave_size']!r} is not a number of chunks; give 1 or more, or "
+            '"auto" to choose it from the memory available'
         )
     for key in PATH_OPTIONS:
         if key in given:

@@ -1,7 +1,8 @@
 """The spine of a run: discover, preflight, load chunks, embed model-major, combine, store.
 
-Collections are processed in waves of at most `wave_size` chunks so memory stays flat on huge
-corpora; within a wave every model is loaded once (a typical corpus is a single wave).
+Collections are processed in waves of about `wave_size` chunks so memory stays flat on huge
+corpora (`waves.py`: one executor session per model for the whole run; a typical corpus is a
+single wave).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -19,16 +20,12 @@ from pathlib import Path
 
 from embed_collections.archive.export import finish_export
 from embed_collections.atomic import write_bytes_atomic, write_json_atomic
-from embed_collections.corpus.chunks import LoadedCollection, load_collection
 from embed_collections.corpus.discovery import (
     discover_collections,
     filter_collections,
-    find_chunk_files,
 )
-from embed_collections.engine.cache import EmbeddingCache, text_digest
-from embed_collections.engine.lease import LeaseEvent, default_lease_dir
-from embed_collections.engine.local_executor import embed_pending
-from embed_collections.engine.telemetry import ModelTelemetry
+from embed_collections.engine.cache import EmbeddingCache
+from embed_collections.engine.lease import default_lease_dir
 from embed_collections.errors import (
     DiskFullError,
     EmbedCollectionsError,
@@ -42,24 +39,20 @@ from embed_collections.record.run_record import (
 )
 from embed_collections.record.summary import (
     ENSEMBLE_MODE_LABEL,
-    CollectionResult,
     RunSummary,
-    log_collection_completion,
-    log_collection_header,
     log_lease_events,
     log_processing_summary,
 )
-from embed_collections.record.token_lengths import TokenLengths, warn_truncation
-from embed_collections.runner.collection import Targets, store_collection
+from embed_collections.record.token_lengths import warn_truncation
 from embed_collections.runner.dirlock import output_lock
 from embed_collections.runner.diskspace import (
-    check_wave_space,
     preflight_space,
     stops_the_run,
 )
 from embed_collections.runner.ensemble import Ensemble, prepare_ensemble, sample_texts
+from embed_collections.runner.waves import RunWork, run_waves
+from embed_collections.runner.wavesize import decide_wave_size
 from embed_collections.stores import Store, VectorLayout
-from embed_collections.stores import sparse as sparse_vectors
 from embed_collections.stores.open import open_store
 
 log = logging.getLogger("embed_collections.runner.pipeline")
@@ -158,15 +151,6 @@ def write_run_report(output_dir: Path) -> None:
     log.info("Report: %s", path)
 
 
-def choose_executor(config: RunConfig) -> Callable[..., ModelTelemetry]:
-    """The `embed_pending` of `config.executor`: in this process (local) or on Ray actors."""
-    if config.executor == "ray":
-        from embed_collections.engine import ray_executor
-
-        return ray_executor.embed_pending
-    return embed_pending
-
-
 def run_logged(
     config: RunConfig, started: float | None = None, phases: dict[str, float] | None = None
 ) -> RunSummary:
@@ -208,11 +192,13 @@ def run_logged(
             # after the preflight: a run refused there leaves the last run's summary as it was
             reserve_summary(config.output_dir / SUMMARY_FILE, summary)
             phases["preflight"] = time.perf_counter() - clock
+            wave_size, wave_note = decide_wave_size(config.wave_size)
+            config = replace(config, wave_size=wave_size)
+            summary.extra.update(wave_note)
             with Progress(
                 len(selected), "store", "collection", config.engine.show_progress, "point"
             ) as progress:
-                for wave in load_waves(selected, config, summary, phases):
-                    process_wave(wave, ensemble, cache, store, config, summary, progress, work)
+                run_waves(selected, ensemble, cache, store, config, summary, progress, work)
         except Exception as error:  # a full or read-only disk: keep what is done, then stop
             if not stops_the_run(error):
                 raise
@@ -241,6 +227,7 @@ def run_logged(
     warn_truncation(work.lengths)
     summary.extra.update(run_extras(config, ensemble, layout, time.perf_counter() - started))
     summary.extra["lease_events"] = work.lease_events
+    summary.extra["waves"] = work.waves
     summary.extra["token_lengths"] = {name: t.to_dict() for name, t in work.lengths.items()}
     summary.extra["phases"] = {name: round(seconds, 3) for name, seconds in phases.items()}
     summary.count("skipped_records", 0)  # present even when nothing was skipped
@@ -352,140 +339,3 @@ def run_extras(
         "cache_hits": sum(t.cache_hits for t in ensemble.telemetry.values()),
         "cache_misses": sum(t.cache_misses for t in ensemble.telemetry.values()),
     }
-
-
-def load_waves(
-    selected: dict[str, Path],
-    config: RunConfig,
-    summary: RunSummary,
-    phases: dict[str, float] | None = None,
-) -> Iterator[list[LoadedCollection]]:
-    """Load collections in order, yielding groups of about `wave_size` chunks (the loading time
-    is added to `phases["load chunks"]`)."""
-    wave: list[LoadedCollection] = []
-    size = 0
-    phases = {} if phases is None else phases
-    for name, directory in selected.items():
-        clock = time.perf_counter()
-        try:
-            log_collection_header(name, len(find_chunk_files(directory, config.pattern)))
-            loaded = load_collection(name, directory, config.pattern, config.chunked_dir)
-        except Exception as error:  # per-collection boundary: record and go on
-            log.debug("Loading %s failed", name, exc_info=True)
-            summary.failed_collections[name] = f"{type(error).__name__}: {error}"
-            summary.count("file_errors", 1)
-            continue
-        finally:
-            phases["load chunks"] = phases.get("load chunks", 0.0) + time.perf_counter() - clock
-        summary.count("file_errors", len(loaded.stats.file_errors))
-        summary.count("skipped_records", loaded.stats.skipped_records)
-        if loaded.stats.file_errors:
-            summary.failed_collections[name] = "; ".join(loaded.stats.file_errors)
-        if not loaded.chunks:
-            summary.failed_collections.setdefault(name, f"No readable chunks in {directory}")
-            continue
-        wave.append(loaded)
-        size += len(loaded.chunks)
-        if size >= config.wave_size:
-            yield wave
-            wave, size = [], 0
-    if wave:
-        yield wave
-
-
-def process_wave(
-    wave: list[LoadedCollection],
-    ensemble: Ensemble,
-    cache: EmbeddingCache,
-    store: Store | None,
-    config: RunConfig,
-    summary: RunSummary,
-    progress: Progress | None = None,
-    work: RunWork | None = None,
-) -> None:
-    """Embed a wave's unique texts model by model, then combine and store each collection."""
-    work = RunWork() if work is None else work
-    texts = {text_digest(c.text): c.text for loaded in wave for c in loaded.chunks}
-    missing_before = {fp: set(cache.missing(fp, texts)) for fp in ensemble.fingerprints}
-    check_wave_space(wave, ensemble.dims(cache), missing_before, config)
-    wave_telemetry: dict[str, ModelTelemetry] = {}
-    embed = choose_executor(config)
-    for spec, fingerprint, backend in zip(ensemble.specs, ensemble.fingerprints, ensemble.backends):
-        events: list[LeaseEvent] = []
-        options = replace(config.engine, backend=backend, quantize="")  # decided in preflight
-        clock = time.perf_counter()
-        telemetry = embed(spec, fingerprint, texts, cache, options, events)
-        work.add_phase(f"embed {spec.name}", time.perf_counter() - clock)
-        work.lease_events.extend(e.to_dict() for e in events)
-        wave_telemetry[spec.name] = telemetry
-        if spec.name in ensemble.telemetry:
-            ensemble.telemetry[spec.name].add(telemetry)
-        else:
-            ensemble.telemetry[spec.name] = telemetry
-    if ensemble.sparse:
-        clock = time.perf_counter()
-        sparse_vectors.embed_pending(ensemble.sparse, texts, cache)
-        work.add_phase("embed bm25", time.perf_counter() - clock)
-    layout = ensemble.layout(cache)
-    for loaded in wave:
-        started = time.perf_counter()
-        result = CollectionResult(name=loaded.name)
-        exported = work.phases.get("export", 0.0)
-        try:
-            targets = Targets(ensemble, cache, store, config, work.lengths, work.phases)
-            store_collection(loaded, targets, layout, result)
-        except Exception as error:  # per-collection boundary: record and go on
-            log.debug("Collection %s failed", loaded.name, exc_info=True)
-            summary.failed_collections[loaded.name] = f"{error}"
-            log.error("❌ Failed collection %s: %s", loaded.name, error)
-            if stops_the_run(error):
-                raise
-            if progress is not None:
-                progress.update(1, 0, time.perf_counter() - started)
-            continue
-        finally:  # the export's seconds are counted apart; the rest is the store's
-            exported = work.phases.get("export", 0.0) - exported
-            work.add_phase("store", time.perf_counter() - started - exported)
-        digests = {text_digest(c.text) for c in loaded.chunks}
-        for spec, fp in zip(ensemble.specs, ensemble.fingerprints):
-            result.embedded_now[spec.name] = len(digests & missing_before[fp])
-        if any(result.embedded_now.values()) or result.status != "unchanged":
-            result.status = "ok"
-        share = embed_share(ensemble, wave_telemetry, missing_before, digests)
-        result.processing_time = round(time.perf_counter() - started + share, 3)
-        summary.results[loaded.name] = result
-        # chunks drop_unembedded skipped (loading's skipped records are counted already)
-        summary.count("skipped_records", result.skipped_records - loaded.stats.skipped_records)
-        log_collection_completion(result)
-        if progress is not None:
-            progress.update(1, len(loaded.chunks), time.perf_counter() - started)
-
-
-class RunWork:
-    """What a run gathers across waves for its summary and report: phase times, lease events
-    (once per run, not per collection) and token lengths per model."""
-
-    def __init__(self, phases: dict[str, float] | None = None):
-        self.phases = {} if phases is None else phases
-        self.lease_events: list[dict] = []
-        self.lengths: dict[str, TokenLengths] = {}
-
-    def add_phase(self, name: str, seconds: float) -> None:
-        """Add seconds to a phase (a model's embedding spans every wave)."""
-        self.phases[name] = self.phases.get(name, 0.0) + seconds
-
-
-def embed_share(
-    ensemble: Ensemble,
-    telemetry: dict[str, ModelTelemetry],
-    missing_before: dict[str, set[bytes]],
-    digests: set[bytes],
-) -> float:
-    """This collection's share of the wave's embedding time, by the texts it newly needed."""
-    share = 0.0
-    for spec, fp in zip(ensemble.specs, ensemble.fingerprints):
-        pending = missing_before[fp]
-        if pending:
-            spent = telemetry[spec.name].embed_seconds + telemetry[spec.name].load_seconds
-            share += spent * len(digests & pending) / len(pending)
-    return share
