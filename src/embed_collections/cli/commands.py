@@ -140,6 +140,12 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
 @click.option("--no-index", is_flag=True, help="Skip building the HNSW index after loading.")
 @click.option("--keep-stale", is_flag=True, help="Keep points whose chunks left the input.")
 @click.option("--recreate", is_flag=True, help="Replace collections built with another layout.")
+@click.option(
+    "--verify-full",
+    is_flag=True,
+    help="Read every unchanged collection back and compare it, even when its files are as the "
+    "last complete load left them.",
+)
 @click.option("--sparse", type=click.Choice(["bm25"]), help="Also store BM25 sparse vectors.")
 @click.option(
     "--sparse-language",

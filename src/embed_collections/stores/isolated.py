@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from embed_collections.errors import DiskFullError, StoreError
+from embed_collections.stores import edge_files
 from embed_collections.stores.base import Hit, PointBatch, SearchQuery, StoreScan, VectorLayout
 from embed_collections.stores.edge import EdgeStore
 
@@ -126,8 +127,10 @@ class IsolatedStore:
     def check_writable(self) -> None:
         self._call("check_writable")
 
+    # The sidecar files are read here, not in the child: they are small JSON files and stats,
+    # never memory-mapped, and an unchanged re-run then needs no call per collection.
     def layout(self, collection: str) -> VectorLayout | None:
-        return self._call("layout", collection)  # type: ignore[no-any-return]
+        return edge_files.read_layout(self.root, collection)
 
     def ensure_collection(
         self, collection: str, layout: VectorLayout, recreate: bool = False
@@ -138,7 +141,13 @@ class IsolatedStore:
         self._call("drop", collection)
 
     def loaded_marker(self, collection: str) -> dict[str, Any] | None:
-        return self._call("loaded_marker", collection)  # type: ignore[no-any-return]
+        return edge_files.read_marker(self.root, collection)
+
+    def unchanged_since_marked(self, collection: str) -> bool:
+        marker = edge_files.read_marker(self.root, collection)
+        return marker is not None and edge_files.unchanged_since_marked(
+            self.root, collection, marker
+        )
 
     def mark_loaded(self, collection: str, signature: str, count: int, digest: str = "") -> None:
         self._call("mark_loaded", collection, signature, count, digest)
