@@ -296,7 +296,9 @@ def upload(
         raise UsageError(
             "Give one target store: --qdrant-path DIR (embedded) or --qdrant-url URL (a server)"
         )
-    store = open_store(qdrant_url, qdrant_path, qdrant_api_key)
+    # the embedded store in a child process, as in `run`: a full disk under its memory maps
+    # (SIGBUS) is then a message, not a dead process
+    store = open_store(qdrant_url, qdrant_path, qdrant_api_key, isolated=True)
     try:
         chosen = build_storage(storage) if any(v for v in storage.values()) else None
         counts = upload_export(path, store, split_list(collections) or None, recreate, chosen)

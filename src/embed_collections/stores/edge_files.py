@@ -163,5 +163,5 @@ def check_room(shard: Path) -> None:
             f"Opening Qdrant Edge shard {shard} needs about {(holes + OPEN_MARGIN) // mb} MB "
             f"free but its filesystem has {free // mb} MB (the engine fills its vector files "
             "when it opens them); free space there or move --qdrant-path to a larger disk; "
-            "finished work is kept and a re-run resumes without re-embedding"
+            "finished work is kept and running the same command again resumes it"
         )

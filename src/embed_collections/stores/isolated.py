@@ -11,6 +11,7 @@ kept, a re-run resumes.
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import os
@@ -26,6 +27,7 @@ from embed_collections.stores.edge import EdgeStore
 
 log = logging.getLogger(__name__)
 
+RESUME = "finished work is kept and running the same command again resumes it"
 PARENT_CHECK_S = 1.0  # how often an idle store child checks that its parent is alive
 
 
@@ -104,8 +106,22 @@ class IsolatedStore:
         except (EOFError, OSError):
             raise self._died(method) from None
         if not ok:
+            if isinstance(value, OSError):  # a sidecar or lock file the disk refused
+                raise self._refused(method, value) from value
             raise value
         return value
+
+    def _refused(self, method: str, error: OSError) -> StoreError | DiskFullError:
+        where = f"{error.filename} ({method})" if error.filename else f"{self.root} ({method})"
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFullError(
+                f"The Qdrant store cannot write {where}: {error.strerror}; free space there or "
+                f"move --qdrant-path to a larger disk; {RESUME}"
+            )
+        return StoreError(
+            f"The Qdrant store cannot write {where}: {error.strerror or error} (fix the "
+            "folder's permissions or use another --qdrant-path)"
+        )
 
     def _died(self, method: str) -> StoreError | DiskFullError:
         self._process.join(timeout=10)
@@ -114,8 +130,7 @@ class IsolatedStore:
             self._dead = (
                 f"The Qdrant store {self.root} was killed by SIGBUS during {method}: the disk "
                 "under its memory-mapped files is full (or a file was cut short); free space "
-                "there or move --qdrant-path to a larger disk; finished work is kept and a "
-                "re-run resumes without re-embedding"
+                f"there or move --qdrant-path to a larger disk; {RESUME}"
             )
             return DiskFullError(self._dead)
         self._dead = (
