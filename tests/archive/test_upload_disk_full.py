@@ -1,6 +1,7 @@
 """`upload` into an embedded store on a full disk is a clean stop (one line, exit 1, no SIGBUS),
-and the same command finishes once there is space: the real CLI in a child process, a real
-tmpfs (needs root and `mount -t tmpfs`; skipped with the reason otherwise, a failure in CI)."""
+and the same command finishes once there is space, replacing a shard a cut-short write left
+unopenable: the real CLI in a child process, a real tmpfs (needs root and `mount -t tmpfs`;
+skipped with the reason otherwise, a failure in CI)."""
 
 from __future__ import annotations
 
@@ -87,3 +88,18 @@ def test_upload_filling_the_disk_while_writing_points_stops_cleanly_and_resumes(
 ):
     mount_tmpfs(small_disk, 3, remount=True)  # full while points are written (SIGBUS there)
     check_stop_then_resume(large_export, LARGE, small_disk, tmp_path)
+
+
+def test_upload_replaces_a_shard_left_unopenable(small_export, tmp_path):
+    store = tmp_path / "qdrant"
+    args = ["upload", small_export, "--qdrant-path", store, "--json", "-q"]
+    assert run_cli(args, tmp_path).code == 0
+    (segment,) = (store / "alpha" / "segments").iterdir()
+    (segment / "segment.json").unlink()  # as a write cut short can leave it
+
+    again = run_cli(args, tmp_path)
+
+    assert again.code == 0, again.err
+    assert "replacing it with the export's points" in again.err
+    with EdgeStore(store) as edge:
+        assert edge.point_ids("alpha") == exported_ids(small_export, "alpha")
