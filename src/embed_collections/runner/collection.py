@@ -55,7 +55,8 @@ def store_collection(
     """Combine cached vectors and feed them in batches to the sinks (store, export).
 
     The store is skipped only when it proves it already holds exactly this load (its marker,
-    and its content read back: see `sinks.check_held`); otherwise it is reloaded, pruned to the
+    and either its files unchanged since that verified load or its content read back: see
+    `held_or_repaired`); otherwise it is reloaded, pruned to the
     input and read back again. A collection whose content contradicts its marker is rebuilt
     from the cache (nothing is re-embedded) and the damage is reported in its result.
     """
@@ -71,7 +72,7 @@ def store_collection(
     if store is not None:
         held, how = None, ""
         if not config.recreate:
-            held, how = held_or_repaired(loaded, targets, layout, signature, result)
+            held, how = held_or_repaired(loaded, targets, store, layout, signature, result)
         if held is not None:
             log.info(
                 "%s holds exactly this input (%d points, %s); store left as it is",
@@ -117,6 +118,7 @@ def store_collection(
 def held_or_repaired(
     loaded: LoadedCollection,
     targets: Targets,
+    store: Store,
     layout: VectorLayout,
     signature: str,
     result: CollectionResult,
@@ -128,8 +130,7 @@ def held_or_repaired(
     Files unchanged since the verified load are trusted (no shard is opened) unless
     `--verify-full`; otherwise every point is read back and compared.
     """
-    ensemble, cache, store, config = targets.ensemble, targets.cache, targets.store, targets.config
-    assert store is not None
+    ensemble, cache, config = targets.ensemble, targets.cache, targets.config
     chunks = loaded.chunks
     if not config.verify_full:
         held = held_as_marked(store, loaded.name, layout, signature, len(chunks))
