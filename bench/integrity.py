@@ -125,7 +125,16 @@ COLLECTION_IDS: dict[str, set[str]] = {}
 
 
 def read_store(store_root: Path) -> dict[str, dict[str, np.ndarray]]:
-    """collection -> point id -> vector, read straight from every shard."""
+    """collection -> point id -> vector, read straight from every shard of a copy of the store
+    (opening a shard rewrites some of its files: reading the store itself would send every
+    collection of the next run to the full read-back, and the stat check would go untested)."""
+    with tempfile.TemporaryDirectory(prefix="read-store-") as scratch:
+        copy = Path(scratch) / "qdrant"  # sparse: the shards' 32 MB files are mostly holes
+        subprocess.run(["cp", "-a", "--sparse=always", str(store_root), str(copy)], check=True)
+        return read_shards(copy)
+
+
+def read_shards(store_root: Path) -> dict[str, dict[str, np.ndarray]]:
     from qdrant_edge import EdgeShard, ScrollRequest
 
     found = {}

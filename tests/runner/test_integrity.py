@@ -7,7 +7,8 @@ points back from the shard.
 
 from __future__ import annotations
 
-import shutil
+import os
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from conftest import Result, cli_run_args, invoke, read_points, read_summary, run_cli, write_chunks
 from qdrant_edge import EdgeShard, Point, UpdateOperation
 
-from embed_collections.stores import PointBatch
+from embed_collections.stores import PointBatch, edge_files
 from embed_collections.stores.edge import EdgeStore
 from embed_collections.stores.open import point_id
 
@@ -67,7 +68,21 @@ def finished(tmp_path_factory, tiny_models) -> dict[str, Any]:
 
 
 def copy_out(finished: dict[str, Any], tmp_path: Path) -> Path:
-    return Path(shutil.copytree(finished["out"], tmp_path / "out"))
+    """A copy of the finished run whose markers vouch for the copied files, as a run leaves
+    them (a copy has new inodes and ctimes: unmarked, it would be read back whatever happens)."""
+    out = tmp_path / "out"  # a sparse copy: the shards' 32 MB files are mostly holes
+    subprocess.run(["cp", "-a", "--sparse=always", str(finished["out"]), str(out)], check=True)
+    with EdgeStore(out / "qdrant") as store:
+        for name in TEXTS:
+            marker = store.loaded_marker(name)
+            assert marker is not None
+            store.mark_loaded(name, marker["signature"], marker["count"], marker["digest"])
+            assert store.unchanged_since_marked(name)
+    return out
+
+
+def shard_stats(out: Path) -> dict[str, list[list[Any]]]:
+    return {name: edge_files.file_stats(out / "qdrant" / name) for name in TEXTS}
 
 
 def rerun(finished: dict[str, Any], out: Path, model: Path, *extra: Any) -> Result:
@@ -78,6 +93,52 @@ def test_complete_run_leaves_a_marker_with_the_count(finished):
     with EdgeStore(finished["out"] / "qdrant") as store:
         marker = store.loaded_marker("alpha")
     assert marker is not None and marker["count"] == len(TEXTS["alpha"])
+
+
+def test_an_unchanged_rerun_trusts_unchanged_files_and_opens_no_shard(
+    finished, tiny_models, tmp_path
+):
+    out = copy_out(finished, tmp_path)
+    before = shard_stats(out)
+
+    result = rerun(finished, out, tiny_models["tiny32"])
+
+    assert result.code == 0, result.err
+    log = (out / "embedding_v6.log").read_text(encoding="utf-8")
+    assert log.count("files unchanged since its last load") == len(TEXTS)
+    # opening a shard rewrites some of its files: none was opened
+    assert shard_stats(out) == before
+    assert {r["status"] for r in read_summary(out)["results"].values()} == {"unchanged"}
+
+
+def test_verify_full_reads_every_collection_back_and_marks_it_again(
+    finished, tiny_models, tmp_path
+):
+    out = copy_out(finished, tmp_path)
+
+    result = rerun(finished, out, tiny_models["tiny32"], "--verify-full")
+
+    assert result.code == 0, result.err
+    log = (out / "embedding_v6.log").read_text(encoding="utf-8")
+    assert log.count("points, read back); store left as it is") == len(TEXTS)
+    with EdgeStore(out / "qdrant") as store:  # the read changed files: their new stats are kept
+        assert all(store.unchanged_since_marked(name) for name in TEXTS)
+    assert_store_equals_input(out, finished["vectors"])  # (opening the shards changes them)
+
+
+def test_a_rewrite_that_restores_size_and_mtime_is_still_found(finished, tiny_models, tmp_path):
+    out = copy_out(finished, tmp_path)
+    path = vector_file(out, "alpha")
+    info = path.stat()
+    damage_random_bytes(out)
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))  # the ctime moves all the same
+
+    result = rerun(finished, out, tiny_models["tiny32"])
+
+    assert result.code == 0, result.err
+    assert_store_equals_input(out, finished["vectors"])
+    assert read_summary(out)["results"]["alpha"]["store_repaired"]
+    assert read_summary(out)["results"]["beta"]["store_repaired"] is None
 
 
 def test_orphan_points_written_by_another_tool_are_removed(finished, tiny_models, tmp_path):

@@ -23,7 +23,7 @@ from typing import IO, Any
 import numpy as np
 
 from embed_collections.corpus.chunks import Chunk
-from embed_collections.errors import ArchiveError, UsageError
+from embed_collections.errors import ArchiveError, ShardDamagedError, UsageError
 from embed_collections.stores.base import PointBatch, StorageOptions, Store, VectorLayout
 
 log = logging.getLogger(__name__)
@@ -361,7 +361,11 @@ def load_collection(
     if layout.sparse:
         with export.open(f"{folder}/{files['sparse']}") as handle:
             sparse = list(_sparse_rows(handle, metadata, where))
-    store.ensure_collection(collection, layout, recreate=recreate)
+    try:
+        store.ensure_collection(collection, layout, recreate=recreate)
+    except ShardDamagedError as error:  # e.g. an upload stopped by a full disk mid-write
+        log.warning("%s; replacing it with the export's points", error)
+        store.ensure_collection(collection, layout, recreate=True)
     streams = {
         name: vector_blocks(export, paths[name], len(texts), size)
         for name, size in layout.dense.items()

@@ -153,6 +153,12 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
 @click.option("--no-index", is_flag=True, help="Skip building the HNSW index after loading.")
 @click.option("--keep-stale", is_flag=True, help="Keep points whose chunks left the input.")
 @click.option("--recreate", is_flag=True, help="Replace collections built with another layout.")
+@click.option(
+    "--verify-full",
+    is_flag=True,
+    help="Read every unchanged collection back and compare it, even when its files are as the "
+    "last complete load left them.",
+)
 @click.option("--sparse", type=click.Choice(["bm25"]), help="Also store BM25 sparse vectors.")
 @click.option(
     "--sparse-language",
@@ -305,7 +311,9 @@ def upload(
         raise UsageError(
             "Give one target store: --qdrant-path DIR (embedded) or --qdrant-url URL (a server)"
         )
-    store = open_store(qdrant_url, qdrant_path, qdrant_api_key)
+    # the embedded store in a child process, as in `run`: a full disk under its memory maps
+    # (SIGBUS) is then a message, not a dead process
+    store = open_store(qdrant_url, qdrant_path, qdrant_api_key, isolated=True)
     try:
         chosen = build_storage(storage) if any(v for v in storage.values()) else None
         counts = upload_export(path, store, split_list(collections) or None, recreate, chosen)

@@ -67,6 +67,7 @@ class RunConfig:
     build_index: bool = True
     keep_stale: bool = False
     recreate: bool = False
+    verify_full: bool = False  # read every unchanged collection back instead of trusting stats
     sparse: str | None = None
     sparse_language: str = "english"
     export: bool = False
@@ -125,6 +126,7 @@ class RunOptions(TypedDict, total=False):
     no_index: bool
     keep_stale: bool
     recreate: bool
+    verify_full: bool
     sparse: str
     sparse_language: str
     export: bool

@@ -20,7 +20,13 @@ from embed_collections.record.summary import CollectionResult
 from embed_collections.record.token_lengths import TokenLengths
 from embed_collections.runner.diskspace import check_space, estimate, payload_size, write_paths
 from embed_collections.runner.ensemble import Ensemble
-from embed_collections.runner.sinks import ExportSink, Sink, StoreSink, check_held
+from embed_collections.runner.sinks import (
+    ExportSink,
+    Sink,
+    StoreSink,
+    check_held,
+    held_as_marked,
+)
 from embed_collections.stores import sparse as sparse_vectors
 from embed_collections.stores.base import PointBatch, Store, VectorLayout
 from embed_collections.stores.open import point_id
@@ -49,7 +55,8 @@ def store_collection(
     """Combine cached vectors and feed them in batches to the sinks (store, export).
 
     The store is skipped only when it proves it already holds exactly this load (its marker,
-    and its content read back: see `sinks.check_held`); otherwise it is reloaded, pruned to the
+    and either its files unchanged since that verified load or its content read back: see
+    `held_or_repaired`); otherwise it is reloaded, pruned to the
     input and read back again. A collection whose content contradicts its marker is rebuilt
     from the cache (nothing is re-embedded) and the damage is reported in its result.
     """
@@ -63,36 +70,15 @@ def store_collection(
     signature = load_signature(loaded, ensemble, layout)
     sinks: list[Sink] = []
     if store is not None:
-        held = None
+        held, how = None, ""
         if not config.recreate:
-            names = vector_names(ensemble.specs)
-            dims = ensemble.dims(cache)
-            by_id = {point_id(loaded.name, c.chunk_id): c for c in chunks}
-
-            def sample(ids: frozenset[str]) -> dict[str, dict]:
-                part = [by_id[i] for i in sorted(ids) if i in by_id]
-                batch = build_batch(loaded.name, part, ensemble, cache, dims, names)
-                return {
-                    point: {name: rows[i] for name, rows in batch.dense.items()}
-                    for i, point in enumerate(batch.ids)
-                }
-
-            check = check_held(store, loaded.name, layout, signature, set(by_id), sample)
-            held = check.count
-            if check.damage:
-                result.store_repaired = check.damage
-                log.warning(
-                    "%s: the store's copy is damaged (%s); rebuilding it from the embedding "
-                    "cache (nothing is re-embedded)",
-                    loaded.name,
-                    check.damage,
-                )
-                store.drop(loaded.name)
+            held, how = held_or_repaired(loaded, targets, store, layout, signature, result)
         if held is not None:
             log.info(
-                "%s holds exactly this input (%d points, read back); store left as it is",
+                "%s holds exactly this input (%d points, %s); store left as it is",
                 loaded.name,
                 held,
+                how,
             )
             result.points_in_store = held
             result.qdrant_collection = loaded.name
@@ -127,6 +113,52 @@ def store_collection(
         for sink in sinks:
             sink.abort()
         raise
+
+
+def held_or_repaired(
+    loaded: LoadedCollection,
+    targets: Targets,
+    store: Store,
+    layout: VectorLayout,
+    signature: str,
+    result: CollectionResult,
+) -> tuple[int | None, str]:
+    """The point count when the store holds exactly this load, else None (a collection whose
+    content contradicts its marker is dropped, to be rebuilt, and the damage put in `result`),
+    and how that was known ("files unchanged since its last load" or "read back").
+
+    Files unchanged since the verified load are trusted (no shard is opened) unless
+    `--verify-full`; otherwise every point is read back and compared.
+    """
+    ensemble, cache, config = targets.ensemble, targets.cache, targets.config
+    chunks = loaded.chunks
+    if not config.verify_full:
+        held = held_as_marked(store, loaded.name, layout, signature, len(chunks))
+        if held is not None:
+            return held, "files unchanged since its last load"
+    names = vector_names(ensemble.specs)
+    dims = ensemble.dims(cache)
+    by_id = {point_id(loaded.name, c.chunk_id): c for c in chunks}
+
+    def sample(ids: frozenset[str]) -> dict[str, dict]:
+        part = [by_id[i] for i in sorted(ids) if i in by_id]
+        batch = build_batch(loaded.name, part, ensemble, cache, dims, names)
+        return {
+            point: {name: rows[i] for name, rows in batch.dense.items()}
+            for i, point in enumerate(batch.ids)
+        }
+
+    check = check_held(store, loaded.name, layout, signature, set(by_id), sample)
+    if check.damage:
+        result.store_repaired = check.damage
+        log.warning(
+            "%s: the store's copy is damaged (%s); rebuilding it from the embedding "
+            "cache (nothing is re-embedded)",
+            loaded.name,
+            check.damage,
+        )
+        store.drop(loaded.name)
+    return check.count, "read back"
 
 
 @contextmanager

@@ -1,10 +1,12 @@
 """Where a collection's points go: the vector store and the export files, behind `add`/`finish`.
 
 The store is the truth about what it holds. After a complete load the store keeps a marker (the
-load's content signature and its point count); every write clears the marker first, so a killed
-run or another writer (`upload`) leaves none. A collection is skipped only when the marker
-matches this run's signature AND the store, read back, holds exactly the expected ids with
-usable vectors whose digest matches the marker's (see `check_held`).
+load's content signature, its point count and digest, and the stats of the shard's files); every
+write clears the marker first, so a killed run or another writer (`upload`) leaves none. A
+collection is skipped only when the marker matches this run's signature AND either the shard's
+files are exactly as the marker recorded them (`held_as_marked`: no file was written since the
+verified load) or the store, read back, holds exactly the expected ids with usable vectors whose
+digest matches the marker's (`check_held`, which then records the files' stats again).
 """
 
 from __future__ import annotations
@@ -57,6 +59,23 @@ class HeldCheck:
     damage: str = ""
 
 
+def held_as_marked(
+    store: Store, collection: str, layout: VectorLayout, signature: str, count: int
+) -> int | None:
+    """The point count when the marker vouches for this load and the store proves that nothing
+    was written since (the embedded store: every shard file has the stats recorded with the
+    marker); None when the content must be read back (`check_held`)."""
+    marker = store.loaded_marker(collection)
+    if marker is None or marker.get("signature") != signature or marker.get("count") != count:
+        return None
+    try:
+        if not layout.matches(store.layout(collection)):
+            return None
+    except StoreError:
+        return None
+    return count if store.unchanged_since_marked(collection) else None
+
+
 def check_held(
     store: Store,
     collection: str,
@@ -70,7 +89,8 @@ def check_held(
     The marker of the last complete load must carry this load's signature; then every point is
     read back: the ids must be exactly `expected`, every dense vector finite and non-zero, the
     digest of ids, vectors and payloads equal to the one taken after that load, and a few
-    points' vectors equal to what `sample` (the cache, combined again) gives.
+    points' vectors equal to what `sample` (the cache, combined again) gives. A store that
+    passes is marked again, with its files' stats as they are now.
     """
     marker = store.loaded_marker(collection)
     if marker is None or marker.get("signature") != signature:
@@ -101,6 +121,9 @@ def check_held(
                 held = scan.kept.get(point, {}).get(name)
                 if held is None or not np.allclose(unit(held), unit(vector), atol=1e-4):
                     return HeldCheck(damage=f"point {point} differs from the embedding cache")
+    # verified: record the files as they are now (opening the shard wrote to them), so that the
+    # next run can trust their stats instead of reading the points back again
+    store.mark_loaded(collection, signature, len(scan.ids), scan.digest)
     return HeldCheck(count=len(scan.ids))
 
 

@@ -264,6 +264,10 @@ class Store(Protocol):
     def clear_loaded(self, collection: str) -> None:
         """Remove the marker (done by every write before it writes)."""
 
+    def unchanged_since_marked(self, collection: str) -> bool:
+        """True only when the store can prove, without reading the points, that nothing was
+        written since `mark_loaded` (the embedded store compares its files' stats)."""
+
     def upsert(self, collection: str, batch: PointBatch) -> None:
         """Insert or overwrite points by id."""
 

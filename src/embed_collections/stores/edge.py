@@ -7,7 +7,6 @@ project lives in this module.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -50,12 +49,12 @@ from qdrant_edge import (
 
 from embed_collections.atomic import write_json_atomic
 from embed_collections.errors import (
-    DiskFullError,
     ShardDamagedError,
     StoreError,
     StoreInUseError,
     UsageError,
 )
+from embed_collections.stores import edge_files
 from embed_collections.stores.base import (
     Hit,
     PointBatch,
@@ -69,11 +68,7 @@ from embed_collections.stores.base import (
 
 logger = logging.getLogger(__name__)
 
-LAYOUT_SUFFIX = ".layout.json"
-MARKER_SUFFIX = ".loaded.json"
 WRITER_LOCK = ".writer.lock"
-NAME_MAX = 255  # bytes in one file name on Linux filesystems
-OPEN_MARGIN = 4 * 1024 * 1024  # the WAL and small files written while a shard is open
 
 
 @contextmanager
@@ -195,33 +190,6 @@ def _vectors(vector: Any) -> dict[str, Any]:
     return {"": vector} if isinstance(vector, list) else {}
 
 
-def check_room(shard: Path) -> None:
-    """DiskFullError unless the disk can hold what opening `shard` allocates.
-
-    The engine fills the holes of a segment's vector files when it opens one (each is a fixed
-    32 MB file, sparse until then): on tmpfs or a nearly full disk that write is SIGBUS. So the
-    holes, plus a margin, must be free before the shard is opened.
-    """
-    holes = 0
-    for path in shard.glob("segments/*/vector_storage/**/chunk_*.mmap"):
-        try:
-            info = path.stat()
-        except OSError:
-            continue
-        holes += max(0, info.st_size - info.st_blocks * 512)
-    if not holes:
-        return
-    free = shutil.disk_usage(shard).free
-    if free < holes + OPEN_MARGIN:
-        mb = 1024 * 1024
-        raise DiskFullError(
-            f"Opening Qdrant Edge shard {shard} needs about {(holes + OPEN_MARGIN) // mb} MB "
-            f"free but its filesystem has {free // mb} MB (the engine fills its vector files "
-            "when it opens them); free space there or move --qdrant-path to a larger disk; "
-            "finished work is kept and a re-run resumes without re-embedding"
-        )
-
-
 class EdgeStore:
     """Qdrant Edge shards under `root`: `<root>/<collection>/` plus a `<collection>.layout.json`."""
 
@@ -243,22 +211,13 @@ class EdgeStore:
         self.close()
 
     def _shard_dir(self, collection: str) -> Path:
-        if not collection or collection in {".", ".."} or "/" in collection or "\\" in collection:
-            raise StoreError(f'Collection name "{collection}" cannot be used as a folder name')
-        longest = len(f"{collection}{MARKER_SUFFIX}".encode())
-        if longest > NAME_MAX:
-            raise StoreError(
-                f'Collection name "{collection[:40]}..." is {len(collection.encode())} bytes; '
-                f"the embedded store keeps files named after it and allows at most "
-                f"{NAME_MAX - len(MARKER_SUFFIX)} bytes (rename its folder)"
-            )
-        return self.root / collection
+        return edge_files.shard_dir(self.root, collection)
 
     def _layout_file(self, collection: str) -> Path:
-        return self._shard_dir(collection).with_name(f"{collection}{LAYOUT_SUFFIX}")
+        return edge_files.layout_file(self.root, collection)
 
     def _marker_file(self, collection: str) -> Path:
-        return self._shard_dir(collection).with_name(f"{collection}{MARKER_SUFFIX}")
+        return edge_files.marker_file(self.root, collection)
 
     def _in_use(self, path: Path) -> StoreError:
         return StoreInUseError(
@@ -287,7 +246,7 @@ class EdgeStore:
                     f'Collection "{collection}" does not exist in {self.root} '
                     "(create it with ensure_collection first)"
                 )
-            check_room(path)
+            edge_files.check_room(path)
             with self._opening(path):
                 shard = EdgeShard.load(str(path))
             self._shards[collection] = shard
@@ -371,15 +330,7 @@ class EdgeStore:
 
     def layout(self, collection: str) -> VectorLayout | None:
         """The layout recorded when the collection was created, or None if it does not exist."""
-        sidecar = self._layout_file(collection)
-        if not (sidecar.is_file() and self._shard_dir(collection).is_dir()):
-            return None
-        try:
-            return VectorLayout.from_json(json.loads(sidecar.read_text(encoding="utf-8")))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise StoreError(
-                f"Layout file {sidecar} is unreadable: {exc} (use --recreate to replace it)"
-            ) from exc
+        return edge_files.read_layout(self.root, collection)
 
     def ensure_collection(
         self, collection: str, layout: VectorLayout, recreate: bool = False
@@ -414,20 +365,23 @@ class EdgeStore:
         self._write_layout(collection, layout)
 
     def loaded_marker(self, collection: str) -> dict[str, Any] | None:
-        """What the last complete load recorded ({"signature", "count"}), or None."""
-        try:
-            data = json.loads(self._marker_file(collection).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(data, dict) or not isinstance(data.get("count"), int):
-            return None
-        return data
+        """What the last complete load recorded ({"signature", "count", "digest"}), or None."""
+        return edge_files.read_marker(self.root, collection)
 
     def mark_loaded(self, collection: str, signature: str, count: int, digest: str = "") -> None:
-        """Record that the collection holds exactly the `count` points of `signature`."""
-        marker = {"signature": signature, "count": count, "digest": digest}
-        write_json_atomic(self._marker_file(collection), marker)
+        """Record that the collection holds exactly the `count` points of `signature`, with the
+        stats of its shard's files (the shard is closed first: closing writes to them)."""
+        self._close_one(collection)
+        edge_files.write_marker(self.root, collection, signature, count, digest)
         self._unmarked.discard(collection)
+
+    def unchanged_since_marked(self, collection: str) -> bool:
+        """Whether the shard's files are exactly those its loaded marker recorded (no write of
+        any kind since the last complete load), checked without opening the shard."""
+        marker = self.loaded_marker(collection)
+        if marker is None or collection in self._shards:
+            return False
+        return edge_files.unchanged_since_marked(self.root, collection, marker)
 
     def clear_loaded(self, collection: str) -> None:
         """Forget the loaded marker: done before any write, so an interrupted or foreign write
@@ -570,7 +524,10 @@ class EdgeStore:
         """Names of the collections under the root, sorted."""
         if not self.root.is_dir():
             return []
-        names = (p.name[: -len(LAYOUT_SUFFIX)] for p in self.root.glob(f"*{LAYOUT_SUFFIX}"))
+        names = (
+            p.name[: -len(edge_files.LAYOUT_SUFFIX)]
+            for p in self.root.glob(f"*{edge_files.LAYOUT_SUFFIX}")
+        )
         return sorted(name for name in names if (self.root / name).is_dir())
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ kept, a re-run resumes.
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import os
@@ -20,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from embed_collections.errors import DiskFullError, StoreError
+from embed_collections.stores import edge_files
 from embed_collections.stores.base import Hit, PointBatch, SearchQuery, StoreScan, VectorLayout
 from embed_collections.stores.edge import EdgeStore
 
 log = logging.getLogger(__name__)
 
+RESUME = "finished work is kept and running the same command again resumes it"
 PARENT_CHECK_S = 1.0  # how often an idle store child checks that its parent is alive
 
 
@@ -103,8 +106,22 @@ class IsolatedStore:
         except (EOFError, OSError):
             raise self._died(method) from None
         if not ok:
+            if isinstance(value, OSError):  # a sidecar or lock file the disk refused
+                raise self._refused(method, value) from value
             raise value
         return value
+
+    def _refused(self, method: str, error: OSError) -> StoreError | DiskFullError:
+        where = f"{error.filename} ({method})" if error.filename else f"{self.root} ({method})"
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFullError(
+                f"The Qdrant store cannot write {where}: {error.strerror}; free space there or "
+                f"move --qdrant-path to a larger disk; {RESUME}"
+            )
+        return StoreError(
+            f"The Qdrant store cannot write {where}: {error.strerror or error} (fix the "
+            "folder's permissions or use another --qdrant-path)"
+        )
 
     def _died(self, method: str) -> StoreError | DiskFullError:
         self._process.join(timeout=10)
@@ -113,8 +130,7 @@ class IsolatedStore:
             self._dead = (
                 f"The Qdrant store {self.root} was killed by SIGBUS during {method}: the disk "
                 "under its memory-mapped files is full (or a file was cut short); free space "
-                "there or move --qdrant-path to a larger disk; finished work is kept and a "
-                "re-run resumes without re-embedding"
+                f"there or move --qdrant-path to a larger disk; {RESUME}"
             )
             return DiskFullError(self._dead)
         self._dead = (
@@ -126,8 +142,10 @@ class IsolatedStore:
     def check_writable(self) -> None:
         self._call("check_writable")
 
+    # The sidecar files are read here, not in the child: they are small JSON files and stats,
+    # never memory-mapped, and an unchanged re-run then needs no call per collection.
     def layout(self, collection: str) -> VectorLayout | None:
-        return self._call("layout", collection)  # type: ignore[no-any-return]
+        return edge_files.read_layout(self.root, collection)
 
     def ensure_collection(
         self, collection: str, layout: VectorLayout, recreate: bool = False
@@ -138,7 +156,13 @@ class IsolatedStore:
         self._call("drop", collection)
 
     def loaded_marker(self, collection: str) -> dict[str, Any] | None:
-        return self._call("loaded_marker", collection)  # type: ignore[no-any-return]
+        return edge_files.read_marker(self.root, collection)
+
+    def unchanged_since_marked(self, collection: str) -> bool:
+        marker = edge_files.read_marker(self.root, collection)
+        return marker is not None and edge_files.unchanged_since_marked(
+            self.root, collection, marker
+        )
 
     def mark_loaded(self, collection: str, signature: str, count: int, digest: str = "") -> None:
         self._call("mark_loaded", collection, signature, count, digest)

@@ -349,6 +349,10 @@ class ServerStore:
     def clear_loaded(self, collection: str) -> None:
         """Nothing is recorded on a server (see `loaded_marker`)."""
 
+    def unchanged_since_marked(self, collection: str) -> bool:
+        """False: a server keeps no marker."""
+        return False
+
     def _send(self, collection: str, points: list[models.PointStruct], wait: bool) -> None:
         """One upsert request, retried with exponential back-off on transient failures."""
         for attempt in range(self.max_retries + 1):
