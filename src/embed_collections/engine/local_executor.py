@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import replace
-from types import TracebackType
 
 import numpy as np
 
@@ -115,12 +114,7 @@ class ModelSession:
     def __enter__(self) -> ModelSession:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
