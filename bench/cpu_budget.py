@@ -1,6 +1,7 @@
-"""CPU token budget: chunks/s of MiniLM (torch backend) with fixed 32-text batches vs budgets.
+"""CPU token budget: chunks/s of MiniLM with fixed 32-text batches vs budgets, per backend.
 
-Usage: python bench/cpu_budget.py [--texts 600] [--repeats 2] [--budgets 4096,8192,16384]
+Usage: python bench/cpu_budget.py [--texts 600] [--repeats 2] [--budgets 2048,8192]
+           [--backends torch,onnx,openvino] [--collections Docling]
 Each configuration embeds the same unique texts of the corpus slice into a fresh cache through
 the engine (`embed_pending`), interleaved, median of the repeats.
 """
@@ -24,7 +25,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--texts", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--budgets", default="4096,8192,16384")
+    parser.add_argument("--budgets", default="2048,8192")
+    parser.add_argument("--backends", default="torch")
+    parser.add_argument("--collections", nargs="+", help="these collections [the slice]")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     args = parser.parse_args()
 
@@ -36,20 +39,27 @@ def main() -> None:
     texts = list(
         dict.fromkeys(
             t
-            for ts in load_texts(args.corpus, slice_collections(args.corpus, False)).values()
+            for ts in load_texts(
+                args.corpus, args.collections or slice_collections(args.corpus, False)
+            ).values()
             for t in ts
         )
     )[: args.texts]
     spec = resolve_model(MINILM)
-    configs = {"32 texts (before)": dict(batch_size=32, max_batch_tokens=10**9)}
-    configs.update({f"{b} tokens": dict(max_batch_tokens=int(b)) for b in args.budgets.split(",")})
+    configs: dict[str, dict] = {}
+    for backend in args.backends.split(","):
+        configs[f"{backend}, 32 texts"] = dict(
+            backend=backend, batch_size=32, max_batch_tokens=10**9
+        )
+        for b in args.budgets.split(","):
+            configs[f"{backend}, {b} tokens"] = dict(backend=backend, max_batch_tokens=int(b))
     times: dict[str, list[float]] = {name: [] for name in configs}
     by_digest = {text_digest(t): t for t in texts}
     for _ in range(args.repeats):
         for name, settings in configs.items():
             with tempfile.TemporaryDirectory() as tmp:
                 opts = EngineOptions(
-                    device="cpu", backend="torch", show_progress=False,
+                    device="cpu", show_progress=False,
                     lease_dir=Path(tmp) / "leases", **settings,
                 ).resolved()  # fmt: skip
                 with EmbeddingCache(Path(tmp) / "c.sqlite") as cache:
@@ -64,11 +74,11 @@ def main() -> None:
                     )
                     times[name].append(time.perf_counter() - started)
                     assert telemetry.chunks_embedded == len(texts)
-    print(f"{len(texts)} unique texts, MiniLM, torch, CPU; median of {args.repeats}")
+    print(f"{len(texts)} unique texts, MiniLM, CPU; median of {args.repeats}")
     for name, values in times.items():
         median = statistics.median(values)
         rounded = ", ".join(f"{v:.1f}" for v in values)
-        print(f"{name:>20}: {median:6.1f} s  {len(texts) / median:6.1f} chunks/s  ({rounded})")
+        print(f"{name:>24}: {median:6.1f} s  {len(texts) / median:6.1f} chunks/s  ({rounded})")
 
 
 if __name__ == "__main__":

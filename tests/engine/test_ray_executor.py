@@ -24,7 +24,7 @@ from conftest import (
 
 import embed_collections
 from embed_collections.engine.cache import EmbeddingCache, text_digest
-from embed_collections.engine.options import EngineOptions
+from embed_collections.engine.options import CPU_BATCH_TOKENS, EngineOptions
 from embed_collections.engine.ray_cluster import Cluster, cluster_engine, dtype_for_capabilities
 from embed_collections.engine.ray_executor import KILL_ONCE_ENV, cut_shards
 from embed_collections.errors import UsageError
@@ -192,7 +192,11 @@ def test_the_cluster_not_the_driver_chooses_the_device():
     engine = cluster_engine(EngineOptions(device="cuda", dtype="bfloat16"), gpus)  # no local GPU
     assert (engine.device, engine.dtype) == ("cuda", "bfloat16")
     engine = cluster_engine(EngineOptions(device=""), cpus)
-    assert (engine.device, engine.dtype, engine.max_batch_tokens) == ("cpu", "float32", 8192)
+    assert (engine.device, engine.dtype, engine.max_batch_tokens) == (
+        "cpu",
+        "float32",
+        CPU_BATCH_TOKENS,
+    )
     with pytest.raises(UsageError, match=r"at head:6379 has none \(32 CPUs on 2 node\(s\)\)"):
         cluster_engine(EngineOptions(device="cuda:1"), cpus)
 

@@ -244,7 +244,7 @@ engine_options = stack(
         "--max-batch-tokens",
         type=click.IntRange(min=1),
         default=None,
-        help="Padded tokens per forward pass [8192 on CPU, 65536 on CUDA].",
+        help="Padded tokens per forward pass [2048 on CPU, 65536 on CUDA].",
     ),
     click.option(
         "--lease-dir",

@@ -8,11 +8,12 @@ from pathlib import Path
 from embed_collections.engine.backends import default_dtype
 from embed_collections.engine.devices import check_dtype, is_cuda, parse_devices
 
-# Tokens (padded) per forward pass. CPU: 8192 matches the old 32-text batches on the longest
-# MiniLM texts and is measured no slower on short ones (bench/README.md, "Token budget").
+# Tokens (padded) per forward pass. CPU: 2048 (8 texts of 256 tokens) is 5-19% faster than
+# 8192 with every backend on 2 cores, the attention scores of a batch staying in cache and less
+# padding (bench/README.md, "Token budget on CPU"; bench/cpu_budget.py measures another machine).
 # CUDA: 65536 keeps a T4 (16 GB) well inside memory for BERT-base at 512 tokens in fp16; the
 # out-of-memory back-off covers the rest. bench/gpu.py sweeps it.
-CPU_BATCH_TOKENS = 8192
+CPU_BATCH_TOKENS = 2048
 CUDA_BATCH_TOKENS = 65536
 
 
