@@ -202,6 +202,11 @@ def test_auto_takes_the_fastest_measured_backend_and_remembers_it(minilm, monkey
     monkeypatch.setattr(preflight, "measure_agreement", must_not_run)
     monkeypatch.setattr(preflight, "measure_rate", must_not_run)
     assert resolve_backend(minilm, "auto", "cpu", sample=TEXTS) == choice  # remembered
+    assert measured["batch_tokens"] == preflight.CPU_BATCH_TOKENS
+    measured["batch_tokens"] = 8192  # measured at another default budget: timed again
+    (folder / preflight.CHOICE_FILE).write_text(json.dumps(measured))
+    with pytest.raises(AssertionError, match="measured or checked again"):
+        resolve_backend(minilm, "auto", "cpu", sample=TEXTS)
     assert resolve_backend(minilm, "auto", "cuda") == "torch"
     assert resolve_backend(minilm, "auto", "cpu", dtype="bfloat16") == "torch"
 

@@ -23,7 +23,7 @@ from embed_collections.atomic import write_json_atomic
 from embed_collections.engine.backends import SentenceTransformerBackend
 from embed_collections.engine.batches import count_tokens, run_batches
 from embed_collections.engine.models import ModelSpec, fingerprint_folder
-from embed_collections.engine.options import EngineOptions
+from embed_collections.engine.options import CPU_BATCH_TOKENS, EngineOptions
 from embed_collections.engine.runtimes import (
     AUTO_ORDER,
     CHECK_TEXTS,
@@ -82,7 +82,6 @@ def runtime_agrees(spec: ModelSpec, runtime: str) -> bool:
 
 
 MEASURE_TEXTS = 96  # texts timed per candidate backend: a few CPU batches
-MEASURE_BATCH_TOKENS = 4096
 CHOICE_FILE = "auto-choice.json"
 
 
@@ -99,8 +98,8 @@ def machine_key() -> str:
 
 
 def measure_rate(spec: ModelSpec, backend_name: str, texts: list[str]) -> float:
-    """Texts per second of one backend on these texts (sorted, batched by tokens as in a run),
-    after one warm-up batch."""
+    """Texts per second of one backend on these texts (sorted, batched by the CPU default token
+    budget as in a run), after one warm-up batch."""
     backend = create_backend(spec, backend_name, "float32")
     backend.load("cpu")
     try:
@@ -112,7 +111,7 @@ def measure_rate(spec: ModelSpec, backend_name: str, texts: list[str]) -> float:
 
         started = time.perf_counter()
         run_batches(
-            backend, inputs, sorted_counts, MEASURE_BATCH_TOKENS, 0, DeviceTelemetry("cpu"),
+            backend, inputs, sorted_counts, CPU_BATCH_TOKENS, 0, DeviceTelemetry("cpu"),
             lambda rows, vectors: None, lambda row: None, spec.name,
         )  # fmt: skip
         return len(texts) / max(time.perf_counter() - started, 1e-9)
@@ -125,7 +124,8 @@ def fastest_backend(spec: ModelSpec, candidates: list[str], texts: list[str]) ->
     record_file = export_root() / fingerprint_folder(spec.path) / CHOICE_FILE
     key = machine_key()
     record = json.loads(record_file.read_text()) if record_file.exists() else {}
-    if record.get("machine") == key and record.get("candidates") == candidates:
+    same = (record.get("machine"), record.get("candidates"), record.get("batch_tokens"))
+    if same == (key, candidates, CPU_BATCH_TOKENS):  # a new default budget measures again
         log.info(
             "%s: auto backend %s, measured earlier on this machine (%s)",
             spec.name, record["choice"], rates_text(record["rates"]),
@@ -145,7 +145,7 @@ def fastest_backend(spec: ModelSpec, candidates: list[str], texts: list[str]) ->
     write_json_atomic(
         record_file,
         {"machine": key, "candidates": candidates, "rates": rates, "choice": choice,
-         "texts": len(sample)},
+         "texts": len(sample), "batch_tokens": CPU_BATCH_TOKENS},
     )  # fmt: skip
     return choice
 
