@@ -211,26 +211,6 @@ def forwarded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
 
 
-def embed_pending(
-    spec: ModelSpec,
-    fingerprint: str,
-    texts: dict[bytes, str],
-    cache: EmbeddingCache,
-    options: EngineOptions,
-    events: list[LeaseEvent],
-) -> ModelTelemetry:
-    """Embed the texts this model has not cached yet on a pool of Ray actors started for this
-    call alone (a run keeps one `RaySession` per model instead)."""
-    session = RaySession(spec, fingerprint, cache, options)
-    try:
-        session.embed(texts)
-    finally:
-        session.close()
-        events.extend(session.events)
-    assert session.telemetry is not None
-    return session.telemetry
-
-
 class RaySession(ModelSession):
     """One model's actor pool for a whole run: started at the first call with texts to embed,
     kept for every later wave, killed at `close` (which frees its GPUs: Ray's resource is the

@@ -257,10 +257,6 @@ class ExportTokenizer:
         texts = [text.lower() for text in texts] if self.lower else texts
         return self.counter.encode_batch(texts, add_special_tokens=False)
 
-    def token_counts(self, texts: list[str]) -> list[int]:
-        """Untruncated token counts, special tokens included."""
-        return [len(e.ids) + self.specials for e in self.encode(texts)]
-
     def tokenise(self, texts: list[str]) -> tuple[list[int], list[tuple[np.ndarray, np.ndarray]]]:
         """Untruncated counts, and ids and type ids truncated with special tokens added (equal
         to the tokenizer's own truncation of the whole text, tested)."""
@@ -270,7 +266,7 @@ class ExportTokenizer:
         return counts, [(np.array(e.ids, np.int32), np.array(e.type_ids, np.int8)) for e in done]
 
 
-def export_token_counter(spec: ModelSpec, backend: str, max_seq_length: int) -> ExportTokenizer:
+def export_tokenizer(spec: ModelSpec, backend: str, max_seq_length: int) -> ExportTokenizer:
     """The tokenizer of a runtime backend's export (built if missing), without the model: the
     device workers' parent counts and tokenises with it for the workers."""
     return ExportTokenizer(ensure_exported(spec, backend), max_seq_length)

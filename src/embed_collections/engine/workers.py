@@ -160,9 +160,9 @@ def count_tokens_in_parent(
     transformers, which it does not import), truncated to the loaded model's `max_seq_length`.
     Otherwise transformers' AutoTokenizer counts."""
     if backend not in ("auto", "torch") and not spec.static:
-        from embed_collections.engine.runtimes import export_token_counter
+        from embed_collections.engine.runtimes import export_tokenizer
 
-        counter = export_token_counter(spec, backend, max_seq_length)
+        counter = export_tokenizer(spec, backend, max_seq_length)
         counts: list[int] = []
         tokenised: list = []
         for start in range(0, len(inputs), TOKENIZE_CHUNK):
