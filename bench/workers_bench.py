@@ -111,6 +111,7 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
     seconds: dict[str, list[float]] = {way: [] for way in WAYS}
     embed: dict[str, list[float]] = {way: [] for way in WAYS}
+    shares: dict[str, list[dict[str, int]]] = {way: [] for way in WAYS}  # chunks per device
     for repeat in range(repeats):
         order = list(WAYS) if repeat % 2 == 0 else list(reversed(WAYS))
         for way in order:
@@ -119,7 +120,9 @@ def main() -> None:
             seconds[way].append(run_timed(command(args.corpus, args.collections, model, out,
                                                   WAYS[way]))[0])  # fmt: skip
             summary = json.loads((out / "embedding_summary_v6.json").read_text())
-            embed[way].append(next(iter(summary["models"].values()))["embed_seconds"])
+            model_summary = next(iter(summary["models"].values()))
+            embed[way].append(model_summary["embed_seconds"])
+            shares[way].append({d["device"]: d["chunks"] for d in model_summary["devices"]})
         print(f"repeat {repeat + 1}: " + ", ".join(f"{w} {seconds[w][-1]:.1f}s" for w in WAYS))
     medians = {way: median(values) for way, values in seconds.items()}
     result = {
@@ -129,6 +132,7 @@ def main() -> None:
         "model": model,
         "seconds": seconds,
         "embed_seconds": embed,
+        "chunks_per_device": shares,
         "medians": medians,
         "overhead": medians["two-workers"] / medians["one-device"] - 1,
     }

@@ -252,3 +252,16 @@ def test_units_are_sized_so_every_device_gets_work():
         assert sorted(p for unit in units for p in unit) == list(range(150))
         assert len(units) >= min(3 * devices, 150 // SMALL_BATCH)
     assert len(cut_units([40] * 20, 256, 8192, 0, 2)) == 2  # never under SMALL_BATCH texts
+
+
+def test_units_shrink_as_the_work_runs_out():
+    from embed_collections.engine.workers import UNIT_BATCHES, cut_units
+
+    counts = sorted(((i * 37) % 500 + 20 for i in range(2000)), reverse=True)
+    units = cut_units(counts, 256, 2048, 0, 2)
+    assert [p for unit in units for p in unit] == list(range(2000))
+    work = [sum(min(counts[p], 256) for p in unit) for unit in units]
+    assert work[0] > 8 * 2048  # the first units are many batches: few round trips
+    assert max(work) <= UNIT_BATCHES * 2048
+    assert all(w <= 2048 for w in work[-4:])  # the last are one batch each: a short wait at the end
+    assert work[0] >= work[len(work) // 2] >= work[-1]

@@ -266,10 +266,16 @@ class ExportTokenizer:
         return counts, [(np.array(e.ids, np.int32), np.array(e.type_ids, np.int8)) for e in done]
 
 
-def export_tokenizer(spec: ModelSpec, backend: str, max_seq_length: int) -> ExportTokenizer:
+def sequence_limit(spec: ModelSpec, manifest: dict) -> int:
+    """The tokens a runtime backend embeds of a text: the model's setting, else the export's."""
+    return spec.settings.max_seq_length or int(manifest["max_seq_length"])
+
+
+def export_tokenizer(spec: ModelSpec, backend: str) -> ExportTokenizer:
     """The tokenizer of a runtime backend's export (built if missing), without the model: the
     device workers' parent counts and tokenises with it for the workers."""
-    return ExportTokenizer(ensure_exported(spec, backend), max_seq_length)
+    folder = ensure_exported(spec, backend)
+    return ExportTokenizer(folder, sequence_limit(spec, read_manifest(folder)))
 
 
 class RuntimeBackend:
@@ -292,7 +298,7 @@ class RuntimeBackend:
             raise ModelError(f'Backend "{self.backend}" needs {RUNTIMES[self.runtime]} ({extra})')
         folder = ensure_exported(self.spec, self.backend)
         self.manifest = manifest = read_manifest(folder)
-        self.max_seq_length = self.spec.settings.max_seq_length or int(manifest["max_seq_length"])
+        self.max_seq_length = sequence_limit(self.spec, manifest)
         self.dim = self.spec.settings.truncate_dim or int(manifest["dim"])
         self.tokenizer = ExportTokenizer(folder, self.max_seq_length)
         self.steps = [load_step(folder, step) for step in manifest["steps"]]

@@ -1,13 +1,14 @@
 """One worker process per device, asking the parent for token-sorted work units of one model.
 
-The parent lists what is missing once a worker holds its lease, counts tokens, sorts, and cuts the
-pending texts into units sized to the job (every device gets some). Each worker (spawned, so CUDA
-starts clean) takes its device's lease, loads the model once, and then asks for a unit at a time
-over its own pipe; vectors go back batch by batch. The parent records which unit it handed to
-which worker, so whatever kills a worker (even between the hand-out and its first message), the
-texts of its unit not yet cached go back to the others. With an ONNX/OpenVINO backend the
-parent counts with the export's own tokenizer and sends each text's truncated ids with its unit,
-so a text is tokenised once. The parent is the only writer of the cache.
+The parent counts the missing texts' tokens while the workers start, lists what is still missing
+once a worker holds its lease, sorts, and cuts the pending texts into units that shrink as the
+work runs out (every device gets some, none waits long for another's last unit). Each worker
+(spawned, so CUDA starts clean) takes its device's lease, loads the model once, and then asks for
+a unit at a time over its own pipe; vectors go back batch by batch. The parent records which unit
+it handed to which worker, so whatever kills a worker (even between the hand-out and its first
+message), the texts of its unit not yet cached go back to the others. With an ONNX/OpenVINO
+backend the parent counts with the export's own tokenizer and sends each text's truncated ids
+with its unit, so a text is tokenised once. The parent is the only writer of the cache.
 A watchdog fails the model when no worker makes progress for `stall_timeout` seconds, and a worker
 exits when its parent dies (parent-death signal on Linux, a watching thread everywhere). Every
 worker unloads before `embed_on_devices` returns: all devices finish one model before any loads
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import multiprocessing
 import os
 import time
@@ -55,9 +55,9 @@ from embed_collections.errors import ModelError
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
-UNIT_BATCHES = 8  # most batches per work unit: small enough to balance, large enough to keep order
-UNITS_PER_DEVICE = 3  # at least this many units per device when the job allows it
-SMALL_BATCH = 16  # fewest texts in a unit cut smaller for balance
+UNIT_BATCHES = 64  # most batches per work unit: what a killed worker's unit puts back in the queue
+UNITS_PER_DEVICE = 3  # at least this many units per device in a job smaller than a batch
+SMALL_BATCH = 16  # fewest texts in a unit cut inside a batch
 START_TIMEOUT = 600.0  # seconds to wait for the first worker to hold its lease and load
 
 
@@ -152,17 +152,19 @@ def embed_units(spec, options, device, backend, stats: DeviceTelemetry, conn) ->
 
 
 def count_tokens_in_parent(
-    spec: ModelSpec, inputs: list[str], backend: str, max_seq_length: int
+    spec: ModelSpec, inputs: list[str], backend: str
 ) -> tuple[list[int], list | None]:
     """Token counts for sorting, from the model's own tokenizer (no model weights loaded), and
     for a runtime backend the truncated ids that go to the workers with the units: its export
     tokenizer (the `tokenizers` library: 0.34 s for 1,476 texts against 2.35 s through
-    transformers, which it does not import), truncated to the loaded model's `max_seq_length`.
-    Otherwise transformers' AutoTokenizer counts."""
+    transformers, which it does not import), truncated as the loaded model will. Otherwise
+    transformers' AutoTokenizer counts."""
+    if not inputs:
+        return [], None
     if backend not in ("auto", "torch") and not spec.static:
         from embed_collections.engine.runtimes import export_tokenizer
 
-        counter = export_tokenizer(spec, backend, max_seq_length)
+        counter = export_tokenizer(spec, backend)
         counts: list[int] = []
         tokenised: list = []
         for start in range(0, len(inputs), TOKENIZE_CHUNK):
@@ -186,26 +188,49 @@ def count_tokens_in_parent(
     return counts, None
 
 
+def count_missing(spec, fingerprint, texts, cache, backend: str, counted: dict) -> None:
+    """Count (and for a runtime backend tokenise) the model's missing texts not in `counted`
+    yet, into it (digest -> (count, ids or None))."""
+    fresh = [d for d in cache.missing(fingerprint, texts) if d not in counted]
+    counts, tokenised = count_tokens_in_parent(spec, prefixed(spec, texts, fresh), backend)
+    counted.update(zip(fresh, zip(counts, tokenised or [None] * len(fresh))))
+
+
 def cut_units(
     counts: list[int], limit: int, max_tokens: int, max_texts: int, devices: int = 1
 ) -> list[list[int]]:
-    """Positions of the sorted texts grouped into units of at most UNIT_BATCHES batches.
-
-    A unit also holds at most a share of the texts (UNITS_PER_DEVICE units per device, never under
-    SMALL_BATCH texts), so a job smaller than one unit per device still reaches every device.
+    """Positions of the sorted texts grouped into work units that shrink as the work runs out
+    (guided self-scheduling): a unit holds about 1/(2 x devices) of the tokens not yet cut, in
+    whole batches, at least one batch and at most UNIT_BATCHES. The first units spare round
+    trips; the last are single batches, so no device waits long at the end for another's last
+    unit. A job too small for that is cut inside its batch into UNITS_PER_DEVICE units per device
+    (never under SMALL_BATCH texts), so every device still gets work.
     """
-    share = max(SMALL_BATCH, math.ceil(len(counts) / (devices * UNITS_PER_DEVICE)))
+    tokens = [max(1, min(count, limit)) for count in counts]
+    left = sum(tokens)
+    floor = min(max_tokens, left / (devices * UNITS_PER_DEVICE))
+    max_texts = max_texts or MAX_BATCH_TEXTS
     units: list[list[int]] = []
-    position = 0
-    while position < len(counts):
-        end = position
-        for _ in range(UNIT_BATCHES):
+    start = 0
+    while start < len(counts):
+        target = max(floor, left / (2 * devices))
+        end = next_batch_end(counts, start, limit, max_tokens, max_texts)
+        spent = sum(tokens[start:end])
+        if spent > target:  # one batch is more than a unit: cut it by text
+            end, spent = start, 0
+            while end < len(counts) and (spent < target or end - start < SMALL_BATCH):
+                spent, end = spent + tokens[end], end + 1
+        for _ in range(UNIT_BATCHES - 1):
             if end >= len(counts):
                 break
-            end = next_batch_end(counts, end, limit, max_tokens, max_texts or MAX_BATCH_TEXTS)
-        end = min(end, position + share)
-        units.append(list(range(position, end)))
-        position = end
+            after = next_batch_end(counts, end, limit, max_tokens, max_texts)
+            more = sum(tokens[end:after])
+            if spent + more > target:
+                break
+            end, spent = after, spent + more
+        units.append(list(range(start, end)))
+        left -= spent
+        start = end
     return units
 
 
@@ -220,6 +245,7 @@ class Plan:
     inputs: list[str] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
     tokenised: list | None = None
+    counted: dict = field(default_factory=dict)  # digest -> (token count, ids or None)
     waiting: collections.deque[Unit] = field(default_factory=collections.deque)
     done: set[int] = field(default_factory=set)
     skipped: list[int] = field(default_factory=list)
@@ -274,10 +300,13 @@ def embed_on_devices(
     devices: list[str],
 ) -> None:
     """Embed a model's missing texts on several devices, one spawned worker process each."""
+    started = time.perf_counter()
     workers = start_workers(spec, options, devices)
     plan = Plan()
-    started = time.perf_counter()
     try:
+        # Count what is missing while the workers start and load; once a worker holds its
+        # lease, list_pending keeps what is still missing (another run may have embedded some).
+        count_missing(spec, fingerprint, texts, cache, decided_backend(options), plan.counted)
         with progress_bar(spec, 0, options) as bar:
             while not all(w.finished for w in workers.values()):
                 open_conns = {w.conn: w for w in workers.values() if not w.finished}
@@ -410,15 +439,15 @@ def list_pending(spec, fingerprint, texts, cache, options, telemetry, workers, p
     plan.missing = cache.missing(fingerprint, texts)
     telemetry.cache_hits = len(texts) - len(plan.missing)
     telemetry.cache_misses = len(plan.missing)
+    count_missing(spec, fingerprint, texts, cache, decided_backend(options), plan.counted)
     inputs = prefixed(spec, texts, plan.missing)
-    backend = decided_backend(options)
-    counts, tokenised = (
-        count_tokens_in_parent(spec, inputs, backend, max_seq_length) if inputs else ([], None)
-    )
-    plan.order = sorted(range(len(inputs)), key=lambda i: -counts[i])
+    counted = [plan.counted[d] for d in plan.missing]
+    plan.counted = {}
+    plan.order = sorted(range(len(inputs)), key=lambda i: -counted[i][0])
     plan.inputs = [inputs[i] for i in plan.order]
-    plan.counts = [counts[i] for i in plan.order]
-    plan.tokenised = [tokenised[i] for i in plan.order] if tokenised is not None else None
+    plan.counts = [counted[i][0] for i in plan.order]
+    if counted and counted[0][1] is not None:
+        plan.tokenised = [counted[i][1] for i in plan.order]
     units = cut_units(
         plan.counts, max_seq_length, options.max_batch_tokens, options.batch_size, len(workers)
     )
