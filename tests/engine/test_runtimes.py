@@ -334,3 +334,50 @@ def test_the_openvino_backend_sends_no_telemetry(tiny_models, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "['MainThread']"
     assert not (tmp_path / "intel").exists()  # no consent folder or client id written
+
+
+def test_torch_tokenises_each_text_once_as_the_model_would(minilm, torch_vectors):
+    """The counting pass keeps each text's ids; the batch built from them is the model's own."""
+    backend = SentenceTransformerBackend(minilm, "float32")
+    backend.load("cpu")
+    assert backend.counter is not None  # its fast tokenizer reproduces its preprocessing
+    reference, counts = torch_vectors
+    assert backend.token_counts(TEXTS) == counts
+    assert set(backend.tokenised) == set(TEXTS)
+    kept = backend.tokenize(TEXTS)  # from the counting pass's ids
+    assert not backend.tokenised  # taken by the batch
+    own = backend.preprocess(TEXTS)
+    assert kept.features.keys() == own.keys()
+    tensors = {name for name, value in own.items() if hasattr(value, "equal")}
+    assert tensors >= {"input_ids", "attention_mask"}
+    assert all(own[name].equal(kept.features[name]) for name in tensors)
+    assert all(own[name] == kept.features[name] for name in own.keys() - tensors)  # modality
+    np.testing.assert_array_equal(backend.forward(kept), reference)
+
+
+def test_a_tokenizer_that_would_batch_differently_is_not_used_once(minilm):
+    backend = SentenceTransformerBackend(minilm, "float32")
+    backend.load("cpu")
+    backend.max_seq_length = 16  # a window the model's own preprocessing does not cut at
+    assert backend.verified_counter() is None
+
+
+@pytest.mark.parametrize("name", ["torch", "onnx"])
+def test_the_workers_parent_tokenises_with_the_workers_own_tokenizer(name, minilm):
+    """The ids the parent sends with a unit are taken by an equal tokenizer, refused otherwise."""
+    from embed_collections.engine.workers import count_tokens_in_parent
+
+    if name != "torch":
+        need(name)
+    backend = create_backend(minilm, name)
+    backend.load("cpu")
+    counts, ids, tag = count_tokens_in_parent(minilm, TEXTS, name)
+    assert tag == backend.counter.tag and len(ids) == len(TEXTS)
+    backend.hold(TEXTS, ids, "another tokenizer")
+    assert not backend.tokenised
+    backend.hold(TEXTS, ids, tag)
+    assert set(backend.tokenised) == set(TEXTS)
+    held = backend.embed(TEXTS)
+    assert not backend.tokenised
+    np.testing.assert_array_equal(held, backend.embed(TEXTS))  # tokenised here this time
+    assert counts == backend.token_counts(TEXTS)

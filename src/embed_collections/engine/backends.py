@@ -6,6 +6,7 @@ A backend only embeds what it is given; sorting, batching, OOM back-off and cach
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -102,6 +103,89 @@ class Batch:
     features: Any = None
 
 
+Row = tuple[np.ndarray, np.ndarray | None]  # a text's truncated ids and type ids (None: all 0)
+
+
+class CountingTokenizer:
+    """A fast tokenizer (the `tokenizers` library) used once per text: the untruncated count that
+    sorts it and its ids truncated the tokenizer's own way, from the same encoding. `tag` names
+    the tokenizer, limit and casing, so ids made elsewhere are taken only by an equal tokenizer."""
+
+    def __init__(self, tokenizer: Any, max_seq_length: int, lower: bool = False):
+        from tokenizers import Tokenizer
+
+        # Copies: a tokenizer's own settings may pad and truncate (to 128 in MiniLM's file).
+        text = tokenizer.to_str()
+        self.counter, self.truncator = Tokenizer.from_str(text), Tokenizer.from_str(text)
+        self.counter.no_truncation()
+        self.counter.no_padding()
+        self.truncator.enable_truncation(max_seq_length)
+        self.truncator.no_padding()  # `pad_rows` pads a batch
+        self.specials = self.truncator.num_special_tokens_to_add(False)
+        self.lower = lower
+        # Kept ids are held for a whole wave of texts: 2 bytes a token where the vocabulary fits.
+        self.id_type = np.uint16 if self.truncator.get_vocab_size() <= 2**16 else np.int32
+        key = f"{self.counter.to_str()}\0{max_seq_length}\0{lower}".encode()
+        self.tag = hashlib.sha256(key).hexdigest()[:16]
+
+    @classmethod
+    def from_file(cls, path: Path, max_seq_length: int, lower: bool = False) -> CountingTokenizer:
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_file(str(path)), max_seq_length, lower)
+
+    def tokenise(self, texts: list[str]) -> tuple[list[int], list[Row]]:
+        """Untruncated counts (special tokens included), and ids and type ids truncated with
+        special tokens added (equal to the tokenizer's own truncation of the whole text, tested)."""
+        texts = [text.lower() for text in texts] if self.lower else texts
+        encodings = self.counter.encode_batch(texts, add_special_tokens=False)
+        counts = [len(e.ids) + self.specials for e in encodings]
+        done = [self.truncator.post_process(e) for e in encodings]
+        types = [np.array(e.type_ids, np.int8) if any(e.type_ids) else None for e in done]
+        return counts, [(np.array(e.ids, self.id_type), t) for e, t in zip(done, types)]
+
+
+def pad_rows(rows: list[Row], pad_id: int, pad_type_id: int, left: bool) -> dict[str, np.ndarray]:
+    """A batch's input ids, type ids and attention mask (int64), padded to its longest row."""
+    width = max(len(ids) for ids, _ in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    types = np.full((len(rows), width), pad_type_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, (row_ids, row_types) in enumerate(rows):
+        place = slice(width - len(row_ids), None) if left else slice(0, len(row_ids))
+        ids[i, place], mask[i, place] = row_ids, 1
+        types[i, place] = 0 if row_types is None else row_types
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+class TokenisedOnce:
+    """Texts tokenised once: the counting pass (or a workers' parent, through `hold`) keeps each
+    text's truncated ids until its batch takes them; texts never counted are tokenised there.
+    Without a `counter` (a tokenizer whose output could not be reproduced), nothing is kept."""
+
+    counter: CountingTokenizer | None = None
+    tokenised: dict[str, Row]
+
+    def count_and_keep(self, texts: list[str]) -> list[int]:
+        """Untruncated token counts; each text's ids kept for its batch."""
+        assert self.counter is not None
+        counts, rows = self.counter.tokenise(texts)
+        self.tokenised.update(zip(texts, rows))
+        return counts
+
+    def hold(self, texts: list[str], rows: list[Row], tag: str) -> None:
+        """Keep ids tokenised elsewhere, if by an equal tokenizer (else they are tokenised here)."""
+        if self.counter is not None and tag == self.counter.tag:
+            self.tokenised.update(zip(texts, rows))
+
+    def rows(self, texts: list[str]) -> list[Row]:
+        """The batch's ids: those kept (taken), the others tokenised now."""
+        assert self.counter is not None
+        held = [self.tokenised.pop(text, None) for text in texts]
+        fresh = iter(self.counter.tokenise([t for t, row in zip(texts, held) if row is None])[1])
+        return [row if row is not None else next(fresh) for row in held]
+
+
 def dtype_keyword() -> str:
     """transformers renamed `torch_dtype` to `dtype` in 4.56; support both release lines."""
     import transformers
@@ -110,8 +194,18 @@ def dtype_keyword() -> str:
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
-class SentenceTransformerBackend:
-    """The reference backend: sentence-transformers on torch."""
+PROBE_TEXTS = (  # where a tokenizer's own preprocessing could differ from `CountingTokenizer`
+    "Docling converts PDF files to Markdown.",
+    "  Leading and trailing spaces, MiXeD CaSe  ",
+    "Ünïcödé, emoji 🚀 and CJK 向量检索\ttabs\nand lines",
+    "word " * 600,  # longer than any window: the truncation
+    "x",
+)
+
+
+class SentenceTransformerBackend(TokenisedOnce):
+    """The reference backend: sentence-transformers on torch. Each text is tokenised once where
+    the model's tokenizer reproduces its own preprocessing (`verified_counter`)."""
 
     def __init__(self, spec: ModelSpec, dtype: str | None = None):
         self.spec = spec
@@ -121,6 +215,9 @@ class SentenceTransformerBackend:
         self.dim = spec.dim or 0
         self.max_seq_length = spec.settings.max_seq_length or 512
         self.device = "cpu"
+        self.tokenised = {}
+        self.names: set[str] = set()  # a batch's tensors (input_ids, attention_mask, ...)
+        self.extras: dict[str, Any] = {}  # and its other features (`modality`: text)
 
     def load(self, device: str) -> None:
         # On a GPU the tokenizer's own threads feed the device; on CPU they would compete with
@@ -156,6 +253,53 @@ class SentenceTransformerBackend:
         dimension = getattr(self.model, "get_embedding_dimension", None)
         dimension = dimension or self.model.get_sentence_embedding_dimension
         self.dim = int(dimension())
+        self.counter = self.verified_counter()
+
+    def verified_counter(self) -> CountingTokenizer | None:
+        """A `CountingTokenizer` of the model's tokenizer whose padded batch of PROBE_TEXTS equals
+        the model's own preprocessing of them, tensor for tensor; else None, and every batch is
+        tokenised again by the model (after the counting pass)."""
+        import torch
+
+        first = self.model[0]
+        fast = getattr(getattr(first, "tokenizer", None), "backend_tokenizer", None)
+        if fast is None:
+            return None
+        try:
+            lower = bool(getattr(first, "do_lower_case", False))
+            counter = CountingTokenizer(fast, self.max_seq_length, lower)
+            expected = self.preprocess(list(PROBE_TEXTS))
+            self.extras = {k: v for k, v in expected.items() if not isinstance(v, torch.Tensor)}
+            self.names = set(expected) - set(self.extras)
+            mine = self.padded(counter.tokenise(list(PROBE_TEXTS))[1])
+            same = expected.keys() == mine.keys() and all(
+                v == mine[k] if k in self.extras else torch.equal(v, mine[k])
+                for k, v in expected.items()
+            )
+        except Exception as error:  # any surprise in a tokenizer: keep the model's own path
+            log.debug("%s: tokenised per batch (%s)", self.name, error)
+            return None
+        log.debug("%s: %s", self.name, "tokenised once" if same else "tokenised per batch")
+        return counter if same else None
+
+    def preprocess(self, texts: list[str]) -> dict[str, Any]:
+        """The model's own tokenisation of a batch (sentence-transformers 6, else 5)."""
+        prepare = getattr(self.model, "preprocess", None) or self.model.tokenize
+        return dict(prepare(texts))
+
+    def padded(self, rows: list) -> dict[str, Any]:
+        """A batch's features from kept ids: the tensors the model's preprocessing gives, padded
+        its way, with its non-tensor entries."""
+        import torch
+
+        tokenizer = self.model[0].tokenizer
+        arrays = pad_rows(
+            rows, int(tokenizer.pad_token_id or 0),
+            int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
+            getattr(tokenizer, "padding_side", "right") == "left",
+        )  # fmt: skip
+        features = {k: torch.from_numpy(v) for k, v in arrays.items() if k in self.names}
+        return {**features, **self.extras}
 
     def open(self, device: str, model_kwargs: dict[str, Any]) -> Any:
         """The SentenceTransformer on `device`, offline, remote code from the model's code cache."""
@@ -173,7 +317,10 @@ class SentenceTransformerBackend:
         )
 
     def token_counts(self, texts: list[str]) -> list[int]:
-        """Untruncated token counts (special tokens included), used to sort and to report cuts."""
+        """Untruncated token counts (special tokens included), used to sort and to report cuts;
+        with a verified counter each text's ids are kept for its batch."""
+        if self.counter is not None:
+            return self.count_and_keep(texts)
         tokenizer = self.model.tokenizer
         encoded = tokenizer(
             texts, add_special_tokens=True, truncation=False, padding=False, verbose=False
@@ -188,8 +335,10 @@ class SentenceTransformerBackend:
         """
         import torch
 
-        prepare = getattr(self.model, "preprocess", None) or self.model.tokenize
-        features = dict(prepare(texts))
+        if self.counter is not None:
+            features = self.padded(self.rows(texts))
+        else:
+            features = self.preprocess(texts)
         if self.device.startswith("cuda"):
             for key, value in features.items():
                 if isinstance(value, torch.Tensor):
@@ -246,6 +395,7 @@ class SentenceTransformerBackend:
 
     def unload(self) -> None:
         self.model = None
+        self.tokenised.clear()
 
 
 def restore_attention(name: str, first: Any, inner: Any, attention: str, unpad: Any) -> None:

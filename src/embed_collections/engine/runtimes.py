@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from embed_collections.engine.backends import Backend, SentenceTransformerBackend, StaticBackend
+from embed_collections.engine.backends import (
+    Backend,
+    CountingTokenizer,
+    SentenceTransformerBackend,
+    StaticBackend,
+    TokenisedOnce,
+    pad_rows,
+)
 from embed_collections.engine.models import ModelSpec, fingerprint_folder, user_cache_home
 from embed_collections.errors import EmbedCollectionsError, ModelError
 
@@ -235,50 +242,26 @@ def describe_step(spec: ModelSpec, module, index: int, folder: Path) -> dict:
     return {"kind": "dense", "file": f"dense_{index}.npz", "activation": activation}
 
 
-class ExportTokenizer:
-    """An export's fast tokenizer (the `tokenizers` library, no transformers import): untruncated
-    token counts, and ids truncated the tokenizer's own way from the same encoding."""
-
-    def __init__(self, folder: Path, max_seq_length: int):
-        from tokenizers import Tokenizer
-
-        # The folder's tokenizer.json may pad and truncate to 128: set both explicitly.
-        path = str(folder / "tokenizer.json")
-        self.counter, self.truncator = Tokenizer.from_file(path), Tokenizer.from_file(path)
-        self.counter.no_truncation()
-        self.counter.no_padding()
-        self.truncator.enable_truncation(max_seq_length)
-        self.truncator.no_padding()  # `RuntimeBackend.feeds` pads a batch
-        self.specials = self.truncator.num_special_tokens_to_add(False)
-        self.lower = bool(read_manifest(folder)["do_lower_case"])
-
-    def encode(self, texts: list[str]) -> list[Any]:
-        """Encodings without special tokens, untruncated."""
-        texts = [text.lower() for text in texts] if self.lower else texts
-        return self.counter.encode_batch(texts, add_special_tokens=False)
-
-    def tokenise(self, texts: list[str]) -> tuple[list[int], list[tuple[np.ndarray, np.ndarray]]]:
-        """Untruncated counts, and ids and type ids truncated with special tokens added (equal
-        to the tokenizer's own truncation of the whole text, tested)."""
-        encodings = self.encode(texts)
-        counts = [len(e.ids) + self.specials for e in encodings]
-        done = [self.truncator.post_process(e) for e in encodings]
-        return counts, [(np.array(e.ids, np.int32), np.array(e.type_ids, np.int8)) for e in done]
-
-
 def sequence_limit(spec: ModelSpec, manifest: dict) -> int:
     """The tokens a runtime backend embeds of a text: the model's setting, else the export's."""
     return spec.settings.max_seq_length or int(manifest["max_seq_length"])
 
 
-def export_tokenizer(spec: ModelSpec, backend: str) -> ExportTokenizer:
+def export_tokenizer(spec: ModelSpec, backend: str) -> CountingTokenizer:
     """The tokenizer of a runtime backend's export (built if missing), without the model: the
     device workers' parent counts and tokenises with it for the workers."""
-    folder = ensure_exported(spec, backend)
-    return ExportTokenizer(folder, sequence_limit(spec, read_manifest(folder)))
+    return counting_tokenizer(spec, ensure_exported(spec, backend))
 
 
-class RuntimeBackend:
+def counting_tokenizer(spec: ModelSpec, folder: Path) -> CountingTokenizer:
+    """An export's tokenizer (its `tokenizers` file: no transformers import), as it will run."""
+    manifest = read_manifest(folder)
+    return CountingTokenizer.from_file(
+        folder / "tokenizer.json", sequence_limit(spec, manifest), bool(manifest["do_lower_case"])
+    )
+
+
+class RuntimeBackend(TokenisedOnce):
     """A model exported to ONNX and run on CPU by onnxruntime or OpenVINO, pooled with numpy."""
 
     def __init__(self, spec: ModelSpec, backend: str = "onnx", threads: int | None = None):
@@ -288,7 +271,7 @@ class RuntimeBackend:
         self.max_seq_length = spec.settings.max_seq_length or 512
         self.reference: RuntimeBackend | None = None  # the fp32 twin an int8 backend checks with
         self.cosines: list[float] = []
-        self.tokenised: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # ids from `token_counts`
+        self.tokenised = {}  # ids from `token_counts` or the workers' parent, until batched
 
     def load(self, device: str = "cpu") -> None:
         if not device.startswith("cpu"):
@@ -300,7 +283,7 @@ class RuntimeBackend:
         self.manifest = manifest = read_manifest(folder)
         self.max_seq_length = sequence_limit(self.spec, manifest)
         self.dim = self.spec.settings.truncate_dim or int(manifest["dim"])
-        self.tokenizer = ExportTokenizer(folder, self.max_seq_length)
+        self.counter = counting_tokenizer(self.spec, folder)
         self.steps = [load_step(folder, step) for step in manifest["steps"]]
         opener = open_onnxruntime if self.runtime == "onnx" else open_openvino
         self.session = opener(folder, self.threads)
@@ -309,33 +292,17 @@ class RuntimeBackend:
             self.reference.load(device)
 
     def token_counts(self, texts: list[str]) -> list[int]:
-        """Untruncated token counts (special tokens included), used to sort and to report cuts.
-
-        Texts are tokenised once: the counting pass keeps each text's truncated ids until a
-        batch of `forward` takes them (texts never counted are tokenised there).
-        """
-        counts, tokenised = self.tokenizer.tokenise(texts)
-        self.tokenised.update(zip(texts, tokenised))
-        return counts
+        """Untruncated token counts (special tokens included), used to sort and to report cuts;
+        each text's ids are kept for its batch (`TokenisedOnce`)."""
+        return self.count_and_keep(texts)
 
     def feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
         """The model's inputs for a batch, padded to its longest text as the export expects."""
-        held = [self.tokenised.pop(text, None) for text in texts]
-        fresh = iter(self.tokenizer.tokenise([t for t, row in zip(texts, held) if row is None])[1])
-        rows = [row if row is not None else next(fresh) for row in held]
         padding = self.manifest["padding"]
-        width = max(len(ids) for ids, _ in rows)
-        ids = np.full((len(rows), width), padding["pad_id"], dtype=np.int64)
-        types = np.full((len(rows), width), padding["pad_type_id"], dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for i, (row_ids, row_types) in enumerate(rows):
-            place = (
-                slice(width - len(row_ids), None)
-                if padding["direction"] == "left"
-                else slice(0, len(row_ids))
-            )
-            ids[i, place], types[i, place], mask[i, place] = row_ids, row_types, 1
-        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        arrays = pad_rows(
+            self.rows(texts), padding["pad_id"], padding["pad_type_id"],
+            padding["direction"] == "left",
+        )  # fmt: skip
         return {name: arrays[name] for name in self.manifest["inputs"]}
 
     def embed(self, texts: list[str]) -> np.ndarray:

@@ -7,8 +7,9 @@ work runs out (every device gets some, none waits long for another's last unit).
 a unit at a time over its own pipe; vectors go back batch by batch. The parent records which unit
 it handed to which worker, so whatever kills a worker (even between the hand-out and its first
 message), the texts of its unit not yet cached go back to the others. With an ONNX/OpenVINO
-backend the parent counts with the export's own tokenizer and sends each text's truncated ids
-with its unit, so a text is tokenised once. The parent is the only writer of the cache.
+backend, or a torch model whose fast tokenizer reproduces its preprocessing, the parent counts
+with that tokenizer and sends each text's truncated ids with its unit, so a text is tokenised
+once. The parent is the only writer of the cache.
 A watchdog fails the model when no worker makes progress for `stall_timeout` seconds, and a worker
 exits when its parent dies (parent-death signal on Linux, a watching thread everywhere). Every
 worker unloads before `embed_on_devices` returns: all devices finish one model before any loads
@@ -18,6 +19,7 @@ the next.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import multiprocessing
 import os
@@ -28,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from embed_collections.engine.backends import CountingTokenizer
 from embed_collections.engine.batches import (
     MAX_BATCH_TEXTS,
     TOKENIZE_CHUNK,
@@ -70,7 +73,8 @@ class Unit:
     texts: list[str]
     counts: list[int]
     attempts: int = 0
-    tokenised: list | None = None  # a runtime backend's truncated ids, from the parent's count
+    tokenised: list | None = None  # each text's truncated ids, from the parent's count
+    tag: str | None = None  # of the tokenizer that made them (`CountingTokenizer.tag`)
 
 
 @dataclass
@@ -141,8 +145,8 @@ def embed_units(spec, options, device, backend, stats: DeviceTelemetry, conn) ->
             conn.send(("vectors", device, [unit.positions[r] for r in rows], vectors))
 
         skipped: list[int] = []
-        if unit.tokenised is not None:  # counted by the parent: each text is tokenised once
-            backend.tokenised.update(zip(unit.texts, unit.tokenised))
+        if unit.tokenised is not None and unit.tag:  # the parent's count: tokenised once
+            backend.hold(unit.texts, unit.tokenised, unit.tag)
         run_batches(
             backend, unit.texts, unit.counts, options.max_batch_tokens,
             options.batch_size, stats, deliver, skipped.append, spec.name, budget,
@@ -153,47 +157,62 @@ def embed_units(spec, options, device, backend, stats: DeviceTelemetry, conn) ->
 
 def count_tokens_in_parent(
     spec: ModelSpec, inputs: list[str], backend: str
-) -> tuple[list[int], list | None]:
+) -> tuple[list[int], list | None, str | None]:
     """Token counts for sorting, from the model's own tokenizer (no model weights loaded), and
-    for a runtime backend the truncated ids that go to the workers with the units: its export
-    tokenizer (the `tokenizers` library: 0.34 s for 1,476 texts against 2.35 s through
-    transformers, which it does not import), truncated as the loaded model will. Otherwise
-    transformers' AutoTokenizer counts."""
+    each text's truncated ids, which go to the workers with the units (with the tokenizer's tag:
+    a worker takes them only from an equal tokenizer, else it tokenises each batch itself)."""
     if not inputs:
-        return [], None
-    if backend not in ("auto", "torch") and not spec.static:
-        from embed_collections.engine.runtimes import export_tokenizer
-
-        counter = export_tokenizer(spec, backend)
-        counts: list[int] = []
-        tokenised: list = []
-        for start in range(0, len(inputs), TOKENIZE_CHUNK):
-            more, ids = counter.tokenise(inputs[start : start + TOKENIZE_CHUNK])
+        return [], None, None
+    counter = parent_counter(spec, backend)
+    counts: list[int] = []
+    tokenised: list = []
+    for start in range(0, len(inputs), TOKENIZE_CHUNK):
+        chunk = inputs[start : start + TOKENIZE_CHUNK]
+        if isinstance(counter, CountingTokenizer):
+            more, ids = counter.tokenise(chunk)
             counts.extend(more)
             tokenised.extend(ids)
-        return counts, tokenised
+        else:  # transformers' tokenizer without a fast twin: counts only
+            encoded = counter(
+                chunk, add_special_tokens=True, truncation=False, padding=False, verbose=False
+            )
+            counts.extend(len(ids) for ids in encoded["input_ids"])
+    tag = counter.tag if isinstance(counter, CountingTokenizer) else None
+    return counts, tokenised or None, tag
+
+
+def parent_counter(spec: ModelSpec, backend: str) -> Any:
+    """The tokenizer the workers' model will run, as a `CountingTokenizer`: a runtime backend's
+    export tokenizer (the `tokenizers` library: 0.34 s for 1,476 texts against 2.35 s through
+    transformers, which it does not import); for torch the model's fast tokenizer as
+    sentence-transformers loads it, truncated at the model's configured window. Else the
+    transformers tokenizer itself, to count."""
+    if backend not in ("auto", "torch"):
+        from embed_collections.engine.runtimes import export_tokenizer
+
+        return export_tokenizer(spec, backend)
     from transformers import AutoTokenizer
 
     folder = transformer_folder(spec.path) or spec.path
     tokenizer = AutoTokenizer.from_pretrained(
         str(folder), trust_remote_code=spec.trust_remote_code, local_files_only=True
     )
-    counts = []
-    for start in range(0, len(inputs), TOKENIZE_CHUNK):
-        encoded = tokenizer(
-            inputs[start : start + TOKENIZE_CHUNK],
-            add_special_tokens=True, truncation=False, padding=False, verbose=False,
-        )  # fmt: skip
-        counts.extend(len(ids) for ids in encoded["input_ids"])
-    return counts, None
+    config_file = folder / "sentence_bert_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    limit = spec.settings.max_seq_length or config.get("max_seq_length")
+    fast = getattr(tokenizer, "backend_tokenizer", None)
+    if not limit or fast is None:
+        return tokenizer
+    return CountingTokenizer(fast, int(limit), bool(config.get("do_lower_case")))
 
 
-def count_missing(spec, fingerprint, texts, cache, backend: str, counted: dict) -> None:
-    """Count (and for a runtime backend tokenise) the model's missing texts not in `counted`
-    yet, into it (digest -> (count, ids or None))."""
-    fresh = [d for d in cache.missing(fingerprint, texts) if d not in counted]
-    counts, tokenised = count_tokens_in_parent(spec, prefixed(spec, texts, fresh), backend)
-    counted.update(zip(fresh, zip(counts, tokenised or [None] * len(fresh))))
+def count_missing(spec, fingerprint, texts, cache, backend: str, plan: Plan) -> None:
+    """Count and tokenise the model's missing texts not counted yet, into `plan.counted`
+    (digest -> (count, ids or None))."""
+    fresh = [d for d in cache.missing(fingerprint, texts) if d not in plan.counted]
+    counts, tokenised, tag = count_tokens_in_parent(spec, prefixed(spec, texts, fresh), backend)
+    plan.counted.update(zip(fresh, zip(counts, tokenised or [None] * len(fresh))))
+    plan.tag = plan.tag or tag
 
 
 def cut_units(
@@ -245,6 +264,7 @@ class Plan:
     inputs: list[str] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
     tokenised: list | None = None
+    tag: str | None = None
     counted: dict = field(default_factory=dict)  # digest -> (token count, ids or None)
     waiting: collections.deque[Unit] = field(default_factory=collections.deque)
     done: set[int] = field(default_factory=set)
@@ -265,6 +285,7 @@ class Plan:
             [self.counts[p] for p in positions],
             attempts,
             [self.tokenised[p] for p in positions] if self.tokenised is not None else None,
+            self.tag,
         )
         self.next_id += 1
         self.waiting.append(unit)
@@ -306,7 +327,7 @@ def embed_on_devices(
     try:
         # Count what is missing while the workers start and load; once a worker holds its
         # lease, list_pending keeps what is still missing (another run may have embedded some).
-        count_missing(spec, fingerprint, texts, cache, decided_backend(options), plan.counted)
+        count_missing(spec, fingerprint, texts, cache, decided_backend(options), plan)
         with progress_bar(spec, 0, options) as bar:
             while not all(w.finished for w in workers.values()):
                 open_conns = {w.conn: w for w in workers.values() if not w.finished}
@@ -439,14 +460,14 @@ def list_pending(spec, fingerprint, texts, cache, options, telemetry, workers, p
     plan.missing = cache.missing(fingerprint, texts)
     telemetry.cache_hits = len(texts) - len(plan.missing)
     telemetry.cache_misses = len(plan.missing)
-    count_missing(spec, fingerprint, texts, cache, decided_backend(options), plan.counted)
+    count_missing(spec, fingerprint, texts, cache, decided_backend(options), plan)
     inputs = prefixed(spec, texts, plan.missing)
     counted = [plan.counted[d] for d in plan.missing]
     plan.counted = {}
     plan.order = sorted(range(len(inputs)), key=lambda i: -counted[i][0])
     plan.inputs = [inputs[i] for i in plan.order]
     plan.counts = [counted[i][0] for i in plan.order]
-    if counted and counted[0][1] is not None:
+    if counted and all(ids is not None for _, ids in counted):
         plan.tokenised = [counted[i][1] for i in plan.order]
     units = cut_units(
         plan.counts, max_seq_length, options.max_batch_tokens, options.batch_size, len(workers)
