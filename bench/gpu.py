@@ -310,6 +310,7 @@ def limit_checks(folder: Path, texts: list[str], device: str, half: str, work: P
     if cuda:
         loaded = torch.cuda.memory_allocated(device) - before
         checks["loaded_weights_mib"] = round(loaded / 2**20, 1)
+    checks["tokenised_once"] = backend.counter is not None  # False with flash-attention 2
     counts = count_tokens(backend, texts[:512])
     order = sorted(range(len(counts)), key=lambda i: -counts[i])
     inputs, sorted_counts = [texts[i] for i in order], [counts[i] for i in order]
