@@ -206,10 +206,10 @@ def parent_counter(spec: ModelSpec, backend: str) -> Any:
     return CountingTokenizer(fast, int(limit), bool(config.get("do_lower_case")))
 
 
-def count_missing(spec, fingerprint, texts, cache, backend: str, plan: Plan) -> None:
-    """Count and tokenise the model's missing texts not counted yet, into `plan.counted`
+def count_missing(spec, texts, missing: list[bytes], backend: str, plan: Plan) -> None:
+    """Count and tokenise the missing texts (digests) not counted yet, into `plan.counted`
     (digest -> (count, ids or None))."""
-    fresh = [d for d in cache.missing(fingerprint, texts) if d not in plan.counted]
+    fresh = [d for d in missing if d not in plan.counted]
     counts, tokenised, tag = count_tokens_in_parent(spec, prefixed(spec, texts, fresh), backend)
     plan.counted.update(zip(fresh, zip(counts, tokenised or [None] * len(fresh))))
     plan.tag = plan.tag or tag
@@ -327,7 +327,8 @@ def embed_on_devices(
     try:
         # Count what is missing while the workers start and load; once a worker holds its
         # lease, list_pending keeps what is still missing (another run may have embedded some).
-        count_missing(spec, fingerprint, texts, cache, decided_backend(options), plan)
+        missing = cache.missing(fingerprint, texts)
+        count_missing(spec, texts, missing, decided_backend(options), plan)
         with progress_bar(spec, 0, options) as bar:
             while not all(w.finished for w in workers.values()):
                 open_conns = {w.conn: w for w in workers.values() if not w.finished}
@@ -460,7 +461,7 @@ def list_pending(spec, fingerprint, texts, cache, options, telemetry, workers, p
     plan.missing = cache.missing(fingerprint, texts)
     telemetry.cache_hits = len(texts) - len(plan.missing)
     telemetry.cache_misses = len(plan.missing)
-    count_missing(spec, fingerprint, texts, cache, decided_backend(options), plan)
+    count_missing(spec, texts, plan.missing, decided_backend(options), plan)
     inputs = prefixed(spec, texts, plan.missing)
     counted = [plan.counted[d] for d in plan.missing]
     plan.counted = {}
