@@ -116,3 +116,15 @@ def test_the_checker_sees_an_upward_and_a_cyclic_import(tmp_path):
     )
     known = {"embed_collections.runner.pipeline", "embed_collections.query.search"}
     assert imports(source, known) == known
+
+
+def test_other_wings_use_only_the_engine_front_door():
+    """The engine's rooms are its own business: other wings import `embed_collections.engine`."""
+    behind = [
+        f"{source} -> {target}"
+        for source, targets in graph().items()
+        if wing(source) != "engine"
+        for target in targets
+        if wing(target) == "engine" and target != "embed_collections.engine"
+    ]
+    assert behind == []

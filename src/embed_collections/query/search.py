@@ -12,19 +12,22 @@ from typing import Any
 
 import numpy as np
 
-from embed_collections.engine.backends import default_device, default_dtype
-from embed_collections.engine.combine import combine_vectors, scaled_weights
-from embed_collections.engine.models import (
+from embed_collections.engine import (
     ModelSettings,
     ModelSpec,
     code_references,
+    combine_vectors,
+    create_backend,
+    default_device,
+    default_dtype,
     fingerprint_folder,
     locate_model,
     model_fingerprint,
+    runtime_installed,
+    scaled_weights,
     static_format,
     transformer_folder,
 )
-from embed_collections.engine.runtimes import create_backend, runtime_installed
 from embed_collections.errors import ModelError, UsageError
 from embed_collections.record.run_record import ModelRecord, RunRecord
 from embed_collections.stores import Hit, SearchQuery, Store

@@ -72,7 +72,7 @@ def cosine_scores(
     query_vectors: Sequence[np.ndarray], corpus_vectors: Sequence[np.ndarray]
 ) -> np.ndarray:
     """M x Q x D cosine similarities, one slab per model (rows are L2-normalised first)."""
-    from embed_collections.engine.combine import normalize_rows
+    from embed_collections.engine import normalize_rows
 
     return np.stack(
         [normalize_rows(q) @ normalize_rows(d).T for q, d in zip(query_vectors, corpus_vectors)]
@@ -285,7 +285,7 @@ def cached_corpus_vectors(
 ) -> tuple[list[str], list[np.ndarray]]:
     """(chunk ids, per-model N x d_i vectors) of an indexed collection, from the run's cache."""
     from embed_collections.corpus.chunks import load_collection
-    from embed_collections.engine.cache import EmbeddingCache, text_digest
+    from embed_collections.engine import EmbeddingCache, text_digest
 
     loaded = load_collection(collection, config.chunked_dir / collection)
     digests = [text_digest(chunk.text) for chunk in loaded.chunks]

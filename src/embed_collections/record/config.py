@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from embed_collections.corpus.discovery import CHUNK_FILE_PATTERN, MAX_DISCOVERY_DEPTH
-from embed_collections.engine.models import DEFAULT_ENSEMBLE_MODELS
-from embed_collections.engine.options import EngineOptions
+from embed_collections.engine import DEFAULT_ENSEMBLE_MODELS, EngineOptions
 from embed_collections.errors import UsageError
 from embed_collections.record.weights import apply_weights_file
 from embed_collections.stores.base import StorageOptions

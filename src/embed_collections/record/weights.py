@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from embed_collections.atomic import write_json_atomic
-from embed_collections.engine.models import canonical_name
+from embed_collections.engine import canonical_name
 from embed_collections.errors import UsageError
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from embed_collections.corpus.chunks import Chunk, LoadedCollection
-from embed_collections.engine.cache import EmbeddingCache, text_digest
-from embed_collections.engine.combine import combine_vectors, vector_names
+from embed_collections.engine import EmbeddingCache, combine_vectors, text_digest, vector_names
 from embed_collections.errors import StoreError
 from embed_collections.record.config import RunConfig
 from embed_collections.record.summary import CollectionResult

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from embed_collections.corpus.chunks import Chunk, LoadedCollection
 from embed_collections.corpus.discovery import find_chunk_files
-from embed_collections.engine.cache import EmbeddingCache
+from embed_collections.engine import EmbeddingCache
 from embed_collections.errors import DiskFullError, EmbedCollectionsError, LeaseTimeoutError
 from embed_collections.record.config import RunConfig
 

@@ -8,16 +8,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from embed_collections.corpus.discovery import find_chunk_files
-from embed_collections.engine.cache import EmbeddingCache
-from embed_collections.engine.combine import check_combine, combined_dims, vector_names
-from embed_collections.engine.models import (
+from embed_collections.engine import (
+    EmbeddingCache,
     ModelSpec,
+    ModelTelemetry,
+    check_combine,
+    combined_dims,
+    decide_backends,
     fingerprint_folder,
     model_fingerprint,
     resolve_ensemble,
+    vector_names,
 )
-from embed_collections.engine.preflight import decide_backends
-from embed_collections.engine.telemetry import ModelTelemetry
 from embed_collections.record.config import RunConfig
 from embed_collections.record.run_record import (
     EngineRecord,

@@ -24,8 +24,7 @@ from embed_collections.corpus.discovery import (
     discover_collections,
     filter_collections,
 )
-from embed_collections.engine.cache import EmbeddingCache
-from embed_collections.engine.lease import default_lease_dir
+from embed_collections.engine import EmbeddingCache, default_lease_dir
 from embed_collections.errors import (
     DiskFullError,
     EmbedCollectionsError,
@@ -127,7 +126,7 @@ def run(config: RunConfig) -> RunSummary:
         ExitStack() as stack,
     ):
         if config.executor == "ray":  # preflight: join Ray and check its devices before any model
-            from embed_collections.engine.ray_cluster import cluster_session
+            from embed_collections.engine import cluster_session
 
             ray_started = time.perf_counter()
             engine = stack.enter_context(cluster_session(config.ray_address, config.engine))
@@ -322,7 +321,7 @@ def run_extras(
     """The keys the summary adds after the V6.1 schema."""
     ray_cluster = None
     if config.executor == "ray":
-        from embed_collections.engine.ray_cluster import describe_cluster
+        from embed_collections.engine import describe_cluster
 
         ray_cluster = describe_cluster()
     return {

@@ -20,8 +20,7 @@ from pathlib import Path
 
 from embed_collections.corpus.chunks import LoadedCollection, load_collection
 from embed_collections.corpus.discovery import find_chunk_files
-from embed_collections.engine.cache import EmbeddingCache, text_digest
-from embed_collections.engine.local_executor import LocalSession, ModelSession
+from embed_collections.engine import EmbeddingCache, LocalSession, ModelSession, text_digest
 from embed_collections.progress import Progress
 from embed_collections.record.config import RunConfig
 from embed_collections.record.summary import (
@@ -61,7 +60,7 @@ class RunWork:
 def choose_session(config: RunConfig) -> type[ModelSession]:
     """The session class of `config.executor`: in this process (local) or on Ray actors."""
     if config.executor == "ray":
-        from embed_collections.engine.ray_executor import RaySession
+        from embed_collections.engine import RaySession
 
         return RaySession
     return LocalSession

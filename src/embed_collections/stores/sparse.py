@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embed_collections.engine.cache import EmbeddingCache
+from embed_collections.engine import EmbeddingCache
 from embed_collections.errors import UsageError
 
 VECTOR_NAME = "bm25"
