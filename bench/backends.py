@@ -58,8 +58,12 @@ def candidates(spec, names: list[str], threads: list[int], batch_size: int, text
     import transformers
     from sentence_transformers import SentenceTransformer
 
-    from embed_collections.engine.backends import SentenceTransformerBackend
-    from embed_collections.engine.runtimes import RuntimeBackend, runtime_installed, split_backend
+    from embed_collections.engine.backends.runtime import (
+        RuntimeBackend,
+        runtime_installed,
+        split_backend,
+    )
+    from embed_collections.engine.backends.transformer import SentenceTransformerBackend
 
     transformers.utils.logging.disable_progress_bar()
     torch_backend = SentenceTransformerBackend(spec, "float32")
@@ -106,7 +110,7 @@ def main() -> None:
     import torch
 
     from embed_collections.corpus.chunks import load_collection
-    from embed_collections.engine.models import resolve_model
+    from embed_collections.engine.models.resolve import resolve_model
 
     spec = resolve_model(args.model)
     texts = [c.text for c in load_collection(args.collection.name, args.collection).chunks]

@@ -40,8 +40,8 @@ def load_texts(corpus: Path, names: list[str]) -> dict[str, list[str]]:
 
 
 def tiny_model(size: int) -> Path:
-    """A cached random model folder (generated once; see embed_collections.engine.tiny_model)."""
-    from embed_collections.engine.tiny_model import build_tiny_model
+    """A cached random model folder (generated once; see embed_collections.engine.models.tiny)."""
+    from embed_collections.engine.models.tiny import build_tiny_model
 
     folder = WORK / "models" / f"tiny{size}"
     if not (folder / "modules.json").exists():

@@ -34,10 +34,11 @@ def main() -> None:
     parser.add_argument("--twice", action="store_true", help="torch tokenising twice too")
     args = parser.parse_args()
 
-    from embed_collections.engine.backends import SentenceTransformerBackend
+    from embed_collections.engine.backends.transformer import SentenceTransformerBackend
     from embed_collections.engine.cache import EmbeddingCache, text_digest
-    from embed_collections.engine.local_executor import embed_pending
-    from embed_collections.engine.models import model_fingerprint, resolve_model
+    from embed_collections.engine.executors.local import embed_pending
+    from embed_collections.engine.models.folders import model_fingerprint
+    from embed_collections.engine.models.resolve import resolve_model
     from embed_collections.engine.options import EngineOptions
 
     texts = list(

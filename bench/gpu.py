@@ -60,7 +60,7 @@ class Clock:
 
 def make_texts(count: int, seed: int = 0) -> list[str]:
     """Unique texts, word counts log-normal around 120 (5 to 1,500), in tokenizer-known words."""
-    from embed_collections.engine.tiny_model import pseudo_words
+    from embed_collections.engine.models.tiny import pseudo_words
 
     words = pseudo_words()
     rng = random.Random(seed)
@@ -91,7 +91,7 @@ def build_model(folder: Path, shape: dict, seed: int) -> Path:
     from sentence_transformers import SentenceTransformer, models  # type: ignore[attr-defined]
     from transformers import BertConfig, BertModel
 
-    from embed_collections.engine.tiny_model import tiny_tokenizer
+    from embed_collections.engine.models.tiny import tiny_tokenizer
 
     torch.manual_seed(seed)
     config = BertConfig(
@@ -123,7 +123,7 @@ def plain_encode(folder: Path, texts: list[str], device: str, dtype: str) -> dic
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from embed_collections.engine.backends import dtype_keyword
+    from embed_collections.engine.backends.transformer import dtype_keyword
 
     model = SentenceTransformer(
         str(folder), device=device, model_kwargs={dtype_keyword(): getattr(torch, dtype)}
@@ -156,10 +156,11 @@ def engine_run(
     import numpy as np
     import torch
 
-    from embed_collections.engine.backends import SentenceTransformerBackend
+    from embed_collections.engine.backends.transformer import SentenceTransformerBackend
     from embed_collections.engine.cache import EmbeddingCache, text_digest
-    from embed_collections.engine.local_executor import embed_pending
-    from embed_collections.engine.models import model_fingerprint, resolve_model
+    from embed_collections.engine.executors.local import embed_pending
+    from embed_collections.engine.models.folders import model_fingerprint
+    from embed_collections.engine.models.resolve import resolve_model
     from embed_collections.engine.options import EngineOptions
 
     spec = resolve_model(str(folder))
@@ -281,14 +282,14 @@ def limit_checks(folder: Path, texts: list[str], device: str, half: str, work: P
 
     import torch
 
-    from embed_collections.engine.backends import SentenceTransformerBackend
-    from embed_collections.engine.batches import (
+    from embed_collections.engine.backends.transformer import SentenceTransformerBackend
+    from embed_collections.engine.executors.batches import (
         TokenBudget,
         count_tokens,
         run_batches,
         weights_size,
     )
-    from embed_collections.engine.models import resolve_model
+    from embed_collections.engine.models.resolve import resolve_model
     from embed_collections.engine.telemetry import DeviceTelemetry
 
     checks: dict = {}
@@ -336,7 +337,7 @@ def limit_checks(folder: Path, texts: list[str], device: str, half: str, work: P
         checks["two_gpu_workers"] = "skipped: one GPU"
     # 5: the dtype Ray picks for its GPUs (bf16 on compute capability 8.0+).
     if cuda and importlib.util.find_spec("ray") is not None:
-        from embed_collections.engine.ray_cluster import cluster_gpu_dtype, connect
+        from embed_collections.engine.executors.ray_cluster import cluster_gpu_dtype, connect
 
         checks["ray_gpu_dtype"] = with_fault("", lambda: (connect(None), cluster_gpu_dtype(
             torch.cuda.device_count(), 120))[1])  # fmt: skip
@@ -395,7 +396,7 @@ def main() -> None:
     import torch
 
     from embed_collections.engine.devices import supports_bfloat16
-    from embed_collections.engine.models import find_in_package
+    from embed_collections.engine.models.resolve import find_in_package
 
     device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda:0"
     if device == "cpu" and not args.smoke:

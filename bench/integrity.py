@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hang-after", type=float, default=300)
     parser.add_argument("--full-disk", type=int, default=0)
     args = parser.parse_args(argv)
-    from embed_collections.engine.tiny_model import build_tiny_model
+    from embed_collections.engine.models.tiny import build_tiny_model
 
     rng = random.Random(args.seed)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="integrity-"))

@@ -27,7 +27,7 @@ def main() -> None:
     from embed_collections.corpus.chunks import load_collection
     from embed_collections.corpus.discovery import discover_collections
     from embed_collections.engine.combine import combine_vectors
-    from embed_collections.engine.models import resolve_model
+    from embed_collections.engine.models.resolve import resolve_model
     from embed_collections.stores import PointBatch, VectorLayout
     from embed_collections.stores.edge import EdgeStore
     from embed_collections.stores.open import point_id

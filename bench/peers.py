@@ -339,8 +339,8 @@ def bench(args: argparse.Namespace, save: Path) -> dict:
     """Set up once (export, folders, a warm-up run), then the interleaved repeats; the raw data
     is saved to `save` after every process."""
     from embed_collections.corpus.discovery import discover_collections
-    from embed_collections.engine.models import resolve_model
-    from embed_collections.engine.runtimes import ensure_exported
+    from embed_collections.engine.backends.export import ensure_exported
+    from embed_collections.engine.models.resolve import resolve_model
 
     found = list(discover_collections(args.corpus))
     names = args.collections or found

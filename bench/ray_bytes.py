@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 
 from embed_collections.engine.cache import text_digest
-from embed_collections.engine.models import resolve_ensemble
-from embed_collections.engine.ray_executor import SHARD_TEXTS, ShardEmbedder
-from embed_collections.engine.tiny_model import build_tiny_model
+from embed_collections.engine.executors.ray_actors import SHARD_TEXTS, ShardEmbedder
+from embed_collections.engine.models.resolve import resolve_ensemble
+from embed_collections.engine.models.tiny import build_tiny_model
 
 
 def main() -> None:

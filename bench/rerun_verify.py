@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args(argv)
-    from embed_collections.engine.tiny_model import build_tiny_model
+    from embed_collections.engine.models.tiny import build_tiny_model
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="rerun-verify-"))
     model = work / "tiny384"

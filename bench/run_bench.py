@@ -35,7 +35,7 @@ def plain_encode_seconds(models: list[str], texts: list[str]) -> float:
     import transformers
     from sentence_transformers import SentenceTransformer
 
-    from embed_collections.engine.models import resolve_model
+    from embed_collections.engine.models.resolve import resolve_model
 
     transformers.utils.logging.disable_progress_bar()
     total = 0.0

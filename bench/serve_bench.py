@@ -68,8 +68,8 @@ def build_stores(
     import numpy as np
 
     import embed_collections as ec
-    from embed_collections.engine.models import resolve_model
-    from embed_collections.engine.tiny_model import build_static_model
+    from embed_collections.engine.models.resolve import resolve_model
+    from embed_collections.engine.models.tiny import build_static_model
 
     static = root / "minilm-static"
     if not (static / "modules.json").exists():
@@ -212,8 +212,8 @@ def fastembed_style(out: Path, count: int) -> dict:
     import onnxruntime
     from tokenizers import Tokenizer
 
-    from embed_collections.engine.models import resolve_model
-    from embed_collections.engine.runtimes import ensure_exported
+    from embed_collections.engine.backends.export import ensure_exported
+    from embed_collections.engine.models.resolve import resolve_model
     from embed_collections.stores.base import SearchQuery
     from embed_collections.stores.edge import EdgeStore
 

@@ -47,8 +47,9 @@ KILL_CHILD = """
 import sys
 from pathlib import Path
 from embed_collections.engine.cache import EmbeddingCache, text_digest
-from embed_collections.engine.local_executor import embed_pending
-from embed_collections.engine.models import model_fingerprint, resolve_model
+from embed_collections.engine.executors.local import embed_pending
+from embed_collections.engine.models.folders import model_fingerprint
+from embed_collections.engine.models.resolve import resolve_model
 from embed_collections.engine.options import EngineOptions
 
 if __name__ == "__main__":

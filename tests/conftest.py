@@ -20,8 +20,8 @@ import pytest
 import embed_collections
 from embed_collections.cli.main import main
 from embed_collections.engine.cache import EmbeddingCache
+from embed_collections.engine.models.tiny import build_tiny_model
 from embed_collections.engine.options import EngineOptions
-from embed_collections.engine.tiny_model import build_tiny_model
 from embed_collections.record.config import SUMMARY_FILE
 
 # Child processes must import the package under test, not another installed copy (a relative

@@ -66,8 +66,7 @@ __all__ = [
 ]
 
 # The types load with their modules on first use, so `import embed_collections` stays instant
-# (and a worker process started as `python -m embed_collections.engine.workers` imports only
-# what it needs).
+# (and a spawned worker process imports only what it needs).
 _LAZY_TYPES = {
     "Collections": "embed_collections.query.collections",
     "SearchHit": "embed_collections.query.collections",

@@ -24,7 +24,7 @@ from conftest import (
     write_chunks,
 )
 
-from embed_collections.engine.tiny_model import build_tiny_model
+from embed_collections.engine.models.tiny import build_tiny_model
 from embed_collections.runner.dirlock import output_lock
 from embed_collections.stores.edge import EdgeStore
 

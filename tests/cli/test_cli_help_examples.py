@@ -8,7 +8,7 @@ import click
 
 from embed_collections.cli.main import cli
 from embed_collections.cli.options import split_list
-from embed_collections.engine.models import ALIASES
+from embed_collections.engine.models.specs import ALIASES
 
 
 def examples(command: click.Command) -> list[list[str]]:

@@ -25,8 +25,8 @@ from conftest import (
 )
 
 import embed_collections
+from embed_collections.engine import create_sparse_encoder as create_encoder
 from embed_collections.record.config import build_run_config
-from embed_collections.stores.sparse import create_encoder
 
 GERMAN = [
     "Die Katzen laufen schnell über die Straßen der Stadt.",

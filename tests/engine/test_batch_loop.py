@@ -8,11 +8,12 @@ import time
 import numpy as np
 import torch
 
-from embed_collections.engine.backends import SentenceTransformerBackend
-from embed_collections.engine.batches import TokenBudget, count_tokens, run_batches
+from embed_collections.engine.backends.transformer import SentenceTransformerBackend
 from embed_collections.engine.cache import EmbeddingCache, text_digest
-from embed_collections.engine.local_executor import embed_pending
-from embed_collections.engine.models import model_fingerprint, resolve_model
+from embed_collections.engine.executors.batches import TokenBudget, count_tokens, run_batches
+from embed_collections.engine.executors.local import embed_pending
+from embed_collections.engine.models.folders import model_fingerprint
+from embed_collections.engine.models.resolve import resolve_model
 from embed_collections.engine.options import EngineOptions
 from embed_collections.engine.telemetry import DeviceTelemetry
 

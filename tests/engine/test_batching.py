@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from conftest import engine_options
 
-from embed_collections.engine.batches import GROW_AFTER, load_backend, run_batches
+from embed_collections.engine.executors.batches import GROW_AFTER, load_backend, run_batches
+from embed_collections.engine.executors.workers import Plan, Unit, WorkerState, lost_worker
 from embed_collections.engine.lease import DeviceLease
-from embed_collections.engine.models import ModelSettings, ModelSpec, resolve_model
+from embed_collections.engine.models.resolve import resolve_model
+from embed_collections.engine.models.specs import ModelSettings, ModelSpec
 from embed_collections.engine.telemetry import DeviceTelemetry, ModelTelemetry
-from embed_collections.engine.workers import Plan, Unit, WorkerState, lost_worker
 from embed_collections.errors import LeaseTimeoutError, ModelError
 
 SPEC = ModelSpec(name="tiny", path=Path("tiny"), source="test", settings=ModelSettings())

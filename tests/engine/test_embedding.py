@@ -14,10 +14,11 @@ import pytest
 import torch
 from conftest import engine_options, read_summary, write_chunks
 
-from embed_collections.engine.backends import SentenceTransformerBackend
+from embed_collections.engine.backends.transformer import SentenceTransformerBackend
 from embed_collections.engine.cache import EmbeddingCache, text_digest
-from embed_collections.engine.local_executor import embed_pending
-from embed_collections.engine.models import model_fingerprint, resolve_model
+from embed_collections.engine.executors.local import embed_pending
+from embed_collections.engine.models.folders import model_fingerprint
+from embed_collections.engine.models.resolve import resolve_model
 from embed_collections.record.config import RunConfig
 from embed_collections.runner.pipeline import run
 
@@ -176,7 +177,7 @@ def test_killed_run_resumes_embedding_only_what_is_missing(tmp_path, tiny_models
         f"""
         import json, os, signal, sys
         from pathlib import Path
-        from embed_collections.engine.backends import SentenceTransformerBackend
+        from embed_collections.engine.backends.transformer import SentenceTransformerBackend
         from embed_collections.record.config import RunConfig
         from embed_collections.engine.options import EngineOptions
         from embed_collections.runner.pipeline import run

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from embed_collections.engine.cache import EmbeddingCache, text_digest
-from embed_collections.engine.local_executor import embed_pending
-from embed_collections.engine.models import model_fingerprint, resolve_model
+from embed_collections.engine.executors.local import embed_pending
+from embed_collections.engine.models.folders import model_fingerprint
+from embed_collections.engine.models.resolve import resolve_model
+from embed_collections.engine.models.tiny import build_tiny_model
 from embed_collections.engine.options import EngineOptions
-from embed_collections.engine.tiny_model import build_tiny_model
 
 torch = pytest.importorskip("torch")
 pytestmark = [

@@ -9,11 +9,12 @@ import pytest
 from conftest import cli_run_args, run_cli, write_chunks
 
 from embed_collections.engine import devices
-from embed_collections.engine.batches import weights_size
 from embed_collections.engine.cache import EmbeddingCache, text_digest
+from embed_collections.engine.executors.batches import weights_size
+from embed_collections.engine.executors.local import embed_pending
 from embed_collections.engine.lease import DeviceLease
-from embed_collections.engine.local_executor import embed_pending
-from embed_collections.engine.models import model_fingerprint, resolve_model
+from embed_collections.engine.models.folders import model_fingerprint
+from embed_collections.engine.models.resolve import resolve_model
 from embed_collections.engine.options import EngineOptions
 from embed_collections.errors import LeaseTimeoutError, UsageError
 from embed_collections.record.config import SUMMARY_FILE

@@ -4,12 +4,8 @@ import shutil
 
 import pytest
 
-from embed_collections.engine.models import (
-    BGE_QUERY_INSTRUCTION,
-    KNOWN_SETTINGS,
-    resolve_ensemble,
-    resolve_model,
-)
+from embed_collections.engine.models.resolve import resolve_ensemble, resolve_model
+from embed_collections.engine.models.specs import BGE_QUERY_INSTRUCTION, KNOWN_SETTINGS
 from embed_collections.errors import ModelError, UsageError
 
 
@@ -89,7 +85,7 @@ def test_bad_weights_are_usage_errors(tiny_models, weights, message):
 def test_truncate_dim_cuts_the_model_s_vectors_and_refuses_more_than_it_has(tiny_models):
     from conftest import cosine, encode
 
-    from embed_collections.engine.backends import SentenceTransformerBackend
+    from embed_collections.engine.backends.transformer import SentenceTransformerBackend
 
     spec = resolve_model(str(tiny_models["tiny48"]), truncate_dim=16)
     backend = SentenceTransformerBackend(spec, "float32")

@@ -11,13 +11,10 @@ import pytest
 from conftest import cosine, encode, read_points, write_chunks
 
 import embed_collections
-from embed_collections.engine.models import (
-    BGE_QUERY_INSTRUCTION,
-    model_fingerprint,
-    resolve_ensemble,
-    resolve_model,
-)
-from embed_collections.engine.prompts import read_model_prompts
+from embed_collections.engine.models.folders import model_fingerprint
+from embed_collections.engine.models.prompts import read_model_prompts
+from embed_collections.engine.models.resolve import resolve_ensemble, resolve_model
+from embed_collections.engine.models.specs import BGE_QUERY_INSTRUCTION
 from embed_collections.errors import ModelError, UsageError
 
 TEXTS = [f"Passage {i} about foxes, dogs and a river crossing number {i}." for i in range(6)]

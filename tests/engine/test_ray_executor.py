@@ -24,9 +24,13 @@ from conftest import (
 
 import embed_collections
 from embed_collections.engine.cache import EmbeddingCache, text_digest
+from embed_collections.engine.executors.ray_actors import KILL_ONCE_ENV, cut_shards
+from embed_collections.engine.executors.ray_cluster import (
+    Cluster,
+    cluster_engine,
+    dtype_for_capabilities,
+)
 from embed_collections.engine.options import CPU_BATCH_TOKENS, EngineOptions
-from embed_collections.engine.ray_cluster import Cluster, cluster_engine, dtype_for_capabilities
-from embed_collections.engine.ray_executor import KILL_ONCE_ENV, cut_shards
 from embed_collections.errors import UsageError
 from embed_collections.record.config import RunConfig
 from embed_collections.runner.pipeline import run
@@ -218,8 +222,8 @@ def test_shards_hold_similar_lengths_and_every_text_once():
 def test_the_driver_receives_names_not_vectors(ray_session, tiny_models, tmp_path):
     import pickle
 
-    from embed_collections.engine.models import resolve_ensemble
-    from embed_collections.engine.ray_executor import ShardEmbedder
+    from embed_collections.engine.executors.ray_actors import ShardEmbedder
+    from embed_collections.engine.models.resolve import resolve_ensemble
 
     (spec,) = resolve_ensemble([str(tiny_models["tiny48"])], None, None, False, None, None)
     actor = ray_session.remote(ShardEmbedder).remote(

@@ -10,7 +10,7 @@ import logging
 import pytest
 from conftest import cli_run_args, run_cli, write_chunks
 
-from embed_collections.engine.ray_cluster import ray_logs_routed
+from embed_collections.engine.executors.ray_cluster import ray_logs_routed
 
 
 def test_ray_records_go_through_our_logger_while_ray_starts(caplog):
@@ -31,7 +31,7 @@ def test_ray_records_go_through_our_logger_while_ray_starts(caplog):
     assert raw.getvalue() == ""
     assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
         (
-            "embed_collections.engine.ray_cluster",
+            "embed_collections.engine.executors.ray_cluster",
             "INFO",
             "Ray: Token authentication is enabled for this Ray cluster.",
         )

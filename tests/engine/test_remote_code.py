@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import cached_vectors, cli_run_args, read_summary, run_cli, write_chunks
 
-from embed_collections.engine.models import resolve_model
-from embed_collections.engine.tiny_model import build_remote_code_model
+from embed_collections.engine.models.resolve import resolve_model
+from embed_collections.engine.models.tiny import build_remote_code_model
 from embed_collections.errors import ModelError, UsageError
 
 

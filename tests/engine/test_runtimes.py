@@ -15,14 +15,18 @@ import pytest
 from click.testing import CliRunner
 from conftest import need_module
 
-from embed_collections.engine import preflight, runtimes
-from embed_collections.engine.backends import SentenceTransformerBackend
+from embed_collections.engine.backends import choice as preflight
+from embed_collections.engine.backends import create_backend
+from embed_collections.engine.backends import export as runtimes
+from embed_collections.engine.backends import kinds
+from embed_collections.engine.backends.choice import decide_backends, resolve_backend
+from embed_collections.engine.backends.runtime import RuntimeBackend, cosines
+from embed_collections.engine.backends.transformer import SentenceTransformerBackend
 from embed_collections.engine.cache import EmbeddingCache, text_digest
-from embed_collections.engine.local_executor import embed_pending
-from embed_collections.engine.models import fingerprint_folder, model_fingerprint, resolve_model
+from embed_collections.engine.executors.local import embed_pending
+from embed_collections.engine.models.folders import fingerprint_folder, model_fingerprint
+from embed_collections.engine.models.resolve import resolve_model
 from embed_collections.engine.options import EngineOptions
-from embed_collections.engine.preflight import decide_backends, resolve_backend
-from embed_collections.engine.runtimes import RuntimeBackend, cosines, create_backend
 from embed_collections.errors import ModelError, UsageError
 
 LONG = " ".join(
@@ -180,7 +184,7 @@ def test_dense_normalize_and_other_poolings_match_torch(pooling, tiny_models, tm
 
 def test_auto_takes_the_fastest_measured_backend_and_remembers_it(minilm, monkeypatch, caplog):
     need("onnx")
-    installed = [r for r in runtimes.AUTO_ORDER if runtimes.runtime_installed(r)]
+    installed = [r for r in kinds.AUTO_ORDER if runtimes.runtime_installed(r)]
     with caplog.at_level(logging.INFO, logger="embed_collections"):
         choice = resolve_backend(minilm, "auto", "cpu", sample=TEXTS)
     folder = runtimes.export_root() / fingerprint_folder(minilm.path)
@@ -280,7 +284,7 @@ def test_preflight_decides_auto_per_model_and_fingerprints_it(tiny_models, tmp_p
     requested = EngineOptions(**settings).resolved()
     with caplog.at_level(logging.INFO, logger="embed_collections"):
         [decided] = decide_backends([spec], requested)
-    assert decided in ("torch", *runtimes.RUNTIMES)
+    assert decided in ("torch", *kinds.RUNTIMES)
     assert f"backend {decided} (auto" in caplog.text and "fastest measured" in caplog.text
     auto = EngineOptions(**settings, backend=decided).resolved()
     torch_only = EngineOptions(**settings, backend="torch").resolved()
@@ -312,8 +316,8 @@ def test_run_help_lists_the_backends_and_quantize():
 # alone, `import openvino` sends usage telemetry from a thread pool (a run once hung at exit).
 OPENVINO_USE = """
 import sys, threading
-from embed_collections.engine.models import resolve_model
-from embed_collections.engine.runtimes import create_backend
+from embed_collections.engine.models.resolve import resolve_model
+from embed_collections.engine.backends import create_backend
 backend = create_backend(resolve_model(sys.argv[1]), "openvino", "float32")
 backend.load("cpu")
 backend.embed(["hello world"])
@@ -365,7 +369,7 @@ def test_a_tokenizer_that_would_batch_differently_is_not_used_once(minilm):
 @pytest.mark.parametrize("name", ["torch", "onnx"])
 def test_the_workers_parent_tokenises_with_the_workers_own_tokenizer(name, minilm):
     """The ids the parent sends with a unit are taken by an equal tokenizer, refused otherwise."""
-    from embed_collections.engine.workers import count_tokens_in_parent
+    from embed_collections.engine.executors.workers import count_tokens_in_parent
 
     if name != "torch":
         need(name)

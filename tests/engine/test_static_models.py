@@ -10,13 +10,14 @@ import pytest
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer
 
+from embed_collections.engine.backends import create_backend
+from embed_collections.engine.backends.choice import resolve_backend
 from embed_collections.engine.cache import EmbeddingCache, text_digest
-from embed_collections.engine.local_executor import embed_pending
-from embed_collections.engine.models import find_in_package, model_fingerprint, resolve_model
+from embed_collections.engine.executors.local import embed_pending
+from embed_collections.engine.models.folders import model_fingerprint
+from embed_collections.engine.models.resolve import find_in_package, resolve_model
+from embed_collections.engine.models.tiny import build_static_model, minilm_vocab_size
 from embed_collections.engine.options import EngineOptions
-from embed_collections.engine.preflight import resolve_backend
-from embed_collections.engine.runtimes import create_backend
-from embed_collections.engine.tiny_model import build_static_model, minilm_vocab_size
 from embed_collections.errors import UsageError
 
 LONG_TEXT = "static embedding models read every token of a long chunk " * 40  # > 128 tokens

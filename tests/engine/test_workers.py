@@ -14,9 +14,10 @@ import pytest
 from conftest import cosine, encode, engine_options, need_module
 
 from embed_collections.engine.cache import EmbeddingCache, text_digest
+from embed_collections.engine.executors.local import embed_pending
 from embed_collections.engine.lease import DeviceLease
-from embed_collections.engine.local_executor import embed_pending
-from embed_collections.engine.models import model_fingerprint, resolve_model
+from embed_collections.engine.models.folders import model_fingerprint
+from embed_collections.engine.models.resolve import resolve_model
 from embed_collections.errors import ModelError
 
 TEXTS = [f"Text number {i}: " + "word " * (i % 23) for i in range(60)]
@@ -179,8 +180,9 @@ WORKER_PARENT = """
 import logging, sys
 from pathlib import Path
 from embed_collections.engine.cache import EmbeddingCache, text_digest
-from embed_collections.engine.local_executor import embed_pending
-from embed_collections.engine.models import model_fingerprint, resolve_model
+from embed_collections.engine.executors.local import embed_pending
+from embed_collections.engine.models.folders import model_fingerprint
+from embed_collections.engine.models.resolve import resolve_model
 from embed_collections.engine.options import EngineOptions
 
 if __name__ == "__main__":
@@ -244,7 +246,7 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path, tiny_models):
 
 
 def test_units_are_sized_so_every_device_gets_work():
-    from embed_collections.engine.workers import SMALL_BATCH, cut_units
+    from embed_collections.engine.executors.workers import SMALL_BATCH, cut_units
 
     counts = [40] * 150  # 150 short texts: one CPU batch of 8,192 tokens holds them all
     for devices in (1, 2, 4):
@@ -255,7 +257,7 @@ def test_units_are_sized_so_every_device_gets_work():
 
 
 def test_units_shrink_as_the_work_runs_out():
-    from embed_collections.engine.workers import UNIT_BATCHES, cut_units
+    from embed_collections.engine.executors.workers import UNIT_BATCHES, cut_units
 
     counts = sorted(((i * 37) % 500 + 20 for i in range(2000)), reverse=True)
     units = cut_units(counts, 256, 2048, 0, 2)

@@ -12,7 +12,7 @@ import pytest
 from conftest import cli_run_args, invoke, run_cli, write_chunks
 
 import embed_collections as ec
-from embed_collections.engine.tiny_model import build_tiny_model
+from embed_collections.engine.models.tiny import build_tiny_model
 from embed_collections.errors import ModelError
 
 QUERY = "pruning roses in winter"

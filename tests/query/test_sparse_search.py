@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import Result, engine_options, run_cli, search_run, write_chunks
 
+from embed_collections.engine import SPARSE_VECTOR_NAME as VECTOR_NAME
+from embed_collections.engine import create_sparse_encoder as create_encoder
 from embed_collections.engine.options import EngineOptions
 from embed_collections.errors import UsageError
 from embed_collections.record.config import RunConfig
@@ -16,7 +18,6 @@ from embed_collections.runner.pipeline import run
 from embed_collections.stores import PointBatch, SearchQuery, VectorLayout
 from embed_collections.stores.edge import EdgeStore
 from embed_collections.stores.open import point_id
-from embed_collections.stores.sparse import VECTOR_NAME, create_encoder
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from conftest import run_cli, search_run, write_beir
 
-from embed_collections.engine.models import find_in_package
+from embed_collections.engine.models.resolve import find_in_package
+from embed_collections.engine.models.tiny import build_static_model, minilm_vocab_size
 from embed_collections.engine.options import EngineOptions
-from embed_collections.engine.tiny_model import build_static_model, minilm_vocab_size
 from embed_collections.errors import UsageError
 from embed_collections.query.evaluation import evaluate_beir
 from embed_collections.query.tune_beir import tune_beir

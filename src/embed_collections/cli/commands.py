@@ -19,6 +19,7 @@ from embed_collections.cli.options import (
     verbose_option,
 )
 from embed_collections.cli.render import echo_json, render_table, setup_logging
+from embed_collections.engine import DEFAULT_EXECUTOR, EXECUTORS
 
 
 class WaveSize(click.ParamType):
@@ -123,8 +124,8 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
 )
 @click.option(
     "--executor",
-    type=click.Choice(["local", "ray"]),
-    default="local",
+    type=click.Choice(list(EXECUTORS)),
+    default=DEFAULT_EXECUTOR,
     show_default=True,
     help="Where models run: this process, or actors on a Ray cluster (extra: [ray]).",
 )

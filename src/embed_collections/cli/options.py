@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from embed_collections.corpus.discovery import CHUNK_FILE_PATTERN, MAX_DISCOVERY_DEPTH
+from embed_collections.engine import AUTO_BACKEND, BACKEND_CHOICES
 
 # Options that take several values. The original script spelled them argparse-style
 # (`--ensemble_models a b c`); click wants one value per option, so such runs are rewritten to
@@ -220,8 +221,8 @@ engine_options = stack(
     ),
     click.option(
         "--backend",
-        type=click.Choice(["auto", "torch", "onnx", "openvino"]),
-        default="auto",
+        type=click.Choice(list(BACKEND_CHOICES)),
+        default=AUTO_BACKEND,
         show_default=True,
         help="auto: torch on CUDA; on CPU openvino, else onnx, if installed and checked once per "
         "model to match torch (cosine >= 0.9999), else torch.",

@@ -1,12 +1,21 @@
-"""The engine's front door: what the other wings use of models, backends, executors and the cache.
+"""The engine's front door: what the other wings use of models, backends, executors, encoders
+and the cache.
 
-No module outside the engine imports an engine module directly (`tests/test_architecture.py`);
-inside, the rooms import each other by their full names.
+The rooms: `models/` (names, resolution, prompts, fingerprints), `backends/` (how a model runs:
+torch, static, the ONNX Runtime and OpenVINO exports, the `auto` choice), `executors/` (where it
+runs: in this process, device worker processes, Ray actors, sharing one batch loop), `encoders/`
+(sparse encoders such as BM25); beside them the cache, the device lease, devices, options and
+telemetry. No module outside the engine imports a room directly (`tests/test_architecture.py`).
 """
 
 from __future__ import annotations
 
-from embed_collections.engine.backends import default_device, default_dtype
+from embed_collections.engine.backends import BACKENDS, REFERENCE_BACKEND, create_backend
+from embed_collections.engine.backends.base import Backend, default_device, default_dtype
+from embed_collections.engine.backends.choice import decide_backends
+from embed_collections.engine.backends.export import runtime_installed
+from embed_collections.engine.backends.kinds import AUTO as AUTO_BACKEND
+from embed_collections.engine.backends.kinds import CHOICES as BACKEND_CHOICES
 from embed_collections.engine.cache import EmbeddingCache, text_digest
 from embed_collections.engine.combine import (
     check_combine,
@@ -16,50 +25,70 @@ from embed_collections.engine.combine import (
     scaled_weights,
     vector_names,
 )
+from embed_collections.engine.encoders import SPARSE_ENCODERS, create_sparse_encoder
+from embed_collections.engine.encoders.bm25 import VECTOR_NAME as SPARSE_VECTOR_NAME
+from embed_collections.engine.encoders.bm25 import SparseEncoder
+from embed_collections.engine.encoders.bm25 import cached_vectors as cached_sparse_vectors
+from embed_collections.engine.encoders.bm25 import embed_pending as embed_sparse_pending
+from embed_collections.engine.executors import (
+    ADDRESS_EXECUTOR,
+    DEFAULT_EXECUTOR,
+    EXECUTORS,
+    Executor,
+    executor_for,
+)
+from embed_collections.engine.executors.local import ModelSession
 from embed_collections.engine.lease import default_lease_dir
-from embed_collections.engine.local_executor import LocalSession, ModelSession
-from embed_collections.engine.models import (
+from embed_collections.engine.models.folders import (
+    fingerprint_folder,
+    model_fingerprint,
+    static_format,
+)
+from embed_collections.engine.models.remote_code import code_references, transformer_folder
+from embed_collections.engine.models.resolve import locate_model, resolve_ensemble
+from embed_collections.engine.models.specs import (
     DEFAULT_ENSEMBLE_MODELS,
     ModelSettings,
     ModelSpec,
     canonical_name,
-    code_references,
-    fingerprint_folder,
-    locate_model,
-    model_fingerprint,
-    resolve_ensemble,
-    static_format,
-    transformer_folder,
 )
 from embed_collections.engine.options import EngineOptions
-from embed_collections.engine.preflight import decide_backends
-from embed_collections.engine.ray_cluster import cluster_session, describe_cluster
-from embed_collections.engine.ray_executor import RaySession
-from embed_collections.engine.runtimes import create_backend, runtime_installed
 from embed_collections.engine.telemetry import ModelTelemetry
 
 __all__ = [
+    "ADDRESS_EXECUTOR",
+    "AUTO_BACKEND",
+    "BACKEND_CHOICES",
+    "DEFAULT_EXECUTOR",
+    "BACKENDS",
     "DEFAULT_ENSEMBLE_MODELS",
+    "EXECUTORS",
+    "REFERENCE_BACKEND",
+    "SPARSE_ENCODERS",
+    "SPARSE_VECTOR_NAME",
+    "Backend",
     "EmbeddingCache",
     "EngineOptions",
-    "LocalSession",
+    "Executor",
     "ModelSession",
     "ModelSettings",
     "ModelSpec",
     "ModelTelemetry",
-    "RaySession",
+    "SparseEncoder",
+    "cached_sparse_vectors",
     "canonical_name",
     "check_combine",
-    "cluster_session",
     "code_references",
     "combine_vectors",
     "combined_dims",
     "create_backend",
+    "create_sparse_encoder",
     "decide_backends",
     "default_device",
     "default_dtype",
     "default_lease_dir",
-    "describe_cluster",
+    "embed_sparse_pending",
+    "executor_for",
     "fingerprint_folder",
     "locate_model",
     "model_fingerprint",

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from embed_collections.engine.models import ModelSpec
+from embed_collections.engine.models.specs import ModelSpec
 from embed_collections.errors import UsageError
 
 COMBINE_MODES = ("concat", "average", "named")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from embed_collections.engine.devices import physical_key
-from embed_collections.engine.models import user_cache_home
+from embed_collections.engine.models.folders import user_cache_home
 from embed_collections.errors import LeaseTimeoutError
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from embed_collections.engine.backends import default_dtype
+from embed_collections.engine.backends.base import default_dtype
+from embed_collections.engine.backends.kinds import AUTO
 from embed_collections.engine.devices import check_dtype, is_cuda, parse_devices
 
 # Tokens (padded) per forward pass. CPU: 2048 (8 texts of 256 tokens) is 5-19% faster than
@@ -28,7 +29,7 @@ class EngineOptions:
 
     device: str = ""
     dtype: str = ""
-    backend: str = "auto"
+    backend: str = AUTO
     quantize: str = ""
     batch_size: int = 0
     max_batch_tokens: int = 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, fields
 
+from embed_collections.engine.backends.kinds import REFERENCE_BACKEND
+
 MAX_TIMELINE = 120  # points of a device's throughput curve kept in the summary
 
 
@@ -59,7 +61,7 @@ class ModelTelemetry:
     model: str
     fingerprint: str
     device: str = "cpu"
-    backend: str = "torch"
+    backend: str = REFERENCE_BACKEND
     dtype: str = "float32"
     dim: int = 0
     max_seq_length: int = 0

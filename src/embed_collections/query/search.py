@@ -13,11 +13,15 @@ from typing import Any
 import numpy as np
 
 from embed_collections.engine import (
+    REFERENCE_BACKEND,
+    SPARSE_VECTOR_NAME,
     ModelSettings,
     ModelSpec,
+    SparseEncoder,
     code_references,
     combine_vectors,
     create_backend,
+    create_sparse_encoder,
     default_device,
     default_dtype,
     fingerprint_folder,
@@ -31,7 +35,6 @@ from embed_collections.engine import (
 from embed_collections.errors import ModelError, UsageError
 from embed_collections.record.run_record import ModelRecord, RunRecord
 from embed_collections.stores import Hit, SearchQuery, Store
-from embed_collections.stores import sparse as sparse_vectors
 from embed_collections.stores.base import PayloadMatch
 from embed_collections.stores.open import open_store
 
@@ -48,7 +51,7 @@ class QueryEncoder:
     specs: list[ModelSpec]
     combine: str
     vector_names: list[str]
-    sparse: sparse_vectors.SparseEncoder | None
+    sparse: SparseEncoder | None
     device: str = ""
     backends: list[str] = field(default_factory=list)  # per model, as the run embedded
     dtypes: list[str] = field(default_factory=list)
@@ -100,7 +103,7 @@ class QueryEncoder:
                 check_fingerprint(model, specs[-1])
         sparse = None
         if record.sparse:
-            sparse = sparse_vectors.create_encoder(**asdict(record.sparse))
+            sparse = create_sparse_encoder(**asdict(record.sparse))
         names = [model.vector_name for model in record.models]
         backends = [model.backend for model in record.models]
         dtypes = [model.dtype for model in record.models]
@@ -112,14 +115,14 @@ class QueryEncoder:
         """The backend and precision the run embedded this model with, where `device` can use
         them (the same kind of device, the runtime installed), else torch in the device's default
         precision (a run made on GPUs, searched from a laptop)."""
-        backend = self.backends[index] if index < len(self.backends) else "torch"
+        backend = self.backends[index] if index < len(self.backends) else REFERENCE_BACKEND
         dtype = self.dtypes[index] if index < len(self.dtypes) else ""
         same_kind = device.startswith("cuda") == self.run_device.startswith("cuda")
         if not same_kind or not dtype:
             dtype = default_dtype(device)
         runtime = backend.partition("-")[0]
-        if backend != "torch" and (device != "cpu" or not runtime_installed(runtime)):
-            backend = "torch"
+        if backend != REFERENCE_BACKEND and (device != "cpu" or not runtime_installed(runtime)):
+            backend = REFERENCE_BACKEND
         return backend, dtype
 
     def dense(self, queries: list[str], batch_size: int = 64) -> dict[str, np.ndarray]:
@@ -239,7 +242,7 @@ def build_queries(
         if dense:
             query = replace(query, dense={name: array[row] for name, array in dense.items()})
         if sparse:
-            query = replace(query, sparse={sparse_vectors.VECTOR_NAME: sparse[row]})
+            query = replace(query, sparse={SPARSE_VECTOR_NAME: sparse[row]})
         queries.append(query)
     return queries
 

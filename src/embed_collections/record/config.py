@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from embed_collections.corpus.discovery import CHUNK_FILE_PATTERN, MAX_DISCOVERY_DEPTH
-from embed_collections.engine import DEFAULT_ENSEMBLE_MODELS, EngineOptions
+from embed_collections.engine import (
+    ADDRESS_EXECUTOR,
+    DEFAULT_ENSEMBLE_MODELS,
+    DEFAULT_EXECUTOR,
+    EngineOptions,
+    executor_for,
+)
 from embed_collections.errors import UsageError
 from embed_collections.record.weights import apply_weights_file
 from embed_collections.stores.base import StorageOptions
@@ -57,7 +63,7 @@ class RunConfig:
     document_prefix: dict[str, str] = field(default_factory=dict)  # model -> prefix (user's)
     query_prefix: dict[str, str] = field(default_factory=dict)
     engine: EngineOptions = field(default_factory=EngineOptions)
-    executor: str = "local"  # or "ray": ray_executor embeds on a Ray cluster's actors
+    executor: str = DEFAULT_EXECUTOR  # a name of `engine.EXECUTORS`
     ray_address: str | None = None
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
@@ -190,13 +196,14 @@ def build_run_config(
         show_progress=not given.get("quiet", False),
     )
     if given.get("ray_address"):  # a Ray address means the Ray executor
-        if given.get("executor", "ray") != "ray":
+        if given.get("executor", ADDRESS_EXECUTOR) != ADDRESS_EXECUTOR:
             raise UsageError(
-                f"--ray-address {given['ray_address']} needs --executor ray (drop --executor "
+                f"--ray-address {given['ray_address']} needs --executor {ADDRESS_EXECUTOR} "
+                f"(drop --executor "
                 f"{given['executor']}, or drop --ray-address to run in this process)"
             )
-        given["executor"] = "ray"
-    executor = given.get("executor", "local")
+        given["executor"] = ADDRESS_EXECUTOR
+    executor = executor_for(given.get("executor") or DEFAULT_EXECUTOR)
     explicit = {"chunked_dir", "output_dir", "environment", "models", "weights", "engine"}
     explicit |= {"collections", "qdrant_url", "upload", "build_index", "export", "wait"}
     explicit |= {"document_prefix", "query_prefix", "storage"}
@@ -207,7 +214,7 @@ def build_run_config(
         environment=environment,
         models=models,
         weights=weights,
-        engine=engine if executor == "ray" else engine.resolved(),
+        engine=engine if executor.on_cluster else engine.resolved(),
         **{k: v for k, v in given.items() if k in config_fields},
         collections=tuple(given.get("collections") or ()),
         qdrant_url=url,

@@ -12,7 +12,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from embed_collections.corpus.chunks import Chunk, LoadedCollection
-from embed_collections.engine import EmbeddingCache, combine_vectors, text_digest, vector_names
+from embed_collections.engine import (
+    SPARSE_VECTOR_NAME,
+    EmbeddingCache,
+    cached_sparse_vectors,
+    combine_vectors,
+    text_digest,
+    vector_names,
+)
 from embed_collections.errors import StoreError
 from embed_collections.record.config import RunConfig
 from embed_collections.record.summary import CollectionResult
@@ -26,7 +33,6 @@ from embed_collections.runner.sinks import (
     check_held,
     held_as_marked,
 )
-from embed_collections.stores import sparse as sparse_vectors
 from embed_collections.stores.base import PointBatch, Store, VectorLayout
 from embed_collections.stores.open import point_id
 
@@ -265,10 +271,6 @@ def build_batch(
     payloads = [chunk.payload() for chunk in chunks]
     sparse = {}
     if ensemble.sparse:
-        sparse = {
-            sparse_vectors.VECTOR_NAME: sparse_vectors.cached_vectors(
-                ensemble.sparse, digests, cache
-            )
-        }
+        sparse = {SPARSE_VECTOR_NAME: cached_sparse_vectors(ensemble.sparse, digests, cache)}
     ids = [point_id(collection, c.chunk_id) for c in chunks]
     return PointBatch(ids=ids, dense=dense, payloads=payloads, sparse=sparse)

@@ -9,11 +9,14 @@ from pathlib import Path
 
 from embed_collections.corpus.discovery import find_chunk_files
 from embed_collections.engine import (
+    SPARSE_VECTOR_NAME,
     EmbeddingCache,
     ModelSpec,
     ModelTelemetry,
+    SparseEncoder,
     check_combine,
     combined_dims,
+    create_sparse_encoder,
     decide_backends,
     fingerprint_folder,
     model_fingerprint,
@@ -28,7 +31,6 @@ from embed_collections.record.run_record import (
     SparseRecord,
     StoreRecord,
 )
-from embed_collections.stores import sparse as sparse_vectors
 from embed_collections.stores.base import StorageOptions, VectorLayout
 
 
@@ -40,7 +42,7 @@ class Ensemble:
     fingerprints: list[str]
     combine: str
     backends: list[str]
-    sparse: sparse_vectors.SparseEncoder | None = None
+    sparse: SparseEncoder | None = None
     telemetry: dict[str, ModelTelemetry] = field(default_factory=dict)
     storage: StorageOptions = field(default_factory=StorageOptions)
 
@@ -56,7 +58,7 @@ class Ensemble:
         dims = self.dims(cache)
         if any(d is None for d in dims):
             return None
-        sparse = (sparse_vectors.VECTOR_NAME,) if self.sparse else ()
+        sparse = (SPARSE_VECTOR_NAME,) if self.sparse else ()
         dense = combined_dims(self.combine, self.specs, dims)  # type: ignore[arg-type]
         return VectorLayout(dense, sparse, self.storage)
 
@@ -150,7 +152,7 @@ def prepare_ensemble(config: RunConfig, sample: list[str] | None = None) -> Ense
     ]
     encoder = None
     if config.sparse:
-        encoder = sparse_vectors.create_encoder(config.sparse, config.sparse_language)
+        encoder = create_sparse_encoder(config.sparse, config.sparse_language)
     return Ensemble(specs, fingerprints, config.combine, backends, encoder, storage=config.storage)
 
 

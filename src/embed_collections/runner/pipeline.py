@@ -24,7 +24,7 @@ from embed_collections.corpus.discovery import (
     discover_collections,
     filter_collections,
 )
-from embed_collections.engine import EmbeddingCache, default_lease_dir
+from embed_collections.engine import EmbeddingCache, default_lease_dir, executor_for
 from embed_collections.errors import (
     DiskFullError,
     EmbedCollectionsError,
@@ -125,13 +125,12 @@ def run(config: RunConfig) -> RunSummary:
         file_log(config.output_dir / LOG_FILE),
         ExitStack() as stack,
     ):
-        if config.executor == "ray":  # preflight: join Ray and check its devices before any model
-            from embed_collections.engine import cluster_session
-
+        executor = executor_for(config.executor)
+        if executor.start:  # preflight: join the cluster and check its devices before any model
             ray_started = time.perf_counter()
-            engine = stack.enter_context(cluster_session(config.ray_address, config.engine))
+            engine = stack.enter_context(executor.start(config.ray_address, config.engine))
             config = replace(config, engine=engine)
-            phases["ray start-up"] = time.perf_counter() - ray_started
+            phases[f"{executor.name} start-up"] = time.perf_counter() - ray_started
         summary = run_logged(config, started, phases)
     write_run_report(config.output_dir)
     return summary
@@ -246,7 +245,7 @@ def run_logged(
 
 def check_lease_dir(config: RunConfig) -> None:
     """Fail before any model loads when the device lease directory cannot hold a lock file."""
-    if config.executor == "ray":
+    if executor_for(config.executor).on_cluster:
         return  # the leases live on the cluster's nodes
     path = Path(config.engine.lease_dir or default_lease_dir())
     try:
@@ -319,11 +318,8 @@ def run_extras(
     config: RunConfig, ensemble: Ensemble, layout: VectorLayout | None, seconds: float
 ) -> dict:
     """The keys the summary adds after the V6.1 schema."""
-    ray_cluster = None
-    if config.executor == "ray":
-        from embed_collections.engine import describe_cluster
-
-        ray_cluster = describe_cluster()
+    describe = executor_for(config.executor).describe
+    ray_cluster = describe() if describe else None
     return {
         "executor": config.executor,
         "ray": ray_cluster,

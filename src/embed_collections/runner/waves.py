@@ -20,7 +20,13 @@ from pathlib import Path
 
 from embed_collections.corpus.chunks import LoadedCollection, load_collection
 from embed_collections.corpus.discovery import find_chunk_files
-from embed_collections.engine import EmbeddingCache, LocalSession, ModelSession, text_digest
+from embed_collections.engine import (
+    EmbeddingCache,
+    ModelSession,
+    embed_sparse_pending,
+    executor_for,
+    text_digest,
+)
 from embed_collections.progress import Progress
 from embed_collections.record.config import RunConfig
 from embed_collections.record.summary import (
@@ -34,7 +40,6 @@ from embed_collections.runner.collection import Targets, store_collection
 from embed_collections.runner.diskspace import check_wave_space, stops_the_run
 from embed_collections.runner.ensemble import Ensemble
 from embed_collections.stores import Store
-from embed_collections.stores import sparse as sparse_vectors
 
 log = logging.getLogger("embed_collections.runner.pipeline")
 
@@ -59,11 +64,7 @@ class RunWork:
 
 def choose_session(config: RunConfig) -> type[ModelSession]:
     """The session class of `config.executor`: in this process (local) or on Ray actors."""
-    if config.executor == "ray":
-        from embed_collections.engine import RaySession
-
-        return RaySession
-    return LocalSession
+    return executor_for(config.executor).session
 
 
 def plan_passes(count: int, holds_device: bool) -> list[list[int]]:
@@ -238,7 +239,7 @@ def store_wave(
     if ensemble.sparse:
         clock = time.perf_counter()
         texts = {text_digest(c.text): c.text for loaded in wave for c in loaded.chunks}
-        sparse_vectors.embed_pending(ensemble.sparse, texts, cache)
+        embed_sparse_pending(ensemble.sparse, texts, cache)
         work.add_phase("embed bm25", time.perf_counter() - clock)
     layout = ensemble.layout(cache)
     for loaded in wave:

@@ -18,7 +18,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from embed_collections.engine.batches import (
+from embed_collections.engine.cache import EmbeddingCache
+from embed_collections.engine.devices import is_cuda
+from embed_collections.engine.executors.batches import (
     count_tokens,
     lease_for,
     load_backend,
@@ -29,10 +31,8 @@ from embed_collections.engine.batches import (
     run_batches,
     start_telemetry,
 )
-from embed_collections.engine.cache import EmbeddingCache
-from embed_collections.engine.devices import is_cuda
 from embed_collections.engine.lease import LeaseEvent
-from embed_collections.engine.models import ModelSpec
+from embed_collections.engine.models.specs import ModelSpec
 from embed_collections.engine.options import EngineOptions
 from embed_collections.engine.telemetry import DeviceTelemetry, ModelTelemetry, Timer
 
@@ -62,7 +62,7 @@ def embed_pending(
         return telemetry
     devices = options.devices
     if len(devices) > 1 and not spec.static:  # a static model is fast enough on one device
-        from embed_collections.engine.workers import embed_on_devices
+        from embed_collections.engine.executors.workers import embed_on_devices
 
         embed_on_devices(spec, fingerprint, texts, cache, options, events, telemetry, devices)
         return telemetry
@@ -169,7 +169,7 @@ def embed_in_process(
             spec.name, len(missing), telemetry.cache_hits, device, load_timer.seconds,
         )  # fmt: skip
         inputs = prefixed(spec, texts, missing)
-        if hasattr(backend, "embed_with_counts"):
+        if backend.token_bag:
             with Timer() as embed_timer:
                 run_static_batches(backend, spec, fingerprint, missing, inputs, cache, telemetry)
             telemetry.embed_seconds = embed_timer.seconds

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embed_collections.engine.models import find_in_package
+from embed_collections.engine.models.resolve import find_in_package
 
 
 def pseudo_words() -> list[str]:

@@ -1,14 +1,13 @@
-"""CPU backends: a sentence-transformers model exported once to ONNX (torch.onnx, not optimum,
-which pins transformers < 5), run by onnxruntime or OpenVINO with its fast tokenizer and numpy
-pooling. Other module layouts than LAYOUT are refused at load (and `auto` uses torch).
+"""A sentence-transformers model exported once to ONNX (torch.onnx, not optimum, which pins
+transformers < 5) for the CPU runtimes. Other module layouts than LAYOUT are refused.
 
-Exports live in `<user cache>/exported/<model folder fingerprint>/<backend>/` (model folders may be
-read-only), each built in a temporary folder and renamed into place, so none is ever half written.
+Exports live in `<user cache>/exported/<model folder fingerprint>/<backend>/` (model folders may
+be read-only), each built in a temporary folder and renamed into place, so none is ever half
+written.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import inspect
 import json
@@ -24,28 +23,47 @@ from typing import Any
 
 import numpy as np
 
-from embed_collections.engine.backends import (
-    Backend,
+from embed_collections.engine.backends.base import (
     CountingTokenizer,
-    SentenceTransformerBackend,
-    StaticBackend,
-    TokenisedOnce,
-    pad_rows,
 )
-from embed_collections.engine.models import ModelSpec, fingerprint_folder, user_cache_home
+from embed_collections.engine.backends.kinds import CHOICES, INT8, ONNX, RUNTIMES, quantized
+from embed_collections.engine.backends.transformer import SentenceTransformerBackend
+from embed_collections.engine.models.folders import fingerprint_folder, user_cache_home
+from embed_collections.engine.models.specs import ModelSpec
 from embed_collections.errors import EmbedCollectionsError, ModelError
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}  # backend -> module that runs it
-AUTO_ORDER = ("openvino", "onnx")  # fastest lossless first (bench/backends.py)
-INT8_ORDER = ("onnx", "openvino")  # fastest int8 first (bench/backends.py)
+
+def runtime_installed(runtime: str) -> bool:
+    """True when the runtime's package (onnxruntime or openvino) can be imported."""
+    return importlib.util.find_spec(RUNTIMES[runtime]) is not None
+
+
+def split_backend(backend: str) -> tuple[str, str]:
+    """`onnx-int8` -> (`onnx`, `int8`); a ModelError for names that are not runtime backends."""
+    runtime, _, quantize = backend.partition("-")
+    if runtime not in RUNTIMES or quantize not in ("", INT8):
+        choices = ", ".join([*CHOICES, *map(quantized, RUNTIMES)])
+        raise ModelError(f'Backend "{backend}" is not available (choose {choices})')
+    return runtime, quantize
+
+
+def import_openvino() -> Any:
+    """OpenVINO without its usage telemetry: `import openvino` sends an event from a thread
+    pool whose sender forks, which has hung a finished run at exit; blocking the telemetry
+    package makes OpenVINO use its own no-op stub (unless this process imported it already)."""
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    import openvino
+
+    return openvino
+
+
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens")
 LAYOUT = f"Transformer + Pooling ({', '.join(POOLING_MODES)}) (+ Dense) (+ Normalize)"
 ACTIVATIONS = {"Identity": np.positive, "Tanh": np.tanh}  # np.positive: a copy, unchanged
 TEXT_METHOD = ("forward", "last_hidden_state")
 LOSSLESS_COSINE = 0.9999
-INT8_SAMPLE = 64  # texts compared with the fp32 twin, to tell users what int8 costs
 MANIFEST = "manifest.json"
 FORMAT = 2  # of the export folders; a change rebuilds them
 EXPORT_DIR_ENV = "EMBED_COLLECTIONS_EXPORT_DIR"
@@ -60,20 +78,6 @@ def export_root() -> Path:
     if os.environ.get(EXPORT_DIR_ENV):
         return Path(os.environ[EXPORT_DIR_ENV])
     return user_cache_home() / "exported"
-
-
-def runtime_installed(runtime: str) -> bool:
-    """True when the runtime's package (onnxruntime or openvino) can be imported."""
-    return importlib.util.find_spec(RUNTIMES[runtime]) is not None
-
-
-def split_backend(backend: str) -> tuple[str, str]:
-    """`onnx-int8` -> (`onnx`, `int8`); a ModelError for names that are not runtime backends."""
-    runtime, _, quantize = backend.partition("-")
-    if runtime not in RUNTIMES or quantize not in ("", "int8"):
-        choices = "auto, torch, onnx, openvino, onnx-int8 or openvino-int8"
-        raise ModelError(f'Backend "{backend}" is not available (choose {choices})')
-    return runtime, quantize
 
 
 def refuse(spec: ModelSpec, problem: str) -> ModelError:
@@ -120,15 +124,17 @@ def ensure_exported(spec: ModelSpec, backend: str) -> Path:
 def build_export(spec: ModelSpec, backend: str, folder: Path) -> None:
     """Write one backend's files into `folder`, the manifest last (its presence means complete)."""
     runtime, quantize = split_backend(backend)
-    if backend == "onnx":
+    if backend == ONNX.name:
         manifest = export_onnx(spec, folder)
     else:
-        source = ensure_exported(spec, "onnx-int8" if quantize and runtime != "onnx" else "onnx")
+        source = ensure_exported(
+            spec, quantized(ONNX.name) if quantize and runtime != ONNX.name else ONNX.name
+        )
         for side_file in source.iterdir():
             if side_file.name not in (MANIFEST, "model.onnx"):
                 shutil.copy2(side_file, folder / side_file.name)
         manifest = read_manifest(source)
-        if runtime == "onnx":
+        if runtime == ONNX.name:
             quantize_onnx(source / "model.onnx", folder / "model.onnx")
         else:
             ov = import_openvino()
@@ -259,157 +265,3 @@ def counting_tokenizer(spec: ModelSpec, folder: Path) -> CountingTokenizer:
     return CountingTokenizer.from_file(
         folder / "tokenizer.json", sequence_limit(spec, manifest), bool(manifest["do_lower_case"])
     )
-
-
-class RuntimeBackend(TokenisedOnce):
-    """A model exported to ONNX and run on CPU by onnxruntime or OpenVINO, pooled with numpy."""
-
-    def __init__(self, spec: ModelSpec, backend: str = "onnx", threads: int | None = None):
-        self.runtime, self.quantize = split_backend(backend)
-        self.spec, self.backend, self.name, self.threads = spec, backend, spec.name, threads
-        self.dim = spec.settings.truncate_dim or spec.dim or 0
-        self.max_seq_length = spec.settings.max_seq_length or 512
-        self.reference: RuntimeBackend | None = None  # the fp32 twin an int8 backend checks with
-        self.cosines: list[float] = []
-        self.tokenised = {}  # ids from `token_counts` or the workers' parent, until batched
-
-    def load(self, device: str = "cpu") -> None:
-        if not device.startswith("cpu"):
-            raise ModelError(f'Backend "{self.backend}" runs on CPU only, not {device}')
-        if not runtime_installed(self.runtime):
-            extra = f"pip install 'embed-collections[{self.runtime}]'"
-            raise ModelError(f'Backend "{self.backend}" needs {RUNTIMES[self.runtime]} ({extra})')
-        folder = ensure_exported(self.spec, self.backend)
-        self.manifest = manifest = read_manifest(folder)
-        self.max_seq_length = sequence_limit(self.spec, manifest)
-        self.dim = self.spec.settings.truncate_dim or int(manifest["dim"])
-        self.counter = counting_tokenizer(self.spec, folder)
-        self.steps = [load_step(folder, step) for step in manifest["steps"]]
-        opener = open_onnxruntime if self.runtime == "onnx" else open_openvino
-        self.session = opener(folder, self.threads)
-        if self.quantize:
-            self.reference = RuntimeBackend(self.spec, self.runtime, self.threads)
-            self.reference.load(device)
-
-    def token_counts(self, texts: list[str]) -> list[int]:
-        """Untruncated token counts (special tokens included), used to sort and to report cuts;
-        each text's ids are kept for its batch (`TokenisedOnce`)."""
-        return self.count_and_keep(texts)
-
-    def feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """The model's inputs for a batch, padded to its longest text as the export expects."""
-        padding = self.manifest["padding"]
-        arrays = pad_rows(
-            self.rows(texts), padding["pad_id"], padding["pad_type_id"],
-            padding["direction"] == "left",
-        )  # fmt: skip
-        return {name: arrays[name] for name in self.manifest["inputs"]}
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        vectors = self.forward(texts)
-        if self.reference is not None:
-            sample = texts[: INT8_SAMPLE - len(self.cosines)]
-            self.cosines.extend(cosines(vectors[: len(sample)], self.reference.forward(sample)))
-            if len(self.cosines) >= INT8_SAMPLE:
-                self.report_agreement()
-        return vectors
-
-    def forward(self, texts: list[str]) -> np.ndarray:
-        arrays = self.feeds(texts)
-        vectors = pool(self.session(arrays), arrays["attention_mask"], self.manifest["pooling"])
-        for step in self.steps:
-            vectors = step(vectors)
-        vectors = vectors[:, : self.spec.settings.truncate_dim or None]
-        return np.ascontiguousarray(vectors, dtype=np.float32)
-
-    def report_agreement(self) -> None:
-        """Tell the user what int8 costs: cosine to fp32 on the first (longest) texts embedded."""
-        if self.cosines and self.reference is not None:
-            log.warning(
-                "%s: %s agrees with %s fp32 at mean cosine %.4f, min %.4f over %d texts "
-                "(int8 pays on CPUs with VNNI or AMX; drop --quantize for exact vectors)",
-                *(self.name, self.backend, self.runtime),
-                *(float(np.mean(self.cosines)), float(np.min(self.cosines)), len(self.cosines)),
-            )
-        self.reference = None
-
-    def unload(self) -> None:
-        self.report_agreement()
-        self.session = None
-        self.tokenised.clear()
-
-
-def open_onnxruntime(folder: Path, threads: int | None):
-    """An onnxruntime CPU session on every available core unless told otherwise."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1  # its default: physical cores
-    options.log_severity_level = 3
-    cpu = ["CPUExecutionProvider"]  # required to be explicit where a GPU build is installed
-    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), options, providers=cpu)
-    return lambda feeds: session.run(["last_hidden_state"], feeds)[0]
-
-
-def import_openvino() -> Any:
-    """OpenVINO without its usage telemetry: `import openvino` sends an event from a thread
-    pool whose sender forks, which has hung a finished run at exit; blocking the telemetry
-    package makes OpenVINO use its own no-op stub (unless this process imported it already)."""
-    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
-    import openvino
-
-    return openvino
-
-
-def open_openvino(folder: Path, threads: int | None):
-    """An OpenVINO CPU request; f32 forced, since CPUs with bf16 units otherwise default to bf16."""
-    ov = import_openvino()
-
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-    if threads:  # a CPU worker's share: pinned threads of two workers would land on one core
-        config.update({"INFERENCE_NUM_THREADS": str(threads), "ENABLE_CPU_PINNING": "NO"})
-    compiled = ov.Core().compile_model(folder / "model.xml", "CPU", config)
-    return lambda feeds: compiled(feeds)[0]
-
-
-def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
-    """Sentence-transformers' Pooling in numpy, padding excluded the same way."""
-    if mode == "cls":
-        return hidden[:, 0].copy()
-    weights = mask.astype(hidden.dtype)
-    if mode == "max":
-        return np.where(weights[..., None] > 0, hidden, np.float32(-1e9)).max(axis=1)
-    counts = np.clip(weights.sum(axis=1, keepdims=True), 1e-9, None)
-    total = np.einsum("bsh,bs->bh", hidden, weights)
-    return total / (np.sqrt(counts) if mode == "mean_sqrt_len_tokens" else counts)
-
-
-def load_step(folder: Path, step: dict):
-    """A post-pooling step (Dense or Normalize) as a numpy function."""
-    if step["kind"] == "normalize":
-        return lambda v: v / np.clip(np.linalg.norm(v, axis=1, keepdims=True), 1e-12, None)
-    weights = np.load(folder / step["file"])
-    weight, activation = weights["weight"], ACTIVATIONS[step["activation"]]
-    bias = weights["bias"] if "bias" in weights else np.float32(0)
-    return lambda v: activation(v @ weight.T + bias)
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> list[float]:
-    norms = np.clip(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12, None)
-    return [float(c) for c in np.sum(a * b, axis=1) / norms]
-
-
-def create_backend(
-    spec: ModelSpec, backend: str = "torch", dtype: str | None = None, threads: int | None = None
-) -> Backend:
-    """The backend for a model: torch (sentence-transformers), or onnx / openvino [-int8] on CPU.
-
-    Pass a decided backend (`preflight.decide_backends`); `auto` means torch here. `threads`:
-    the CPU threads a runtime may use (a CPU worker's share of the cores; torch's are set per
-    process).
-    """
-    if backend in ("auto", "torch") and spec.static:
-        return StaticBackend(spec, dtype)  # a token-bag model runs on torch only
-    if backend in ("auto", "torch"):
-        return SentenceTransformerBackend(spec, dtype)
-    return RuntimeBackend(spec, backend, threads)  # a ModelError naming the choices if unknown

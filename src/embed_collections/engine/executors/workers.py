@@ -30,8 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from embed_collections.engine.backends import CountingTokenizer
-from embed_collections.engine.batches import (
+from embed_collections.engine.backends.base import CountingTokenizer
+from embed_collections.engine.backends.kinds import REFERENCE_BACKEND, is_reference
+from embed_collections.engine.cache import EmbeddingCache
+from embed_collections.engine.devices import is_cuda
+from embed_collections.engine.executors.batches import (
     MAX_BATCH_TEXTS,
     TOKENIZE_CHUNK,
     Faults,
@@ -46,11 +49,10 @@ from embed_collections.engine.batches import (
     report_non_finite,
     run_batches,
 )
-from embed_collections.engine.cache import EmbeddingCache
-from embed_collections.engine.devices import is_cuda
 from embed_collections.engine.lease import LeaseEvent
 from embed_collections.engine.lifeline import die_with_parent
-from embed_collections.engine.models import ModelSpec, transformer_folder
+from embed_collections.engine.models.remote_code import transformer_folder
+from embed_collections.engine.models.specs import ModelSpec
 from embed_collections.engine.options import EngineOptions, default_batch_tokens
 from embed_collections.engine.telemetry import DeviceTelemetry, ModelTelemetry, Timer
 from embed_collections.errors import ModelError
@@ -103,8 +105,9 @@ def worker_main(
         threads = None
         if device.startswith("cpu") and cpu_workers > 1:  # share the cores, never oversubscribe
             threads = max(1, (os.cpu_count() or 1) // cpu_workers)
-            if decided_backend(options) == "torch":  # a runtime takes `threads` at load; torch
-                import torch  # is not imported for it (~1 s of a worker's start)
+            # A runtime takes `threads` at load; torch is not imported for it (~1 s of a start).
+            if decided_backend(options) == REFERENCE_BACKEND:
+                import torch
 
                 torch.set_num_threads(threads)
         if is_cuda(device):
@@ -187,8 +190,8 @@ def parent_counter(spec: ModelSpec, backend: str) -> Any:
     transformers, which it does not import); for torch the model's fast tokenizer as
     sentence-transformers loads it, truncated at the model's configured window. Else the
     transformers tokenizer itself, to count."""
-    if backend not in ("auto", "torch"):
-        from embed_collections.engine.runtimes import export_tokenizer
+    if not is_reference(backend):
+        from embed_collections.engine.backends.export import export_tokenizer
 
         return export_tokenizer(spec, backend)
     from transformers import AutoTokenizer

@@ -42,21 +42,21 @@ from typing import Any
 
 import numpy as np
 
-from embed_collections.engine.batches import (
+from embed_collections.engine.backends import create_backend
+from embed_collections.engine.cache import EmbeddingCache, write_shard
+from embed_collections.engine.executors.batches import (
     TokenBudget,
     progress_bar,
     report_non_finite,
     run_batches,
     start_telemetry,
 )
-from embed_collections.engine.cache import EmbeddingCache, write_shard
+from embed_collections.engine.executors.local import ModelSession
+from embed_collections.engine.executors.ray_cluster import connect, import_ray, ray_error
 from embed_collections.engine.lease import LeaseEvent
 from embed_collections.engine.lifeline import die_with_driver
-from embed_collections.engine.local_executor import ModelSession
-from embed_collections.engine.models import ModelSpec
+from embed_collections.engine.models.specs import ModelSpec
 from embed_collections.engine.options import EngineOptions, default_batch_tokens
-from embed_collections.engine.ray_cluster import connect, import_ray, ray_error
-from embed_collections.engine.runtimes import create_backend
 from embed_collections.engine.telemetry import DeviceTelemetry, ModelTelemetry, Timer
 from embed_collections.errors import (
     LeaseTimeoutError,

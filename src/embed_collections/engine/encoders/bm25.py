@@ -15,11 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embed_collections.engine import EmbeddingCache
+from embed_collections.engine.cache import EmbeddingCache
 from embed_collections.errors import UsageError
 
 VECTOR_NAME = "bm25"
-SPARSE_KINDS = ("bm25",)
 
 
 @dataclass
@@ -70,15 +69,6 @@ class SparseEncoder:
     def embed_query(self, text: str) -> tuple[list[int], list[float]]:
         vector = self.model.embed_query(text)
         return list(vector.indices), list(vector.values)
-
-
-def create_encoder(
-    kind: str, language: str = "english", k: float = 1.2, b: float = 0.75, avg_len: float = 256.0
-) -> SparseEncoder:
-    """The sparse encoder for `--sparse KIND`, or a usage error listing the kinds."""
-    if kind not in SPARSE_KINDS:
-        raise UsageError(f'Unknown sparse model "{kind}". Choose one of {", ".join(SPARSE_KINDS)}')
-    return SparseEncoder(kind, language, k, b, avg_len)
 
 
 def pack(indices: list[int], values: list[float]) -> bytes:

@@ -21,18 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
-from embed_collections.engine.backends import Batch, is_out_of_memory
+from embed_collections.engine.backends import create_backend
+from embed_collections.engine.backends.base import Batch, is_out_of_memory
+from embed_collections.engine.backends.kinds import AUTO, REFERENCE_BACKEND, RUNTIMES
 from embed_collections.engine.cache import EmbeddingCache
 from embed_collections.engine.devices import is_cuda
 from embed_collections.engine.lease import DeviceLease
-from embed_collections.engine.models import ModelSpec
+from embed_collections.engine.models.specs import ModelSpec
 from embed_collections.engine.options import EngineOptions, default_batch_tokens
-from embed_collections.engine.runtimes import create_backend
 from embed_collections.engine.telemetry import MAX_REPORTED_TEXTS, DeviceTelemetry, ModelTelemetry
 from embed_collections.errors import ModelError
 from embed_collections.progress import Progress
 
-log = logging.getLogger("embed_collections.engine.local_executor")
+log = logging.getLogger("embed_collections.engine.executors.local")
 
 TOKENIZE_CHUNK = 4096  # texts tokenised per call, to bound memory on huge pending sets
 MAX_BATCH_TEXTS = 1024  # a cap on texts per batch whatever the budget (very short texts)
@@ -42,7 +43,7 @@ FAULT_VARIABLE = "EMBED_COLLECTIONS_FAULT"
 
 def decided_backend(options: EngineOptions) -> str:
     """The backend preflight decided (`auto` is passed only where preflight did not run: torch)."""
-    return "torch" if options.backend == "auto" else options.backend
+    return REFERENCE_BACKEND if options.backend == AUTO else options.backend
 
 
 def start_telemetry(
@@ -63,7 +64,7 @@ def start_telemetry(
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-OTHER_RUNTIMES = {"onnx", "openvino"}  # folders of exported variants torch never loads
+OTHER_RUNTIMES = set(RUNTIMES)  # folders of exported variants torch never loads
 NOT_WEIGHTS = ("training_args", "optimizer", "scheduler", "rng_state")
 
 
@@ -265,15 +266,13 @@ def run_batches(
     limit = backend.max_seq_length
     budget = budget or TokenBudget(max_tokens or default_batch_tokens(stats.device))
     max_texts = max_texts or MAX_BATCH_TEXTS
-    tokenize_batch: Callable[[list[str]], Batch] = getattr(backend, "tokenize", None) or Batch
-    forward = getattr(backend, "forward", None) if hasattr(backend, "tokenize") else None
     # A tokenizer must not run on two threads: the prefetch thread and the float32 re-run (which
     # tokenises again) take turns through this lock.
     tokenizer_lock = threading.Lock()
 
     def tokenize(texts: list[str]) -> Batch:
         with tokenizer_lock:
-            return tokenize_batch(texts)
+            return backend.tokenize(texts)
 
     faults = Faults(stats.device)
     position = 0
@@ -296,7 +295,7 @@ def run_batches(
             rows = list(range(position, end))
             try:
                 faults.before_forward(stats.batches)
-                vectors = forward(batch) if forward else backend.embed(batch.texts)
+                vectors = backend.forward(batch)
                 vectors = faults.after_forward(stats.batches, vectors, float32=False)
                 # Inside the handler: the float32 re-run needs about twice the activations of
                 # the batch that just fitted, so it is the likeliest forward pass to run out.
@@ -346,10 +345,9 @@ def keep_finite(backend, texts, rows, vectors, stats, faults, skip, tokenizer_lo
         return rows, vectors
     stats.non_finite_retries += 1
     again = [i for i, b in enumerate(bad) if b]
-    rerun = getattr(backend, "embed_float32", backend.embed)
     faults.before_float32(stats.batches)
     with tokenizer_lock or threading.Lock():
-        fixed = rerun([texts[i] for i in again])
+        fixed = backend.embed_float32([texts[i] for i in again])
     fixed = faults.after_forward(stats.batches, fixed, float32=True)
     vectors = vectors.copy()
     vectors[again] = fixed

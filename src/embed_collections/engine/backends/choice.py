@@ -20,23 +20,32 @@ import time
 import numpy as np
 
 from embed_collections.atomic import write_json_atomic
-from embed_collections.engine.backends import SentenceTransformerBackend
-from embed_collections.engine.batches import count_tokens, run_batches
-from embed_collections.engine.models import ModelSpec, fingerprint_folder
-from embed_collections.engine.options import CPU_BATCH_TOKENS, EngineOptions
-from embed_collections.engine.runtimes import (
-    AUTO_ORDER,
+from embed_collections.engine.backends import create_backend
+from embed_collections.engine.backends.export import (
     CHECK_TEXTS,
-    INT8_ORDER,
     LAYOUT,
     LOSSLESS_COSINE,
-    RUNTIMES,
-    RuntimeBackend,
-    cosines,
-    create_backend,
     export_root,
     runtime_installed,
 )
+from embed_collections.engine.backends.kinds import (
+    AUTO,
+    AUTO_ORDER,
+    CHOICES,
+    INT8,
+    INT8_ORDER,
+    KINDS,
+    ONNX,
+    REFERENCE_BACKEND,
+    RUNTIMES,
+    quantized,
+)
+from embed_collections.engine.backends.runtime import RuntimeBackend, cosines
+from embed_collections.engine.backends.transformer import SentenceTransformerBackend
+from embed_collections.engine.executors.batches import count_tokens, run_batches
+from embed_collections.engine.models.folders import fingerprint_folder
+from embed_collections.engine.models.specs import ModelSpec
+from embed_collections.engine.options import CPU_BATCH_TOKENS, EngineOptions
 from embed_collections.errors import ModelError, UsageError
 
 log = logging.getLogger(__name__)
@@ -88,7 +97,7 @@ CHOICE_FILE = "auto-choice.json"
 def machine_key() -> str:
     """What makes a speed measurement valid: this machine's CPU, its cores and the libraries."""
     versions = []
-    for package in ("torch", "onnxruntime", "openvino"):
+    for package in (kind.package for kind in KINDS.values()):
         try:
             versions.append(f"{package}={importlib.metadata.version(package)}")
         except importlib.metadata.PackageNotFoundError:
@@ -169,14 +178,17 @@ def resolve_backend(
     this model (without a spec, no check is made: the first installed runtime)."""
     cpu, fp32 = (device or "cpu").startswith("cpu"), dtype in ("", "float32")
     explicit = backend in RUNTIMES
-    misplaced = bool(quantize) and (backend == "torch" or not cpu or not fp32)
+    misplaced = bool(quantize) and (backend == REFERENCE_BACKEND or not cpu or not fp32)
     problems = (
-        (quantize not in ("", "int8"), f"--quantize {quantize} is not supported (choose int8)"),
-        (backend not in ("auto", "torch", *RUNTIMES), f"Unknown backend {backend} (see --help)"),
+        (quantize not in ("", INT8), f"--quantize {quantize} is not supported (choose int8)"),
+        (backend not in CHOICES, f"Unknown backend {backend} (see --help)"),
         (explicit and not cpu, f"--backend {backend} runs on CPU only (use torch on {device})"),
         (explicit and not fp32, f"--backend {backend} runs float32 only (drop --dtype {dtype})"),
         (misplaced, "--quantize int8 needs CPU, float32 and --backend onnx, openvino or auto"),
-        (quantize and not runtime_installed("onnx"), "--quantize int8 needs onnxruntime installed"),
+        (
+            quantize and not runtime_installed(ONNX.name),
+            "--quantize int8 needs onnxruntime installed",
+        ),
     )
     for problem in (problem for found, problem in problems if found):
         raise UsageError(problem)
@@ -186,19 +198,22 @@ def resolve_backend(
                 f'Model "{spec.name}" is a static embedding model; --backend {backend} runs '
                 f"{LAYOUT} only (use --backend auto or torch: static models are fast on torch)"
             )
-        return "torch"  # a token-bag model: nothing for a runtime to speed up
+        return REFERENCE_BACKEND  # a token-bag model: nothing for a runtime to speed up
     if explicit:
-        return backend + ("-int8" if quantize else "")
-    if backend == "torch" or not cpu or not fp32:
-        return "torch"  # auto on an accelerator, or in a precision only torch runs
+        return quantized(backend) if quantize else backend
+    if backend == REFERENCE_BACKEND or not cpu or not fp32:
+        return REFERENCE_BACKEND  # auto on an accelerator, or in a precision only torch runs
     if quantize:
-        return next(r for r in INT8_ORDER if runtime_installed(r)) + "-int8"
+        return quantized(next(r for r in INT8_ORDER if runtime_installed(r)))
     installed = [runtime for runtime in AUTO_ORDER if runtime_installed(runtime)]
     if spec is None:
-        return installed[0] if installed else "torch"
-    candidates = ["torch", *(runtime for runtime in installed if runtime_agrees(spec, runtime))]
+        return installed[0] if installed else REFERENCE_BACKEND
+    candidates = [
+        REFERENCE_BACKEND,
+        *(runtime for runtime in installed if runtime_agrees(spec, runtime)),
+    ]
     if len(candidates) == 1:
-        return "torch"
+        return REFERENCE_BACKEND
     return fastest_backend(spec, candidates, sample or [])
 
 
@@ -221,7 +236,7 @@ def decide_backends(
 
 def reason(spec: ModelSpec, backend: str, options: EngineOptions) -> str:
     """Why a backend was chosen, for the log: `checked against torch: cosine 1.000000`."""
-    if options.backend != "auto":
+    if options.backend != AUTO:
         return f"--backend {options.backend}" + (" --quantize int8" if options.quantize else "")
     if backend in RUNTIMES:
         low = agreement(spec, backend).get("min_cosine", 0.0)
@@ -232,7 +247,7 @@ def reason(spec: ModelSpec, backend: str, options: EngineOptions) -> str:
         and any(runtime_installed(r) and runtime_agrees(spec, r) for r in AUTO_ORDER)
     ):
         return "auto; fastest measured"
-    if backend.endswith("-int8"):
+    if backend.endswith(quantized("")):
         return "auto with --quantize int8"
     if not options.device.startswith("cpu"):
         return f"auto on {options.device}"
