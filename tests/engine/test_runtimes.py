@@ -16,9 +16,8 @@ from click.testing import CliRunner
 from conftest import need_module
 
 from embed_collections.engine.backends import choice as preflight
-from embed_collections.engine.backends import create_backend
+from embed_collections.engine.backends import create_backend, kinds
 from embed_collections.engine.backends import export as runtimes
-from embed_collections.engine.backends import kinds
 from embed_collections.engine.backends.choice import decide_backends, resolve_backend
 from embed_collections.engine.backends.runtime import RuntimeBackend, cosines
 from embed_collections.engine.backends.transformer import SentenceTransformerBackend
