@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 CONSOLE = re.compile(r"charts drawn in (\d+) ms")
@@ -72,8 +73,9 @@ def synthetic_run(folder: Path, collections: int, seed: int = 0) -> None:
          "wait_seconds": rng.random() * 3 if kind == "acquire" else 0.0}
         for m in models for kind in ("acquire", "release")
     ]  # fmt: skip
-    summary.extra.update(
-        executor="local", store=str(folder / "qdrant"), total_seconds=900.0, models=telemetry,
+    summary.extra = replace(
+        summary.extra, executor="local", store=str(folder / "qdrant"), total_seconds=900.0,
+        models=telemetry,
         lease_events=events,
         token_lengths={name: t.to_dict() for name, t in lengths.items()},
         phases={"discover": 0.4, "preflight": 12.0, "load chunks": 20.0,

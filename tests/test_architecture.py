@@ -128,3 +128,57 @@ def test_other_wings_use_only_the_engine_front_door():
         if wing(target) == "engine" and target != "embed_collections.engine"
     ]
     assert behind == []
+
+
+def string_constants(path: Path) -> list[str]:
+    """Every string literal of a module that is not a docstring."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+    ]
+
+
+def test_a_backend_or_executor_name_is_spelled_in_one_module():
+    """Names are looked up in the tables (`engine/backends/kinds.py`, `engine/executors`),
+    never matched as strings elsewhere."""
+    from embed_collections.engine import BACKENDS, EXECUTORS
+
+    homes = {
+        **dict.fromkeys(BACKENDS, "embed_collections.engine.backends.kinds"),
+        **dict.fromkeys(EXECUTORS, "embed_collections.engine.executors"),
+    }
+    spelled = [
+        f"{module}: {text!r}"
+        for module, path in modules().items()
+        for text in string_constants(path)
+        if text in homes and homes[text] != module
+    ]
+    assert spelled == []
+
+
+def test_no_backend_ability_is_found_with_hasattr():
+    """Optional abilities are methods of `engine.Backend` with defaults."""
+    found = [
+        f"{module}:{node.lineno}"
+        for module, path in modules().items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("hasattr", "getattr")
+        and node.args
+        and isinstance(node.args[0], ast.Name)
+        and "backend" in node.args[0].id
+    ]
+    assert found == []

@@ -441,7 +441,7 @@ def test_upload_refuses_an_export_with_a_duplicate_point_id(concat_run, tmp_path
 
 def test_a_new_zip_replaces_the_previous_one(concat_run, tiny_models, chunked, tmp_path):
     output, summary = concat_run
-    assert summary.extra["phases"]["export"] > 0  # timed apart from the store
+    assert summary.extra.phases["export"] > 0  # timed apart from the store
     copy = tmp_path / "output"
     shutil.copytree(output, copy, ignore=shutil.ignore_patterns("qdrant", "cache"))
     moved = copy_summary(summary, output, copy)

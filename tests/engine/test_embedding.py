@@ -163,7 +163,7 @@ def test_identical_texts_are_embedded_once_per_model(tmp_path, tiny_models):
     )
     summary = run(config)
     assert summary.exit_code == 0
-    for telemetry in summary.extra["models"].values():
+    for telemetry in summary.extra.models.values():
         assert telemetry["chunks_embedded"] == unique
         assert telemetry["loads"] == 1
     assert sum(r.total_embeddings_generated for r in summary.results.values()) == unique + 1

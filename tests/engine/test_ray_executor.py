@@ -84,13 +84,13 @@ def test_ray_run_matches_local_and_survives_a_killed_actor(
     config = make_config(corpus, tmp_path / "ray", [model], "ray")
     summary = run(config)
     assert summary.exit_code == 0
-    assert summary.extra["executor"] == "ray" and summary.extra["ray"]["cpus"] == 2
-    phases = summary.extra["phases"]  # joining Ray counts in the run's time
-    assert "ray start-up" in phases and sum(phases.values()) <= summary.extra["total_seconds"]
+    assert summary.extra.executor == "ray" and summary.extra.ray["cpus"] == 2
+    phases = summary.extra.phases  # joining Ray counts in the run's time
+    assert "ray start-up" in phases and sum(phases.values()) <= summary.extra.total_seconds
     # the actor's process really was SIGKILLed mid-shard, and Ray restarted it
     telemetry, local_telemetry = (
-        summary.extra["models"][str(model)],
-        local.extra["models"][str(model)],
+        summary.extra.models[str(model)],
+        local.extra.models[str(model)],
     )
     (worker,) = telemetry["workers"]
     assert worker["restarted"] and worker["loads"] == 2
@@ -113,7 +113,7 @@ def test_ray_run_matches_local_and_survives_a_killed_actor(
     # every shard the actors wrote was indexed in place by the driver: no file is left over
     with EmbeddingCache(config.embedding_cache_path) as cache:
         assert list(cache.shard_dir(telemetry["fingerprint"]).iterdir()) == []
-    events = summary.extra["lease_events"]
+    events = summary.extra.lease_events
     kinds = [(e["event_type"], e["device"].split("@")[0]) for e in events]
     assert kinds == [
         ("acquire", "ray:1xcpu"),
@@ -274,24 +274,28 @@ def test_a_three_wave_run_starts_each_models_pool_once(
     )
     config = replace(make_config(waves_corpus, tmp_path / "ray", models, "ray"), wave_size=6)
     summary = run(config)
-    assert (single.extra["waves"], local.extra["waves"], summary.extra["waves"]) == (1, 3, 3)
+    assert (single.extra.waves, local.extra.waves, summary.extra.waves) == (1, 3, 3)
     assert summary.exit_code == single.exit_code == 3  # gamma's broken file
     # file errors and skipped records are counted once, not once per pass over the corpus
     counts = ("file_errors", "skipped_records")
-    assert [summary.extra[k] for k in counts] == [single.extra[k] for k in counts] == [1, 1]
+    assert (
+        [getattr(summary.extra, k) for k in counts]
+        == [getattr(single.extra, k) for k in counts]
+        == [1, 1]
+    )
     assert summary.failed_collections == single.failed_collections
     unique = len({t for texts in WAVE_TEXTS.values() for t in texts})
     pids = set()
     for model in models:
-        telemetry = summary.extra["models"][str(model)]
+        telemetry = summary.extra.models[str(model)]
         (worker,) = telemetry["workers"]  # one actor, started once for the three waves
         assert telemetry["loads"] == worker["loads"] == 1 and len(worker["pids"]) == 1
         assert worker["shards"] >= 3 and worker["chunks"] == unique
         assert telemetry["chunks_embedded"] == unique
-        assert single.extra["models"][str(model)]["chunks_embedded"] == unique
+        assert single.extra.models[str(model)]["chunks_embedded"] == unique
         pids.update(worker["pids"])
     assert len(pids) == 2  # each model in its own pool, one after the other
-    kinds = [(e["event_type"], e["device"].split("@")[0]) for e in summary.extra["lease_events"]]
+    kinds = [(e["event_type"], e["device"].split("@")[0]) for e in summary.extra.lease_events]
     pool = [("acquire", "ray:1xcpu"), ("acquire", "ray-actor-0")]
     pool += [("release", "ray-actor-0"), ("release", "ray:1xcpu")]
     assert kinds == pool + pool  # one pool per model for the run

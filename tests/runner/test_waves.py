@@ -105,5 +105,5 @@ def test_a_run_cuts_its_waves_by_the_auto_size(tiny_models, tmp_path, monkeypatc
     assert log.count("Waves of about 2,000 chunks (7 MiB of this machine's 31 MiB available)") == 1
     assert len(read_points(config.store_path, "c4")) == COLLECTION_CHUNKS
     chosen = run(replace(config, output_dir=tmp_path / "mine", wave_size=1_000))
-    assert (chosen.extra["wave_size"], chosen.extra["waves"]) == (1_000, 5)
-    assert chosen.extra["wave_size_from"] == "--wave-size"
+    assert (chosen.extra.wave_size, chosen.extra.waves) == (1_000, 5)
+    assert chosen.extra.wave_size_from == "--wave-size"

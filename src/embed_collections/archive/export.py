@@ -228,8 +228,10 @@ def finish_export(config: RunConfig, summary: RunSummary) -> Path | None:
     """Write MANIFEST.txt over the summary and the exported collections, and the zip if asked."""
     output_dir, stamp = Path(config.output_dir), datetime.now()
     archive = output_dir / f"embeddings_{stamp:%Y-%m-%d_%H-%M-%S}.zip"
-    summary.extra["export"] = {"manifest": MANIFEST_FILE}
-    summary.extra["export"]["archive"] = archive.name if config.create_zip else None
+    summary.extra.export = {
+        "manifest": MANIFEST_FILE,
+        "archive": archive.name if config.create_zip else None,
+    }
     write_json_atomic(output_dir / SUMMARY_FILE, summary.to_json())
     paths = [SUMMARY_FILE]
     for name, result in summary.results.items():

@@ -283,11 +283,11 @@ def evaluate_beir(
         index_seconds=index_seconds,
         embedding_seconds=sum(
             model["embed_seconds"] + model["load_seconds"]
-            for model in summary.extra.get("models", {}).values()
+            for model in summary.extra.models.values()
         ),
         query_embedding_seconds=embed_seconds,
-        cache_hits=summary.extra.get("cache_hits", 0),
-        cache_misses=summary.extra.get("cache_misses", 0),
+        cache_hits=summary.extra.cache_hits,
+        cache_misses=summary.extra.cache_misses,
     )
     measure_storage(report, record, config.output_dir)
     qrels = {qid: dataset.qrels[qid] for qid in queries}

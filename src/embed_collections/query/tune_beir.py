@@ -183,7 +183,7 @@ def tune_beir(
         weights_file=str(weights_path),
         corpus_size=len(corpus_ids),
         eval_queries=len(eval_queries),
-        cache_misses=summary.extra.get("cache_misses", 0),
+        cache_misses=summary.extra.cache_misses,
         seconds=time.perf_counter() - started,
     )
     write_json_atomic(config.output_dir / TUNING_RESULTS_FILE, report.to_json())

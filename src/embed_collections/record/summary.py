@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 log = logging.getLogger("embed_collections.record.summary")
@@ -41,6 +41,56 @@ class CollectionResult:
         return {k: v for k, v in self.__dict__.items() if k != "name"}
 
 
+OPTIONAL = {"omitted": True}  # a key written only when it has a value
+
+
+@dataclass
+class RunExtras:
+    """What the summary adds after the V6.1 keys, in file order: how the wave size was chosen,
+    what was skipped, why the run stopped, what ran where, the measurements (per model, per
+    phase) and the export. Keys marked OPTIONAL are left out of the file while they are None."""
+
+    wave_size: int | None = field(default=None, metadata=OPTIONAL)
+    wave_size_from: str | None = field(default=None, metadata=OPTIONAL)
+    memory_available_bytes: int | None = field(default=None, metadata=OPTIONAL)
+    memory_total_bytes: int | None = field(default=None, metadata=OPTIONAL)
+    wave_budget_bytes: int | None = field(default=None, metadata=OPTIONAL)
+    file_errors: int = 0
+    skipped_records: int = 0
+    stopped: str | None = field(default=None, metadata=OPTIONAL)
+    interrupted: bool | None = field(default=None, metadata=OPTIONAL)
+    executor: str | None = None
+    ray: dict[str, Any] | None = None  # the cluster, with the Ray executor
+    combine: str | None = None
+    weights: list[float] = field(default_factory=list)
+    dimension: int | None = None
+    sparse: str | None = None
+    store: str | None = None
+    chunked_dir: str | None = None
+    total_seconds: float = 0.0
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # telemetry per model
+    cache_hits: int = 0
+    cache_misses: int = 0
+    lease_events: list[dict[str, Any]] = field(default_factory=list)
+    waves: int = 0
+    token_lengths: dict[str, dict[str, Any]] = field(default_factory=dict)  # per model
+    phases: dict[str, float] = field(default_factory=dict)  # seconds, in run order
+    export: dict[str, Any] | None = field(default=None, metadata=OPTIONAL)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if not (f.metadata.get("omitted") and getattr(self, f.name) is None)
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunExtras:
+        """The extras of a summary file (keys a file lacks keep their defaults; older runs)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known and v is not None})
+
+
 @dataclass
 class RunSummary:
     """The whole run; `to_json` gives the V6.1 schema with extra keys after it."""
@@ -50,11 +100,7 @@ class RunSummary:
     ensemble_models: list[str]
     results: dict[str, CollectionResult] = field(default_factory=dict)
     failed_collections: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def count(self, key: str, number: int) -> None:
-        """Add to one of the run-wide counters in `extra` (file_errors, skipped_records)."""
-        self.extra[key] = self.extra.get(key, 0) + number
+    extra: RunExtras = field(default_factory=RunExtras)
 
     @property
     def succeeded(self) -> list[str]:
@@ -89,7 +135,7 @@ class RunSummary:
             "results": {name: r.to_dict() for name, r in self.results.items()},
             "failed_collections": dict(self.failed_collections),
         }
-        data.update(self.extra)
+        data.update(self.extra.to_json())
         return data
 
 

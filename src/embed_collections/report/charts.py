@@ -154,7 +154,7 @@ def short(name: str) -> str:
 def run_charts(view: RunView) -> list[tuple[str, Figure]]:
     """Every chart the run has data for, with its section id."""
     charts: list[tuple[str, Figure | None]] = [
-        ("time", phases_chart(view.phases, view.summary.get("total_seconds")))
+        ("time", phases_chart(view.phases, view.extras.total_seconds))
     ]
     for model, lengths in view.token_lengths.items():
         charts.append(("tokens", token_chart(model, lengths)))

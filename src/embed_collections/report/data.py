@@ -12,6 +12,7 @@ from typing import Any
 from embed_collections.errors import EmbedCollectionsError
 from embed_collections.record.config import LOG_FILE, SUMMARY_FILE
 from embed_collections.record.run_record import RUN_RECORD_FILE
+from embed_collections.record.summary import RunExtras
 
 REPORT_FILE = "report.html"
 EVAL_FILE = "eval_results.json"
@@ -49,25 +50,29 @@ class RunView:
     tuning: dict[str, Any] | None = None
 
     @property
+    def extras(self) -> RunExtras:
+        """The summary's measurements after the V6.1 keys, typed."""
+        return RunExtras.from_json(self.summary)
+
+    @property
     def models(self) -> dict[str, dict[str, Any]]:
         """Per-model telemetry (backend, device, throughput, load and lease times)."""
-        return dict(self.summary.get("models") or {})
+        return self.extras.models
 
     @property
     def token_lengths(self) -> dict[str, dict[str, Any]]:
-        return dict(self.summary.get("token_lengths") or {})
+        return self.extras.token_lengths
 
     @property
     def phases(self) -> dict[str, float]:
         """Where the wall time went, in run order."""
-        return dict(self.summary.get("phases") or {})
+        return self.extras.phases
 
     @property
     def lease_events(self) -> list[dict[str, Any]]:
         """The run's lease events (older summaries kept them per collection: first one seen)."""
-        events = self.summary.get("lease_events")
-        if events is not None:
-            return list(events)
+        if "lease_events" in self.summary:
+            return self.extras.lease_events
         for result in (self.summary.get("results") or {}).values():
             if result.get("lease_events"):
                 return list(result["lease_events"])

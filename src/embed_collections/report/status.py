@@ -10,16 +10,16 @@ from embed_collections.report.data import RunView
 def overview(view: RunView) -> dict[str, Any]:
     """Counts, failures, truncation, models and store of a run, JSON-ready (`status --json`)."""
     rows = view.rows()
-    summary = view.summary
+    summary, extras = view.summary, view.extras
     models = view.models
     record_models = {m.get("name"): m for m in view.record.get("models") or []}
     return {
         "output_dir": str(view.output_dir),
         "when": summary.get("timestamp"),
         "environment": summary.get("environment"),
-        "executor": summary.get("executor"),
-        "store": summary.get("store"),
-        "total_seconds": summary.get("total_seconds"),
+        "executor": extras.executor,
+        "store": extras.store,
+        "total_seconds": extras.total_seconds,
         "collections": len(rows),
         "ok": sum(1 for r in rows if r.status == "ok"),
         "unchanged": sum(1 for r in rows if r.status == "unchanged"),

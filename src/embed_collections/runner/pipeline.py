@@ -178,7 +178,7 @@ def run_logged(
             summary.failed_collections[directory.name] = (
                 f"Cannot read directory {directory}: {reason} (fix its permissions)"
             )
-            summary.count("file_errors", 1)
+            summary.extra.file_errors += 1
         store: Store | None = None
         stopped: Exception | None = None
         interrupted = False
@@ -192,7 +192,7 @@ def run_logged(
             phases["preflight"] = time.perf_counter() - clock
             wave_size, wave_note = decide_wave_size(config.wave_size)
             config = replace(config, wave_size=wave_size)
-            summary.extra.update(wave_note)
+            summary.extra = replace(summary.extra, **wave_note)
             with Progress(
                 len(selected), "store", "collection", config.engine.show_progress, "point"
             ) as progress:
@@ -201,11 +201,11 @@ def run_logged(
             if not stops_the_run(error):
                 raise
             stopped = error
-            summary.extra["stopped"] = str(error)
+            summary.extra.stopped = str(error)
             log.error("❌ Stopped: %s", error)
         except KeyboardInterrupt:  # SIGINT, or SIGTERM as the CLI maps it: stop, keep what is done
             interrupted = True
-            summary.extra["interrupted"] = True
+            summary.extra.interrupted = True
             log.error(
                 "❌ Interrupted: finished collections are stored and embedded batches cached; "
                 "re-run the same command to resume"
@@ -220,16 +220,17 @@ def run_logged(
             log.error("❌ The run record could not be written: %s", error)
             if stopped is None and stops_the_run(error):
                 stopped = error
-                summary.extra["stopped"] = f"the run record could not be written: {error}"
+                summary.extra.stopped = f"the run record could not be written: {error}"
     log_lease_events(work.lease_events)
     warn_truncation(work.lengths)
-    summary.extra.update(run_extras(config, ensemble, layout, time.perf_counter() - started))
-    summary.extra["lease_events"] = work.lease_events
-    summary.extra["waves"] = work.waves
-    summary.extra["token_lengths"] = {name: t.to_dict() for name, t in work.lengths.items()}
-    summary.extra["phases"] = {name: round(seconds, 3) for name, seconds in phases.items()}
-    summary.count("skipped_records", 0)  # present even when nothing was skipped
-    summary.count("file_errors", 0)
+    summary.extra = replace(
+        summary.extra,
+        **run_extras(config, ensemble, layout, time.perf_counter() - started),
+        lease_events=work.lease_events,
+        waves=work.waves,
+        token_lengths={name: t.to_dict() for name, t in work.lengths.items()},
+        phases={name: round(seconds, 3) for name, seconds in phases.items()},
+    )
     write_summary(config.output_dir / SUMMARY_FILE, summary)
     if interrupted:
         raise KeyboardInterrupt
@@ -317,20 +318,20 @@ def open_run_store(config: RunConfig) -> Store | None:
 def run_extras(
     config: RunConfig, ensemble: Ensemble, layout: VectorLayout | None, seconds: float
 ) -> dict:
-    """The keys the summary adds after the V6.1 schema."""
+    """What the run measured and used, for the summary's `RunExtras`."""
     describe = executor_for(config.executor).describe
     ray_cluster = describe() if describe else None
-    return {
-        "executor": config.executor,
-        "ray": ray_cluster,
-        "combine": config.combine,
-        "weights": ensemble.weights,
-        "dimension": layout.dense if layout else None,
-        "sparse": config.sparse,
-        "store": config.qdrant_url or (None if not config.upload else str(config.store_path)),
-        "chunked_dir": str(config.chunked_dir),
-        "total_seconds": round(seconds, 3),
-        "models": {name: t.to_dict() for name, t in ensemble.telemetry.items()},
-        "cache_hits": sum(t.cache_hits for t in ensemble.telemetry.values()),
-        "cache_misses": sum(t.cache_misses for t in ensemble.telemetry.values()),
-    }
+    return dict(
+        executor=config.executor,
+        ray=ray_cluster,
+        combine=config.combine,
+        weights=ensemble.weights,
+        dimension=layout.dense if layout else None,
+        sparse=config.sparse,
+        store=config.qdrant_url or (None if not config.upload else str(config.store_path)),
+        chunked_dir=str(config.chunked_dir),
+        total_seconds=round(seconds, 3),
+        models={name: t.to_dict() for name, t in ensemble.telemetry.items()},
+        cache_hits=sum(t.cache_hits for t in ensemble.telemetry.values()),
+        cache_misses=sum(t.cache_misses for t in ensemble.telemetry.values()),
+    )

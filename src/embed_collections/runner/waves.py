@@ -147,12 +147,12 @@ def load_waves(
         except Exception as error:  # per-collection boundary: record and go on
             log.debug("Loading %s failed", name, exc_info=True)
             summary.failed_collections[name] = f"{type(error).__name__}: {error}"
-            summary.count("file_errors", 1)
+            summary.extra.file_errors += 1
             continue
         finally:
             phases["load chunks"] = phases.get("load chunks", 0.0) + time.perf_counter() - clock
-        summary.count("file_errors", len(loaded.stats.file_errors))
-        summary.count("skipped_records", loaded.stats.skipped_records)
+        summary.extra.file_errors += len(loaded.stats.file_errors)
+        summary.extra.skipped_records += loaded.stats.skipped_records
         if loaded.stats.file_errors:
             summary.failed_collections[name] = "; ".join(loaded.stats.file_errors)
         if not loaded.chunks:
@@ -271,7 +271,7 @@ def store_wave(
         result.processing_time = round(time.perf_counter() - started + share, 3)
         summary.results[loaded.name] = result
         # chunks drop_unembedded skipped (loading's skipped records are counted already)
-        summary.count("skipped_records", result.skipped_records - loaded.stats.skipped_records)
+        summary.extra.skipped_records += result.skipped_records - loaded.stats.skipped_records
         log_collection_completion(result)
         if progress is not None:
             progress.update(1, len(loaded.chunks), time.perf_counter() - started)
