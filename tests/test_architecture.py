@@ -159,11 +159,13 @@ def test_a_backend_or_executor_name_is_spelled_in_one_module():
         **dict.fromkeys(BACKENDS, "embed_collections.engine.backends.kinds"),
         **dict.fromkeys(EXECUTORS, "embed_collections.engine.executors"),
     }
+    ray_api = "embed_collections.engine.executors.ray_cluster"  # Ray's own words, not ours:
+    allowed = {(ray_api, "ray"), (ray_api, "local")}  # its logger; `ray.init`'s new instance
     spelled = [
         f"{module}: {text!r}"
         for module, path in modules().items()
         for text in string_constants(path)
-        if text in homes and homes[text] != module
+        if text in homes and homes[text] != module and (module, text) not in allowed
     ]
     assert spelled == []
 
