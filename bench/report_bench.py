@@ -35,7 +35,7 @@ def synthetic_run(folder: Path, collections: int, seed: int = 0) -> None:
     """Write a summary of `collections` collections and two models into `folder`."""
     from embed_collections.atomic import write_json_atomic
     from embed_collections.engine.telemetry import DeviceTelemetry, ModelTelemetry
-    from embed_collections.record.config import SUMMARY_FILE
+    from embed_collections.record.files import SUMMARY_FILE
     from embed_collections.record.summary import CollectionResult, RunSummary
     from embed_collections.record.token_lengths import TokenLengths
 

@@ -22,7 +22,7 @@ from embed_collections.cli.main import main
 from embed_collections.engine.cache import EmbeddingCache
 from embed_collections.engine.models.tiny import build_tiny_model
 from embed_collections.engine.options import EngineOptions
-from embed_collections.record.config import SUMMARY_FILE
+from embed_collections.record.files import SUMMARY_FILE
 
 # Child processes must import the package under test, not another installed copy (a relative
 # PYTHONPATH=src means nothing in a child started in tmp_path).

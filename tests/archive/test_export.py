@@ -27,7 +27,8 @@ from embed_collections.archive.upload import (
 from embed_collections.engine.combine import combine_vectors
 from embed_collections.engine.options import EngineOptions
 from embed_collections.errors import ArchiveError, UsageError
-from embed_collections.record.config import SUMMARY_FILE, RunConfig
+from embed_collections.record.config import RunConfig
+from embed_collections.record.files import SUMMARY_FILE
 from embed_collections.runner.pipeline import run
 from embed_collections.stores.base import SearchQuery, VectorLayout
 from embed_collections.stores.edge import EdgeStore

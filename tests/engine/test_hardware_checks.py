@@ -17,7 +17,7 @@ from embed_collections.engine.models.folders import model_fingerprint
 from embed_collections.engine.models.resolve import resolve_model
 from embed_collections.engine.options import EngineOptions
 from embed_collections.errors import LeaseTimeoutError, UsageError
-from embed_collections.record.config import SUMMARY_FILE
+from embed_collections.record.files import SUMMARY_FILE
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from embed_collections.engine.options import EngineOptions
 from embed_collections.errors import UsageError
 from embed_collections.query.evaluation import (
     CORPUS_CHUNK_FILE,
-    RESULTS_FILE,
+    EVAL_FILE,
     evaluate_beir,
     load_beir,
     resolve_modes,
@@ -254,7 +254,7 @@ def test_eval_cli_end_to_end_and_cached_rerun(tmp_path):
     for mode in report["modes"].values():
         assert mode["recall@100"] == 1.0
         assert mode["search_seconds"] > 0 and mode["queries_per_second"] > 0
-    assert json.loads((tmp_path / "out" / RESULTS_FILE).read_text()) == report
+    assert json.loads((tmp_path / "out" / EVAL_FILE).read_text()) == report
 
     second = run_eval(tmp_path, *args, "--modes", "sparse")
     assert second.code == 0, second.err
@@ -263,7 +263,7 @@ def test_eval_cli_end_to_end_and_cached_rerun(tmp_path):
     assert lines[2].split()[:4] == ["sparse", "1.0000", "1.0000", "1.0000"]
     assert "30 queries, 30 documents" in second.out
     assert "(0 embedded, 30 cached)" in second.out
-    rerun = json.loads((tmp_path / "out" / RESULTS_FILE).read_text())
+    rerun = json.loads((tmp_path / "out" / EVAL_FILE).read_text())
     assert (rerun["cache_misses"], rerun["cache_hits"]) == (0, 30)
     assert list(rerun["modes"]) == ["sparse"]
 

@@ -24,7 +24,7 @@ from embed_collections.archive import upload as reading
 from embed_collections.archive.upload import MANIFEST_FILE, STATS_SUFFIX, ManifestEntry, human_size
 from embed_collections.atomic import write_json_atomic, write_text_atomic
 from embed_collections.errors import ArchiveError
-from embed_collections.record.config import SUMMARY_FILE
+from embed_collections.record.files import SUMMARY_FILE
 from embed_collections.record.summary import CollectionResult, RunSummary
 from embed_collections.stores.base import PointBatch, VectorLayout
 

@@ -212,12 +212,8 @@ def run(**options):
     1 nothing could be done, 2 usage error.
     """
     import embed_collections as ec
-    from embed_collections.record.config import (
-        RUN_OPTIONS,
-        SUMMARY_FILE,
-        default_paths,
-        detect_environment,
-    )
+    from embed_collections.record.config import RUN_OPTIONS, default_paths, detect_environment
+    from embed_collections.record.files import REPORT_FILE, SUMMARY_FILE
 
     setup_logging(options["verbose"], options["quiet"])
     for key in ("collections", "models"):
@@ -252,8 +248,8 @@ def run(**options):
         headers = ["collection", "chunks", "embedded now", "points", "status"]
         click.echo(render_table(headers, rows))
         click.echo(f"\nSummary: {output_dir / SUMMARY_FILE}")
-        if (output_dir / "report.html").exists():
-            click.echo(f"Report: {output_dir / 'report.html'}")
+        if (output_dir / REPORT_FILE).exists():
+            click.echo(f"Report: {output_dir / REPORT_FILE}")
     return summary.exit_code
 
 

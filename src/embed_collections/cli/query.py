@@ -249,13 +249,14 @@ def eval_command(**options):
       embed-collections eval --beir ./scifact --models minilm,bge-small --tune-weights \\
           --tune-split train --split test
     """
-    from embed_collections.query.evaluation import RESULTS_FILE, evaluate_beir
+    from embed_collections.query.evaluation import evaluate_beir
     from embed_collections.record.config import (
         RUN_OPTIONS,
         build_run_config,
         default_paths,
         detect_environment,
     )
+    from embed_collections.record.files import EVAL_FILE
 
     setup_logging(options["verbose"], options["quiet"])
     output_dir = options["output_dir"] or default_paths(detect_environment())[1] / "eval"
@@ -308,7 +309,7 @@ def eval_command(**options):
             f"{data['vector_ram_bytes_per_point']:.0f} B/point, disk "
             f"{'-' if disk is None else f'{disk:.0f}'} B/point"
         )
-    click.echo(f"Results: {output_dir / RESULTS_FILE}")
+    click.echo(f"Results: {output_dir / EVAL_FILE}")
 
 
 def refresh_report(output_dir: Path) -> None:

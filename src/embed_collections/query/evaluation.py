@@ -35,6 +35,7 @@ from embed_collections.query.search import (
 )
 from embed_collections.query.tuning import cached_corpus_vectors, exact_search_metrics
 from embed_collections.record.config import RunConfig
+from embed_collections.record.files import CORPUS_CHUNK_FILE, EVAL_FILE
 from embed_collections.record.run_record import RunRecord, read_run_record
 from embed_collections.record.summary import RunSummary
 from embed_collections.runner.pipeline import run as run_pipeline
@@ -43,8 +44,6 @@ from embed_collections.stores.open import point_id
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "eval_results.json"
-CORPUS_CHUNK_FILE = "corpus_chunks.json"
 SEARCH_LIMIT = 100
 SEARCH_BATCH = 256  # queries per store call: large enough to amortise, small enough to stream
 
@@ -306,7 +305,7 @@ def evaluate_beir(
         store.close()
     if "dense" in chosen and uses_weighted_fusion(encoder, "dense"):
         report.modes["dense-exact"] = exact_dense_result(config, record, encoder, queries, qrels)
-    write_json_atomic(config.output_dir / RESULTS_FILE, report.to_json())
+    write_json_atomic(config.output_dir / EVAL_FILE, report.to_json())
     return report
 
 

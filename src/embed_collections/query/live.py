@@ -26,9 +26,8 @@ from typing import Any
 from embed_collections.errors import EmbedCollectionsError, StoreError
 from embed_collections.query.collections import Collections
 from embed_collections.query.search import QueryEncoder, resolve_recorded
-from embed_collections.record.config import SUMMARY_FILE
-from embed_collections.record.run_record import RUN_RECORD_FILE, RunRecord, read_run_record
-from embed_collections.runner.dirlock import LOCK_FILE
+from embed_collections.record.files import LOCK_FILE, RUN_RECORD_FILE, STORE_DIR, SUMMARY_FILE
+from embed_collections.record.run_record import RunRecord, read_run_record
 from embed_collections.stores.edge import EdgeStore
 
 log = logging.getLogger(__name__)
@@ -259,7 +258,7 @@ class LiveRun:
                         "--qdrant-url where its collections are)"
                     )
                 snapshot = Path(tempfile.mkdtemp(prefix="embed-collections-serve-"))
-                copy = snapshot / "qdrant"
+                copy = snapshot / STORE_DIR
                 shutil.copytree(
                     store_dir,
                     copy,

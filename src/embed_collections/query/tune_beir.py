@@ -26,12 +26,11 @@ from embed_collections.query.tuning import (
     one_hot,
     tune_weights,
 )
+from embed_collections.record.files import TUNING_FILE, WEIGHTS_FILE
 from embed_collections.record.run_record import read_run_record
-from embed_collections.record.weights import WEIGHTS_FILE, write_weights_file
+from embed_collections.record.weights import write_weights_file
 
 log = logging.getLogger(__name__)
-
-TUNING_RESULTS_FILE = "tuning_results.json"
 
 
 @dataclass
@@ -186,6 +185,6 @@ def tune_beir(
         cache_misses=summary.extra.cache_misses,
         seconds=time.perf_counter() - started,
     )
-    write_json_atomic(config.output_dir / TUNING_RESULTS_FILE, report.to_json())
+    write_json_atomic(config.output_dir / TUNING_FILE, report.to_json())
     log.info(result.message)
     return report

@@ -22,11 +22,9 @@ from embed_collections.engine import (
     executor_for,
 )
 from embed_collections.errors import UsageError
+from embed_collections.record.files import CACHE_DIR, CACHE_FILE, STORE_DIR
 from embed_collections.record.weights import apply_weights_file
 from embed_collections.stores.base import StorageOptions
-
-SUMMARY_FILE = "embedding_summary_v6.json"
-LOG_FILE = "embedding_v6.log"
 
 
 def detect_environment() -> str:
@@ -87,11 +85,11 @@ class RunConfig:
 
     @property
     def store_path(self) -> Path:
-        return self.qdrant_path or self.output_dir / "qdrant"
+        return self.qdrant_path or self.output_dir / STORE_DIR
 
     @property
     def embedding_cache_path(self) -> Path:
-        return (self.cache_dir or self.output_dir / "cache") / "embeddings.sqlite"
+        return (self.cache_dir or self.output_dir / CACHE_DIR) / CACHE_FILE
 
 
 class RunOptions(TypedDict, total=False):

@@ -14,9 +14,9 @@ from typing import Any
 
 from embed_collections.atomic import write_json_atomic
 from embed_collections.errors import UsageError
+from embed_collections.record.files import RUN_RECORD_FILE
 from embed_collections.stores.base import VectorLayout
 
-RUN_RECORD_FILE = "run_config.json"
 FORMAT_VERSION = 2  # 1: the untyped dict of embed-collections before the record had a version
 RERUN = (
     "re-run `embed-collections run` with the same options to rewrite it (cached vectors are reused)"

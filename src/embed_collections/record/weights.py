@@ -15,7 +15,6 @@ from embed_collections.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "weights.json"
 WEIGHTS_FORMAT = 1
 
 

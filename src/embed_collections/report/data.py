@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from embed_collections.errors import EmbedCollectionsError
-from embed_collections.record.config import LOG_FILE, SUMMARY_FILE
-from embed_collections.record.run_record import RUN_RECORD_FILE
+from embed_collections.record.files import (
+    EVAL_FILE,
+    LOG_FILE,
+    RUN_RECORD_FILE,
+    SUMMARY_FILE,
+    TUNING_FILE,
+)
 from embed_collections.record.summary import RunExtras
-
-REPORT_FILE = "report.html"
-EVAL_FILE = "eval_results.json"
-TUNING_FILE = "tuning_results.json"
 
 
 class ReportError(EmbedCollectionsError):

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from embed_collections.atomic import write_text_atomic
+from embed_collections.record.files import REPORT_FILE
 from embed_collections.report.charts import run_charts, short
-from embed_collections.report.data import REPORT_FILE, RunView, load_run
+from embed_collections.report.data import RunView, load_run
 from embed_collections.report.status import overview, truncation_lines
 
 log = logging.getLogger("embed_collections.report.html")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from embed_collections.record.files import REPORT_FILE
 from embed_collections.report.data import RunView
 
 
@@ -42,8 +43,8 @@ def overview(view: RunView) -> dict[str, Any]:
             }
             for name, t in models.items()
         ],
-        "report": str(view.output_dir / "report.html")
-        if (view.output_dir / "report.html").exists()
+        "report": str(view.output_dir / REPORT_FILE)
+        if (view.output_dir / REPORT_FILE).exists()
         else None,
         "eval": bool(view.eval),
     }

@@ -16,10 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from embed_collections.errors import EmbedCollectionsError
+from embed_collections.record.files import LOCK_FILE
 
 log = logging.getLogger("embed_collections.runner.dirlock")
 
-LOCK_FILE = ".embed-collections.lock"
 POLL_SECONDS = 0.5
 REPORT_SECONDS = 30.0
 

@@ -32,7 +32,8 @@ from embed_collections.errors import (
     StoreInUseError,
 )
 from embed_collections.progress import Progress
-from embed_collections.record.config import LOG_FILE, SUMMARY_FILE, RunConfig
+from embed_collections.record.config import RunConfig
+from embed_collections.record.files import LOG_FILE, SUMMARY_FILE
 from embed_collections.record.run_record import (
     write_run_record,
 )
