@@ -23,7 +23,7 @@ from common import DEFAULT_CORPUS, MINILM, WORK  # noqa: E402
 from heading_retrieval import build  # noqa: E402
 
 from embed_collections.engine.options import EngineOptions  # noqa: E402
-from embed_collections.query.evaluation import evaluate_beir  # noqa: E402
+from embed_collections.evaluation.beir import evaluate_beir  # noqa: E402
 from embed_collections.record.config import RunConfig  # noqa: E402
 from embed_collections.stores.base import StorageOptions  # noqa: E402
 

@@ -113,7 +113,7 @@ def test_run_records_the_options_search_honours_them_and_upload_can_change_them(
 
 def test_eval_reports_quality_beside_ram_and_disk_per_point(tmp_path, tiny_models):
     from embed_collections.engine.options import EngineOptions
-    from embed_collections.query.evaluation import evaluate_beir
+    from embed_collections.evaluation.beir import evaluate_beir
     from embed_collections.record.config import RunConfig
 
     beir = tmp_path / "toy"

@@ -249,7 +249,7 @@ def eval_command(**options):
       embed-collections eval --beir ./scifact --models minilm,bge-small --tune-weights \\
           --tune-split train --split test
     """
-    from embed_collections.query.evaluation import evaluate_beir
+    from embed_collections.evaluation.beir import evaluate_beir
     from embed_collections.record.config import (
         RUN_OPTIONS,
         build_run_config,
@@ -326,7 +326,7 @@ def refresh_report(output_dir: Path) -> None:
 
 def render_tuning(options: dict, config) -> None:
     """Run `eval --tune-weights` and print its table (or JSON)."""
-    from embed_collections.query.tune_beir import tune_beir
+    from embed_collections.evaluation.tune_beir import tune_beir
 
     report = tune_beir(
         options["beir_dir"],

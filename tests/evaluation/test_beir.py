@@ -13,7 +13,7 @@ from conftest import write_beir as write_beir_files
 
 from embed_collections.engine.options import EngineOptions
 from embed_collections.errors import UsageError
-from embed_collections.query.evaluation import (
+from embed_collections.evaluation.beir import (
     CORPUS_CHUNK_FILE,
     EVAL_FILE,
     evaluate_beir,
@@ -21,7 +21,7 @@ from embed_collections.query.evaluation import (
     resolve_modes,
     write_corpus_chunks,
 )
-from embed_collections.query.metrics import (
+from embed_collections.evaluation.metrics import (
     dcg,
     evaluate_run,
     mrr_at_k,

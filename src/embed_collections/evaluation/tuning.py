@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from embed_collections.query.metrics import evaluate_run
+from embed_collections.evaluation.metrics import evaluate_run
 from embed_collections.record.run_record import RunRecord
 
 log = logging.getLogger(__name__)

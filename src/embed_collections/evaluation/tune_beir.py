@@ -13,9 +13,8 @@ import numpy as np
 
 from embed_collections.atomic import write_json_atomic
 from embed_collections.errors import UsageError
-from embed_collections.query.evaluation import index_corpus, load_beir, read_qrels
-from embed_collections.query.search import QueryEncoder
-from embed_collections.query.tuning import (
+from embed_collections.evaluation.beir import index_corpus, load_beir, read_qrels
+from embed_collections.evaluation.tuning import (
     DEFAULT_FOLDS,
     TuningResult,
     cached_corpus_vectors,
@@ -26,6 +25,7 @@ from embed_collections.query.tuning import (
     one_hot,
     tune_weights,
 )
+from embed_collections.query.search import QueryEncoder
 from embed_collections.record.files import TUNING_FILE, WEIGHTS_FILE
 from embed_collections.record.run_record import read_run_record
 from embed_collections.record.weights import write_weights_file

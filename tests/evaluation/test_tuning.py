@@ -16,9 +16,9 @@ from embed_collections.engine.models.resolve import find_in_package
 from embed_collections.engine.models.tiny import build_static_model, minilm_vocab_size
 from embed_collections.engine.options import EngineOptions
 from embed_collections.errors import UsageError
-from embed_collections.query.evaluation import evaluate_beir
-from embed_collections.query.tune_beir import tune_beir
-from embed_collections.query.tuning import (
+from embed_collections.evaluation.beir import evaluate_beir
+from embed_collections.evaluation.tune_beir import tune_beir
+from embed_collections.evaluation.tuning import (
     judge,
     ndcg_per_query,
     search_simplex,

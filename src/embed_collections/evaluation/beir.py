@@ -23,7 +23,8 @@ import numpy as np
 
 from embed_collections.atomic import write_bytes_atomic, write_json_atomic
 from embed_collections.errors import EmbedCollectionsError, UsageError
-from embed_collections.query.metrics import evaluate_run
+from embed_collections.evaluation.metrics import evaluate_run
+from embed_collections.evaluation.tuning import cached_corpus_vectors, exact_search_metrics
 from embed_collections.query.search import (
     SEARCH_MODES,
     QueryEncoder,
@@ -33,7 +34,6 @@ from embed_collections.query.search import (
     uses_weighted_fusion,
     weighted_named_search,
 )
-from embed_collections.query.tuning import cached_corpus_vectors, exact_search_metrics
 from embed_collections.record.config import RunConfig
 from embed_collections.record.files import CORPUS_CHUNK_FILE, EVAL_FILE
 from embed_collections.record.run_record import RunRecord, read_run_record
