@@ -10,7 +10,7 @@ import types
 from pathlib import Path
 
 import pytest
-from conftest import cli_run_args, run_cli, write_chunks
+from helpers import cli_run_args, run_cli, write_chunks
 
 import embed_collections as ec
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conftest import run_cli
+from helpers import run_cli
 
 from embed_collections.record.config import RunConfig
 

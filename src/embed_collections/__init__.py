@@ -37,9 +37,12 @@ from embed_collections.errors import (
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from embed_collections.evaluation.beir import EvalReport
+    from embed_collections.evaluation.tune_beir import TuningReport
     from embed_collections.query.collections import Collections, SearchHit
     from embed_collections.record.config import RunOptions
     from embed_collections.record.summary import CollectionResult, RunSummary
+    from embed_collections.report.status import RunStatus
 
 __version__ = "0.1.0"
 
@@ -61,8 +64,13 @@ __all__ = [
     "UsageError",
     "__version__",
     "discover",
+    "evaluate",
     "open",
+    "report",
     "run",
+    "status",
+    "tune_weights",
+    "upload",
 ]
 
 # The types load with their modules on first use, so `import embed_collections` stays instant
@@ -73,6 +81,9 @@ _LAZY_TYPES = {
     "RunSummary": "embed_collections.record.summary",
     "CollectionResult": "embed_collections.record.summary",
     "RunOptions": "embed_collections.record.config",
+    "EvalReport": "embed_collections.evaluation.beir",
+    "TuningReport": "embed_collections.evaluation.tune_beir",
+    "RunStatus": "embed_collections.report.status",
 }
 
 
@@ -124,21 +135,153 @@ def run(
 
 def open(  # noqa: A001 - the library's verb, as in `ec.open("output")`
     output_dir: str | Path | None = None,
-    qdrant_api_key: str | None = None,
-    device: str = "",
+    *,
     qdrant_url: str | None = None,
     qdrant_path: str | Path | None = None,
+    qdrant_api_key: str | None = None,
+    device: str = "",
     trust_remote_code: bool = False,
 ) -> Collections:
-    """The collections of a finished run in `output_dir`, ready to search.
+    """The collections of a finished run in `output_dir`, ready to search (`search`).
 
     `qdrant_url`/`qdrant_path` search a store loaded elsewhere with this run's models; a model's
     own code runs only with `trust_remote_code=True` (never because the run's record says so).
     """
     from embed_collections.query.collections import Collections
+
+    return Collections.open(
+        _output_dir(output_dir),
+        qdrant_api_key=qdrant_api_key,
+        device=device,
+        qdrant_url=qdrant_url,
+        qdrant_path=qdrant_path,
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def evaluate(
+    beir_dir: str | Path,
+    output_dir: str | Path | None = None,
+    *,
+    split: str = "test",
+    modes: list[str] | None = None,
+    fusion: str = "rrf",
+    rrf_k: int = 60,
+    **options: Unpack[RunOptions],
+) -> EvalReport:
+    """Score an ensemble on a BEIR folder (`embed-collections eval`): nDCG@10, Recall@100 and
+    MRR@10 per search mode, also written to `output_dir/eval_results.json`.
+
+    `options` are `run`'s (models, weights, sparse, device, storage, ...); `output_dir` holds
+    the corpus's chunk file, store and cache [./output/eval].
+    """
+    from embed_collections.evaluation.beir import evaluate_beir
+
+    root, config = _eval_config(output_dir, options)
+    report_ = evaluate_beir(Path(beir_dir), config, modes, split, fusion, rrf_k)
+    _refresh_report(root)
+    return report_
+
+
+def tune_weights(
+    beir_dir: str | Path,
+    output_dir: str | Path | None = None,
+    *,
+    tune_split: str = "train",
+    split: str = "test",
+    weights_out: str | Path | None = None,
+    **options: Unpack[RunOptions],
+) -> TuningReport:
+    """Learn ensemble weights on `tune_split` of a BEIR folder and score them on `split`
+    (`eval --tune-weights`); the recommended weights go to a file `run(weights_file=...)`
+    reads (`weights_out`, else `output_dir/weights.json`)."""
+    from embed_collections.evaluation.tune_beir import tune_beir
+
+    root, config = _eval_config(output_dir, options)
+    out = Path(weights_out) if weights_out else None
+    report_ = tune_beir(Path(beir_dir), config, tune_split=tune_split, split=split, weights_out=out)
+    _refresh_report(root)
+    return report_
+
+
+def upload(
+    path: str | Path,
+    *,
+    qdrant_url: str | None = None,
+    qdrant_path: str | Path | None = None,
+    qdrant_api_key: str | None = None,
+    collections: list[str] | None = None,
+    recreate: bool = False,
+    quantization: str | None = None,
+    vector_dtype: str | None = None,
+    on_disk: bool | None = None,
+    oversampling: float | None = None,
+) -> dict[str, int]:
+    """Load an export directory or zip (`run(export=True)`) into Qdrant: a server
+    (`qdrant_url`) or an embedded store (`qdrant_path`); collection -> points loaded.
+
+    Every file is checked against the manifest first; collections keep the run's storage
+    options unless given here.
+    """
+    from embed_collections.archive.upload import upload_export
+    from embed_collections.record.config import build_storage
+    from embed_collections.stores.open import open_store
+
+    if bool(qdrant_url) == bool(qdrant_path):
+        raise UsageError(
+            "Give one target store: --qdrant-path DIR (embedded) or --qdrant-url URL (a server)"
+        )
+    given: dict[str, Any] = {"quantization": quantization, "vector_dtype": vector_dtype}
+    given |= {"on_disk": on_disk, "oversampling": oversampling}
+    storage = build_storage(given) if any(v for v in given.values()) else None
+    # the embedded store in a child process, as in `run`: a full disk under its memory maps
+    # (SIGBUS) is then a message, not a dead process
+    store = open_store(qdrant_url, Path(qdrant_path) if qdrant_path else None, qdrant_api_key,
+                       isolated=True)  # fmt: skip
+    try:
+        return upload_export(Path(path), store, collections or None, recreate, storage)
+    finally:
+        store.close()
+
+
+def status(output_dir: str | Path | None = None) -> RunStatus:
+    """A finished run at a glance (`embed-collections status`): collections (failed first),
+    truncation, models, store; `str()` is the text, `to_json()` the facts, `exit_code` 0 or 3."""
+    from embed_collections.report.data import load_run
+    from embed_collections.report.status import RunStatus
+
+    return RunStatus(load_run(_output_dir(output_dir)))
+
+
+def report(output_dir: str | Path | None = None, out: str | Path | None = None) -> Path:
+    """Write the run's page (`report.html`, or `out`) again; returns its path."""
+    from embed_collections.report.html import write_report
+
+    return write_report(_output_dir(output_dir), Path(out) if out else None)
+
+
+def _output_dir(output_dir: str | Path | None) -> Path:
+    """The given output directory, else the environment's default (./output, Kaggle's)."""
     from embed_collections.record.config import default_paths, detect_environment
 
-    root = Path(output_dir) if output_dir else default_paths(detect_environment())[1]
-    return Collections.open(
-        root, qdrant_api_key, device, qdrant_url, qdrant_path, trust_remote_code
-    )
+    return Path(output_dir) if output_dir else default_paths(detect_environment())[1]
+
+
+def _eval_config(output_dir: str | Path | None, options: Any) -> tuple[Path, Any]:
+    """An eval's output directory [./output/eval] and the run configuration it embeds with."""
+    from embed_collections.record.config import build_run_config
+
+    root = Path(output_dir) if output_dir else _output_dir(None) / "eval"
+    return root, build_run_config(root / "beir", root, options)
+
+
+def _refresh_report(output_dir: Path) -> None:
+    """Re-write an eval's report.html with the results just written (never fatal)."""
+    import logging
+
+    from embed_collections.report.html import write_report
+
+    try:
+        write_report(output_dir)
+    except (EmbedCollectionsError, OSError) as error:
+        logging.getLogger(__name__).warning("The report could not be written: %s", error)

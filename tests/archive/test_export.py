@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Result, read_summary, run_cli, write_chunks
+from helpers import Result, read_summary, run_cli, write_chunks
 
 from embed_collections.archive import export
 from embed_collections.archive.export import finish_export

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import mount_tmpfs, run_cli, write_chunks
+from helpers import mount_tmpfs, run_cli, write_chunks
 
 from embed_collections.engine.options import EngineOptions
 from embed_collections.record.config import RunConfig

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import Result, run_cli, write_chunks
+from helpers import Result, run_cli, write_chunks
 
 from embed_collections.cli.main import cli
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
     cached_vectors,
     cli_run_args,
     invoke,

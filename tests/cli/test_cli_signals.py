@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_run_args, run_cli, write_chunks
+from helpers import cli_run_args, run_cli, write_chunks
 
 from embed_collections.stores.edge import EdgeStore
 

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import nested_dict, write_chunks
+from helpers import nested_dict, write_chunks
 
 from embed_collections.corpus.chunks import Chunk, load_chunk_file, load_collection
 from embed_collections.errors import ChunkFileError

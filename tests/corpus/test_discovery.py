@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import nobody_command, write_chunks
+from helpers import nobody_command, write_chunks
 
 from embed_collections.corpus.discovery import (
     discover_collections,

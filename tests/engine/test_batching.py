@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import engine_options
+from helpers import engine_options
 
 from embed_collections.engine.executors.batches import GROW_AFTER, load_backend, run_batches
 from embed_collections.engine.executors.workers import Plan, Unit, WorkerState, lost_worker

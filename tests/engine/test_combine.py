@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import cosine
+from helpers import cosine
 
 from embed_collections.engine.combine import check_combine, combine_vectors
 from embed_collections.errors import UsageError

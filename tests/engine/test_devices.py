@@ -46,7 +46,7 @@ def test_cpu_lease_keys_keep_their_names():
 
 
 def test_cuda_without_cuda_is_exit_2_from_the_cli(tmp_path):
-    from conftest import run_cli
+    from helpers import run_cli
 
     from embed_collections.engine.devices import cuda_device_count
 

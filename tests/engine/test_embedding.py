@@ -12,8 +12,9 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import engine_options, read_summary, write_chunks
+from helpers import engine_options, read_summary, write_chunks
 
+from embed_collections.engine import devices
 from embed_collections.engine.backends.transformer import SentenceTransformerBackend
 from embed_collections.engine.cache import EmbeddingCache, text_digest
 from embed_collections.engine.executors.local import embed_pending
@@ -119,10 +120,13 @@ def test_cached_texts_load_no_model_and_changed_text_embeds_alone(
         assert (telemetry.chunks_embedded, telemetry.cache_hits) == (1, len(TEXTS) - 1)
 
 
-def test_fingerprint_separates_settings_that_change_vectors(tmp_path, tiny_models):
+def test_fingerprint_separates_settings_that_change_vectors(tmp_path, tiny_models, monkeypatch):
     spec = resolve_model(str(tiny_models["tiny32"]))
     base = fingerprint_for(spec, options(tmp_path))
     assert base == fingerprint_for(spec, options(tmp_path, batch_size=8))
+    # bf16 is allowed only on a CPU with bf16 units: this test's CPU has them, whatever runs it
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nflags\t\t: avx2 avx512_bf16\n")
+    monkeypatch.setattr(devices, "CPUINFO", tmp_path / "cpuinfo")
     assert base != fingerprint_for(spec, options(tmp_path, dtype="bfloat16"))
     assert base != fingerprint_for(spec, options(tmp_path, backend="onnx"))
     assert base != fingerprint_for(

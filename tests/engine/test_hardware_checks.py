@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from conftest import cli_run_args, run_cli, write_chunks
+from helpers import cli_run_args, run_cli, write_chunks
 
 from embed_collections.engine import devices
 from embed_collections.engine.cache import EmbeddingCache, text_digest

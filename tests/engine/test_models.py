@@ -83,7 +83,7 @@ def test_bad_weights_are_usage_errors(tiny_models, weights, message):
 
 
 def test_truncate_dim_cuts_the_model_s_vectors_and_refuses_more_than_it_has(tiny_models):
-    from conftest import cosine, encode
+    from helpers import cosine, encode
 
     from embed_collections.engine.backends.transformer import SentenceTransformerBackend
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cosine, encode, read_points, write_chunks
+from helpers import cosine, encode, read_points, write_chunks
 
 import embed_collections
 from embed_collections.engine.models.folders import model_fingerprint
@@ -152,7 +152,7 @@ def test_prefix_without_a_model_is_a_usage_error(e5_model, tmp_path):
 
 
 def test_cli_prefix_without_a_model_exits_2_with_one_line(tmp_path):
-    from conftest import cli_run_args, invoke
+    from helpers import cli_run_args, invoke
 
     result = invoke(cli_run_args(tmp_path, tmp_path / "out", ["minilm"], "--query-prefix", "q: "))
     assert result.code == 2

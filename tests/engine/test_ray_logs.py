@@ -8,7 +8,7 @@ import json
 import logging
 
 import pytest
-from conftest import cli_run_args, run_cli, write_chunks
+from helpers import cli_run_args, run_cli, write_chunks
 
 from embed_collections.engine.executors.ray_cluster import ray_logs_routed
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import cached_vectors, cli_run_args, read_summary, run_cli, write_chunks
+from helpers import cached_vectors, cli_run_args, read_summary, run_cli, write_chunks
 
 from embed_collections.engine.models.resolve import resolve_model
 from embed_collections.engine.models.tiny import build_remote_code_model

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import need_module
+from helpers import need_module
 
 from embed_collections.engine.backends import choice as preflight
 from embed_collections.engine.backends import create_backend, kinds

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cosine, encode, engine_options, need_module
+from helpers import cosine, encode, engine_options, need_module
 
 from embed_collections.engine.cache import EmbeddingCache, text_digest
 from embed_collections.engine.executors.local import embed_pending

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Result, run_cli
-from conftest import write_beir as write_beir_files
+from helpers import Result, run_cli
+from helpers import write_beir as write_beir_files
 
 from embed_collections.engine.options import EngineOptions
 from embed_collections.errors import UsageError

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli, search_run, write_beir
+from helpers import run_cli, search_run, write_beir
 
 from embed_collections.engine.models.resolve import find_in_package
 from embed_collections.engine.models.tiny import build_static_model, minilm_vocab_size

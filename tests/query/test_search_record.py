@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import cli_run_args, invoke, run_cli, write_chunks
+from helpers import cli_run_args, invoke, run_cli, write_chunks
 
 import embed_collections as ec
 from embed_collections.engine.models.tiny import build_tiny_model

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PACKAGE_ROOT, run_cli
+from helpers import PACKAGE_ROOT, run_cli
 
 import embed_collections as ec
 from embed_collections.query.live import LiveRun, default_threads

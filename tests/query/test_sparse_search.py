@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import Result, engine_options, run_cli, search_run, write_chunks
+from helpers import Result, engine_options, run_cli, search_run, write_chunks
 
 from embed_collections.engine import SPARSE_VECTOR_NAME as VECTOR_NAME
 from embed_collections.engine import create_sparse_encoder as create_encoder

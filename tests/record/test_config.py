@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import invoke
+from helpers import invoke
 
 from embed_collections.errors import UsageError
 from embed_collections.record.config import build_run_config

@@ -10,7 +10,7 @@ import json
 import logging
 
 import pytest
-from conftest import cosine, encode, invoke, run_cli, write_chunks
+from helpers import cosine, encode, invoke, run_cli, write_chunks
 
 from embed_collections.errors import UsageError
 from embed_collections.progress import Progress

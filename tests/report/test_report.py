@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import cli_run_args, invoke, write_chunks
+from helpers import cli_run_args, invoke, write_chunks
 from plotly.offline import get_plotlyjs
 
 LONG = " ".join(f"word{i}" for i in range(400))  # well over the tiny models' 128-token window

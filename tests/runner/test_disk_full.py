@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import mount_tmpfs, read_summary, run_cli, write_chunks
+from helpers import mount_tmpfs, read_summary, run_cli, write_chunks
 
 from embed_collections.stores.edge import EdgeStore
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Result, cli_run_args, invoke, read_points, read_summary, run_cli, write_chunks
+from helpers import Result, cli_run_args, invoke, read_points, read_summary, run_cli, write_chunks
 from qdrant_edge import EdgeShard, Point, UpdateOperation
 
 from embed_collections.stores import PointBatch, edge_files

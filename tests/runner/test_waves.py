@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import read_points, read_summary, write_chunks
+from helpers import read_points, read_summary, write_chunks
 
 from embed_collections.engine.options import EngineOptions
 from embed_collections.record.config import RunConfig, build_run_config

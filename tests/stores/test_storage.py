@@ -8,7 +8,7 @@ import uuid
 
 import numpy as np
 import pytest
-from conftest import invoke, search_run, write_chunks
+from helpers import invoke, search_run, write_chunks
 
 from embed_collections.errors import StoreError, UsageError
 from embed_collections.stores.base import PointBatch, SearchQuery, StorageOptions, VectorLayout

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import unused_port
+from helpers import unused_port
 
 from embed_collections.errors import StoreError, UsageError
 from embed_collections.stores.base import PointBatch, SearchQuery, VectorLayout

@@ -295,27 +295,21 @@ def upload(
       embed-collections upload ./output/embeddings_2025-10-23_14-30-45.zip --qdrant-path ./qdrant
       embed-collections upload ./output --qdrant-url http://localhost:6333 --collections Docling
     """
-    from embed_collections.archive.upload import upload_export
-    from embed_collections.errors import UsageError
-    from embed_collections.record.config import build_storage
-    from embed_collections.stores.open import open_store
+    import embed_collections as ec
 
     setup_logging(verbose, quiet)
     source = click.get_current_context().get_parameter_source("qdrant_url")
     if qdrant_path and source is click.core.ParameterSource.ENVIRONMENT:
         qdrant_url = None  # an explicit --qdrant-path beats a QDRANT_URL left in the environment
-    if bool(qdrant_url) == bool(qdrant_path):
-        raise UsageError(
-            "Give one target store: --qdrant-path DIR (embedded) or --qdrant-url URL (a server)"
-        )
-    # the embedded store in a child process, as in `run`: a full disk under its memory maps
-    # (SIGBUS) is then a message, not a dead process
-    store = open_store(qdrant_url, qdrant_path, qdrant_api_key, isolated=True)
-    try:
-        chosen = build_storage(storage) if any(v for v in storage.values()) else None
-        counts = upload_export(path, store, split_list(collections) or None, recreate, chosen)
-    finally:
-        store.close()
+    counts = ec.upload(
+        path,
+        qdrant_url=qdrant_url,
+        qdrant_path=qdrant_path,
+        qdrant_api_key=qdrant_api_key,
+        collections=split_list(collections) or None,
+        recreate=recreate,
+        **storage,
+    )
     if as_json:
         echo_json(counts)
         return

@@ -99,7 +99,12 @@ def search(
 
     setup_logging(verbose, quiet or not verbose)
     with ec.open(
-        output_dir, qdrant_api_key, device, qdrant_url, qdrant_path, trust_remote_code
+        output_dir,
+        qdrant_url=qdrant_url,
+        qdrant_path=qdrant_path,
+        qdrant_api_key=qdrant_api_key,
+        device=device,
+        trust_remote_code=trust_remote_code,
     ) as opened:
         chosen = opened.resolve_mode(mode)
         hits = opened.search(
@@ -249,34 +254,27 @@ def eval_command(**options):
       embed-collections eval --beir ./scifact --models minilm,bge-small --tune-weights \\
           --tune-split train --split test
     """
-    from embed_collections.evaluation.beir import evaluate_beir
-    from embed_collections.record.config import (
-        RUN_OPTIONS,
-        build_run_config,
-        default_paths,
-        detect_environment,
-    )
+    import embed_collections as ec
+    from embed_collections.record.config import RUN_OPTIONS, default_paths, detect_environment
     from embed_collections.record.files import EVAL_FILE
 
     setup_logging(options["verbose"], options["quiet"])
-    output_dir = options["output_dir"] or default_paths(detect_environment())[1] / "eval"
     options["models"] = split_list(options["models"])
     options["weights"] = parse_weights(options["weights"])
     chosen = {key: options[key] for key in RUN_OPTIONS if key in options}
-    config = build_run_config(output_dir / "beir", output_dir, chosen)  # type: ignore[arg-type]
+    output_dir = options["output_dir"] or default_paths(detect_environment())[1] / "eval"
     if options["tune_weights"]:
-        render_tuning(options, config)
-        refresh_report(output_dir)
+        render_tuning(options, chosen)
         return
-    report = evaluate_beir(
+    report = ec.evaluate(
         options["beir_dir"],
-        config,
-        modes=split_list(options["modes"]) or None,
+        output_dir,
         split=options["split"],
+        modes=split_list(options["modes"]) or None,
         fusion=options["fusion"],
         rrf_k=options["rrf_k"],
+        **chosen,
     )
-    refresh_report(output_dir)
     data = report.to_json()
     if options["as_json"]:
         echo_json(data)
@@ -312,28 +310,17 @@ def eval_command(**options):
     click.echo(f"Results: {output_dir / EVAL_FILE}")
 
 
-def refresh_report(output_dir: Path) -> None:
-    """Re-write the eval run's report.html with the results just written (never fatal)."""
-    from embed_collections.cli.render import log
-    from embed_collections.errors import EmbedCollectionsError
-    from embed_collections.report.html import write_report
-
-    try:
-        write_report(output_dir)
-    except (EmbedCollectionsError, OSError) as error:
-        log.warning("The report could not be written: %s", error)
-
-
-def render_tuning(options: dict, config) -> None:
+def render_tuning(options: dict, chosen: dict) -> None:
     """Run `eval --tune-weights` and print its table (or JSON)."""
-    from embed_collections.evaluation.tune_beir import tune_beir
+    import embed_collections as ec
 
-    report = tune_beir(
+    report = ec.tune_weights(
         options["beir_dir"],
-        config,
+        options["output_dir"],
         tune_split=options["tune_split"],
         split=options["split"],
         weights_out=options["weights_out"],
+        **chosen,
     )
     data = report.to_json()
     if options["as_json"]:

@@ -14,13 +14,6 @@ OUTPUT_ARGUMENT = click.argument(
 )
 
 
-def default_output(output_dir: Path | None) -> Path:
-    """The given output directory, else the environment's default (./output, Kaggle's)."""
-    from embed_collections.record.config import default_paths, detect_environment
-
-    return output_dir or default_paths(detect_environment())[1]
-
-
 @click.command()
 @OUTPUT_ARGUMENT
 @click.option(
@@ -41,11 +34,10 @@ def report(output_dir, out, verbose, quiet):
       embed-collections report ./output
       embed-collections report ./output -o /tmp/run.html
     """
-    from embed_collections.report.html import write_report
+    import embed_collections as ec
 
     setup_logging(verbose, quiet)
-    path = write_report(default_output(output_dir), out)
-    click.echo(str(path))
+    click.echo(str(ec.report(output_dir, out)))
 
 
 @click.command()
@@ -60,13 +52,11 @@ def status(output_dir, as_json):
       embed-collections status ./output --json
     Exit codes: 0 every collection stored, 3 some failed, 1 no run found.
     """
-    from embed_collections.report.data import load_run
-    from embed_collections.report.status import overview, render_status
+    import embed_collections as ec
 
-    view = load_run(default_output(output_dir))
-    facts = overview(view)
+    found = ec.status(output_dir)
     if as_json:
-        echo_json(facts)
+        echo_json(found.to_json())
     else:
-        click.echo(render_status(view))
-    return 3 if facts["failed"] else 0
+        click.echo(str(found))
+    return found.exit_code

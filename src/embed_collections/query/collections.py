@@ -192,6 +192,7 @@ class Collections:
     def open(
         cls,
         output_dir: str | Path,
+        *,
         qdrant_api_key: str | None = None,
         device: str = "",
         qdrant_url: str | None = None,

@@ -247,7 +247,7 @@ class LiveRun:
             if self.qdrant_url or record.store.url and not self.qdrant_path:
                 collections = Collections.open(
                     self.output_dir,
-                    self.qdrant_api_key,
+                    qdrant_api_key=self.qdrant_api_key,
                     qdrant_url=self.qdrant_url,
                     encoder=encoder,
                 )

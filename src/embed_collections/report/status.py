@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from embed_collections.record.files import REPORT_FILE
@@ -91,3 +92,21 @@ def render_status(view: RunView) -> str:
     if facts["report"]:
         lines.append(f"Report: {facts['report']}")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """A finished run at a glance: `str()` is what `status` prints, `to_json()` its `--json`."""
+
+    view: RunView
+
+    def to_json(self) -> dict[str, Any]:
+        return overview(self.view)
+
+    def __str__(self) -> str:
+        return render_status(self.view)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every collection is stored, 3 when some failed (as `status` exits)."""
+        return 3 if self.to_json()["failed"] else 0
