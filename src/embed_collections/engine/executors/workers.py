@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from embed_collections.engine.backends.base import CountingTokenizer
-from embed_collections.engine.backends.kinds import REFERENCE_BACKEND, is_reference
+from embed_collections.engine.backends.kinds import REFERENCE_BACKEND, RUNTIMES
 from embed_collections.engine.cache import EmbeddingCache
 from embed_collections.engine.devices import is_cuda
 from embed_collections.engine.executors.batches import (
@@ -190,7 +190,7 @@ def parent_counter(spec: ModelSpec, backend: str) -> Any:
     transformers, which it does not import); for torch the model's fast tokenizer as
     sentence-transformers loads it, truncated at the model's configured window. Else the
     transformers tokenizer itself, to count."""
-    if not is_reference(backend):
+    if backend.partition("-")[0] in RUNTIMES:  # an export's own tokenizer
         from embed_collections.engine.backends.export import export_tokenizer
 
         return export_tokenizer(spec, backend)
