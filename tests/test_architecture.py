@@ -184,3 +184,18 @@ def test_no_backend_ability_is_found_with_hasattr():
         and "backend" in node.args[0].id
     ]
     assert found == []
+
+
+def test_workers_and_their_parent_speak_in_typed_messages():
+    """What a worker sends its parent is a message class of `executors/workers.py`, never a
+    tuple unpacked by position."""
+    path = PACKAGE / "engine" / "executors" / "workers.py"
+    sent = [
+        node.args[0]
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "send"
+        and node.args
+    ]
+    assert sent and all(isinstance(arg, ast.Call) for arg in sent)

@@ -12,7 +12,8 @@ import pytest
 from helpers import engine_options
 
 from embed_collections.engine.executors.batches import GROW_AFTER, load_backend, run_batches
-from embed_collections.engine.executors.workers import Plan, Unit, WorkerState, lost_worker
+from embed_collections.engine.executors.pool import Plan, WorkerState, lost_worker
+from embed_collections.engine.executors.workers import Unit
 from embed_collections.engine.lease import DeviceLease
 from embed_collections.engine.models.resolve import resolve_model
 from embed_collections.engine.models.specs import ModelSettings, ModelSpec

@@ -31,6 +31,7 @@ from embed_collections.engine.executors.batches import (
     run_batches,
     start_telemetry,
 )
+from embed_collections.engine.executors.pool import Job, embed_on_devices
 from embed_collections.engine.lease import LeaseEvent
 from embed_collections.engine.models.specs import ModelSpec
 from embed_collections.engine.options import EngineOptions
@@ -62,9 +63,8 @@ def embed_pending(
         return telemetry
     devices = options.devices
     if len(devices) > 1 and not spec.static:  # a static model is fast enough on one device
-        from embed_collections.engine.executors.workers import embed_on_devices
-
-        embed_on_devices(spec, fingerprint, texts, cache, options, events, telemetry, devices)
+        job = Job(spec, fingerprint, texts, cache, options, telemetry, events)
+        embed_on_devices(job, devices)
         return telemetry
     embed_in_process(spec, fingerprint, texts, cache, options, events, telemetry, devices[0])
     return telemetry
