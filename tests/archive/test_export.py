@@ -461,3 +461,24 @@ def copy_summary(summary, output: Path, copy: Path):
         if result.export_dir:
             result.export_dir = str(copy / Path(result.export_dir).relative_to(output))
     return moved
+
+
+def test_the_upload_script_is_a_standalone_module():
+    """Linted and type-checked as part of the package, yet it imports nothing of it (it runs
+    beside an export with only numpy and qdrant-client), and its template refuses to run."""
+    import ast
+
+    from embed_collections.archive import upload_script
+
+    source = Path(upload_script.__file__).read_text()
+    imported = {
+        alias.name if isinstance(node, ast.Import) else node.module
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert not any(str(name).startswith("embed_collections") for name in imported)
+    done = subprocess.run(
+        [sys.executable, upload_script.__file__], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1 and "template" in done.stderr

@@ -15,13 +15,14 @@ import zipfile
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from string import Template
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from embed_collections.archive import upload as reading
+from embed_collections.archive import upload_script
 from embed_collections.archive.upload import MANIFEST_FILE, STATS_SUFFIX, ManifestEntry, human_size
+from embed_collections.archive.upload_script import fill_config
 from embed_collections.atomic import write_json_atomic, write_text_atomic
 from embed_collections.errors import ArchiveError
 from embed_collections.record.files import SUMMARY_FILE
@@ -218,10 +219,10 @@ def result_timings(result: CollectionResult) -> dict[str, Any]:
 
 def render_upload_script(collection: str, layout: VectorLayout, files: dict[str, Any]) -> str:
     """The standalone upload script of a collection: its constants filled into the template."""
-    values = {"COLLECTION": collection, "DENSE": dict(layout.dense), "SPARSE": list(layout.sparse)}
-    values |= {"EMBEDDINGS": files["embeddings"], "METADATA": files["metadata"]}
-    values |= {"TEXTS": files["texts"], "SPARSE_FILE": files["sparse"]}
-    return UPLOAD_SCRIPT.substitute({key: repr(value) for key, value in values.items()})
+    config = {"collection": collection, "dense": dict(layout.dense), "sparse": list(layout.sparse)}
+    config |= {"embeddings": files["embeddings"], "metadata": files["metadata"]}
+    config |= {"texts": files["texts"], "sparse_file": files["sparse"]}
+    return fill_config(Path(upload_script.__file__).read_text(encoding="utf-8"), config)
 
 
 def finish_export(config: RunConfig, summary: RunSummary) -> Path | None:
@@ -295,114 +296,3 @@ def create_archive(target: Path, entries: list[ManifestEntry], compression: str)
         *(target, len(entries) + 1, human_size(packed), human_size(total), ratio, saved),
     )
     return target
-
-
-UPLOAD_SCRIPT = Template('''#!/usr/bin/env python3
-"""Recreate the Qdrant collection COLLECTION (below) from the export files beside this script.
-
-Needs only numpy and qdrant-client. Point ids are fixed, so a second run leaves the same points;
-an existing collection with the same configuration is reused (--recreate drops it first).
-    QDRANT_API_KEY=... python THIS_SCRIPT --url https://my-qdrant:6333
-    python THIS_SCRIPT --path ./qdrant_local     # qdrant-client local mode
-"""
-
-import argparse
-import hashlib
-import json
-import os
-import sys
-import time
-from pathlib import Path
-
-import numpy as np
-from qdrant_client import QdrantClient, models
-
-HERE = Path(__file__).resolve().parent
-COLLECTION = $COLLECTION
-DENSE = $DENSE  # vector name -> size; "" is the single unnamed vector (cosine, on disk)
-SPARSE = $SPARSE  # sparse vectors: BM25 term weights, Qdrant applies the IDF modifier
-EMBEDDINGS = $EMBEDDINGS  # vector name -> .npy file
-METADATA_FILE, TEXTS_FILE, SPARSE_FILE = $METADATA, $TEXTS, $SPARSE_FILE
-
-
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--url", help="Qdrant server URL (API key from env QDRANT_API_KEY)")
-    where.add_argument("--path", help="folder for qdrant-client local mode")
-    parser.add_argument("--collection", default=COLLECTION, help="target collection name")
-    parser.add_argument("--batch-size", type=int, default=256, help="points per request")
-    parser.add_argument("--retries", type=int, default=3, help="retries of a failed request")
-    parser.add_argument("--recreate", action="store_true", help="drop the collection first")
-    return parser.parse_args()
-
-
-def load():
-    metadata = json.loads((HERE / METADATA_FILE).read_text(encoding="utf-8"))
-    texts = json.loads((HERE / TEXTS_FILE).read_text(encoding="utf-8"))
-    vectors = {name: np.load(HERE / file, mmap_mode="r") for name, file in EMBEDDINGS.items()}
-    sparse = []
-    if SPARSE_FILE:
-        with open(HERE / SPARSE_FILE, encoding="utf-8") as handle:
-            sparse = [json.loads(line) for line in handle]
-    if len({len(metadata), len(texts), len(sparse or texts), *map(len, vectors.values())}) != 1:
-        sys.exit(f"{HERE}: the export files are not aligned (export or download them again)")
-    return metadata, texts, vectors, sparse
-
-
-def ensure_collection(client, name, recreate):
-    if client.collection_exists(name) and not recreate:
-        params = client.get_collection(name).config.params
-        vectors = params.vectors if isinstance(params.vectors, dict) else {"": params.vectors}
-        dense = {key: value.size for key, value in vectors.items()}
-        if dense != DENSE or sorted(params.sparse_vectors or {}) != sorted(SPARSE):
-            sys.exit(f"Collection {name!r} exists with another configuration (use --recreate)")
-        return
-    if client.collection_exists(name):
-        client.delete_collection(name)
-    params = {n: models.VectorParams(size=size, distance=models.Distance.COSINE, on_disk=True)
-              for n, size in DENSE.items()}
-    sparse = {n: models.SparseVectorParams(modifier=models.Modifier.IDF) for n in SPARSE}
-    client.create_collection(name, vectors_config=params.get("") if set(DENSE) == {""} else params,
-                             sparse_vectors_config=sparse or None)
-
-
-def point(i, metadata, texts, vectors, sparse):
-    meta, text = metadata[i], texts[i]
-    vector = {name: np.asarray(rows[i], np.float32).tolist() for name, rows in vectors.items()}
-    for name in SPARSE:
-        vector[name] = models.SparseVector(indices=sparse[i]["indices"], values=sparse[i]["values"])
-    if set(vector) == {""}:
-        vector = vector[""]
-    fields = {key: meta[key] for key in ("chunk_id", "doc_id", "source_file", "metadata")}
-    payload = {"text": text, **fields, "content_sha256": hashlib.sha256(text.encode()).hexdigest()}
-    return models.PointStruct(id=meta["point_id"], vector=vector, payload=payload)
-
-
-def main():
-    args = parse_args()
-    metadata, texts, vectors, sparse = load()
-    key = os.environ.get("QDRANT_API_KEY")
-    client = QdrantClient(url=args.url, api_key=key) if args.url else QdrantClient(path=args.path)
-    try:
-        ensure_collection(client, args.collection, args.recreate)
-        for start in range(0, len(texts), max(1, args.batch_size)):
-            rows = range(start, min(start + max(1, args.batch_size), len(texts)))
-            points = [point(i, metadata, texts, vectors, sparse) for i in rows]
-            for attempt in range(args.retries + 1):
-                try:
-                    client.upsert(args.collection, points=points, wait=True)
-                    break
-                except Exception as error:  # any failed request is retried, then reported
-                    if attempt == args.retries:
-                        sys.exit(f"Upsert to {args.collection!r} failed: {error}")
-                    time.sleep(0.5 * 2**attempt)
-        count = client.count(args.collection, exact=True).count
-        print(f"{args.collection}: {len(texts)} points uploaded, {count} in the collection")
-    finally:
-        client.close()
-
-
-if __name__ == "__main__":
-    main()
-''')
