@@ -24,6 +24,7 @@ from embed_collections.archive import upload_script
 from embed_collections.archive.upload import MANIFEST_FILE, STATS_SUFFIX, ManifestEntry, human_size
 from embed_collections.archive.upload_script import fill_config
 from embed_collections.atomic import write_json_atomic, write_text_atomic
+from embed_collections.engine import SPARSE_VECTOR_NAME
 from embed_collections.errors import ArchiveError
 from embed_collections.record.files import SUMMARY_FILE
 from embed_collections.record.summary import CollectionResult, RunSummary
@@ -124,7 +125,7 @@ class CollectionExporter:
             meta |= {"source_file": chunk.source_file, "metadata": chunk.metadata}
             metadata.write(sep + _json(meta))
             texts.write(sep + _json(chunk.text))
-        sparse = batch.sparse.get("bm25")
+        sparse = batch.sparse.get(SPARSE_VECTOR_NAME)
         if self.files["sparse"] and sparse is not None:
             for point, (indices, values) in zip(batch.ids, sparse):
                 row = {"point_id": point, "indices": np.asarray(indices, int).tolist()}

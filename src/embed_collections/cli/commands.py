@@ -19,7 +19,7 @@ from embed_collections.cli.options import (
     verbose_option,
 )
 from embed_collections.cli.render import echo_json, render_table, setup_logging
-from embed_collections.engine import DEFAULT_EXECUTOR, EXECUTORS
+from embed_collections.engine import DEFAULT_EXECUTOR, EXECUTORS, SPARSE_ENCODERS
 
 
 class WaveSize(click.ParamType):
@@ -160,7 +160,9 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
     help="Read every unchanged collection back and compare it, even when its files are as the "
     "last complete load left them.",
 )
-@click.option("--sparse", type=click.Choice(["bm25"]), help="Also store BM25 sparse vectors.")
+@click.option(
+    "--sparse", type=click.Choice(list(SPARSE_ENCODERS)), help="Also store sparse vectors (BM25)."
+)
 @click.option(
     "--sparse-language",
     default="english",

@@ -19,6 +19,7 @@ from embed_collections.cli.options import (
     verbose_option,
 )
 from embed_collections.cli.render import echo_json, render_table, setup_logging
+from embed_collections.engine import SPARSE_ENCODERS
 
 
 @click.command(cls=ListOptionCommand)
@@ -188,7 +189,9 @@ def parse_where(values: tuple[str, ...]) -> list[tuple[str, str | int | bool]]:
 )
 @ensemble_options
 @engine_options
-@click.option("--sparse", type=click.Choice(["bm25"]), help="Also index BM25 sparse vectors.")
+@click.option(
+    "--sparse", type=click.Choice(list(SPARSE_ENCODERS)), help="Also index sparse vectors (BM25)."
+)
 @click.option(
     "--sparse-language", default="english", show_default=True, help="BM25 language (as for run)."
 )
