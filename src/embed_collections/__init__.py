@@ -66,11 +66,11 @@ __all__ = [
     "discover",
     "evaluate",
     "open",
-    "report",
     "run",
     "status",
     "tune_weights",
     "upload",
+    "write_report",
 ]
 
 # The types load with their modules on first use, so `import embed_collections` stays instant
@@ -253,11 +253,12 @@ def status(output_dir: str | Path | None = None) -> RunStatus:
     return RunStatus(load_run(_output_dir(output_dir)))
 
 
-def report(output_dir: str | Path | None = None, out: str | Path | None = None) -> Path:
-    """Write the run's page (`report.html`, or `out`) again; returns its path."""
-    from embed_collections.report.html import write_report
+def write_report(output_dir: str | Path | None = None, out: str | Path | None = None) -> Path:
+    """Write the run's page (`report.html`, or `out`) again; returns its path. (Not `report`:
+    that is the name of the package's `report/` wing.)"""
+    from embed_collections.report import html
 
-    return write_report(_output_dir(output_dir), Path(out) if out else None)
+    return html.write_report(_output_dir(output_dir), Path(out) if out else None)
 
 
 def _output_dir(output_dir: str | Path | None) -> Path:

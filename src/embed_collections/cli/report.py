@@ -37,7 +37,7 @@ def report(output_dir, out, verbose, quiet):
     import embed_collections as ec
 
     setup_logging(verbose, quiet)
-    click.echo(str(ec.report(output_dir, out)))
+    click.echo(str(ec.write_report(output_dir, out)))
 
 
 @click.command()
