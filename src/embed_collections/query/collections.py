@@ -3,6 +3,7 @@ encoder, held together so that many searches pay for opening them once."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,11 @@ from embed_collections.query.search import (
     uses_weighted_fusion,
     weighted_named_search,
 )
+from embed_collections.record.finished import read_finished
 from embed_collections.record.run_record import ModelRecord, RunRecord, read_run_record
 from embed_collections.stores.base import Hit, PayloadMatch, SearchQuery, Store
+
+log = logging.getLogger(__name__)
 
 MAX_TOP_K = 1000
 MAX_QUERY_CHARS = 8192  # far above any model's window (MiniLM reads 256 tokens)
@@ -212,7 +216,18 @@ class Collections:
             )
         path = Path(qdrant_path) if qdrant_path else None
         store = open_run_store(record, qdrant_api_key, output_dir, qdrant_url, path)
-        return cls(output_dir, record, store, encoder)
+        finished = read_finished(output_dir)
+        if finished is None or qdrant_url or qdrant_path:  # another store: not what it describes
+            return cls(output_dir, record, store, encoder)
+        served, changed = finished.split(store.collections(), store.loaded_marker)
+        if changed:
+            log.warning(
+                "Leaving out %s: changed since the last finished run in %s by a run that did "
+                "not finish (run it again)",
+                ", ".join(changed),
+                output_dir,
+            )
+        return cls(output_dir, record, store, encoder, fixed_names=served)
 
     @property
     def names(self) -> list[str]:

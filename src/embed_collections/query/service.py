@@ -105,11 +105,15 @@ class SearchService:
             }
 
     def health(self) -> dict[str, Any]:
-        """Liveness and what is served: collections, when loaded, the last reload error."""
+        """Liveness and what is served: collections, when loaded, the last reload error, and
+        whether a newer run is "running" or "incomplete" (it stopped before finishing: the last
+        finished state stays served)."""
         state = self.live.state
         return {
             "status": "ok",
             "collections": len(state.counts),
+            "newer_run": self.live.newer_run(),
+            "left_out": state.left_out,
             "loaded_at": state.loaded_at,
             "reloads": self.live.reloads,
             "last_error": self.live.last_error or None,

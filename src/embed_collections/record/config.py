@@ -21,6 +21,7 @@ from embed_collections.stores.base import StorageOptions
 
 SUMMARY_FILE = "embedding_summary_v6.json"
 LOG_FILE = "embedding_v6.log"
+FINISHED_FILE = "run_finished.json"  # written last by a run that ran to its end (finished.py)
 
 
 def detect_environment() -> str:
@@ -65,6 +66,7 @@ class RunConfig:
     upload: bool = True
     build_index: bool = True
     keep_stale: bool = False
+    keep_missing: bool = False  # keep collections whose folder left the tree (several trees)
     recreate: bool = False
     verify_full: bool = False  # read every unchanged collection back instead of trusting stats
     sparse: str | None = None
@@ -124,6 +126,7 @@ class RunOptions(TypedDict, total=False):
     no_upload: bool
     no_index: bool
     keep_stale: bool
+    keep_missing: bool
     recreate: bool
     verify_full: bool
     sparse: str

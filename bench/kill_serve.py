@@ -1,0 +1,169 @@
+"""`serve` while `run` is killed with SIGKILL at random moments (issue 34): every answer must
+come from one finished run, none may be a 5xx.
+
+A tree of collections whose every text names its generation ("g7 c3 chunk ..."); one finished
+run of generation 0 is served (uvicorn on loopback, in this process); then, for each kill, the
+tree is rewritten as the next generation, a `run` child is started and killed with SIGKILL at a
+random moment of its store-writing window (measured first, from a run that finished), while a
+client thread queries `/search` without pause. An answer is *mixed* when its hits come from two
+generations, *stale-new* when they come from a generation no run finished. At the end one
+complete run must be picked up.
+
+    python bench/kill_serve.py                  # 20 kills
+    python bench/kill_serve.py --kills 5 --collections 4 --chunks 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from common import REPO, bench_env, tiny_model
+
+sys.path.insert(0, str(REPO / "src"))
+
+from embed_collections.query.live import LiveRun  # noqa: E402
+from embed_collections.query.server import BackgroundServer, create_app  # noqa: E402
+from embed_collections.query.service import SearchService  # noqa: E402
+
+
+def write_tree(chunked: Path, generation: int, collections: int, chunks: int) -> None:
+    for c in range(collections):
+        path = chunked / f"c{c}" / f"c{c}_chunks.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        records = [
+            {"text": f"g{generation} c{c} chunk {i} about topic {i % 7}", "metadata": {}}
+            for i in range(chunks)
+        ]
+        path.write_text(json.dumps(records), encoding="utf-8")
+
+
+def run_command(chunked: Path, out: Path, model: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "embed_collections",
+        "run",
+        *("--chunked-dir", str(chunked), "--output-dir", str(out)),
+        *("--lease-dir", str(out.parent / "leases"), "--models", str(model)),
+        *("--device", "cpu", "--backend", "torch", "--no-index", "-q"),
+    ]
+
+
+def writing(out: Path) -> bool:
+    try:
+        summary = json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(summary.get("running"))
+
+
+def start(command: list[str], out: Path) -> tuple[subprocess.Popen, float]:
+    """A run child, returned once it is past its preflight (with the time it got there)."""
+    env = {**bench_env(), "PYTHONPATH": str(REPO / "src")}
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while not writing(out) and child.poll() is None:
+        time.sleep(0.005)
+    return child, time.monotonic()
+
+
+class Client(threading.Thread):
+    """Queries /search without pause; counts answers by what they hold."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.stop = url, threading.Event()
+        self.answers = self.mixed = self.errors = 0
+        self.generations: set[str] = set()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            while not self.stop.is_set():
+                answer = client.post("/search", json={"query": "topic 3", "top_k": 50})
+                self.answers += 1
+                if answer.status_code >= 500:
+                    self.errors += 1
+                    continue
+                found = {hit["text"].split()[0] for hit in answer.json().get("hits", [])}
+                self.mixed += len(found) > 1
+                self.generations |= found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--collections", type=int, default=6)
+    parser.add_argument("--chunks", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=34)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    model = tiny_model(32)
+    root = Path(tempfile.mkdtemp(prefix="kill-serve-"))
+    chunked, out = root / "Chunked", root / "out"
+    command = run_command(chunked, out, model)
+
+    write_tree(chunked, 0, args.collections, args.chunks)
+    subprocess.run(command, env={**bench_env(), "PYTHONPATH": str(REPO / "src")}, check=True)
+    write_tree(chunked, 1, args.collections, args.chunks)  # the window: a run that rewrites all
+    child, began = start(command, out)
+    child.wait()
+    window = time.monotonic() - began
+    finished = {"g0", "g1"}
+    print(f"store-writing window of a complete run: {window:.2f} s")
+
+    service = SearchService(LiveRun(out, poll_seconds=0.05).start())
+    killed = completed = 0
+    with BackgroundServer(create_app(service)) as server:
+        client = Client(server.url)
+        client.start()
+        for kill in range(args.kills):
+            write_tree(chunked, kill + 2, args.collections, args.chunks)
+            child, began = start(command, out)
+            time.sleep(rng.uniform(0, window))
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            if child.returncode == -signal.SIGKILL:
+                killed += 1
+            else:  # it finished before the kill: its generation may be served
+                completed += 1
+                finished.add(f"g{kill + 2}")
+            time.sleep(0.2)
+        health = httpx.get(server.url + "/healthz").json()
+        write_tree(chunked, 99, args.collections, args.chunks)
+        subprocess.run(command, env={**bench_env(), "PYTHONPATH": str(REPO / "src")}, check=True)
+        deadline = time.monotonic() + 60
+        while "g99" not in client.generations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.stop.set()
+        client.join()
+    service.close()
+    unfinished = sorted(client.generations - finished - {"g99"})
+    print(
+        json.dumps(
+            {
+                "kills": args.kills,
+                "killed_mid_run": killed,
+                "finished_before_the_kill": completed,
+                "answers": client.answers,
+                "mixed_answers": client.mixed,
+                "5xx": client.errors,
+                "answers_from_unfinished_runs": unfinished,
+                "healthz_after_kills": {k: health[k] for k in ("newer_run", "last_error")},
+                "picked_up_the_next_complete_run": "g99" in client.generations,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

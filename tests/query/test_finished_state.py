@@ -1,0 +1,171 @@
+"""Only finished, verified states are served: a real `run` child killed with SIGKILL while a
+real served instance answers, then `ec.open` and a fresh server on what the dead run left; and
+the store following the input (a collection whose folder is gone is deleted)."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import cli_env, cli_run_args, read_summary, run_cli, write_chunks
+
+import embed_collections as ec
+from embed_collections.query.live import LiveRun
+from embed_collections.query.server import BackgroundServer, create_app
+from embed_collections.query.service import SearchService
+from embed_collections.record.config import FINISHED_FILE, SUMMARY_FILE
+
+NAMES = [f"c{i}" for i in range(6)]
+
+
+def write_tree(chunked: Path, generation: str, chunks: int = 60) -> None:
+    """Every chunk's text names its generation, so a hit says which run stored it."""
+    for name in NAMES:
+        texts = [f"{generation} {name} chunk {i} about topic {i % 7}" for i in range(chunks)]
+        write_chunks(chunked / name / f"{name}_chunks.json", texts)
+
+
+def generations(hits: list[dict]) -> set[str]:
+    return {hit["text"].split()[0] for hit in hits}
+
+
+def start_run(chunked: Path, out: Path, model: Path) -> subprocess.Popen:
+    args = cli_run_args(chunked, out, [model], "--no-index", "--backend", "torch")
+    return subprocess.Popen(
+        [sys.executable, "-m", "embed_collections", *map(str, args)],
+        cwd=out.parent,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def running(out: Path) -> bool:
+    """The run is past its preflight (its reserved summary says "running")."""
+    try:
+        return bool(json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8")).get("running"))
+    except (OSError, ValueError):
+        return False
+
+
+def kill_while_writing(chunked: Path, out: Path, model: Path, delay: float) -> None:
+    child = start_run(chunked, out, model)
+    deadline = time.monotonic() + 120
+    while not running(out) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(delay)
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=60)
+
+
+def test_a_killed_run_leaves_the_last_finished_state_served(tmp_path, tiny_models):
+    model = tiny_models["tiny32"]
+    chunked, out = tmp_path / "Chunked", tmp_path / "out"
+    write_tree(chunked, "old")
+    assert run_cli(cli_run_args(chunked, out, [model], "--no-index"), tmp_path).code == 0
+    assert (out / FINISHED_FILE).is_file()
+    write_tree(chunked, "new")  # every text changes: the next run rewrites every collection
+
+    service = SearchService(LiveRun(out, poll_seconds=0.05).start())
+    answers, statuses, seen = 0, set(), set()
+    try:
+        with (
+            BackgroundServer(create_app(service)) as server,
+            httpx.Client(base_url=server.url, timeout=60) as client,
+        ):
+            for delay in (0.0, random.uniform(0.05, 0.6)):
+                kill_while_writing(chunked, out, model, delay)
+                for _ in range(20):
+                    answer = client.post("/search", json={"query": "topic 3", "top_k": 50})
+                    statuses.add(answer.status_code)
+                    seen |= generations(answer.json()["hits"])
+                    answers += 1
+            health = client.get("/healthz").json()
+    finally:
+        service.close()
+    assert statuses == {200} and answers == 40
+    assert seen == {"old"}  # never a text of the run that did not finish
+    assert health["newer_run"] == "incomplete" and health["collections"] == len(NAMES)
+
+    # Opened afresh on what the dead run left: only collections the finished run vouches for.
+    with ec.open(out) as opened:
+        hits = opened.search("topic 3", None, 50)
+        assert {hit.text.split()[0] for hit in hits} <= {"old"}
+        left = set(NAMES) - set(opened.names)
+    fresh = SearchService(LiveRun(out, poll_seconds=0.05).start())
+    try:
+        assert fresh.health()["left_out"] == sorted(left)
+        _, hits = fresh.search_now(query="topic 3", top_k=50)
+        assert {hit.text.split()[0] for hit in hits} <= {"old"}
+    finally:
+        fresh.close()
+
+    assert run_cli(cli_run_args(chunked, out, [model], "--no-index"), tmp_path).code == 0
+    with ec.open(out) as opened:
+        assert opened.names == NAMES
+        assert {hit.text.split()[0] for hit in opened.search("topic 3", None, 50)} == {"new"}
+
+
+@pytest.mark.slow
+def test_twenty_kills_never_serve_a_mixed_answer(tmp_path, tiny_models):
+    model = tiny_models["tiny32"]
+    chunked, out = tmp_path / "Chunked", tmp_path / "out"
+    write_tree(chunked, "g0")
+    assert run_cli(cli_run_args(chunked, out, [model], "--no-index"), tmp_path).code == 0
+    service = SearchService(LiveRun(out, poll_seconds=0.05).start())
+    mixed = errors = 0
+    try:
+        with (
+            BackgroundServer(create_app(service)) as server,
+            httpx.Client(base_url=server.url, timeout=60) as client,
+        ):
+            for kill in range(20):
+                write_tree(chunked, f"g{kill + 1}")
+                kill_while_writing(chunked, out, model, random.uniform(0.0, 1.0))
+                for _ in range(5):
+                    answer = client.post("/search", json={"query": "topic 3", "top_k": 50})
+                    errors += answer.status_code >= 500
+                    mixed += len(generations(answer.json().get("hits", []))) > 1
+    finally:
+        service.close()
+    assert (mixed, errors) == (0, 0)
+
+
+def test_a_collection_whose_folder_is_gone_leaves_the_store(tmp_path, tiny_models):
+    model = tiny_models["tiny32"]
+    chunked, out = tmp_path / "Chunked", tmp_path / "out"
+    write_tree(chunked, "old", chunks=5)
+    args = cli_run_args(chunked, out, [model], "--no-index")
+    assert run_cli(args, tmp_path).code == 0
+    for gone in ("c4", "c5"):
+        for path in (chunked / gone).iterdir():
+            path.unlink()
+        (chunked / gone).rmdir()
+
+    subset = run_cli([*args, "--collections", "c0"], tmp_path)  # not the whole tree: kept
+    assert subset.code == 0 and read_summary(out)["removed"] == []
+    kept = run_cli([*args, "--keep-missing"], tmp_path)
+    assert kept.code == 0 and read_summary(out)["removed"] == []
+    with ec.open(out) as opened:
+        assert opened.names == NAMES
+
+    removed = run_cli(args, tmp_path)
+    assert removed.code == 0, removed.err
+    summary = read_summary(out)
+    assert summary["removed"] == ["c4", "c5"]
+    assert list(summary).index("removed") > list(summary).index("failed_collections")
+    assert not (out / "qdrant" / "c4").exists()
+    with ec.open(out) as opened:
+        assert opened.names == NAMES[:4]
+        hits = opened.search("topic 3", None, 100)
+        assert hits and {hit.collection for hit in hits} <= set(NAMES[:4])
+    searched = run_cli(["search", "all", "topic 3", "--output-dir", out, "--json"], tmp_path)
+    assert searched.code == 0 and '"c4"' not in searched.out and '"c0"' in searched.out
