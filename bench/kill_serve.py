@@ -59,6 +59,10 @@ def run_command(chunked: Path, out: Path, model: Path) -> list[str]:
     ]
 
 
+def child_env() -> dict[str, str]:
+    return {**bench_env(), "PYTHONPATH": str(REPO / "src")}
+
+
 def writing(out: Path) -> bool:
     try:
         summary = json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
@@ -69,8 +73,7 @@ def writing(out: Path) -> bool:
 
 def start(command: list[str], out: Path) -> tuple[subprocess.Popen, float]:
     """A run child, returned once it is past its preflight (with the time it got there)."""
-    env = {**bench_env(), "PYTHONPATH": str(REPO / "src")}
-    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     while not writing(out) and child.poll() is None:
         time.sleep(0.005)
     return child, time.monotonic()
@@ -112,7 +115,7 @@ def main() -> None:
     command = run_command(chunked, out, model)
 
     write_tree(chunked, 0, args.collections, args.chunks)
-    subprocess.run(command, env={**bench_env(), "PYTHONPATH": str(REPO / "src")}, check=True)
+    subprocess.run(command, env=child_env(), check=True, stdout=subprocess.DEVNULL)
     write_tree(chunked, 1, args.collections, args.chunks)  # the window: a run that rewrites all
     child, began = start(command, out)
     child.wait()
@@ -139,7 +142,7 @@ def main() -> None:
             time.sleep(0.2)
         health = httpx.get(server.url + "/healthz").json()
         write_tree(chunked, 99, args.collections, args.chunks)
-        subprocess.run(command, env={**bench_env(), "PYTHONPATH": str(REPO / "src")}, check=True)
+        subprocess.run(command, env=child_env(), check=True, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while "g99" not in client.generations and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -22,7 +22,12 @@ log = logging.getLogger("embed_collections.cli.serve")
     type=click.Path(path_type=Path),
     help="Output directory of the run to serve [./output].",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; one other machines can reach needs --api-key (or --no-auth).",
+)
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
@@ -58,6 +63,49 @@ log = logging.getLogger("embed_collections.cli.serve")
     show_default=True,
     help="How often to look for a finished run in the output directory.",
 )
+@click.option(
+    "--api-key",
+    envvar="EMBED_COLLECTIONS_API_KEY",
+    help="Key every request must send as Authorization: Bearer KEY (HTTP and MCP) "
+    "[env EMBED_COLLECTIONS_API_KEY].",
+)
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    help="Serve a non-loopback --host without an API key (logs a warning).",
+)
+@click.option(
+    "--allowed-hosts",
+    multiple=True,
+    help="Host names clients may use besides the loopback ones and --host (comma-separated or "
+    "repeated; * for any), e.g. search.internal.",
+)
+@click.option(
+    "--cors-origin",
+    help="One browser origin allowed to call the API cross-site, e.g. https://app.example.com "
+    "[CORS off].",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds a client has to send a request's head, and again its body (then 408).",
+)
+@click.option(
+    "--max-body",
+    type=click.IntRange(min=1024),
+    default=1 << 20,
+    show_default=True,
+    help="Largest request body in bytes (then 413).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="Open connections at most; more are answered 429 and closed.",
+)
 @verbose_option
 @quiet_option
 def serve(
@@ -73,6 +121,13 @@ def serve(
     max_batch,
     threads,
     poll_seconds,
+    api_key,
+    no_auth,
+    allowed_hosts,
+    cors_origin,
+    request_timeout,
+    max_body,
+    max_connections,
     verbose,
     quiet,
 ):
@@ -87,13 +142,18 @@ def serve(
       GET  /collections   names, point counts, models
       POST /search        {"query", "collections", "top_k", "mode", "where"}
       GET  /healthz       liveness
+    Only loopback host names are served by default (a DNS-rebinding page reads nothing); a
+    --host other machines can reach needs --api-key, sent as `Authorization: Bearer KEY`.
+
     \b
     Example:
       embed-collections serve --output-dir ./output --port 8000
+      embed-collections serve --host 0.0.0.0 --api-key "$KEY" --allowed-hosts search.internal
       curl -s localhost:8000/search -d '{"query": "install with pip", "top_k": 3}'
       embed-collections serve --output-dir ./output --mcp   # in an MCP client's config
     """
     try:
+        from embed_collections.query.access import AccessPolicy
         from embed_collections.query.live import LiveRun, default_threads
         from embed_collections.query.mcp_tools import build_mcp
         from embed_collections.query.server import bind_socket, create_app, uvicorn_server
@@ -106,6 +166,21 @@ def serve(
     from embed_collections.record.config import default_paths, detect_environment
 
     setup_logging(verbose, quiet)
+    policy = (
+        None
+        if mcp_stdio
+        else AccessPolicy.for_bind(
+            host,
+            tuple(name.strip() for value in allowed_hosts for name in value.split(",")),
+            api_key,
+            no_auth,
+            cors_origin,
+            max_body_bytes=max_body,
+            header_timeout=request_timeout,
+            body_timeout=request_timeout,
+            max_connections=max_connections,
+        )
+    )
     root = Path(output_dir) if output_dir else default_paths(detect_environment())[1]
     sock = None if mcp_stdio else bind_socket(host, port)  # a taken port fails before loading
     live = LiveRun(
@@ -131,9 +206,8 @@ def serve(
             f"Serving {len(live.state.counts)} collections of {root} on http://{host}:{bound} "
             f"(API docs /docs, MCP /mcp/)",
         )
-        uvicorn_server(create_app(service, mcp, host), "info" if verbose else "warning").run(
-            sockets=[sock]
-        )
+        app = create_app(service, mcp, host, policy)
+        uvicorn_server(app, "info" if verbose else "warning", policy).run(sockets=[sock])
     except KeyboardInterrupt:  # Ctrl-C: uvicorn stopped cleanly, then re-raised the signal
         log.info("Stopped.")
     finally:
