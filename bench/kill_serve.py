@@ -73,7 +73,9 @@ def writing(out: Path) -> bool:
 
 def start(command: list[str], out: Path) -> tuple[subprocess.Popen, float]:
     """A run child, returned once it is past its preflight (with the time it got there)."""
-    child = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     while not writing(out) and child.poll() is None:
         time.sleep(0.005)
     return child, time.monotonic()

@@ -56,14 +56,19 @@ def running(out: Path) -> bool:
         return False
 
 
-def kill_while_writing(chunked: Path, out: Path, model: Path, delay: float) -> None:
+def kill_while_writing(
+    chunked: Path, out: Path, model: Path, delay: float, meanwhile=lambda: None
+) -> None:
+    """Start a run, wait until it writes, call `meanwhile`, SIGKILL it `delay` s later."""
     child = start_run(chunked, out, model)
     deadline = time.monotonic() + 120
     while not running(out) and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+    meanwhile()
     time.sleep(delay)
     child.send_signal(signal.SIGKILL)
     child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL  # killed part-way, not finished
 
 
 def test_a_killed_run_leaves_the_last_finished_state_served(tmp_path, tiny_models):
@@ -81,8 +86,10 @@ def test_a_killed_run_leaves_the_last_finished_state_served(tmp_path, tiny_model
             BackgroundServer(create_app(service)) as server,
             httpx.Client(base_url=server.url, timeout=60) as client,
         ):
+            during = []
             for delay in (0.0, random.uniform(0.05, 0.6)):
-                kill_while_writing(chunked, out, model, delay)
+                check = lambda: during.append(client.get("/healthz").json()["newer_run"])  # noqa: E731
+                kill_while_writing(chunked, out, model, delay, check)
                 for _ in range(20):
                     answer = client.post("/search", json={"query": "topic 3", "top_k": 50})
                     statuses.add(answer.status_code)
@@ -93,6 +100,7 @@ def test_a_killed_run_leaves_the_last_finished_state_served(tmp_path, tiny_model
         service.close()
     assert statuses == {200} and answers == 40
     assert seen == {"old"}  # never a text of the run that did not finish
+    assert during == ["running", "running"]
     assert health["newer_run"] == "incomplete" and health["collections"] == len(NAMES)
 
     # Opened afresh on what the dead run left: only collections the finished run vouches for.

@@ -247,8 +247,16 @@ class LiveRun:
         served and has not finished; None otherwise."""
         if not started_after(self.output_dir, read_finished(self.output_dir)):
             return None
-        with self._run_lock() as free:
-            return "incomplete" if free else "running"
+        # The holder's pid, not the lock itself: a probe of the lock could make a starting
+        # `run --no-wait` fail.
+        try:
+            pid = int((self.output_dir / LOCK_FILE).read_text(encoding="utf-8").strip())
+            os.kill(pid, 0)
+        except PermissionError:  # alive, another user's
+            return "running"
+        except (OSError, ValueError):
+            return "incomplete"
+        return "running"
 
     def _finished(self) -> FinishedRun | None:
         """The finished marker to check the store against (None: a store from before markers,

@@ -38,6 +38,9 @@ def remove_missing(
     `--keep-missing`. Returns the names deleted (also the summary's `removed`)."""
     if store is None or config.keep_missing or config.collections or unreadable:
         return []
+    if not found:  # an empty tree is more likely a missing mount than a deleted corpus
+        log.warning("No collections in %s: nothing is removed from the store", config.chunked_dir)
+        return []
     removed = []
     for name in removal_candidates(store, config):
         if name in found:
@@ -52,8 +55,9 @@ def remove_missing(
 def store_markers(store: Store | None, config: RunConfig, names: list[str]) -> dict[str, Any]:
     """Each stored collection's loaded marker, for the finished marker (a server keeps none:
     the run's own collections are listed without one)."""
-    if store is None:
-        return {}
+    if store is None:  # --no-upload: the store is as the last finished run left it
+        previous = read_finished(config.output_dir)
+        return dict(previous.collections) if previous is not None else {}
     if config.qdrant_url is not None:
         return {name: None for name in names}
     return {name: store.loaded_marker(name) for name in store.collections()}
