@@ -63,20 +63,24 @@ def child_env() -> dict[str, str]:
     return {**bench_env(), "PYTHONPATH": str(REPO / "src")}
 
 
-def writing(out: Path) -> bool:
+def writing(out: Path, since: float) -> bool:
+    """A run started after `since` reserved its summary: it is past its preflight, about to
+    write the store (a killed run's summary says "running" too, hence the mtime)."""
+    path = out / "embedding_summary_v6.json"
     try:
-        summary = json.loads((out / "embedding_summary_v6.json").read_text(encoding="utf-8"))
+        fresh = path.stat().st_mtime > since
+        return fresh and bool(json.loads(path.read_text(encoding="utf-8")).get("running"))
     except (OSError, ValueError):
         return False
-    return bool(summary.get("running"))
 
 
 def start(command: list[str], out: Path) -> tuple[subprocess.Popen, float]:
     """A run child, returned once it is past its preflight (with the time it got there)."""
+    since = time.time()
     child = subprocess.Popen(
-        command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    while not writing(out) and child.poll() is None:
+    while not writing(out, since) and child.poll() is None:
         time.sleep(0.005)
     return child, time.monotonic()
 

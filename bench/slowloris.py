@@ -14,6 +14,7 @@ server closed each one and what it answered.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import selectors
@@ -98,10 +99,8 @@ def main() -> None:
                 during = latencies(url, args.queries)  # while every slow connection hangs
             if time.monotonic() - last_drip >= 1.0:  # one more byte each, as slow-loris does
                 for sock in opened:
-                    try:
+                    with contextlib.suppress(OSError):
                         sock.send(b"a")
-                    except OSError:
-                        pass
                 last_drip = time.monotonic()
             for key, _ in selector.select(timeout=0.1):
                 sock = key.fileobj  # type: ignore[assignment]

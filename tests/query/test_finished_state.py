@@ -48,10 +48,13 @@ def start_run(chunked: Path, out: Path, model: Path) -> subprocess.Popen:
     )
 
 
-def running(out: Path) -> bool:
-    """The run is past its preflight (its reserved summary says "running")."""
+def running(out: Path, since: float) -> bool:
+    """A run started after `since` is past its preflight: it reserved its summary ("running";
+    a killed run's summary says so too, hence the mtime)."""
+    path = out / SUMMARY_FILE
     try:
-        return bool(json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8")).get("running"))
+        fresh = path.stat().st_mtime > since
+        return fresh and bool(json.loads(path.read_text(encoding="utf-8")).get("running"))
     except (OSError, ValueError):
         return False
 
@@ -60,9 +63,10 @@ def kill_while_writing(
     chunked: Path, out: Path, model: Path, delay: float, meanwhile=lambda: None
 ) -> None:
     """Start a run, wait until it writes, call `meanwhile`, SIGKILL it `delay` s later."""
+    since = time.time()
     child = start_run(chunked, out, model)
     deadline = time.monotonic() + 120
-    while not running(out) and child.poll() is None and time.monotonic() < deadline:
+    while not running(out, since) and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     meanwhile()
     time.sleep(delay)
