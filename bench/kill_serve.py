@@ -11,6 +11,8 @@ complete run must be picked up.
 
     python bench/kill_serve.py                  # 20 kills
     python bench/kill_serve.py --kills 5 --collections 4 --chunks 100
+    git archive 9e63884 src | tar -x -C /tmp/before     # the code before issue 34:
+    python bench/kill_serve.py --kills 5 --src /tmp/before/src
 """
 
 from __future__ import annotations
@@ -29,11 +31,7 @@ from pathlib import Path
 import httpx
 from common import REPO, bench_env, tiny_model
 
-sys.path.insert(0, str(REPO / "src"))
-
-from embed_collections.query.live import LiveRun  # noqa: E402
-from embed_collections.query.server import BackgroundServer, create_app  # noqa: E402
-from embed_collections.query.service import SearchService  # noqa: E402
+SRC = REPO / "src"  # --src: another tree's package (e.g. the commit before issue 34)
 
 
 def write_tree(chunked: Path, generation: int, collections: int, chunks: int) -> None:
@@ -60,7 +58,7 @@ def run_command(chunked: Path, out: Path, model: Path) -> list[str]:
 
 
 def child_env() -> dict[str, str]:
-    return {**bench_env(), "PYTHONPATH": str(REPO / "src")}
+    return {**bench_env(), "PYTHONPATH": str(SRC)}
 
 
 def writing(out: Path, since: float) -> bool:
@@ -113,7 +111,14 @@ def main() -> None:
     parser.add_argument("--collections", type=int, default=6)
     parser.add_argument("--chunks", type=int, default=200)
     parser.add_argument("--seed", type=int, default=34)
+    parser.add_argument("--src", type=Path, default=SRC, help="the package tree to run and serve")
     args = parser.parse_args()
+    globals()["SRC"] = args.src.resolve()
+    sys.path.insert(0, str(SRC))
+    from embed_collections.query.live import LiveRun
+    from embed_collections.query.server import BackgroundServer, create_app
+    from embed_collections.query.service import SearchService
+
     rng = random.Random(args.seed)
     model = tiny_model(32)
     root = Path(tempfile.mkdtemp(prefix="kill-serve-"))
@@ -166,7 +171,7 @@ def main() -> None:
                 "mixed_answers": client.mixed,
                 "5xx": client.errors,
                 "answers_from_unfinished_runs": unfinished,
-                "healthz_after_kills": {k: health[k] for k in ("newer_run", "last_error")},
+                "healthz_after_kills": {k: health.get(k) for k in ("newer_run", "last_error")},
                 "picked_up_the_next_complete_run": "g99" in client.generations,
             },
             indent=2,

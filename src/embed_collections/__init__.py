@@ -133,6 +133,8 @@ def open(  # noqa: A001 - the library's verb, as in `ec.open("output")`
 ) -> Collections:
     """The collections of a finished run in `output_dir`, ready to search.
 
+    Only collections in the state the last finished run left (its `run_finished.json`) are
+    opened: one a later run changed and did not finish is left out, with a warning.
     `qdrant_url`/`qdrant_path` search a store loaded elsewhere with this run's models; a model's
     own code runs only with `trust_remote_code=True` (never because the run's record says so).
     """
