@@ -181,3 +181,19 @@ def test_a_collection_whose_folder_is_gone_leaves_the_store(tmp_path, tiny_model
         assert hits and {hit.collection for hit in hits} <= set(NAMES[:4])
     searched = run_cli(["search", "all", "topic 3", "--output-dir", out, "--json"], tmp_path)
     assert searched.code == 0 and '"c4"' not in searched.out and '"c0"' in searched.out
+
+
+def test_the_marker_vouches_only_for_the_load_it_recorded():
+    from embed_collections.record.finished import FinishedRun
+
+    load = {"signature": "s1", "count": 3, "digest": "d1", "files": [["x", 1, 2, 3]]}
+    finished = FinishedRun("t", 0.0, {"kept": load, "failed": None, "rewritten": load})
+    markers = {
+        "kept": {**load, "files": [["x", 9, 9, 9]]},  # a copy has other file stats: same load
+        "failed": None,  # the finished run failed it and nothing wrote it since
+        "rewritten": {**load, "signature": "s2"},  # a later run loaded it, did not finish
+        "new": {"signature": "s3", "count": 1, "digest": "d3"},  # created by that later run
+    }
+    assert finished.split(markers, markers.get) == (["kept"], ["new", "rewritten"])
+    server = FinishedRun("t", 0.0, {"a": None}, markers=False)  # a server keeps no markers
+    assert server.split(["a", "b"], lambda name: None) == (["a", "b"], [])
