@@ -4,10 +4,11 @@ come from one finished run, none may be a 5xx.
 A tree of collections whose every text names its generation ("g7 c3 chunk ..."); one finished
 run of generation 0 is served (uvicorn on loopback, in this process); then, for each kill, the
 tree is rewritten as the next generation, a `run` child is started and killed with SIGKILL at a
-random moment of its store-writing window (measured first, from a run that finished), while a
-client thread queries `/search` without pause. An answer is *mixed* when its hits come from two
-generations, *stale-new* when they come from a generation no run finished. At the end one
-complete run must be picked up.
+random moment of its store-writing window (measured first, from a run that finished: from its
+first write into a shard to its exit, summary, marker and report included), while a client
+thread queries `/search` without pause. An answer is *mixed* when its hits come from two
+generations; `answers_from_unfinished_runs` lists generations no run finished that were served.
+At the end one complete run must be picked up.
 
     python bench/kill_serve.py                  # 20 kills
     python bench/kill_serve.py --kills 5 --collections 4 --chunks 100
@@ -61,24 +62,24 @@ def child_env() -> dict[str, str]:
     return {**bench_env(), "PYTHONPATH": str(SRC)}
 
 
-def writing(out: Path, since: float) -> bool:
-    """A run started after `since` reserved its summary: it is past its preflight, about to
-    write the store (a killed run's summary says "running" too, hence the mtime)."""
-    path = out / "embedding_summary_v6.json"
-    try:
-        fresh = path.stat().st_mtime > since
-        return fresh and bool(json.loads(path.read_text(encoding="utf-8")).get("running"))
-    except (OSError, ValueError):
-        return False
+def store_written(out: Path, since: float) -> bool:
+    """Whether a file of a shard changed after `since`: the run writes the store now."""
+    for path in (out / "qdrant").glob("*/**/*"):
+        try:
+            if path.stat().st_mtime > since:
+                return True
+        except OSError:  # removed meanwhile: written too
+            return True
+    return False
 
 
 def start(command: list[str], out: Path) -> tuple[subprocess.Popen, float]:
-    """A run child, returned once it is past its preflight (with the time it got there)."""
+    """A run child, returned once it writes the store (with the time it began to)."""
     since = time.time()
     child = subprocess.Popen(
         command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    while not writing(out, since) and child.poll() is None:
+    while not store_written(out, since) and child.poll() is None:
         time.sleep(0.005)
     return child, time.monotonic()
 
@@ -95,7 +96,7 @@ class Client(threading.Thread):
     def run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=60) as client:
             while not self.stop.is_set():
-                answer = client.post("/search", json={"query": "topic 3", "top_k": 50})
+                answer = client.post("/search", json={"query": "topic 3", "top_k": 1000})
                 self.answers += 1
                 if answer.status_code >= 500:
                     self.errors += 1
@@ -132,7 +133,7 @@ def main() -> None:
     child.wait()
     window = time.monotonic() - began
     finished = {"g0", "g1"}
-    print(f"store-writing window of a complete run: {window:.2f} s")
+    print(f"store-writing window of a complete run: {window:.2f} s (first shard write to exit)")
 
     service = SearchService(LiveRun(out, poll_seconds=0.05).start())
     killed = completed = 0

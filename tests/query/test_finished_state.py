@@ -4,7 +4,6 @@ the store following the input (a collection whose folder is gone is deleted)."""
 
 from __future__ import annotations
 
-import json
 import random
 import signal
 import subprocess
@@ -20,7 +19,7 @@ import embed_collections as ec
 from embed_collections.query.live import LiveRun
 from embed_collections.query.server import BackgroundServer, create_app
 from embed_collections.query.service import SearchService
-from embed_collections.record.config import FINISHED_FILE, SUMMARY_FILE
+from embed_collections.record.config import FINISHED_FILE
 
 NAMES = [f"c{i}" for i in range(6)]
 
@@ -48,26 +47,27 @@ def start_run(chunked: Path, out: Path, model: Path) -> subprocess.Popen:
     )
 
 
-def running(out: Path, since: float) -> bool:
-    """A run started after `since` is past its preflight: it reserved its summary ("running";
-    a killed run's summary says so too, hence the mtime)."""
-    path = out / SUMMARY_FILE
-    try:
-        fresh = path.stat().st_mtime > since
-        return fresh and bool(json.loads(path.read_text(encoding="utf-8")).get("running"))
-    except (OSError, ValueError):
-        return False
+def store_written(out: Path, since: float) -> bool:
+    """Whether a file of a shard changed after `since`: the run writes the store now."""
+    for path in (out / "qdrant").glob("*/**/*"):
+        try:
+            if path.stat().st_mtime > since:
+                return True
+        except OSError:  # removed meanwhile: written too
+            return True
+    return False
 
 
 def kill_while_writing(
     chunked: Path, out: Path, model: Path, delay: float, meanwhile=lambda: None
 ) -> None:
-    """Start a run, wait until it writes, call `meanwhile`, SIGKILL it `delay` s later."""
+    """Start a run, wait until it writes into a shard, call `meanwhile`, SIGKILL it `delay` s
+    later."""
     since = time.time()
     child = start_run(chunked, out, model)
     deadline = time.monotonic() + 120
-    while not running(out, since) and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    while not store_written(out, since) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
     meanwhile()
     time.sleep(delay)
     child.send_signal(signal.SIGKILL)
@@ -91,11 +91,11 @@ def test_a_killed_run_leaves_the_last_finished_state_served(tmp_path, tiny_model
             httpx.Client(base_url=server.url, timeout=60) as client,
         ):
             during = []
-            for delay in (0.0, random.uniform(0.05, 0.6)):
+            for delay in (0.0, random.uniform(0.05, 0.3)):
                 check = lambda: during.append(client.get("/healthz").json()["newer_run"])  # noqa: E731
                 kill_while_writing(chunked, out, model, delay, check)
                 for _ in range(20):
-                    answer = client.post("/search", json={"query": "topic 3", "top_k": 50})
+                    answer = client.post("/search", json={"query": "topic 3", "top_k": 1000})
                     statuses.add(answer.status_code)
                     seen |= generations(answer.json()["hits"])
                     answers += 1
@@ -109,13 +109,13 @@ def test_a_killed_run_leaves_the_last_finished_state_served(tmp_path, tiny_model
 
     # Opened afresh on what the dead run left: only collections the finished run vouches for.
     with ec.open(out) as opened:
-        hits = opened.search("topic 3", None, 50)
+        hits = opened.search("topic 3", None, 1000)
         assert {hit.text.split()[0] for hit in hits} <= {"old"}
         left = set(NAMES) - set(opened.names)
     fresh = SearchService(LiveRun(out, poll_seconds=0.05).start())
     try:
         assert fresh.health()["left_out"] == sorted(left)
-        _, hits = fresh.search_now(query="topic 3", top_k=50)
+        _, hits = fresh.search_now(query="topic 3", top_k=1000)
         assert {hit.text.split()[0] for hit in hits} <= {"old"}
     finally:
         fresh.close()
@@ -123,7 +123,7 @@ def test_a_killed_run_leaves_the_last_finished_state_served(tmp_path, tiny_model
     assert run_cli(cli_run_args(chunked, out, [model], "--no-index"), tmp_path).code == 0
     with ec.open(out) as opened:
         assert opened.names == NAMES
-        assert {hit.text.split()[0] for hit in opened.search("topic 3", None, 50)} == {"new"}
+        assert {hit.text.split()[0] for hit in opened.search("topic 3", None, 1000)} == {"new"}
 
 
 @pytest.mark.slow
@@ -143,7 +143,7 @@ def test_twenty_kills_never_serve_a_mixed_answer(tmp_path, tiny_models):
                 write_tree(chunked, f"g{kill + 1}")
                 kill_while_writing(chunked, out, model, random.uniform(0.0, 1.0))
                 for _ in range(5):
-                    answer = client.post("/search", json={"query": "topic 3", "top_k": 50})
+                    answer = client.post("/search", json={"query": "topic 3", "top_k": 1000})
                     errors += answer.status_code >= 500
                     mixed += len(generations(answer.json().get("hits", []))) > 1
     finally:
