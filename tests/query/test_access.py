@@ -13,11 +13,10 @@ from typing import Any
 import httpx
 import pytest
 from conftest import invoke
-from test_serve import CORPUS, embed_run, write_corpus
+from test_serve import garden_service
 
 from embed_collections.errors import UsageError
 from embed_collections.query.access import AccessPolicy
-from embed_collections.query.live import LiveRun
 from embed_collections.query.mcp_tools import build_mcp
 from embed_collections.query.server import BackgroundServer, create_app
 from embed_collections.query.service import SearchService
@@ -28,10 +27,7 @@ SEARCH = {"query": "pruning roses", "top_k": 2}
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, tiny_models):
-    root = tmp_path_factory.mktemp("access")
-    chunked = write_corpus(root / "Chunked", dict(list(CORPUS.items())[:2]))
-    out = embed_run(chunked, root / "out", [tiny_models["tiny32"]])
-    served = SearchService(LiveRun(out, poll_seconds=0.2).start())
+    served = garden_service(tmp_path_factory.mktemp("access"), tiny_models["tiny32"])
     yield served
     served.close()
 

@@ -10,12 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
-from test_serve import CORPUS, embed_run, write_corpus
+from test_serve import garden_service
 
-from embed_collections.query.live import LiveRun
 from embed_collections.query.mcp_tools import build_mcp
 from embed_collections.query.server import BackgroundServer, create_app
-from embed_collections.query.service import SearchService
 
 DEEP = b'{"query": "a", "where": ' + b'{"n": ' * 10_000 + b"1" + b"}" * 10_001
 JSON_BODIES: list[tuple[str, Any, int, str]] = [
@@ -60,10 +58,7 @@ RAW_BODIES: list[tuple[str, bytes, int, str]] = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_models):
-    root = tmp_path_factory.mktemp("hostile")
-    chunked = write_corpus(root / "Chunked", dict(list(CORPUS.items())[:2]))
-    out = embed_run(chunked, root / "out", [tiny_models["tiny32"]])
-    service = SearchService(LiveRun(out, poll_seconds=0.2).start())
+    service = garden_service(tmp_path_factory.mktemp("hostile"), tiny_models["tiny32"])
     try:
         with BackgroundServer(create_app(service, build_mcp(service))) as running:
             yield running

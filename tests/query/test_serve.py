@@ -78,6 +78,13 @@ def embed_run(chunked: Path, out: Path, models: list[Path], **options: Any) -> P
     return out
 
 
+def garden_service(root: Path, model: Path) -> SearchService:
+    """A one-model run of the Garden collection, served by a started `SearchService`."""
+    chunked = write_corpus(root / "Chunked", dict(list(CORPUS.items())[:2]))
+    out = embed_run(chunked, root / "out", [model])
+    return SearchService(LiveRun(out, poll_seconds=0.2).start())
+
+
 @dataclass
 class Served:
     out: Path
