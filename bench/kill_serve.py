@@ -5,10 +5,11 @@ A tree of collections whose every text names its generation ("g7 c3 chunk ...");
 run of generation 0 is served (uvicorn on loopback, in this process); then, for each kill, the
 tree is rewritten as the next generation, a `run` child is started and killed with SIGKILL at a
 random moment of its store-writing window (measured first, from a run that finished: from its
-first write into a shard to its exit, summary, marker and report included), while a client
-thread queries `/search` without pause. An answer is *mixed* when its hits come from two
-generations; `answers_from_unfinished_runs` lists generations no run finished that were served.
-At the end one complete run must be picked up.
+first write into a shard to its finished marker; a run whose marker appeared before the kill
+counts as finished, and may be served), while a client thread queries `/search` without
+pause. An answer is *mixed* when its hits come from two generations;
+`answers_from_unfinished_runs` lists generations no run finished that were served. At the end
+one complete run must be picked up.
 
     python bench/kill_serve.py                  # 20 kills
     python bench/kill_serve.py --kills 5 --collections 4 --chunks 100
@@ -129,11 +130,15 @@ def main() -> None:
     write_tree(chunked, 0, args.collections, args.chunks)
     subprocess.run(command, env=child_env(), check=True, stdout=subprocess.DEVNULL)
     write_tree(chunked, 1, args.collections, args.chunks)  # the window: a run that rewrites all
+    marker = out / "run_finished.json"
+    before = marker.stat().st_mtime
     child, began = start(command, out)
-    child.wait()
+    while marker.stat().st_mtime == before and child.poll() is None:
+        time.sleep(0.005)
     window = time.monotonic() - began
+    child.wait()
     finished = {"g0", "g1"}
-    print(f"store-writing window of a complete run: {window:.2f} s (first shard write to exit)")
+    print(f"store-writing window of a complete run: {window:.2f} s (first shard write to marker)")
 
     service = SearchService(LiveRun(out, poll_seconds=0.05).start())
     killed = completed = 0
@@ -142,13 +147,14 @@ def main() -> None:
         client.start()
         for kill in range(args.kills):
             write_tree(chunked, kill + 2, args.collections, args.chunks)
+            before = marker.stat().st_mtime
             child, began = start(command, out)
             time.sleep(rng.uniform(0, window))
             child.send_signal(signal.SIGKILL)
             child.wait()
-            if child.returncode == -signal.SIGKILL:
+            if marker.stat().st_mtime == before:
                 killed += 1
-            else:  # it finished before the kill: its generation may be served
+            else:  # it finished (wrote its marker) before the kill: it may be served
                 completed += 1
                 finished.add(f"g{kill + 2}")
             time.sleep(0.2)
