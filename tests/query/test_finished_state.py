@@ -58,21 +58,33 @@ def store_written(out: Path, since: float) -> bool:
     return False
 
 
+def one_collection_loaded(out: Path, since: float) -> bool:
+    """Whether the run finished loading a collection after `since` (the others still to go)."""
+    for path in (out / "qdrant").glob("*.loaded.json"):
+        try:
+            if path.stat().st_mtime > since:
+                return True
+        except OSError:  # replaced meanwhile
+            continue
+    return False
+
+
 def kill_while_writing(
-    chunked: Path, out: Path, model: Path, delay: float, meanwhile=lambda: None
+    chunked: Path, out: Path, model: Path, ready=store_written, meanwhile=lambda: None
 ) -> None:
-    """Start a run, wait until it writes into a shard, call `meanwhile`, SIGKILL it `delay` s
-    later."""
+    """Start a run, wait until `ready(out, since)`, call `meanwhile`, SIGKILL it; it must not
+    have finished (its marker is unchanged)."""
+    before = (out / FINISHED_FILE).read_bytes()
     since = time.time()
     child = start_run(chunked, out, model)
     deadline = time.monotonic() + 120
-    while not store_written(out, since) and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
+    while not ready(out, since) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
     meanwhile()
-    time.sleep(delay)
     child.send_signal(signal.SIGKILL)
     child.communicate(timeout=60)
-    assert child.returncode == -signal.SIGKILL  # killed part-way, not finished
+    assert child.returncode == -signal.SIGKILL
+    assert (out / FINISHED_FILE).read_bytes() == before  # killed part-way, not finished
 
 
 def test_a_killed_run_leaves_the_last_finished_state_served(tmp_path, tiny_models):
@@ -91,9 +103,10 @@ def test_a_killed_run_leaves_the_last_finished_state_served(tmp_path, tiny_model
             httpx.Client(base_url=server.url, timeout=60) as client,
         ):
             during = []
-            for delay in (0.0, random.uniform(0.05, 0.3)):
-                check = lambda: during.append(client.get("/healthz").json()["newer_run"])  # noqa: E731
-                kill_while_writing(chunked, out, model, delay, check)
+            check = lambda: during.append(client.get("/healthz").json()["newer_run"])  # noqa: E731
+            # at its first write into a shard, then with one collection new and the rest old
+            for ready in (store_written, one_collection_loaded):
+                kill_while_writing(chunked, out, model, ready, check)
                 for _ in range(20):
                     answer = client.post("/search", json={"query": "topic 3", "top_k": 1000})
                     statuses.add(answer.status_code)
@@ -112,6 +125,7 @@ def test_a_killed_run_leaves_the_last_finished_state_served(tmp_path, tiny_model
         hits = opened.search("topic 3", None, 1000)
         assert {hit.text.split()[0] for hit in hits} <= {"old"}
         left = set(NAMES) - set(opened.names)
+    assert left and left != set(NAMES)  # the dead run's collections out, the others served
     fresh = SearchService(LiveRun(out, poll_seconds=0.05).start())
     try:
         assert fresh.health()["left_out"] == sorted(left)
@@ -142,7 +156,8 @@ def test_twenty_kills_never_serve_a_mixed_answer(tmp_path, tiny_models):
         ):
             for kill in range(20):
                 write_tree(chunked, f"g{kill + 1}")
-                kill_while_writing(chunked, out, model, random.uniform(0.0, 1.0))
+                ready = random.choice([store_written, one_collection_loaded])
+                kill_while_writing(chunked, out, model, ready)
                 for _ in range(5):
                     answer = client.post("/search", json={"query": "topic 3", "top_k": 1000})
                     errors += answer.status_code >= 500
