@@ -17,6 +17,7 @@ message the command line prints. The command line is a client of these functions
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,7 @@ __all__ = [
     "evaluate",
     "open",
     "run",
+    "serve",
     "status",
     "tune_weights",
     "upload",
@@ -144,6 +146,8 @@ def open(  # noqa: A001 - the library's verb, as in `ec.open("output")`
 ) -> Collections:
     """The collections of a finished run in `output_dir`, ready to search (`search`).
 
+    Only collections in the state the last finished run left (its `run_finished.json`) are
+    opened: one a later run changed and did not finish is left out, with a warning.
     `qdrant_url`/`qdrant_path` search a store loaded elsewhere with this run's models; a model's
     own code runs only with `trust_remote_code=True` (never because the run's record says so).
     """
@@ -242,6 +246,53 @@ def upload(
         return upload_export(Path(path), store, collections or None, recreate, storage)
     finally:
         store.close()
+
+
+def serve(
+    output_dir: str | Path | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    mcp: bool = False,
+    qdrant_url: str | None = None,
+    qdrant_path: str | Path | None = None,
+    qdrant_api_key: str | None = None,
+    device: str = "",
+    trust_remote_code: bool = False,
+    max_batch: int = 32,
+    threads: int | None = None,
+    poll_seconds: float = 2.0,
+    api_key: str | None = None,
+    no_auth: bool = False,
+    allowed_hosts: tuple[str, ...] = (),
+    cors_origin: str | None = None,
+    request_timeout: float = 10.0,
+    max_body: int = 1 << 20,
+    max_connections: int = 2048,
+    log_level: str = "warning",
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Serve a finished run until interrupted (`embed-collections serve`): an HTTP JSON API on
+    `host:port` (0: any free port, said to `announce`) with MCP at /mcp/, or MCP over stdio
+    with `mcp=True`. Models load once; a newer finished run is picked up (`poll_seconds`). Only
+    loopback host names are served unless `allowed_hosts`; a non-loopback `host` needs `api_key`
+    (or `no_auth`). Needs the `serve` extra."""
+    try:
+        from embed_collections.query.serving import serve_run
+    except ImportError as error:
+        raise UsageError(
+            f"serve needs its extra ({error.name} is missing): "
+            "pip install 'embed-collections[serve]'"
+        ) from error
+    serve_run(
+        _output_dir(output_dir), host=host, port=port, mcp_stdio=mcp, qdrant_url=qdrant_url,
+        qdrant_path=Path(qdrant_path) if qdrant_path else None, qdrant_api_key=qdrant_api_key,
+        device=device, trust_remote_code=trust_remote_code, max_batch=max_batch,
+        threads=threads, poll_seconds=poll_seconds, api_key=api_key, no_auth=no_auth,
+        allowed_hosts=allowed_hosts, cors_origin=cors_origin, request_timeout=request_timeout,
+        max_body=max_body, max_connections=max_connections, log_level=log_level,
+        announce=announce,
+    )  # fmt: skip
 
 
 def status(output_dir: str | Path | None = None) -> RunStatus:

@@ -78,6 +78,13 @@ def embed_run(chunked: Path, out: Path, models: list[Path], **options: Any) -> P
     return out
 
 
+def garden_service(root: Path, model: Path) -> SearchService:
+    """A one-model run of the Garden collection, served by a started `SearchService`."""
+    chunked = write_corpus(root / "Chunked", dict(list(CORPUS.items())[:2]))
+    out = embed_run(chunked, root / "out", [model])
+    return SearchService(LiveRun(out, poll_seconds=0.2).start())
+
+
 @dataclass
 class Served:
     out: Path
@@ -201,15 +208,16 @@ def test_bad_input_answers_4xx_json_naming_the_field_and_the_server_keeps_servin
     assert served.client.post("/search", json={"query": "roses"}).status_code == 200
 
 
-def test_a_query_that_cannot_be_embedded_is_a_500_with_a_message(served):
-    # A lone surrogate is valid JSON but no tokenizer can encode it.
+def test_a_query_holding_a_lone_surrogate_is_a_400_naming_it(served):
+    # A lone surrogate is valid JSON but no tokenizer can encode it (it was a 500).
     body = b'{"query": "roses \\ud800"}'
     answer = served.client.post(
         "/search", content=body, headers={"content-type": "application/json"}
     )
-    assert answer.status_code == 500
-    error = answer.json()["error"]
-    assert error.startswith("The search failed: ") and "Traceback" not in error
+    assert answer.status_code == 400
+    assert answer.json()["error"] == (
+        "The query holds a lone surrogate (U+D800 at position 6); send valid Unicode text"
+    )
     assert served.client.get("/healthz").status_code == 200
 
 

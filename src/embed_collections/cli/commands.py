@@ -153,6 +153,12 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
 @storage_options
 @click.option("--no-index", is_flag=True, help="Skip building the HNSW index after loading.")
 @click.option("--keep-stale", is_flag=True, help="Keep points whose chunks left the input.")
+@click.option(
+    "--keep-missing",
+    is_flag=True,
+    help="Keep collections whose folder left the chunked tree (for a store loaded from several "
+    "trees); by default a complete run over the whole tree deletes them.",
+)
 @click.option("--recreate", is_flag=True, help="Replace collections built with another layout.")
 @click.option(
     "--verify-full",

@@ -9,7 +9,6 @@ import click
 
 from embed_collections.cli.options import query_options, quiet_option, verbose_option
 from embed_collections.cli.render import setup_logging
-from embed_collections.errors import UsageError
 
 log = logging.getLogger("embed_collections.cli.serve")
 
@@ -22,7 +21,12 @@ log = logging.getLogger("embed_collections.cli.serve")
     type=click.Path(path_type=Path),
     help="Output directory of the run to serve [./output].",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; one other machines can reach needs --api-key (or --no-auth).",
+)
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
@@ -58,6 +62,49 @@ log = logging.getLogger("embed_collections.cli.serve")
     show_default=True,
     help="How often to look for a finished run in the output directory.",
 )
+@click.option(
+    "--api-key",
+    envvar="EMBED_COLLECTIONS_API_KEY",
+    help="Key every request must send as Authorization: Bearer KEY (HTTP and MCP) "
+    "[env EMBED_COLLECTIONS_API_KEY].",
+)
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    help="Serve a non-loopback --host without an API key (logs a warning).",
+)
+@click.option(
+    "--allowed-hosts",
+    multiple=True,
+    help="Host names clients may use besides the loopback ones and --host (comma-separated or "
+    "repeated; * for any), e.g. search.internal.",
+)
+@click.option(
+    "--cors-origin",
+    help="One browser origin allowed to call the API cross-site, e.g. https://app.example.com "
+    "[CORS off].",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds a client has to send a request's head, and again its body (then 408).",
+)
+@click.option(
+    "--max-body",
+    type=click.IntRange(min=1024),
+    default=1 << 20,
+    show_default=True,
+    help="Largest request body in bytes (then 413).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="Open connections at most; more are answered 429 and closed.",
+)
 @verbose_option
 @quiet_option
 def serve(
@@ -73,6 +120,13 @@ def serve(
     max_batch,
     threads,
     poll_seconds,
+    api_key,
+    no_auth,
+    allowed_hosts,
+    cors_origin,
+    request_timeout,
+    max_body,
+    max_connections,
     verbose,
     quiet,
 ):
@@ -87,56 +141,39 @@ def serve(
       GET  /collections   names, point counts, models
       POST /search        {"query", "collections", "top_k", "mode", "where"}
       GET  /healthz       liveness
+    Only loopback host names are served by default (a DNS-rebinding page reads nothing); a
+    --host other machines can reach needs --api-key, sent as `Authorization: Bearer KEY`.
+
     \b
     Example:
       embed-collections serve --output-dir ./output --port 8000
+      embed-collections serve --host 0.0.0.0 --api-key "$KEY" --allowed-hosts search.internal
       curl -s localhost:8000/search -d '{"query": "install with pip", "top_k": 3}'
       embed-collections serve --output-dir ./output --mcp   # in an MCP client's config
     """
-    try:
-        from embed_collections.query.live import LiveRun, default_threads
-        from embed_collections.query.mcp_tools import build_mcp
-        from embed_collections.query.server import bind_socket, create_app, uvicorn_server
-        from embed_collections.query.service import SearchService
-    except ImportError as error:
-        raise UsageError(
-            f"serve needs its extra ({error.name} is missing): "
-            "pip install 'embed-collections[serve]'"
-        ) from error
-    from embed_collections.record.config import default_paths, detect_environment
+    import embed_collections as ec
 
     setup_logging(verbose, quiet)
-    root = Path(output_dir) if output_dir else default_paths(detect_environment())[1]
-    sock = None if mcp_stdio else bind_socket(host, port)  # a taken port fails before loading
-    live = LiveRun(
-        root,
-        qdrant_url,
-        qdrant_path,
-        qdrant_api_key,
-        device,
-        trust_remote_code,
-        poll_seconds,
-        threads or default_threads(),
-    ).start()
-    service = SearchService(live, max_batch)
-    try:
-        mcp = build_mcp(service)
-        if mcp_stdio:
-            log.info("Serving %d collections of %s over MCP stdio", len(live.state.counts), root)
-            mcp.run()
-            return
-        assert sock is not None
-        bound = sock.getsockname()[1]
-        click.echo(
-            f"Serving {len(live.state.counts)} collections of {root} on http://{host}:{bound} "
-            f"(API docs /docs, MCP /mcp/)",
-        )
-        uvicorn_server(create_app(service, mcp, host), "info" if verbose else "warning").run(
-            sockets=[sock]
-        )
-    except KeyboardInterrupt:  # Ctrl-C: uvicorn stopped cleanly, then re-raised the signal
-        log.info("Stopped.")
-    finally:
-        service.close()
-        if sock is not None:
-            sock.close()
+    ec.serve(
+        output_dir,
+        host=host,
+        port=port,
+        mcp=mcp_stdio,
+        qdrant_url=qdrant_url,
+        qdrant_path=qdrant_path,
+        qdrant_api_key=qdrant_api_key,
+        device=device,
+        trust_remote_code=trust_remote_code,
+        max_batch=max_batch,
+        threads=threads,
+        poll_seconds=poll_seconds,
+        api_key=api_key,
+        no_auth=no_auth,
+        allowed_hosts=tuple(name.strip() for value in allowed_hosts for name in value.split(",")),
+        cors_origin=cors_origin,
+        request_timeout=request_timeout,
+        max_body=max_body,
+        max_connections=max_connections,
+        log_level="info" if verbose else "warning",
+        announce=click.echo,
+    )

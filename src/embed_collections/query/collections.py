@@ -3,6 +3,8 @@ encoder, held together so that many searches pay for opening them once."""
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +25,33 @@ from embed_collections.query.search import (
     uses_weighted_fusion,
     weighted_named_search,
 )
+from embed_collections.record.finished import read_finished
 from embed_collections.record.run_record import ModelRecord, RunRecord, read_run_record
 from embed_collections.stores.base import Hit, PayloadMatch, SearchQuery, Store
 
+log = logging.getLogger(__name__)
+
 MAX_TOP_K = 1000
 MAX_QUERY_CHARS = 8192  # far above any model's window (MiniLM reads 256 tokens)
+INT64 = (-(2**63), 2**63 - 1)  # what the store's payload integers hold
+# A payload path the store parses: dot-separated names, each optionally indexed (`tags[]`).
+PAYLOAD_KEY = re.compile(r'[^\s.\[\]"$\\]+(?:\[\d*\])?(?:\.[^\s.\[\]"$\\]+(?:\[\d*\])?)*')
+
+
+def check_text(value: str, what: str) -> None:
+    """UsageError for text that is not valid Unicode (a lone surrogate from JSON's "\\ud800")
+    or holds a NUL: no tokenizer or store can take it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise UsageError(
+            f"{what} holds a lone surrogate (U+{ord(value[error.start]):04X} at position "
+            f"{error.start}); send valid Unicode text"
+        ) from None
+    if "\x00" in value:
+        raise UsageError(
+            f"{what} holds a NUL character (at position {value.index(chr(0))}); remove it"
+        )
 
 
 class UnknownCollectionError(UsageError):
@@ -105,14 +129,22 @@ def payload_match(where: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -
         if not (isinstance(pair, tuple) and len(pair) == 2):
             raise UsageError(f"Filter {pair!r} is not a (field, value) pair")
         key, value = pair
-        if not isinstance(key, str) or not key.strip() or key.startswith("."):
+        if isinstance(key, str):
+            check_text(key, "Filter field")
+        if not isinstance(key, str) or not PAYLOAD_KEY.fullmatch(key):
             raise UsageError(
                 f'Filter field "{key}" is not a payload field name (use e.g. "source_file" or '
-                '"metadata.lang")'
+                '"metadata.lang": names joined by dots, without $, quotes or spaces)'
             )
         if not isinstance(value, (str, int, bool)) or isinstance(value, float):
             raise UsageError(
                 f'Filter "{key}" has value {value!r}; give a string, integer or boolean to match'
+            )
+        if isinstance(value, str):
+            check_text(value, f'Filter "{key}"')
+        elif not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+            raise UsageError(
+                f'Filter "{key}" has integer {value}, beyond the 64 bits a payload integer holds'
             )
         checked.append((key, value))
     return tuple(checked)
@@ -122,6 +154,7 @@ def check_request(query: str, top_k: int) -> None:
     """UsageErrors for a query no search should run: empty, too long, or top_k out of range."""
     if not isinstance(query, str) or not query.strip():
         raise UsageError('The query is empty; give the text to search for in "query"')
+    check_text(query, "The query")
     if len(query) > MAX_QUERY_CHARS:
         raise UsageError(
             f"The query is {len(query):,} characters, over the limit of {MAX_QUERY_CHARS:,}; "
@@ -213,7 +246,18 @@ class Collections:
             )
         path = Path(qdrant_path) if qdrant_path else None
         store = open_run_store(record, qdrant_api_key, output_dir, qdrant_url, path)
-        return cls(output_dir, record, store, encoder)
+        finished = read_finished(output_dir)
+        if finished is None or qdrant_url or qdrant_path:  # another store: not what it describes
+            return cls(output_dir, record, store, encoder)
+        served, changed = finished.split(store.collections(), store.loaded_marker)
+        if changed:
+            log.warning(
+                "Leaving out %s: changed since the last finished run in %s by a run that did "
+                "not finish (run it again)",
+                ", ".join(changed),
+                output_dir,
+            )
+        return cls(output_dir, record, store, encoder, fixed_names=served)
 
     @property
     def names(self) -> list[str]:

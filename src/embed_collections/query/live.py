@@ -3,9 +3,10 @@
 The embedded store locks each shard while it is open, so a server holding the run's own store
 would stop the next `run` on the same output directory. A server therefore searches a private
 copy (a snapshot) of the embedded store, taken while no run holds the output directory, and
-takes a new one when the run's record or summary changes, that is when a run has finished.
-Until then it keeps answering from the last state it opened and checked; a state that fails to
-open (a damaged or half-written shard) is logged and skipped, never served.
+takes a new one when the run's finished marker (`run_finished.json`, written last by a run that
+ran to its end) changes. Only the collections that marker vouches for are served: a run killed
+part-way leaves the previous state served (and `/healthz` says a newer run is incomplete); a
+state that fails to open (a damaged or half-written shard) is logged and skipped, never served.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from typing import Any
 from embed_collections.errors import EmbedCollectionsError, StoreError
 from embed_collections.query.collections import Collections
 from embed_collections.query.search import QueryEncoder, resolve_recorded
-from embed_collections.record.files import LOCK_FILE, RUN_RECORD_FILE, STORE_DIR, SUMMARY_FILE
+from embed_collections.record.files import (
+    FINISHED_FILE,
+    LOCK_FILE,
+    RUN_RECORD_FILE,
+    STORE_DIR,
+    SUMMARY_FILE,
+)
+from embed_collections.record.finished import FinishedRun, read_finished, started_after
 from embed_collections.record.run_record import RunRecord, read_run_record
 from embed_collections.stores.edge import EdgeStore
 
@@ -43,6 +51,7 @@ class LoadedState:
     counts: dict[str, int]
     signature: Signature
     snapshot_dir: Path | None
+    left_out: list[str] = field(default_factory=list)  # changed by a run that did not finish
     loaded_at: float = field(default_factory=time.time)
     users: int = 0
     retired: bool = False
@@ -171,9 +180,14 @@ class LiveRun:
             self._close_state(state)
 
     def signature(self) -> Signature:
-        """What changes when a run finishes: its record's and summary's size and mtime."""
+        """What changes when a run finishes: its finished marker's and record's size and mtime
+        (without a marker, as before it existed: the record's and the summary's)."""
         stamps = []
-        for name in (RUN_RECORD_FILE, SUMMARY_FILE):
+        if (self.output_dir / FINISHED_FILE).exists():
+            names = (FINISHED_FILE, RUN_RECORD_FILE)
+        else:
+            names = (RUN_RECORD_FILE, SUMMARY_FILE)
+        for name in names:
             try:
                 stat = (self.output_dir / name).stat()
                 stamps.append((stat.st_mtime_ns, stat.st_size))
@@ -233,7 +247,56 @@ class LiveRun:
         finally:
             handle.close()
 
+    def newer_run(self) -> str | None:
+        """ "running" or "incomplete" (killed, interrupted) when a run started after the one
+        served and has not finished; None otherwise."""
+        if not started_after(self.output_dir, read_finished(self.output_dir)):
+            return None
+        # The holder's pid, not the lock itself: a probe of the lock could make a starting
+        # `run --no-wait` fail.
+        try:
+            pid = int((self.output_dir / LOCK_FILE).read_text(encoding="utf-8").strip())
+            os.kill(pid, 0)
+        except PermissionError:  # alive, another user's
+            return "running"
+        except (OSError, ValueError):
+            return "incomplete"
+        return "running"
+
+    def _finished(self) -> FinishedRun | None:
+        """The finished marker to check the store against (None: a store from before markers,
+        or another store given with --qdrant-path/--qdrant-url, which it does not describe)."""
+        finished = read_finished(self.output_dir)
+        if finished is None and started_after(self.output_dir, None):
+            raise StoreError(
+                f"No run has finished in {self.output_dir} (the last one stopped part-way); "
+                "run it again to the end, then serve it"
+            )
+        return None if self.qdrant_path or self.qdrant_url else finished
+
+    def _vouched(self, collections: Collections, finished: FinishedRun | None) -> list[str]:
+        """The collections to serve; those a later, unfinished run changed are left out, or
+        (while an older state is served) the whole state is refused, so no answer mixes runs."""
+        if finished is None:
+            return []
+        served, changed = finished.split(
+            collections.store.collections(), collections.store.loaded_marker
+        )
+        if changed and self._state is not None:
+            raise StoreError(
+                f"Collections {', '.join(changed)} changed since the last finished run (a run "
+                "that did not finish); the previous state stays served until a run finishes"
+            )
+        if changed:
+            log.warning(
+                "Leaving out %s: changed by a run that did not finish (run it again)",
+                ", ".join(changed),
+            )
+        collections.fixed_names = served
+        return changed
+
     def _open(self, signature: Signature) -> LoadedState:
+        finished = self._finished()
         record = read_run_record(self.output_dir)
         key = encoder_key(record)
         encoder = self._encoder if key == self._encoder_key else None
@@ -270,6 +333,7 @@ class LiveRun:
                     self.output_dir, record, store, encoder, fixed_names=store.collections()
                 )
             try:
+                left_out = self._vouched(collections, finished)
                 counts = {name: collections.store.count(name) for name in collections.names}
             except BaseException:
                 collections.close()
@@ -282,7 +346,7 @@ class LiveRun:
             raise
         if encoder is not self._encoder:
             self._encoder, self._encoder_key = encoder, key
-        return LoadedState(collections, counts, signature, snapshot)
+        return LoadedState(collections, counts, signature, snapshot, left_out)
 
     def _close_state(self, state: LoadedState) -> None:
         try:

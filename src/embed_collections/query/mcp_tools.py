@@ -7,6 +7,7 @@ from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import StrictInt, StrictStr
 
 from embed_collections.errors import EmbedCollectionsError
 from embed_collections.query.collections import MAX_TOP_K
@@ -56,8 +57,8 @@ def build_mcp(service: SearchService) -> MCPServer:
     async def search(
         query: str,
         collections: list[str] | None = None,
-        top_k: int = 10,
-        mode: str | None = None,
+        top_k: StrictInt = 10,  # true, "3" or 3.0 are refused, as over /search
+        mode: StrictStr | None = None,
         where: dict[str, str | int | bool] | None = None,
     ) -> dict[str, Any]:
         try:

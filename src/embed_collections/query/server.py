@@ -18,11 +18,15 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from embed_collections.errors import EmbedCollectionsError, UsageError
+from embed_collections.query.access import AccessGuard, AccessPolicy
 from embed_collections.query.collections import MAX_QUERY_CHARS, MAX_TOP_K, UnknownCollectionError
+from embed_collections.query.connections import uvicorn_settings
+from embed_collections.query.http_errors import install_error_handlers
 from embed_collections.query.service import SearchService
 
 log = logging.getLogger(__name__)
@@ -31,7 +35,7 @@ log = logging.getLogger(__name__)
 class SearchBody(BaseModel):
     """POST /search: what to search for, where, and how."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # top_k true, "3" or 3.0: a 422
 
     query: str = Field(
         description=f"Text to search for (1 to {MAX_QUERY_CHARS:,} characters).",
@@ -76,12 +80,20 @@ def describe_validation(error: RequestValidationError) -> str:
     return f'Field "{where}": {first.get("msg", "invalid")} (see /docs for the schema)'
 
 
-def create_app(service: SearchService, mcp_server: Any = None, host: str = "127.0.0.1") -> FastAPI:
-    """The API over `service`; with `mcp_server`, MCP over streamable HTTP at /mcp/ (`host`: the
-    address served, which MCP's DNS-rebinding protection accepts in Host headers)."""
+def create_app(
+    service: SearchService,
+    mcp_server: Any = None,
+    host: str = "127.0.0.1",
+    policy: AccessPolicy | None = None,
+) -> FastAPI:
+    """The API over `service`; with `mcp_server`, MCP over streamable HTTP at /mcp/; `policy`
+    (default: loopback hosts, no key) guards every endpoint, MCP's included."""
+    policy = policy or AccessPolicy.for_bind(host)
     mcp_app = None
     if mcp_server is not None:
-        mcp_app = mcp_server.streamable_http_app(streamable_http_path="/", host=host)
+        mcp_app = mcp_server.streamable_http_app(
+            streamable_http_path="/", host=host, transport_security=policy.mcp_security()
+        )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -96,6 +108,21 @@ def create_app(service: SearchService, mcp_server: Any = None, host: str = "127.
         summary="Search a run's collections with the run's own ensemble.",
         lifespan=lifespan,
     )
+
+    install_error_handlers(app)
+    if policy.cors_origin:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=[policy.cors_origin],
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=[
+                "authorization",
+                "content-type",
+                "mcp-session-id",
+                "mcp-protocol-version",
+            ],
+        )
+    app.add_middleware(AccessGuard, policy=policy)  # added last: the outermost layer
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -150,19 +177,31 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_server(app: FastAPI, log_level: str = "warning") -> uvicorn.Server:
-    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False))
+def uvicorn_server(
+    app: FastAPI, log_level: str = "warning", policy: AccessPolicy | None = None
+) -> uvicorn.Server:
+    """uvicorn for `app`, with `policy`'s timeouts and connection cap."""
+    config = uvicorn.Config(
+        app, log_level=log_level, access_log=False, **uvicorn_settings(policy or AccessPolicy())
+    )
+    return uvicorn.Server(config)
 
 
 class BackgroundServer:
     """The app on a real loopback socket, served by uvicorn in a thread (tests, benchmarks,
     notebooks): `with BackgroundServer(app) as server: httpx.get(server.url + "/healthz")`."""
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        policy: AccessPolicy | None = None,
+    ) -> None:
         self.socket = bind_socket(host, port)
         self.host, self.port = host, self.socket.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
-        self.server = uvicorn_server(app)
+        self.server = uvicorn_server(app, policy=policy)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True
         )

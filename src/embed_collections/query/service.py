@@ -13,10 +13,12 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
+from embed_collections.errors import UsageError
 from embed_collections.query.collections import (
     Collections,
     SearchHit,
     check_request,
+    check_text,
     payload_match,
 )
 from embed_collections.query.live import LiveRun, LoadedState
@@ -105,11 +107,15 @@ class SearchService:
             }
 
     def health(self) -> dict[str, Any]:
-        """Liveness and what is served: collections, when loaded, the last reload error."""
+        """Liveness and what is served: collections, when loaded, the last reload error, and
+        whether a newer run is "running" or "incomplete" (it stopped before finishing: the last
+        finished state stays served)."""
         state = self.live.state
         return {
             "status": "ok",
             "collections": len(state.counts),
+            "newer_run": self.live.newer_run(),
+            "left_out": state.left_out,
             "loaded_at": state.loaded_at,
             "reloads": self.live.reloads,
             "last_error": self.live.last_error or None,
@@ -127,6 +133,14 @@ class SearchService:
     ) -> SearchRequest:
         """A checked search, not yet queued (UsageError now for bad input)."""
         check_request(query, top_k)
+        if mode is not None and not isinstance(mode, str):
+            raise UsageError(f'"mode" is {mode!r}; give "dense", "sparse" or "hybrid"')
+        if mode is not None:
+            check_text(mode, '"mode"')
+        for name in [collections] if isinstance(collections, str) else collections or []:
+            if not isinstance(name, str):
+                raise UsageError(f"Collection name {name!r} is not a string; give names as text")
+            check_text(name, "A collection name")
         match = payload_match(where)
         with self.live.using() as opened:
             chosen = opened.resolve_mode(mode)

@@ -69,6 +69,7 @@ class RunConfig:
     upload: bool = True
     build_index: bool = True
     keep_stale: bool = False
+    keep_missing: bool = False  # keep collections whose folder left the tree (several trees)
     recreate: bool = False
     verify_full: bool = False  # read every unchanged collection back instead of trusting stats
     sparse: str | None = None
@@ -128,6 +129,7 @@ class RunOptions(TypedDict, total=False):
     no_upload: bool
     no_index: bool
     keep_stale: bool
+    keep_missing: bool
     recreate: bool
     verify_full: bool
     sparse: str

@@ -7,6 +7,7 @@ LOG_FILE = "embedding_v6.log"
 RUN_RECORD_FILE = "run_config.json"  # what the run was (`record.run_record`)
 REPORT_FILE = "report.html"
 LOCK_FILE = ".embed-collections.lock"  # one writer per output directory
+FINISHED_FILE = "run_finished.json"  # written last by a run that ran to its end (finished.py)
 STORE_DIR = "qdrant"  # the embedded store, unless --qdrant-path
 CACHE_DIR = "cache"  # unless --cache-dir
 CACHE_FILE = "embeddings.sqlite"

@@ -57,6 +57,7 @@ class RunExtras:
     wave_budget_bytes: int | None = field(default=None, metadata=OPTIONAL)
     file_errors: int = 0
     skipped_records: int = 0
+    removed: list[str] = field(default_factory=list)  # collections whose folder is gone
     stopped: str | None = field(default=None, metadata=OPTIONAL)
     interrupted: bool | None = field(default=None, metadata=OPTIONAL)
     executor: str | None = None

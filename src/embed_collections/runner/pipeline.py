@@ -50,6 +50,7 @@ from embed_collections.runner.diskspace import (
     stops_the_run,
 )
 from embed_collections.runner.ensemble import Ensemble, prepare_ensemble, sample_texts
+from embed_collections.runner.missing import record_finished, remove_missing, store_markers
 from embed_collections.runner.waves import RunWork, run_waves
 from embed_collections.runner.wavesize import decide_wave_size
 from embed_collections.stores import Store, VectorLayout
@@ -180,6 +181,7 @@ def run_logged(
                 f"Cannot read directory {directory}: {reason} (fix its permissions)"
             )
             summary.extra.file_errors += 1
+        markers: dict = {}
         store: Store | None = None
         stopped: Exception | None = None
         interrupted = False
@@ -198,6 +200,8 @@ def run_logged(
                 len(selected), "store", "collection", config.engine.show_progress, "point"
             ) as progress:
                 run_waves(selected, ensemble, cache, store, config, summary, progress, work)
+            remove_missing(store, found, config, summary, unreadable)
+            markers = store_markers(store, config, list(selected))
         except Exception as error:  # a full or read-only disk: keep what is done, then stop
             if not stops_the_run(error):
                 raise
@@ -239,8 +243,9 @@ def run_logged(
         if isinstance(stopped, EmbedCollectionsError):
             raise stopped
         raise DiskFullError(f"The run stopped: {stopped}") from stopped
-    if config.export:  # the manifest covers the summary: it is the last thing written
+    if config.export:  # the manifest covers the summary
         finish_export(config, summary)
+    record_finished(config, summary, markers)  # last: only a run that got here is served
     log_processing_summary(summary)
     return summary
 
