@@ -11,7 +11,8 @@ import embed_collections
 PACKAGE = Path(embed_collections.__file__).parent
 # Bottom to top: a module may import its own wing or any wing below it.
 WINGS = [
-    *("base", "corpus", "engine", "stores", "record", "archive", "report", "runner"),
+    *("base", "corpus", "engine", "chunking", "stores", "record", "archive", "report"),
+    "runner",
     *("query", "api", "cli"),
 ]
 TOP_LEVEL_HELPERS = {"errors", "atomic", "progress"}

@@ -37,6 +37,7 @@ from embed_collections.errors import (
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from embed_collections.chunking import ChunkReport
     from embed_collections.query.collections import Collections, SearchHit
     from embed_collections.record.config import RunOptions
     from embed_collections.record.summary import CollectionResult, RunSummary
@@ -60,6 +61,7 @@ __all__ = [
     "StoreInUseError",
     "UsageError",
     "__version__",
+    "chunk",
     "discover",
     "open",
     "run",
@@ -74,6 +76,7 @@ _LAZY_TYPES = {
     "RunSummary": "embed_collections.record.summary",
     "CollectionResult": "embed_collections.record.summary",
     "RunOptions": "embed_collections.record.config",
+    "ChunkReport": "embed_collections.chunking",
 }
 
 
@@ -103,6 +106,39 @@ def discover(
     return discover_collections(
         root, pattern or CHUNK_FILE_PATTERN, MAX_DISCOVERY_DEPTH if max_depth is None else max_depth
     )
+
+
+def chunk(
+    source_dir: str | Path,
+    chunked_dir: str | Path,
+    models: list[str] | tuple[str, ...] | None = None,
+    chunk_size: int | None = None,
+    chunk_overlap: int | None = None,
+    model_cache_dir: str | Path | None = None,
+    trust_remote_code: bool = False,
+    max_seq_length: int | None = None,
+    document_prefix: dict[str, str] | list[str] | None = None,
+) -> ChunkReport:
+    """Chunk the documents under `source_dir` into `*_chunks.json` files under `chunked_dir`,
+    the folder tree mirrored, every chunk within every model's window (with its document
+    prefix) by that model's own tokenizer; `chunk_size`/`chunk_overlap` in tokens.
+
+    The same input writes the same bytes; a chunk file of a page that is gone is removed; a
+    file that cannot be read is skipped and listed in `report.skipped` with its reason.
+    """
+    from embed_collections.chunking import chunk_tree, sizing_for
+    from embed_collections.record.config import parse_prefixes
+
+    sizing = sizing_for(
+        models,
+        chunk_size,
+        chunk_overlap,
+        Path(model_cache_dir) if model_cache_dir else None,
+        trust_remote_code,
+        max_seq_length,
+        parse_prefixes(document_prefix, "--document-prefix"),
+    )
+    return chunk_tree(Path(source_dir), Path(chunked_dir), sizing)
 
 
 def run(

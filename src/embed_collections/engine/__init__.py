@@ -6,7 +6,7 @@ inside, the rooms import each other by their full names.
 
 from __future__ import annotations
 
-from embed_collections.engine.backends import default_device, default_dtype
+from embed_collections.engine.backends import CountingTokenizer, default_device, default_dtype
 from embed_collections.engine.cache import EmbeddingCache, text_digest
 from embed_collections.engine.combine import (
     check_combine,
@@ -39,6 +39,7 @@ from embed_collections.engine.runtimes import create_backend, runtime_installed
 from embed_collections.engine.telemetry import ModelTelemetry
 
 __all__ = [
+    "CountingTokenizer",
     "DEFAULT_ENSEMBLE_MODELS",
     "EmbeddingCache",
     "EngineOptions",
