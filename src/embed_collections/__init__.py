@@ -35,6 +35,9 @@ from embed_collections.errors import (
 )
 
 if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable
+
     from typing_extensions import Unpack
 
     from embed_collections.chunking import ChunkReport
@@ -65,6 +68,7 @@ __all__ = [
     "discover",
     "open",
     "run",
+    "watch",
 ]
 
 # The types load with their modules on first use, so `import embed_collections` stays instant
@@ -157,6 +161,25 @@ def run(
     from embed_collections.runner.pipeline import run as run_pipeline
 
     return run_pipeline(build_run_config(chunked_dir, output_dir, options))
+
+
+def watch(
+    chunked_dir: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+    stop: threading.Event | None = None,
+    force_polling: bool | None = None,
+    **options: Unpack[RunOptions],
+) -> int:
+    """`run`, then again on every change under `docs` (or `chunked_dir`) until `stop` is set:
+    changed pages are chunked again, a burst of saves is one update, a bad page is reported
+    and keeps its last good chunks. `on_update` gets one dict per update (`message`, `ok`, ...).
+    Returns the last run's exit code."""
+    from embed_collections.record.config import build_run_config
+    from embed_collections.runner.watch import watch_run
+
+    config = build_run_config(chunked_dir, output_dir, options)
+    return watch_run(config, on_update or (lambda update: None), stop, force_polling=force_polling)
 
 
 def open(  # noqa: A001 - the library's verb, as in `ec.open("output")`

@@ -11,7 +11,19 @@ import pytest
 import embed_collections as ec
 from embed_collections.corpus.chunks import load_collection
 
-WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split()
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "theta",
+    "kappa",
+    "lambda",
+    "sigma",
+    "omega",
+]
 
 
 def prose(words: int, seed: int = 0) -> str:
@@ -29,7 +41,9 @@ def write_docs(root: Path) -> Path:
     (root / "guide").mkdir(parents=True)
     (root / "api").mkdir()
     fence = "```python\n" + "\n".join(f"value_{i} = compute({i})" for i in range(8)) + "\n```"
-    table = "| name | value |\n|---|---|\n" + "\n".join(f"| {w} | {i} |" for i, w in enumerate(WORDS))
+    table = "| name | value |\n|---|---|\n" + "\n".join(
+        f"| {w} | {i} |" for i, w in enumerate(WORDS)
+    )
     (root / "guide" / "intro.md").write_text(
         f"# Intro\n\n{prose(60)}\n\n## Install\n\n{prose(900, 1)}\n\n{fence}\n\n"
         f"## Settings\n\n{table}\n\n### Deep\n\n{prose(40, 2)}\n"
