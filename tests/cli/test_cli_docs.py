@@ -66,7 +66,6 @@ def test_watch_follows_a_saved_page_and_keeps_the_last_good_state(tmp_path, tiny
     thread.start()
     try:
         wait_for(lambda: len(updates) == 1)
-        time.sleep(1.0)  # the watcher takes its first look after the initial run's update
         page = docs / "guide" / "install.md"
         for word in ("one", "two", "Use conda to install the package."):  # a burst of saves
             page.write_text(f"# Install\n\n{word}\n")

@@ -38,9 +38,10 @@ def watch_run(
     run's exit code. `on_update` gets one dict per update: message, changed, chunking, ok."""
     import watchfiles
 
+    watched = config.docs_dir or config.chunked_dir
+    before: dict[Path, tuple[int, int]] | None = snapshot(Path(watched))
     summary = run(config)
     on_update(update_of("initial run", [], summary.extra.get("chunking"), summary.exit_code))
-    watched = config.docs_dir or config.chunked_dir
     sizing = None
     if config.docs_dir is not None:
         sizing = sizing_for(
@@ -63,9 +64,15 @@ def watch_run(
         force_polling=force_polling,
         ignore_permission_denied=True,
         watch_filter=lambda _, path: not Path(path).name.startswith("."),
+        rust_timeout=1000,
+        yield_on_timeout=True,
     ):
         started = time.perf_counter()
         paths = sorted({Path(p) for _, p in changes})
+        if before is not None and not changes:  # the watcher is up: what changed meanwhile?
+            paths, before = changed_since(before, Path(watched)), None
+        if not paths:
+            continue
         if config.docs_dir is not None:
             paths = [p for p in paths if not p.resolve().is_relative_to(chunked)]
             if not paths:
@@ -114,3 +121,22 @@ def update_of(
         "seconds": seconds,
         "ok": code == 0 and not skipped,
     }
+
+
+def snapshot(root: Path) -> dict[Path, tuple[int, int]]:
+    """(mtime, size) of every file under `root`, to see what changed before the watcher ran."""
+    found = {}
+    for path in root.rglob("*"):
+        try:
+            if path.is_file() and not path.name.startswith("."):
+                stat = path.stat()
+                found[path] = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            continue
+    return found
+
+
+def changed_since(before: dict[Path, tuple[int, int]], root: Path) -> list[Path]:
+    """Files added, changed or removed under `root` since `before` was taken."""
+    after = snapshot(root)
+    return sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
