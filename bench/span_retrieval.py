@@ -170,7 +170,10 @@ def main() -> None:
         path = chunked_root / (rel.removesuffix(".md") + "_chunks.json")
         return json.loads(path.read_text()) if path.exists() else []
 
-    built = {"ours": build_set(pages, ours, "ours"), "original": build_set(pages, theirs, "original")}
+    built = {
+        "ours": build_set(pages, ours, "ours"),
+        "original": build_set(pages, theirs, "original"),
+    }
     keep = set(built["ours"][1]) & set(built["original"][1])
     results = {}
     for label, (corpus, queries, qrels) in built.items():
@@ -184,7 +187,9 @@ def main() -> None:
             sys.exit(f"eval of {label} failed: {done.stderr[-2000:]}")
         results[label] = {"counts": counts, "eval": json.loads(done.stdout)}
     (args.out / "span_results.json").write_text(json.dumps(results, indent=2))
-    print(f"{now()} {machine()}; {len(pages)} pages (seed {args.seed}); ours: {report.chunks} chunks")
+    print(
+        f"{now()} {machine()}; {len(pages)} pages (seed {args.seed}); ours: {report.chunks} chunks"
+    )
     for label, result in results.items():
         print(label, result["counts"])
         print(json.dumps(result["eval"], indent=1)[:1500])

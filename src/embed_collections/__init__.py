@@ -122,6 +122,7 @@ def chunk(
     trust_remote_code: bool = False,
     max_seq_length: int | None = None,
     document_prefix: dict[str, str] | list[str] | None = None,
+    keep_navigation: bool = False,
 ) -> ChunkReport:
     """Chunk the documents under `source_dir` into `*_chunks.json` files under `chunked_dir`,
     the folder tree mirrored, every chunk within every model's window (with its document
@@ -129,6 +130,7 @@ def chunk(
 
     The same input writes the same bytes; a chunk file of a page that is gone is removed; a
     file that cannot be read is skipped and listed in `report.skipped` with its reason.
+    Chunks that are mostly links (a site's menu) are left out unless `keep_navigation`.
     """
     from embed_collections.chunking import chunk_tree, sizing_for
     from embed_collections.record.config import parse_prefixes
@@ -142,7 +144,7 @@ def chunk(
         max_seq_length,
         parse_prefixes(document_prefix, "--document-prefix"),
     )
-    return chunk_tree(Path(source_dir), Path(chunked_dir), sizing)
+    return chunk_tree(Path(source_dir), Path(chunked_dir), sizing, None, keep_navigation)
 
 
 def run(

@@ -211,3 +211,18 @@ def test_sizes_are_usage_errors(tmp_path, models):
         ec.chunk(docs, tmp_path / "out", models[:1], chunk_size=50, chunk_overlap=50)
     with pytest.raises(ec.UsageError, match="Source directory not found"):
         ec.chunk(tmp_path / "nope", tmp_path / "out", models[:1])
+
+
+def test_navigation_is_left_out_and_counted_unless_kept(tmp_path, models):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    menu = "\n".join(f"- [Page {i}](site/page-{i}.md)" for i in range(30))
+    (docs / "page.md").write_text(f"Site | Docs\n\n{menu}\n\n# Real\n\n{prose(40)}\n")
+    report = ec.chunk(docs, tmp_path / "out", models[:1])
+    records = json.loads((tmp_path / "out/page_chunks.json").read_text())
+    assert report.navigation_dropped >= 1
+    assert not [r for r in records if "site/page-" in r["text"]]
+    assert records[-1]["metadata"]["section_path"] == ["Real"]
+    assert [r["metadata"]["chunk_index"] for r in records] == list(range(len(records)))
+    kept = ec.chunk(docs, tmp_path / "kept", models[:1], keep_navigation=True)
+    assert kept.navigation_dropped == 0 and kept.chunks == report.chunks + report.navigation_dropped

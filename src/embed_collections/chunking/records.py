@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -14,6 +15,9 @@ from embed_collections.chunking.splitter import SectionSplitter
 from embed_collections.chunking.structure import Section, find_sections
 
 CHUNKER_VERSION = "embed-collections-chunk-1"
+_LINK = re.compile(r"!?\[[^\]]*\]\([^)]*\)")
+_WORD = re.compile(r"\w+")
+NAVIGATION_SHARE = 0.25  # words outside links, below which a chunk is navigation
 STRATEGY = "structure+semantic-text-splitter"
 
 
@@ -23,17 +27,27 @@ def document_id(source_file: str) -> str:
 
 
 def chunk_document(
-    document: Document, source_file: str, splitter: SectionSplitter
-) -> list[dict[str, Any]]:
-    """The chunk records of one document; `source_file` is its posix path under the source."""
+    document: Document,
+    source_file: str,
+    splitter: SectionSplitter,
+    keep_navigation: bool = False,
+) -> tuple[list[dict[str, Any]], int]:
+    """The chunk records of one document; `source_file` is its posix path under the source.
+    Chunks that are navigation (mostly links: a site's menu, repeated on every page) are
+    left out unless `keep_navigation`; returns the records and how many were left out."""
     text = document.text
     sections = merge_bare_headings(text, find_sections(text, document.kind))
     doc_id = document_id(source_file)
     name = PurePosixPath(source_file)
     spans: list[tuple[Section, int, int, int]] = []
+    dropped = 0
     cuts = splitter.split(text, [(s.start, s.end) for s in sections], document.kind)
     for section, pieces in zip(sections, cuts):
-        spans.extend((section, start, end, tokens) for start, end, tokens in pieces)
+        for start, end, tokens in pieces:
+            if not keep_navigation and is_navigation(text[start:end]):
+                dropped += 1
+            else:
+                spans.append((section, start, end, tokens))
     ids = [f"{doc_id}-{index:04d}" for index in range(len(spans))]
     first_of: dict[tuple[str, ...], str] = {}
     for (section, *_), chunk_id in zip(spans, ids):
@@ -80,7 +94,18 @@ def chunk_document(
                 },
             }
         )
-    return records
+    return records, dropped
+
+
+def is_navigation(text: str) -> bool:
+    """Whether a chunk is mostly links (over three quarters of its words inside links): a menu
+    or a table of contents, which matches every query about its pages and answers none
+    (docs/chunking.md)."""
+    if not _LINK.search(text):
+        return False
+    words = len(_WORD.findall(text))
+    outside = len(_WORD.findall(_LINK.sub(" ", text)))
+    return outside < NAVIGATION_SHARE * words
 
 
 def merge_bare_headings(text: str, sections: list[Section]) -> list[Section]:

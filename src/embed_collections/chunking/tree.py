@@ -55,6 +55,7 @@ class ChunkReport:
     tokens: dict[str, float] = field(default_factory=dict)  # min, median, mean, max per chunk
     skipped: tuple[SkippedFile, ...] = ()
     sizing: dict[str, Any] = field(default_factory=dict)
+    navigation_dropped: int = 0  # chunks left out as navigation (mostly links)
 
     @property
     def ok(self) -> bool:
@@ -71,9 +72,11 @@ def chunk_tree(
     chunked_dir: Path,
     sizing: Sizing,
     only: Iterable[Path] | None = None,
+    keep_navigation: bool = False,
 ) -> ChunkReport:
     """Chunk every document under `source_dir` into `chunked_dir` (or only the `only` paths,
-    after a change: the others are taken as up to date)."""
+    after a change: the others are taken as up to date); navigation chunks (mostly links) are
+    left out and counted unless `keep_navigation`."""
     source_dir, chunked_dir = Path(source_dir), Path(chunked_dir)
     if not source_dir.is_dir():
         raise UsageError(f"Source directory not found: {source_dir} (give a folder of documents)")
@@ -85,7 +88,7 @@ def chunk_tree(
     splitter = SectionSplitter(sizing)
     skipped: list[SkippedFile] = []
     tokens: list[int] = []
-    files = chunks = written = unchanged = bytes_read = 0
+    files = chunks = written = unchanged = bytes_read = navigation = 0
     for relative, target in targets.items():
         path = source_dir / relative
         if wanted is not None and path.resolve() not in wanted:
@@ -93,7 +96,8 @@ def chunk_tree(
         try:
             document = read_document(path)
             bytes_read += len(document.text.encode("utf-8"))
-            records = chunk_document(document, relative, splitter)
+            records, dropped = chunk_document(document, relative, splitter, keep_navigation)
+            navigation += dropped
         except DocumentError as exc:
             skipped.append(SkippedFile(str(path), str(exc)))
             log.warning("%s: %s (file skipped)", path, exc)
@@ -123,6 +127,7 @@ def chunk_tree(
         bytes_read=bytes_read,
         seconds=round(time.perf_counter() - started, 3),
         tokens=describe_tokens(tokens),
+        navigation_dropped=navigation,
         skipped=tuple(skipped),
         sizing=sizing.describe(),
     )

@@ -64,6 +64,7 @@ def chunk(source_dir, chunked_dir, models, as_json, verbose, quiet, **options):
             ["files written", report.written],
             ["files unchanged", report.unchanged],
             ["files removed", report.removed],
+            ["navigation left out", report.navigation_dropped],
             ["skipped", len(report.skipped)],
             ["seconds", report.seconds],
         ]

@@ -314,4 +314,11 @@ chunking_options = stack(
         type=click.IntRange(min=0),
         help="Tokens a chunk repeats from the one before it, when a section is cut [0].",
     ),
+    click.option(
+        "--keep-navigation",
+        is_flag=True,
+        default=None,
+        help="Keep chunks that are mostly links (site menus, tables of contents); by default "
+        "they are left out and counted.",
+    ),
 )

@@ -81,6 +81,7 @@ class RunConfig:
     docs_dir: Path | None = None  # chunk these documents into `chunked_dir` first (`--docs`)
     chunk_size: int | None = None  # tokens; None: the chunker's default
     chunk_overlap: int | None = None
+    keep_navigation: bool = False
 
     @property
     def store_path(self) -> Path:
@@ -146,6 +147,7 @@ class RunOptions(TypedDict, total=False):
     docs: str | Path
     chunk_size: int
     chunk_overlap: int
+    keep_navigation: bool
 
 
 RUN_OPTIONS = tuple(RunOptions.__annotations__)

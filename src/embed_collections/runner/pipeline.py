@@ -264,7 +264,7 @@ def chunk_documents(config: RunConfig) -> ChunkReport | None:
         config.max_seq_length,
         config.document_prefix,
     )
-    report = chunk_tree(config.docs_dir, config.chunked_dir, sizing)
+    report = chunk_tree(config.docs_dir, config.chunked_dir, sizing, None, config.keep_navigation)
     log.info(
         "Chunked %s: %d documents, %d chunks (tokens per chunk %s), %d skipped",
         config.docs_dir,

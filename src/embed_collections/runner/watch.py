@@ -79,7 +79,9 @@ def watch_run(
                 continue
         chunking = None
         if sizing is not None and config.docs_dir is not None:
-            report = chunk_tree(config.docs_dir, config.chunked_dir, sizing, only=paths)
+            report = chunk_tree(
+                config.docs_dir, config.chunked_dir, sizing, paths, config.keep_navigation
+            )
             chunking = report.to_dict()
             for skipped in report.skipped:
                 log.warning("%s: %s (its last good chunks are kept)", skipped.path, skipped.reason)
