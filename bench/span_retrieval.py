@@ -122,12 +122,18 @@ def build_set(pages, chunks_of, label: str) -> tuple[list, dict, list]:
                 continue
             doc_id = f"{label}:{relative}#{number}"
             corpus.append({"_id": doc_id, "title": "", "text": body})
+            SPANS[doc_id] = (relative, start, end)
             for heading, a, b in page_spans[relative]:
                 if headings[heading.lower()] == 1 and start < b and a < end:
                     query_id = f"q:{relative}:{a}"
                     queries[query_id] = heading
+                    SECTIONS[query_id] = (relative, a, b)
                     qrels.append((query_id, doc_id))
     return corpus, queries, qrels
+
+
+SPANS: dict[str, tuple[str, int, int]] = {}  # chunk id -> (page, start, end)
+SECTIONS: dict[str, tuple[str, int, int]] = {}  # query id -> the section's (page, start, end)
 
 
 def write_set(out: Path, corpus: list, queries: dict, qrels: list, keep: set) -> dict:
@@ -141,6 +147,49 @@ def write_set(out: Path, corpus: list, queries: dict, qrels: list, keep: set) ->
     lines = [f"{q}\t{d}\t1" for q, d in qrels if q in keep]
     (out / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(lines))
     return {"chunks": len(corpus), "queries": len(kept), "judgements": len(lines)}
+
+
+def span_scores(eval_dir: Path, queries: dict, spans: dict, sections: dict) -> dict:
+    """Scores that do not depend on the cutting, per mode: span recall@10 (the share of the
+    section's characters the top 10 chunks cover), hit@10 and MRR@10 (the first chunk that
+    overlaps the section)."""
+    import embed_collections as ec
+
+    scores: dict[str, dict[str, float]] = {}
+    with ec.open(eval_dir) as collections:
+        name = next(iter(collections.names)) if hasattr(collections, "names") else None
+        for mode in ("dense", "hybrid"):
+            recall = hits = reciprocal = 0.0
+            for query_id, heading in queries.items():
+                relative, a, b = sections[query_id]
+                found = collections.search(heading, name, top_k=10, mode=mode)
+                covered: list[tuple[int, int]] = []
+                first = 0
+                for rank, hit in enumerate(found, 1):
+                    page, start, end = spans[hit.chunk_id]
+                    if page == relative and start < b and a < end:
+                        covered.append((max(a, start), min(b, end)))
+                        first = first or rank
+                recall += union_length(covered) / max(1, b - a)
+                hits += bool(first)
+                reciprocal += 1 / first if first else 0.0
+            count = max(1, len(queries))
+            scores[mode] = {
+                "span_recall@10": round(recall / count, 5),
+                "hit@10": round(hits / count, 5),
+                "mrr@10": round(reciprocal / count, 5),
+            }
+    return scores
+
+
+def union_length(intervals: list[tuple[int, int]]) -> int:
+    total, reach = 0, -1
+    for start, end in sorted(intervals):
+        if end <= reach:
+            continue
+        total += end - max(start, reach)
+        reach = end
+    return total
 
 
 def main() -> None:
@@ -185,14 +234,18 @@ def main() -> None:
         done = subprocess.run(list(map(str, command)), capture_output=True, text=True)
         if done.returncode:
             sys.exit(f"eval of {label} failed: {done.stderr[-2000:]}")
-        results[label] = {"counts": counts, "eval": json.loads(done.stdout)}
+        kept = {q: t for q, t in queries.items() if q in keep}
+        spans = span_scores(args.out / f"{label}_eval", kept, SPANS, SECTIONS)
+        results[label] = {"counts": counts, "eval": json.loads(done.stdout), "spans": spans}
     (args.out / "span_results.json").write_text(json.dumps(results, indent=2))
     print(
         f"{now()} {machine()}; {len(pages)} pages (seed {args.seed}); ours: {report.chunks} chunks"
     )
     for label, result in results.items():
         print(label, result["counts"])
-        print(json.dumps(result["eval"], indent=1)[:1500])
+        for mode in ("dense", "sparse", "hybrid"):
+            print(f"  {mode}: {result['eval']['modes'][mode]}")
+        print(f"  spans: {result['spans']}")
 
 
 if __name__ == "__main__":
