@@ -226,3 +226,44 @@ def test_navigation_is_left_out_and_counted_unless_kept(tmp_path, models):
     assert [r["metadata"]["chunk_index"] for r in records] == list(range(len(records)))
     kept = ec.chunk(docs, tmp_path / "kept", models[:1], keep_navigation=True)
     assert kept.navigation_dropped == 0 and kept.chunks == report.chunks + report.navigation_dropped
+
+
+def write_docx(path: Path, paragraphs: list[str]) -> Path:
+    """The smallest Word file: a zip with [Content_Types].xml, the package rels, the body."""
+    import zipfile
+
+    body = "".join(f"<w:p><w:r><w:t>{text}</w:t></w:r></w:p>" for text in paragraphs)
+    word = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+    package = "http://schemas.openxmlformats.org/package/2006"
+    office = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument"
+    main = "application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(
+            "[Content_Types].xml",
+            f'<Types xmlns="{package}/content-types">'
+            '<Default Extension="rels" ContentType="application/'
+            'vnd.openxmlformats-package.relationships+xml"/>'
+            f'<Override PartName="/word/document.xml" ContentType="{main}"/></Types>',
+        )
+        archive.writestr(
+            "_rels/.rels",
+            f'<Relationships xmlns="{package}/relationships">'
+            f'<Relationship Id="r1" Type="{office}" Target="word/document.xml"/></Relationships>',
+        )
+        archive.writestr(
+            "word/document.xml",
+            f'<w:document xmlns:w="{word}"><w:body>{body}</w:body></w:document>',
+        )
+    return path
+
+
+def test_a_word_file_is_chunked_through_the_documents_extra(tmp_path, models):
+    pytest.importorskip("markitdown")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    write_docx(docs / "memo.docx", ["Quarterly memo about the offline installer.", prose(30)])
+    report = ec.chunk(docs, tmp_path / "out", models[:1])
+    assert report.skipped == () and report.files == 1
+    records = json.loads((tmp_path / "out/memo_chunks.json").read_text())
+    assert "Quarterly memo about the offline installer." in records[0]["text"]
+    assert records[0]["metadata"]["file_extension"] == ".docx"

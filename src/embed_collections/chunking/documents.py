@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 from embed_collections.chunking.structure import strip_mdx
 from embed_collections.errors import EmbedCollectionsError
@@ -118,20 +120,28 @@ def notebook_to_markdown(text: str) -> str:
 def convert_with_markitdown(path: Path) -> str:
     """PDF, DOCX, PPTX, XLSX or EPUB as Markdown, offline, by markitdown."""
     try:
-        from markitdown import MarkItDown
+        converter = markitdown_converter()
     except ImportError as exc:
         raise DocumentError(
             f"{path.suffix} files need the documents extra: "
             "pip install 'embed-collections[documents]'"
         ) from exc
     try:
-        result = MarkItDown(enable_plugins=False).convert_local(str(path))
+        result = converter.convert_local(str(path))
     except Exception as exc:  # a converter's failure, whatever its library raises, skips one file
         raise DocumentError(f"cannot convert ({type(exc).__name__}: {exc})") from exc
     text = (result.text_content or "").replace("\r\n", "\n")
     if not text.strip():
         raise DocumentError("no text found (a scanned PDF needs OCR first)")
     return text
+
+
+@lru_cache(maxsize=1)
+def markitdown_converter() -> Any:
+    """One markitdown converter for the process (its import takes ~1.4 s, building it more)."""
+    from markitdown import MarkItDown
+
+    return MarkItDown(enable_plugins=False)
 
 
 _BLOCKS = {"p", "div", "section", "article", "table", "tr", "br", "ul", "ol", "blockquote"}
