@@ -20,7 +20,7 @@ from pathlib import Path
 
 from embed_collections.archive.export import finish_export
 from embed_collections.atomic import write_bytes_atomic, write_json_atomic
-from embed_collections.chunking import ChunkReport, chunk_tree, sizing_for
+from embed_collections.chunking import ChunkReport, Sizing, chunk_tree, sizing_for
 from embed_collections.corpus.discovery import (
     discover_collections,
     filter_collections,
@@ -255,16 +255,9 @@ def chunk_documents(config: RunConfig) -> ChunkReport | None:
     (unchanged pages keep their files, so their collections stay unchanged)."""
     if config.docs_dir is None:
         return None
-    sizing = sizing_for(
-        config.models,
-        config.chunk_size,
-        config.chunk_overlap,
-        config.model_cache_dir,
-        config.trust_remote_code,
-        config.max_seq_length,
-        config.document_prefix,
+    report = chunk_tree(
+        config.docs_dir, config.chunked_dir, run_sizing(config), None, config.keep_navigation
     )
-    report = chunk_tree(config.docs_dir, config.chunked_dir, sizing, None, config.keep_navigation)
     log.info(
         "Chunked %s: %d documents, %d chunks (tokens per chunk %s), %d skipped",
         config.docs_dir,
@@ -274,6 +267,19 @@ def chunk_documents(config: RunConfig) -> ChunkReport | None:
         len(report.skipped),
     )
     return report
+
+
+def run_sizing(config: RunConfig) -> Sizing:
+    """How a run's chunks are sized: its models, as resolved for the run, and its sizes."""
+    return sizing_for(
+        config.models,
+        config.chunk_size,
+        config.chunk_overlap,
+        config.model_cache_dir,
+        config.trust_remote_code,
+        config.max_seq_length,
+        config.document_prefix,
+    )
 
 
 def check_lease_dir(config: RunConfig) -> None:

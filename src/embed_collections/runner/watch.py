@@ -17,10 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from embed_collections.chunking import chunk_tree, sizing_for
+from embed_collections.chunking import chunk_tree
 from embed_collections.errors import EmbedCollectionsError
 from embed_collections.record.config import RunConfig
-from embed_collections.runner.pipeline import run
+from embed_collections.runner.pipeline import run, run_sizing
 
 log = logging.getLogger("embed_collections.runner.watch")
 
@@ -42,17 +42,7 @@ def watch_run(
     before: dict[Path, tuple[int, int]] | None = snapshot(Path(watched))
     summary = run(config)
     on_update(update_of("initial run", [], summary.extra.get("chunking"), summary.exit_code))
-    sizing = None
-    if config.docs_dir is not None:
-        sizing = sizing_for(
-            config.models,
-            config.chunk_size,
-            config.chunk_overlap,
-            config.model_cache_dir,
-            config.trust_remote_code,
-            config.max_seq_length,
-            config.document_prefix,
-        )
+    sizing = run_sizing(config) if config.docs_dir is not None else None
     again = replace(config, docs_dir=None)  # the changed pages are chunked here, not all of them
     code = summary.exit_code
     chunked = Path(config.chunked_dir).resolve()
