@@ -1,4 +1,4 @@
-"""14. Our chunks against another chunker's on one retrieval set that does not depend on the
+"""18. Our chunks against another chunker's on one retrieval set that does not depend on the
 cutting: section headings of the source pages are the queries, and a chunk is relevant to a
 heading when its character span in the page overlaps that section's span (the heading's line to
 the next heading of the same or a higher level). Heading lines are removed from every chunk, so

@@ -1,4 +1,4 @@
-"""15. Seconds from saving one changed page to `serve` returning its new text: `run --docs --watch`
+"""19. Seconds from saving one changed page to `serve` returning its new text: `run --docs --watch`
 on a folder of pages, `serve` on its output over HTTP, then one page at a time gets a new
 sentence and the clock runs until a search for that sentence returns it.
 

@@ -46,6 +46,8 @@ def test_run_from_docs_then_search(tmp_path, tiny_models):
     summary = read_summary(out)
     assert summary["chunking"]["chunks"] == 3 and summary["chunking"]["skipped"] == []
     assert sorted(ec.discover(out / "chunked")) == ["chunked", "guide"]
+    report = (out / "report.html").read_text()
+    assert "<h2>Chunking</h2>" in report and "navigation chunks left out" in report
     hits = search_run(out, "guide", "Copy the wheel first.")
     assert "Copy the wheel first." in hits[0].text
 
