@@ -3,9 +3,12 @@
 then sentences, then words), sized here against every model's tokenizer.
 
 Sized by characters first, from the section's own characters per token, because the splitter
-counting with a tokenizer re-tokenises candidate merges and ran 4x slower; every piece is then
-counted exactly by every model and a piece over the target is cut again by that model's
-tokenizer, so the character estimate never decides whether a chunk fits (docs/chunking.md).
+counting with a tokenizer re-tokenises candidate merges and ran 4x slower. Each section is
+tokenised once per model; a piece's tokens are those whose character offsets lie inside it
+(exact but at its two edges), a piece within SLACK tokens of the target is counted again
+exactly (prefix and special tokens included), and a piece over the target is cut again by the
+tightest model's tokenizer: the character estimate never decides whether a chunk fits
+(docs/chunking.md).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ class ChunkingError(EmbedCollectionsError):
 CHAR_MARGIN = 0.9
 MAX_ROUNDS = 8
 # Tokens a count from the section's own tokenisation may be off by at a piece's edges (a word
-# the cut or the prefix joins); a piece estimated within this of the target or of a window is
-# counted exactly, so the estimate never decides alone that a chunk fits.
+# the cut or the prefix joins, a few at most); a piece estimated within this of the target is
+# counted exactly.
 SLACK = 8
 
 
