@@ -97,7 +97,10 @@ def main() -> None:
             saved = time.perf_counter()
             page.write_text(page.read_text() + f"\n\n## Fresh {repeat}\n\n{sentence}\n")
             while True:
-                hits = search(port, sentence)
+                try:
+                    hits = search(port, sentence)
+                except OSError:  # a search during serve's reload may time out: not there yet
+                    hits = []
                 if any(sentence in str(hit.get("text", "")) for hit in hits):
                     break
                 assert time.perf_counter() - saved < 300, "the new text never came"
@@ -111,7 +114,10 @@ def main() -> None:
             time.sleep(1.0)
     finally:
         server.terminate()
-        server.wait(30)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
         stop.set()
     print(f"{now()} {machine()}")
     print(
