@@ -138,5 +138,6 @@ def test_every_run_option_of_the_cli_is_a_keyword_of_the_api():
     from embed_collections.record.config import RUN_OPTIONS
 
     cli_only = {"chunked_dir", "output_dir", "verbose", "as_json", "exclusive_ensemble"}
+    cli_only |= {"watch"}  # `run --watch` is `ec.watch` with the same keywords
     names = {param.name for param in run_command.params} - cli_only
     assert names == set(RUN_OPTIONS)

@@ -11,8 +11,8 @@ import embed_collections
 PACKAGE = Path(embed_collections.__file__).parent
 # Bottom to top: a module may import its own wing or any wing below it.
 WINGS = [
-    *("base", "corpus", "engine", "stores", "record", "archive", "report", "query", "runner"),
-    *("evaluation", "api", "cli"),
+    *("base", "corpus", "engine", "chunking", "stores", "record", "archive", "report"),
+    *("query", "runner", "evaluation", "api", "cli"),
 ]
 TOP_LEVEL_HELPERS = {"errors", "atomic", "progress"}
 MAX_LINES = 600

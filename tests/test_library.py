@@ -15,8 +15,9 @@ from embed_collections.cli.main import cli
 
 # command -> the library functions its body calls (`ec.NAME(...)`)
 LIBRARY_CALLS = {
+    "chunk": {"chunk"},
     "discover": {"discover"},
-    "run": {"run"},
+    "run": {"run", "watch"},
     "search": {"open"},
     "eval": {"evaluate", "tune_weights"},
     "upload": {"upload"},

@@ -17,7 +17,6 @@ message the command line prints. The command line is a client of these functions
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,8 +35,12 @@ from embed_collections.errors import (
 )
 
 if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable
+
     from typing_extensions import Unpack
 
+    from embed_collections.chunking import ChunkReport
     from embed_collections.evaluation.beir import EvalReport
     from embed_collections.evaluation.tune_beir import TuningReport
     from embed_collections.query.collections import Collections, SearchHit
@@ -64,6 +67,7 @@ __all__ = [
     "StoreInUseError",
     "UsageError",
     "__version__",
+    "chunk",
     "discover",
     "evaluate",
     "open",
@@ -73,6 +77,7 @@ __all__ = [
     "tune_weights",
     "upload",
     "write_report",
+    "watch",
 ]
 
 # The types load with their modules on first use, so `import embed_collections` stays instant
@@ -86,6 +91,7 @@ _LAZY_TYPES = {
     "EvalReport": "embed_collections.evaluation.beir",
     "TuningReport": "embed_collections.evaluation.tune_beir",
     "RunStatus": "embed_collections.report.status",
+    "ChunkReport": "embed_collections.chunking",
 }
 
 
@@ -117,6 +123,41 @@ def discover(
     )
 
 
+def chunk(
+    source_dir: str | Path,
+    chunked_dir: str | Path,
+    models: list[str] | tuple[str, ...] | None = None,
+    chunk_size: int | None = None,
+    chunk_overlap: int | None = None,
+    model_cache_dir: str | Path | None = None,
+    trust_remote_code: bool = False,
+    max_seq_length: int | None = None,
+    document_prefix: dict[str, str] | list[str] | None = None,
+    keep_navigation: bool = False,
+) -> ChunkReport:
+    """Chunk the documents under `source_dir` into `*_chunks.json` files under `chunked_dir`,
+    the folder tree mirrored, every chunk within every model's window (with its document
+    prefix) by that model's own tokenizer; `chunk_size`/`chunk_overlap` in tokens.
+
+    The same input writes the same bytes; a chunk file of a page that is gone is removed; a
+    file that cannot be read is skipped and listed in `report.skipped` with its reason.
+    Chunks that are mostly links (a site's menu) are left out unless `keep_navigation`.
+    """
+    from embed_collections.chunking import chunk_tree, sizing_for
+    from embed_collections.record.config import parse_prefixes
+
+    sizing = sizing_for(
+        models,
+        chunk_size,
+        chunk_overlap,
+        Path(model_cache_dir) if model_cache_dir else None,
+        trust_remote_code,
+        max_seq_length,
+        parse_prefixes(document_prefix, "--document-prefix"),
+    )
+    return chunk_tree(Path(source_dir), Path(chunked_dir), sizing, None, keep_navigation)
+
+
 def run(
     chunked_dir: str | Path | None = None,
     output_dir: str | Path | None = None,
@@ -133,6 +174,25 @@ def run(
     from embed_collections.runner.pipeline import run as run_pipeline
 
     return run_pipeline(build_run_config(chunked_dir, output_dir, options))
+
+
+def watch(
+    chunked_dir: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+    stop: threading.Event | None = None,
+    force_polling: bool | None = None,
+    **options: Unpack[RunOptions],
+) -> int:
+    """`run`, then again on every change under `docs` (or `chunked_dir`) until `stop` is set:
+    changed pages are chunked again, a burst of saves is one update, a bad page is reported
+    and keeps its last good chunks. `on_update` gets one dict per update (`message`, `ok`, ...).
+    Returns the last run's exit code."""
+    from embed_collections.record.config import build_run_config
+    from embed_collections.runner.watch import watch_run
+
+    config = build_run_config(chunked_dir, output_dir, options)
+    return watch_run(config, on_update or (lambda update: None), stop, force_polling=force_polling)
 
 
 def open(  # noqa: A001 - the library's verb, as in `ec.open("output")`

@@ -8,6 +8,7 @@ import click
 
 from embed_collections.cli.options import (
     ListOptionCommand,
+    chunking_options,
     discovery_options,
     engine_options,
     ensemble_options,
@@ -206,6 +207,18 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
     is_flag=True,
     help="Fail at once when another run holds the output directory (default: wait for it).",
 )
+@click.option(
+    "--docs",
+    type=click.Path(path_type=Path),
+    help="Chunk this folder of documents first (as `chunk`), into --chunked-dir "
+    "[OUTPUT/chunked], then run on the chunks.",
+)
+@chunking_options
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Keep running: re-chunk and re-run when files under --docs (or --chunked-dir) change.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary JSON on stdout.")
 @verbose_option
 @quiet_option
@@ -233,8 +246,15 @@ def run(**options):
         if context.get_parameter_source("ray_address") is click.core.ParameterSource.ENVIRONMENT:
             options["ray_address"] = None  # RAY_ADDRESS serves --executor ray, implies nothing
     chosen = {key: options[key] for key in RUN_OPTIONS}
+    if options["watch"]:
+        return ec.watch(
+            options["chunked_dir"], options["output_dir"], on_update=render_update, **chosen
+        )
     summary = ec.run(options["chunked_dir"], options["output_dir"], **chosen)
     output_dir = options["output_dir"] or default_paths(detect_environment())[1]
+    chunking = summary.extra.chunking
+    if chunking and not options["as_json"]:
+        click.echo(describe_chunking(chunking))
     if options["as_json"]:
         echo_json(summary.to_json())
     else:
@@ -322,3 +342,21 @@ def upload(
         echo_json(counts)
         return
     click.echo(render_table(["collection", "points"], [[name, n] for name, n in counts.items()]))
+
+
+def describe_chunking(chunking: dict) -> str:
+    """One line on what `--docs` chunked."""
+    tokens = chunking.get("tokens") or {}
+    sizes = (
+        f", tokens per chunk median {tokens['median']:g} max {tokens['max']:g}" if tokens else ""
+    )
+    return (
+        f"Chunked {chunking['files']} documents into {chunking['chunks']} chunks{sizes} "
+        f"({chunking['written']} files written, {chunking['removed']} removed, "
+        f"{len(chunking['skipped'])} skipped)"
+    )
+
+
+def render_update(update: dict) -> None:
+    """One line per `--watch` update, on stderr (stdout stays data)."""
+    click.echo(update["message"], err=True)

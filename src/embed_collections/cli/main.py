@@ -9,6 +9,7 @@ from types import FrameType
 
 import click
 
+from embed_collections.cli.chunk import chunk
 from embed_collections.cli.commands import discover, run, upload
 from embed_collections.cli.query import eval_command, search
 from embed_collections.cli.render import log
@@ -31,7 +32,7 @@ def cli() -> None:
     """
 
 
-for command in (discover, run, search, eval_command, upload, serve, report, status):
+for command in (chunk, discover, run, search, eval_command, upload, serve, report, status):
     cli.add_command(command)
 
 

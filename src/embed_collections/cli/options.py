@@ -300,3 +300,26 @@ query_options = stack(
         "--device", default="", help="Device for the query models [cuda if present, else cpu]."
     ),
 )
+
+
+# How documents are cut into chunks (`chunk`, `run --docs`).
+chunking_options = stack(
+    click.option(
+        "--chunk-size",
+        type=click.IntRange(min=8),
+        help="Target tokens per chunk; every chunk also fits every model's window with its "
+        "document prefix [256, or the tightest window].",
+    ),
+    click.option(
+        "--chunk-overlap",
+        type=click.IntRange(min=0),
+        help="Tokens a chunk repeats from the one before it, when a section is cut [0].",
+    ),
+    click.option(
+        "--keep-navigation",
+        is_flag=True,
+        default=None,
+        help="Keep chunks that are mostly links (site menus, tables of contents); by default "
+        "they are left out and counted.",
+    ),
+)

@@ -11,7 +11,12 @@ telemetry. No module outside the engine imports a room directly (`tests/test_arc
 from __future__ import annotations
 
 from embed_collections.engine.backends import BACKENDS, REFERENCE_BACKEND, create_backend
-from embed_collections.engine.backends.base import Backend, default_device, default_dtype
+from embed_collections.engine.backends.base import (
+    Backend,
+    CountingTokenizer,
+    default_device,
+    default_dtype,
+)
 from embed_collections.engine.backends.choice import backend_for_queries, decide_backends
 from embed_collections.engine.backends.export import runtime_installed
 from embed_collections.engine.backends.kinds import AUTO as AUTO_BACKEND
@@ -61,6 +66,7 @@ __all__ = [
     "BACKEND_CHOICES",
     "DEFAULT_EXECUTOR",
     "BACKENDS",
+    "CountingTokenizer",
     "DEFAULT_ENSEMBLE_MODELS",
     "EXECUTORS",
     "REFERENCE_BACKEND",

@@ -83,6 +83,10 @@ class RunConfig:
     upload_batch_size: int = 1024
     wait: bool = True  # for another run holding the output directory (False: --no-wait)
     storage: StorageOptions = field(default_factory=StorageOptions)
+    docs_dir: Path | None = None  # chunk these documents into `chunked_dir` first (`--docs`)
+    chunk_size: int | None = None  # tokens; None: the chunker's default
+    chunk_overlap: int | None = None
+    keep_navigation: bool = False
 
     @property
     def store_path(self) -> Path:
@@ -146,11 +150,17 @@ class RunOptions(TypedDict, total=False):
     vector_dtype: str
     on_disk: bool
     oversampling: float
+    docs: str | Path
+    chunk_size: int
+    chunk_overlap: int
+    keep_navigation: bool
 
 
 RUN_OPTIONS = tuple(RunOptions.__annotations__)
 STORAGE_OPTIONS = ("quantization", "vector_dtype", "on_disk", "oversampling")
-PATH_OPTIONS = ("weights_file", "model_cache_dir", "cache_dir", "lease_dir", "qdrant_path")
+PATH_OPTIONS = (
+    *("weights_file", "model_cache_dir", "cache_dir", "lease_dir", "qdrant_path", "docs"),
+)
 
 
 def build_run_config(
@@ -208,9 +218,13 @@ def build_run_config(
     explicit |= {"collections", "qdrant_url", "upload", "build_index", "export", "wait"}
     explicit |= {"document_prefix", "query_prefix", "storage"}
     config_fields = {f.name for f in fields(RunConfig)} - explicit
+    output = Path(output_dir) if output_dir else default_output
+    if "docs" in given and not chunked_dir:  # pages are chunked into the output directory
+        default_chunked = output / "chunked"
     return RunConfig(
         chunked_dir=Path(chunked_dir) if chunked_dir else default_chunked,
-        output_dir=Path(output_dir) if output_dir else default_output,
+        output_dir=output,
+        docs_dir=given.get("docs"),
         environment=environment,
         models=models,
         weights=weights,

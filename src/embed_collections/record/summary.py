@@ -50,6 +50,7 @@ class RunExtras:
     what was skipped, why the run stopped, what ran where, the measurements (per model, per
     phase) and the export. Keys marked OPTIONAL are left out of the file while they are None."""
 
+    chunking: dict[str, Any] | None = field(default=None, metadata=OPTIONAL)  # run --docs
     wave_size: int | None = field(default=None, metadata=OPTIONAL)
     wave_size_from: str | None = field(default=None, metadata=OPTIONAL)
     memory_available_bytes: int | None = field(default=None, metadata=OPTIONAL)

@@ -133,6 +133,28 @@ def eval_section(view: RunView) -> str:
     return "".join(parts)
 
 
+def chunking_section(view: RunView) -> str:
+    """What `run --docs` chunked: documents, chunks, tokens per chunk, files skipped and why."""
+    data = view.extras.chunking
+    if not data:
+        return ""
+    tokens = data.get("tokens") or {}
+    sizes = tokens.get("max")
+    files = f"{data.get('written')} / {data.get('unchanged')} / {data.get('removed')}"
+    rows = [
+        [cell("documents"), cell(data.get("files"))],
+        [cell("chunks"), cell(data.get("chunks"))],
+        [cell("tokens per chunk (median / max)"), cell(f"{tokens.get('median')} / {sizes}")],
+        [cell("chunk files written / unchanged / removed"), cell(files)],
+        [cell("navigation chunks left out"), cell(data.get("navigation_dropped"))],
+        [cell("files skipped"), cell(len(data.get("skipped") or []))],
+    ]
+    skipped = [[cell(s.get("path")), cell(s.get("reason"))] for s in data.get("skipped") or []]
+    intro = f"<p class=meta>From {html.escape(str(data.get('source_dir')))}</p>"
+    listed = table(["skipped file", "reason"], skipped[:100]) if skipped else ""
+    return "<h2>Chunking</h2>" + intro + table(["", ""], rows) + listed
+
+
 def render_report(view: RunView) -> str:
     """The whole page."""
     import plotly.io
@@ -184,7 +206,7 @@ def render_report(view: RunView) -> str:
 <div class=meta>{html.escape(facts["when"] or "")} · {html.escape(facts["environment"] or "")} ·
 executor {html.escape(str(facts["executor"]))} · store {html.escape(str(facts["store"]))}</div>
 {verdict}{warnings}<div class=cards>{cards}</div>
-<h2>Models</h2>{models_table(view)}
+{chunking_section(view)}<h2>Models</h2>{models_table(view)}
 <h2>Collections</h2><div class="scroll">{collections_table(view)}</div>
 <h2>Charts</h2>{"".join(charts) or "<p>No chart data in this summary.</p>"}
 {"<h2>Evaluation</h2>" + evaluation if evaluation else ""}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from embed_collections.archive.export import finish_export
 from embed_collections.atomic import write_bytes_atomic, write_json_atomic
+from embed_collections.chunking import ChunkReport, Sizing, chunk_tree, sizing_for
 from embed_collections.corpus.discovery import (
     discover_collections,
     filter_collections,
@@ -160,6 +161,9 @@ def run_logged(
     clock = time.perf_counter()
     log.info("Environment: %s", config.environment)
     log.info("Ensemble mode: %s", ENSEMBLE_MODE_LABEL)
+    chunking = chunk_documents(config)
+    if chunking is not None:
+        phases["chunk"] = time.perf_counter() - clock
     unreadable: list[tuple[Path, str]] = []
     found = discover_collections(config.chunked_dir, config.pattern, config.max_depth, unreadable)
     selected = filter_collections(found, list(config.collections) or None)
@@ -176,6 +180,8 @@ def run_logged(
             environment=config.environment,
             ensemble_models=[spec.name for spec in ensemble.specs],
         )
+        if chunking is not None:
+            summary.extra.chunking = chunking.to_dict()
         for directory, reason in unreadable:
             summary.failed_collections[directory.name] = (
                 f"Cannot read directory {directory}: {reason} (fix its permissions)"
@@ -248,6 +254,38 @@ def run_logged(
     record_finished(config, summary, markers)  # last: only a run that got here is served
     log_processing_summary(summary)
     return summary
+
+
+def chunk_documents(config: RunConfig) -> ChunkReport | None:
+    """With `--docs`: chunk the pages into the chunked directory, sized to this run's models
+    (unchanged pages keep their files, so their collections stay unchanged)."""
+    if config.docs_dir is None:
+        return None
+    report = chunk_tree(
+        config.docs_dir, config.chunked_dir, run_sizing(config), None, config.keep_navigation
+    )
+    log.info(
+        "Chunked %s: %d documents, %d chunks (tokens per chunk %s), %d skipped",
+        config.docs_dir,
+        report.files,
+        report.chunks,
+        report.tokens,
+        len(report.skipped),
+    )
+    return report
+
+
+def run_sizing(config: RunConfig) -> Sizing:
+    """How a run's chunks are sized: its models, as resolved for the run, and its sizes."""
+    return sizing_for(
+        config.models,
+        config.chunk_size,
+        config.chunk_overlap,
+        config.model_cache_dir,
+        config.trust_remote_code,
+        config.max_seq_length,
+        config.document_prefix,
+    )
 
 
 def check_lease_dir(config: RunConfig) -> None:
