@@ -4,7 +4,7 @@ encoder, held together so that many searches pay for opening them once."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from embed_collections.errors import UsageError
+from embed_collections.query.diversity import MMR_CANDIDATES, check_diversity, mmr_order
 from embed_collections.query.search import (
     DEFAULT_RRF_K,
     QueryEncoder,
@@ -145,6 +146,14 @@ class PreparedSearch:
     combined: dict[str, np.ndarray]
     fetch: bool  # whether hits come back with vectors to compute the cosine from
     request: SearchQuery | None  # None: a weighted --combine named search, one per collection
+    diversity: float = 0.0  # MMR's diversity (0: none)
+
+    @property
+    def limit(self) -> int:
+        """Hits asked of each collection: MMR done here chooses from more candidates."""
+        if self.diversity and not (self.request and self.request.uses_mmr):
+            return max(self.top_k, MMR_CANDIDATES)
+        return self.top_k
 
     def merge(self, found: dict[str, list[Hit]]) -> list[SearchHit]:
         """The `top_k` best of each collection's hits, ranked as `Collections.search` says."""
@@ -155,18 +164,33 @@ class PreparedSearch:
                 (hit, dense_cosine(self.encoder, dense, hit.vectors) if self.fetch else hit.score)
                 for hit in found.get(name, [])
             ]
-            # Equal fused scores (common with RRF) are ordered by the cosine, so the ranking
-            # does not depend on the engine's tie order, which changes with the limit.
-            scored.sort(key=lambda pair: (-pair[0].score, -(pair[1] or 0.0)))
+            if not self.diversity:
+                # Equal fused scores (common with RRF) are ordered by the cosine, so the ranking
+                # does not depend on the engine's tie order, which changes with the limit.
+                scored.sort(key=lambda pair: (-pair[0].score, -(pair[1] or 0.0)))
+            elif not (self.request and self.request.uses_mmr):  # else the store's order
+                scored = self.diverse(scored)
             hits.extend(
                 SearchHit.from_hit(name, hit, rank, cosine)
                 for rank, (hit, cosine) in enumerate(scored, 1)
             )
-        if self.mode == "dense":
+        if self.mode == "dense" and not self.diversity:
             hits.sort(key=lambda hit: -hit.score)
         else:
             hits.sort(key=lambda hit: (hit.rank, -hit.score))
         return hits[: self.top_k]
+
+    def diverse(self, scored: list[tuple[Hit, float | None]]) -> list[tuple[Hit, float | None]]:
+        """The `top_k` of a collection's candidates in MMR order, relevance being the cosine."""
+        specs = self.encoder.specs
+        if self.encoder.combine == "named":
+            weights = {n: s.weight for n, s in zip(self.encoder.vector_names, specs)}
+        else:
+            weights = {name: 1.0 for name in self.combined}
+        relevance = [cosine or 0.0 for _, cosine in scored]
+        vectors = [hit.vectors for hit, _ in scored]
+        order = mmr_order(relevance, vectors, weights, self.top_k, self.diversity)
+        return [scored[i] for i in order]
 
 
 class Collections:
@@ -265,6 +289,7 @@ class Collections:
         weights: list[float] | None = None,
         where: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
         vectors: list[np.ndarray] | None = None,
+        diversity: float = 0.0,
     ) -> list[SearchHit]:
         """The `top_k` best chunks for `query` in `collections` (None or "all": every one),
         searched the way the run embedded its documents, keeping only chunks whose payload
@@ -273,9 +298,12 @@ class Collections:
 
         Hits of several collections are merged by `score` (the dense cosine) in dense mode,
         and by their rank within their collection, then `score`, in sparse and hybrid mode.
+        `diversity` > 0 (up to 1) reorders each collection's hits by maximal marginal relevance
+        (Qdrant's MMR where the store can, else the same over 100 candidates here), and hits
+        are then merged by rank.
         """
         prepared = self.prepare(
-            query, collections, top_k, mode, fusion, rrf_k, weights, where, vectors
+            query, collections, top_k, mode, fusion, rrf_k, weights, where, vectors, diversity
         )
         found = {name: self._search_one(prepared, name) for name in prepared.names}
         return prepared.merge(found)
@@ -291,9 +319,11 @@ class Collections:
         weights: list[float] | None = None,
         where: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
         vectors: list[np.ndarray] | None = None,
+        diversity: float = 0.0,
     ) -> PreparedSearch:
         """A checked search with its query vectors, ready for the store (see `search`)."""
         check_request(query, top_k)
+        diversity = check_diversity(diversity)
         match = payload_match(where)
         mode = self.resolve_mode(mode)
         names = self.resolve_names(collections)
@@ -302,13 +332,20 @@ class Collections:
         combined = encoder.combined(per_model, [spec.weight for spec in encoder.specs])
         # A plain dense search's score is already the cosine: no vectors to fetch and compare.
         fetch = mode != "dense" or len(combined) > 1
+        store_mmr = diversity > 0 and mode == "dense" and len(combined) == 1
+        fetch = fetch or (diversity > 0 and not store_mmr)  # MMR here compares the vectors
+        limit = max(top_k, MMR_CANDIDATES) if diversity and not store_mmr else top_k
         request = None
         if not uses_weighted_fusion(encoder, mode):
             request = build_queries(
-                encoder, [query], mode, top_k, fusion, rrf_k, where=match, with_vector=fetch,
+                encoder, [query], mode, limit, fusion, rrf_k, where=match, with_vector=fetch,
                 dense=combined,
             )[0]  # fmt: skip
-        return PreparedSearch(query, names, top_k, mode, match, encoder, combined, fetch, request)
+            if store_mmr:
+                request = replace(request, diversity=diversity, candidates=MMR_CANDIDATES)
+        return PreparedSearch(
+            query, names, top_k, mode, match, encoder, combined, fetch, request, diversity
+        )
 
     def search_many(self, prepared: list[PreparedSearch]) -> list[list[SearchHit] | Exception]:
         """Several prepared searches, each collection asked once for all of them (one batched
@@ -338,7 +375,7 @@ class Collections:
         if prepared.request is not None:
             return self.store.search(name, [prepared.request])[0]
         return weighted_named_search(
-            self.store, name, prepared.encoder, [prepared.query], prepared.top_k,
+            self.store, name, prepared.encoder, [prepared.query], prepared.limit,
             where=prepared.where, with_vector=prepared.fetch, dense=prepared.combined,
         )[0]  # fmt: skip
 
