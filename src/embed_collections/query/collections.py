@@ -4,7 +4,7 @@ encoder, held together so that many searches pay for opening them once."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -12,7 +12,18 @@ from typing import Any
 import numpy as np
 
 from embed_collections.errors import UsageError
+from embed_collections.query.context import (
+    DEFAULT_NEIGHBOURS,
+    ContextBlock,
+    DocumentReader,
+    TokenCounter,
+    build_context,
+    check_budget,
+    check_count,
+    read_pieces,
+)
 from embed_collections.query.diversity import MMR_CANDIDATES, check_diversity, mmr_order
+from embed_collections.query.reading import StoredChunk
 from embed_collections.query.search import (
     DEFAULT_RRF_K,
     QueryEncoder,
@@ -55,6 +66,7 @@ class SearchHit:
     point_id: str
     rank: int = 1
     fused_score: float = 0.0
+    payload: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_hit(
@@ -72,6 +84,7 @@ class SearchHit:
             point_id=str(hit.id),
             rank=rank,
             fused_score=float(hit.score),
+            payload=payload,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -378,6 +391,105 @@ class Collections:
             self.store, name, prepared.encoder, [prepared.query], prepared.limit,
             where=prepared.where, with_vector=prepared.fetch, dense=prepared.combined,
         )[0]  # fmt: skip
+
+    @property
+    def reader(self) -> DocumentReader:
+        """Looks chunks and documents up in the store by payload (`read`)."""
+        if getattr(self, "_reader", None) is None:
+            self._reader = DocumentReader(self.store)
+        return self._reader
+
+    @property
+    def token_counter(self) -> TokenCounter:
+        """Counts tokens with the run's first model's tokenizer."""
+        if getattr(self, "_counter", None) is None:
+            first = self.encoder.specs[0] if self.encoder.specs else None
+            path = first.path if first else None
+            self._counter = TokenCounter.for_model(path, first.name if first else "")
+        return self._counter
+
+    def read(
+        self,
+        collection: str,
+        chunk_id: str | None = None,
+        before: int = 0,
+        after: int = 0,
+        section: bool = False,
+        document_id: str | None = None,
+        source_file: str | None = None,
+        max_tokens: int | None = None,
+    ) -> ContextBlock:
+        """Text from a collection, in document order, overlaps said once:
+
+        - `chunk_id`: the chunk, with `before`/`after` neighbours (or, with `section`, every
+          chunk of its document that shares its section path);
+        - `document_id` or `source_file`: the whole document, cut at `max_tokens`.
+        """
+        name = self.resolve_collection(collection)
+        if max_tokens is not None:
+            check_budget(max_tokens)
+        reader, counter = self.reader, self.token_counter
+        if chunk_id is not None:
+            anchor = reader.chunk(name, chunk_id)
+            neighbours = reader.neighbours(anchor, before, after) if not section else []
+            chunks = reader.section(anchor) if section else neighbours
+        else:
+            check_count("before", before)
+            check_count("after", after)
+            chunks = reader.document(name, document_id, source_file)
+        pieces, cut = read_pieces(reader, chunks, max_tokens, counter)
+        tokens = sum(piece.tokens for piece in pieces)
+        notes = reader.upgrade_notes()
+        budget = max_tokens or 0
+        return ContextBlock(pieces, budget, tokens, counter.name, notes=notes, truncated=cut)
+
+    def resolve_collection(self, collection: str) -> str:
+        """One collection's name, checked (UnknownCollectionError naming the choices)."""
+        if not isinstance(collection, str) or not collection.strip() or "," in collection:
+            shown = ", ".join(self.names[:8]) + (", ..." if len(self.names) > 8 else "")
+            raise UsageError(
+                f"collection is {collection!r}; give one collection name from "
+                f"list_collections ({shown})"
+            )
+        return self.resolve_names([collection])[0]
+
+    def search_context(
+        self,
+        query: str,
+        collections: str | Iterable[str] | None = None,
+        max_tokens: int = 2000,
+        top_k: int = 10,
+        mode: str | None = None,
+        where: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+        diversity: float = 0.0,
+        neighbours: int = DEFAULT_NEIGHBOURS,
+        hits: list[SearchHit] | None = None,
+    ) -> ContextBlock:
+        """The `top_k` best hits widened with their sections and up to `neighbours` chunks on
+        each side until `max_tokens` (counted with the first model's tokenizer) is spent,
+        merged where they touch, grouped by document in document order, as pieces and one
+        text block with a citation line per piece (`hits`: the search, when already done)."""
+        check_budget(max_tokens)
+        check_count("neighbours", neighbours, 50)
+        if hits is None:
+            hits = self.search(query, collections, top_k, mode, where=where, diversity=diversity)
+        return self.context_of(hits, max_tokens, neighbours, self.resolve_mode(mode))
+
+    def context_of(
+        self, hits: list[SearchHit], max_tokens: int, neighbours: int, mode: str = ""
+    ) -> ContextBlock:
+        """The context block of hits found already (see `search_context`)."""
+        found = [(self.stored_chunk(hit), hit.score) for hit in hits]
+        counter = self.token_counter
+        pieces, tokens = build_context(self.reader, found, max_tokens, counter, neighbours)
+        notes = self.reader.upgrade_notes()
+        return ContextBlock(pieces, max_tokens, tokens, counter.name, mode, notes)
+
+    def stored_chunk(self, hit: SearchHit) -> StoredChunk:
+        """A hit as the reader sees it (its payload carried everything needed)."""
+        chunk = StoredChunk.from_payload(hit.collection, hit.payload)
+        self.reader.legacy[hit.collection] = chunk.position is None
+        return chunk
 
     def close(self) -> None:
         self.store.close()
