@@ -185,10 +185,7 @@ def join_chunks(chunks: list[StoredChunk]) -> str:
                 cut = text_overlap(before.text, chunk.text)
         else:
             cut = text_overlap(before.text, chunk.text)
-        contiguous = cut > 0 or (
-            chunk.start_char is not None and chunk.start_char == before.end_char
-        )
-        parts.append(("" if contiguous else "\n\n") + chunk.text[cut:])
+        parts.append(("" if cut else "\n\n") + chunk.text[cut:])
     return "".join(parts)
 
 
