@@ -22,7 +22,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from embed_collections.errors import EmbedCollectionsError, UsageError
+from embed_collections.query.agent_routes import (
+    DIVERSITY_HELP,
+    MAX_TOKENS_HELP,
+    NEIGHBOURS_HELP,
+    add_read_route,
+)
 from embed_collections.query.collections import MAX_QUERY_CHARS, MAX_TOP_K, UnknownCollectionError
+from embed_collections.query.context import DEFAULT_NEIGHBOURS
 from embed_collections.query.service import SearchService
 
 log = logging.getLogger(__name__)
@@ -51,6 +58,9 @@ class SearchBody(BaseModel):
         description='Payload fields to match exactly, e.g. {"source_file": "guide.md"} or '
         '{"metadata.lang": "en"}; values are strings, integers or booleans.',
     )
+    diversity: float = Field(default=0.0, description=DIVERSITY_HELP)
+    max_tokens: int | None = Field(default=None, description=MAX_TOKENS_HELP)
+    neighbours: int = Field(default=DEFAULT_NEIGHBOURS, description=NEIGHBOURS_HELP)
 
 
 def error_response(status: int, message: str) -> JSONResponse:
@@ -125,6 +135,7 @@ def create_app(service: SearchService, mcp_server: Any = None, host: str = "127.
             log.warning("Search failed: %s: %s", type(error).__name__, error, exc_info=debug)
             return error_response(500, f"The search failed: {type(error).__name__}: {error}")
 
+    add_read_route(app, service)
     if mcp_app is not None:
         app.mount("/mcp", mcp_app)
     return app
