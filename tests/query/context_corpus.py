@@ -22,12 +22,12 @@ GUIDE = [  # (section path, text, whether it starts with the last OVERLAP charac
 def guide_records() -> list[dict]:
     """The guide's records with offsets into the document text they were cut from."""
     records: list[dict] = []
-    offset = 0
+    end = -2
     for index, (section, text, overlaps) in enumerate(GUIDE):
-        start = offset
+        start = end + 2  # two newlines between chunks, as a chunker strips
         if overlaps:
             text = records[-1]["text"][-OVERLAP:] + text
-            start = offset - OVERLAP
+            start = end - OVERLAP
         chunk_index = index + (1 if index >= 5 else 0)  # a gap: chunk 5 was dropped upstream
         records.append(
             {
@@ -44,7 +44,7 @@ def guide_records() -> list[dict]:
                 },
             }
         )
-        offset = start + len(text) + 2  # two newlines between chunks, as a chunker strips
+        end = start + len(text)
     return records
 
 
