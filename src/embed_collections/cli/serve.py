@@ -58,6 +58,19 @@ log = logging.getLogger("embed_collections.cli.serve")
     show_default=True,
     help="How often to look for a finished run in the output directory.",
 )
+@click.option(
+    "--describe",
+    multiple=True,
+    metavar="NAME=TEXT",
+    help="What collection NAME holds, shown to agents (repeatable; over descriptions.json in "
+    "the output directory).",
+)
+@click.option(
+    "--tool-description",
+    multiple=True,
+    metavar="TOOL=TEXT",
+    help="Replace the description of MCP tool list_collections, search or read (repeatable).",
+)
 @verbose_option
 @quiet_option
 def serve(
@@ -73,6 +86,8 @@ def serve(
     max_batch,
     threads,
     poll_seconds,
+    describe,
+    tool_description,
     verbose,
     quiet,
 ):
@@ -85,7 +100,10 @@ def serve(
     \b
     Endpoints:
       GET  /collections   names, point counts, models
-      POST /search        {"query", "collections", "top_k", "mode", "where"}
+      POST /search        {"query", "collections", "top_k", "mode", "where", "diversity",
+                           "max_tokens"}
+      POST /read          {"collection", "chunk_id", "before", "after", "section",
+                           "document_id", "source_file", "max_tokens"}
       GET  /healthz       liveness
     \b
     Example:
@@ -103,10 +121,12 @@ def serve(
             f"serve needs its extra ({error.name} is missing): "
             "pip install 'embed-collections[serve]'"
         ) from error
+    from embed_collections.query.descriptions import load_descriptions
     from embed_collections.record.config import default_paths, detect_environment
 
     setup_logging(verbose, quiet)
     root = Path(output_dir) if output_dir else default_paths(detect_environment())[1]
+    descriptions = load_descriptions(root, describe, tool_description)
     sock = None if mcp_stdio else bind_socket(host, port)  # a taken port fails before loading
     live = LiveRun(
         root,
@@ -118,7 +138,7 @@ def serve(
         poll_seconds,
         threads or default_threads(),
     ).start()
-    service = SearchService(live, max_batch)
+    service = SearchService(live, max_batch, descriptions)
     try:
         mcp = build_mcp(service)
         if mcp_stdio:
