@@ -405,7 +405,9 @@ class Collections:
         if getattr(self, "_counter", None) is None:
             first = self.encoder.specs[0] if self.encoder.specs else None
             path = first.path if first else None
-            self._counter = TokenCounter.for_model(path, first.name if first else "")
+            name = first.name if first else ""
+            shown = Path(name).name if Path(name).is_absolute() else name  # not the machine's path
+            self._counter = TokenCounter.for_model(path, f"tokenizer of {shown}" if shown else "")
         return self._counter
 
     def read(
