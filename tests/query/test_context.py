@@ -184,7 +184,9 @@ def test_edge_mmr_reorders_near_duplicates(tmp_path):
     store.close()
 
 
-def test_a_store_loaded_before_positions_still_reads_and_says_how_to_upgrade(run_dir, tmp_path):
+def test_a_store_loaded_before_positions_still_reads_and_says_how_to_upgrade(
+    run_dir, tmp_path, tiny_models
+):
     old = tmp_path / "old"
     shutil.copytree(run_dir, old)
     shard_dir = old / "qdrant" / "Garden"
@@ -204,3 +206,21 @@ def test_a_store_loaded_before_positions_still_reads_and_says_how_to_upgrade(run
             "guide-0003",
             "guide-0004",
         )
+    embed_run(run_dir.parent / "Chunked", old, tiny_models["tiny32"])  # the upgrade it names
+    with ec.open(old) as collections:
+        block = collections.read("Garden", "guide-0003", before=1, after=1)
+        assert block.notes == [] and collections.reader.chunk("Garden", "guide-0003").position == 3
+        assert collections.store.payload_indexes("Garden") >= set(LOOKUP_INDEXES)
+
+
+def test_positions_are_chunk_index_or_record_order():
+    from embed_collections.corpus.chunks import Chunk
+    from embed_collections.runner.collection import document_positions
+
+    indexed = [Chunk("t", f"a{i}", "a", "a.json", {"chunk_index": i * 2}) for i in range(3)]
+    bare = [Chunk("t", f"b{i}", "b", "b.json", {}) for i in range(3)]
+    clash = [Chunk("t", f"c{i}", "c", "c.json", {"chunk_index": 1}) for i in range(2)]
+    positions = document_positions(indexed + bare + clash)
+    assert [positions[f"a{i}"] for i in range(3)] == [0, 2, 4]
+    assert [positions[f"b{i}"] for i in range(3)] == [0, 1, 2]
+    assert [positions[f"c{i}"] for i in range(2)] == [0, 1]  # equal chunk_index: record order
