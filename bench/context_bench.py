@@ -115,7 +115,7 @@ def bench_context(opened, queries: list[tuple[str, str, set[str]]]) -> dict[str,
         for kind in order:  # interleaved, alternating which goes first
             started = time.perf_counter()
             if kind == "plain":
-                hits = opened.search(heading, "all", top_k=10)
+                opened.search(heading, "all", top_k=10)
                 plain_t.append(time.perf_counter() - started)
             else:
                 block = opened.search_context(heading, "all", max_tokens=BUDGET, top_k=10)
