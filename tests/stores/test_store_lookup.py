@@ -48,6 +48,11 @@ def test_lookup_matches_payload_and_ranges(store):
     assert store.lookup("c", PointLookup((("chunk_id", "nope"),))) == []
 
 
+def test_retrieve_finds_points_by_id_and_skips_missing_ones(store):
+    found = store.retrieve("c", [IDS[2], "00000000-0000-0000-0000-000000000099"])
+    assert [hit.payload["n"] for hit in found] == [2]
+
+
 def test_mmr_keeps_the_best_hit_and_skips_its_near_duplicate(store):
     nearest = store.search("c", [SearchQuery(dense=QUERY, limit=2)])[0]
     diverse = store.search("c", [SearchQuery(dense=QUERY, limit=2, diversity=0.9)])[0]

@@ -23,6 +23,7 @@ from embed_collections.stores.base import (
     PointLookup,
     Store,
 )
+from embed_collections.stores.open import point_id
 
 MAX_DOCUMENT_CHUNKS = 100_000
 MIN_TEXT_OVERLAP = 8  # characters: a shorter common edge of two texts is likely chance
@@ -227,7 +228,14 @@ class DocumentReader:
                 'chunk_id is empty; give the "chunk_id" of a search hit (search returns one '
                 "per hit)"
             )
-        found = self.store.lookup(collection, PointLookup(where=(("chunk_id", chunk_id),), limit=1))
+        found = [
+            hit
+            for hit in self.store.retrieve(collection, [point_id(collection, chunk_id)])
+            if hit.payload.get("chunk_id") == chunk_id
+        ]
+        if not found:  # points stored under other ids (another tool's load): ask the payload
+            where = (("chunk_id", chunk_id),)
+            found = self.store.lookup(collection, PointLookup(where=where, limit=1))
         if not found:
             raise UnknownChunkError(
                 f'chunk_id "{chunk_id}" is not in collection "{collection}"; give the '

@@ -20,14 +20,13 @@ PayloadMatch = tuple[tuple[str, "str | int | bool"], ...]
 DOCUMENT_FIELD = "doc_id"
 POSITION_FIELD = "position"  # the chunk's place in its document: chunk_index, else record order
 SECTION_FIELD = "section"  # the chunk's section path joined with " > " ("" outside any section)
-LOOKUP_INDEXES = {
-    DOCUMENT_FIELD: "keyword",
-    "chunk_id": "keyword",
-    "source_file": "keyword",
-    SECTION_FIELD: "keyword",
-    POSITION_FIELD: "integer",
-}
-"""The payload fields `read` looks points up by, indexed in the store (Qdrant payload indexes)."""
+LOOKUP_INDEXES = {DOCUMENT_FIELD: "keyword"}
+"""The payload fields `read` looks points up by, indexed in the store (Qdrant payload indexes).
+
+A chunk is found by its point id (`retrieve`), its neighbours and section among its document's
+points, which the `doc_id` index finds; `position` and `section` are checked on those few. Each
+index costs every open Qdrant Edge shard about 5 MB of mapped files whatever its size (an
+integer index on `position` another 6 MB, with no gain at documentation's document sizes)."""
 
 
 QUANTIZATIONS = ("none", "int8", "binary", "binary-1.5bit", "binary-2bit")
@@ -317,6 +316,9 @@ class Store(Protocol):
 
     def lookup(self, collection: str, lookup: PointLookup) -> list[Hit]:
         """The points whose payload matches `lookup` (score 0, payload only), in no set order."""
+
+    def retrieve(self, collection: str, ids: list[str]) -> list[Hit]:
+        """The points with these ids that exist (score 0, payload only)."""
 
     def index_payload(self, collection: str) -> None:
         """Create the payload indexes of `LOOKUP_INDEXES` that the collection lacks."""

@@ -410,6 +410,13 @@ class EdgeStore:
                     break
         return hits
 
+    def retrieve(self, collection: str, ids: list[str]) -> list[Hit]:
+        """The points with these ids that exist (payload only)."""
+        shard = self._shard(collection)
+        with _edge_errors(f'Retrieving points of "{collection}" in {self.root} failed'):
+            records = shard.retrieve(list(ids), with_payload=True, with_vector=False)
+        return [Hit(str(r.id), 0.0, r.payload or {}) for r in records]
+
     def index_payload(self, collection: str) -> None:
         """Create the missing payload indexes `read` looks points up by."""
         missing = {

@@ -198,6 +198,9 @@ class IsolatedStore:
     def lookup(self, collection: str, lookup: PointLookup) -> list[Hit]:
         return self._call("lookup", collection, lookup)  # type: ignore[no-any-return]
 
+    def retrieve(self, collection: str, ids: list[str]) -> list[Hit]:
+        return self._call("retrieve", collection, ids)  # type: ignore[no-any-return]
+
     def index_payload(self, collection: str) -> None:
         self._call("index_payload", collection)
 

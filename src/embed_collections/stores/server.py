@@ -523,6 +523,14 @@ class ServerStore:
             raise self._failed(f'Looking up points of "{collection}"', exc) from exc
         return hits
 
+    def retrieve(self, collection: str, ids: list[str]) -> list[Hit]:
+        """The points with these ids that exist (payload only)."""
+        try:
+            records = self.client.retrieve(collection, list(ids), with_payload=True)
+        except CLIENT_ERRORS as exc:
+            raise self._failed(f'Retrieving points of "{collection}"', exc) from exc
+        return [Hit(str(r.id), 0.0, r.payload or {}) for r in records]
+
     def index_payload(self, collection: str) -> None:
         """Create the missing payload indexes `read` looks points up by (a server only: local
         mode has no payload indexes)."""
