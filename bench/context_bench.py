@@ -109,7 +109,7 @@ def bench_context(opened, queries: list[tuple[str, str, set[str]]]) -> dict[str,
     for heading, _, _ in queries[:5]:  # warm
         opened.search_context(heading, "all", max_tokens=BUDGET)
     plain_t, context_t = [], []
-    whole_plain = whole_context = 0
+    whole_plain = whole_context = multi = multi_plain = multi_context = 0
     for i, (heading, _, section) in enumerate(queries):
         order = ("plain", "context") if i % 2 == 0 else ("context", "plain")
         for kind in order:  # interleaved, alternating which goes first
@@ -121,8 +121,14 @@ def bench_context(opened, queries: list[tuple[str, str, set[str]]]) -> dict[str,
                 block = opened.search_context(heading, "all", max_tokens=BUDGET, top_k=10)
                 context_t.append(time.perf_counter() - started)
         deep = opened.search(heading, "all", top_k=50)
-        whole_plain += section <= plain_ids(opened, deep, BUDGET)
-        whole_context += section <= {c for p in block.pieces for c in p.chunk_ids}
+        in_plain = section <= plain_ids(opened, deep, BUDGET)
+        in_context = section <= {c for p in block.pieces for c in p.chunk_ids}
+        whole_plain += in_plain
+        whole_context += in_context
+        if len(section) > 1:
+            multi += 1
+            multi_plain += in_plain
+            multi_context += in_context
     return {
         "queries": len(queries),
         "search_p50_ms": median_ms(plain_t),
@@ -130,6 +136,9 @@ def bench_context(opened, queries: list[tuple[str, str, set[str]]]) -> dict[str,
         "ratio": round(statistics.median(context_t) / statistics.median(plain_t), 2),
         "whole_section_plain": round(whole_plain / len(queries), 3),
         "whole_section_context": round(whole_context / len(queries), 3),
+        "multi_chunk_sections": multi,
+        "multi_whole_plain": round(multi_plain / max(multi, 1), 3),
+        "multi_whole_context": round(multi_context / max(multi, 1), 3),
     }
 
 
@@ -153,7 +162,7 @@ def main() -> None:
     with ec.open(args.output_dir) as opened:
         opened.encoder.load()
         result = {
-            "model": Path(model).name,
+            "model": "all-MiniLM-L6-v2 (packaged)" if not args.model else Path(model).name,
             "collections": len(opened.names),
             "read": bench_reads(opened, args.reads, args.seed),
             "context": bench_context(

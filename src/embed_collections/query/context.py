@@ -147,12 +147,12 @@ class Budget:
         return True
 
 
-def expansion_order(
-    anchor: StoredChunk, window: list[StoredChunk], reach: int
+def around(
+    anchor: StoredChunk, window: list[StoredChunk], reach: int, section: bool
 ) -> list[StoredChunk]:
-    """The chunks to add around a hit: the rest of its section nearest first, then the other
-    chunks within `reach` places, nearest first and the one after before the one before (the
-    example or caveat usually follows the text that found it)."""
+    """The chunks to add around a hit, nearest first, the one after before the one before (the
+    example or caveat usually follows the text that found it): with `section`, the rest of its
+    section in the window; else the other chunks within `reach` places."""
     at = next((i for i, c in enumerate(window) if c.chunk_id == anchor.chunk_id), None)
     if at is None:
         return []
@@ -162,10 +162,9 @@ def expansion_order(
         return (abs(index - at), 0 if index > at else 1)
 
     others = sorted(((i, c) for i, c in enumerate(window) if i != at), key=distance)
-    same = [c for i, c in others if anchor.section and c.section == anchor.section]
-    near = [c for i, c in others if abs(i - at) <= reach and c not in same]
-    # A section is read in one go only while it is contiguous around the hit.
-    return same + near
+    if section:
+        return [c for _, c in others if anchor.section and c.section == anchor.section]
+    return [c for i, c in others if abs(i - at) <= reach]
 
 
 def build_context(
@@ -175,48 +174,53 @@ def build_context(
     counter: TokenCounter,
     neighbours: int = DEFAULT_NEIGHBOURS,
 ) -> tuple[list[Piece], int]:
-    """Pieces within `max_tokens`: first the hits themselves, best first (identical texts once),
-    then each hit's section and neighbours, best hit first, while the budget lasts.
+    """Pieces within `max_tokens`: each hit, best first (identical texts once), with the rest
+    of its section while the budget lasts; then, best hit first, up to `neighbours` chunks on
+    each side of each hit.
 
     Returns the pieces (documents in the order of their best hit, pieces in document order)
     and the tokens they cost.
     """
     budget = Budget(max_tokens, counter)
     scores: dict[str, float] = {}
-    seen_texts: set[str] = set()
-    kept: list[StoredChunk] = []
-    documents: dict[tuple[str, str], None] = {}
+    said: set[str] = set()  # texts already in the block (a copy elsewhere is not said again)
+    kept: list[tuple[StoredChunk, list[StoredChunk]]] = []
+    documents: dict[tuple[str, str], list[StoredChunk]] = {}
+    reach = max(neighbours, 1) * 4 + 8
+
+    def add(chunk: StoredChunk, extra: int = 0) -> bool:
+        """Whether the chunk is in the block now (False: it does not fit)."""
+        if (chunk.collection, chunk.chunk_id) in budget.chosen:
+            return True
+        if (chunk.digest or chunk.text) in said:
+            return False
+        if not budget.take(chunk, extra):
+            return False
+        said.add(chunk.digest or chunk.text)
+        return True
+
     for chunk, score in hits:
-        key = chunk.digest or chunk.text
-        if key in seen_texts:
+        held = (chunk.collection, chunk.chunk_id) in budget.chosen  # in an earlier section
+        if not held and not add(chunk, CITATION_TOKENS):
             continue
-        if budget.take(chunk, CITATION_TOKENS):
-            seen_texts.add(key)
-            scores[chunk.chunk_id] = score
-            kept.append(chunk)
-            documents.setdefault((chunk.collection, chunk.doc_id), None)
-    ordered: dict[tuple[str, str], list[StoredChunk]] = {}
-    for chunk in kept:
-        window = reader.window(chunk, max(neighbours, 1) * 4 + 8)
-        ordered.setdefault((chunk.collection, chunk.doc_id), [])
-        known = {c.chunk_id for c in ordered[(chunk.collection, chunk.doc_id)]}
-        ordered[(chunk.collection, chunk.doc_id)].extend(
-            c for c in window if c.chunk_id not in known
-        )
-        for extra in expansion_order(chunk, window, neighbours):
-            if (extra.digest or extra.text) in seen_texts and (
-                extra.collection,
-                extra.chunk_id,
-            ) not in budget.chosen:
-                continue
-            if not budget.take(extra):
+        scores[chunk.chunk_id] = max(score, scores.get(chunk.chunk_id, score))
+        window = reader.window(chunk, reach)
+        document = documents.setdefault((chunk.collection, chunk.doc_id), [])
+        known = {c.chunk_id for c in document}
+        document.extend(c for c in window if c.chunk_id not in known)
+        kept.append((chunk, window))
+        for extra in around(chunk, window, neighbours, section=True):
+            if not add(extra):
                 break
-            seen_texts.add(extra.digest or extra.text)
+    for chunk, window in kept:
+        for extra in around(chunk, window, neighbours, section=False):
+            if not add(extra):
+                break
     pieces: list[Piece] = []
-    for doc_key in documents:
-        document = sorted(ordered.get(doc_key, []), key=lambda c: c.order)
-        chosen = [c for c in document if (c.collection, c.chunk_id) in budget.chosen]
-        for run in split_runs(chosen, document):
+    for members in documents.values():
+        document = sorted(members, key=lambda c: c.order)
+        taken = [c for c in document if (c.collection, c.chunk_id) in budget.chosen]
+        for run in split_runs(taken, document):
             tokens = sum(budget.cost(c) for c in run)
             pieces.append(make_piece(run, scores, tokens))
     return trim_to_budget(pieces, max_tokens, counter)
