@@ -4,6 +4,7 @@ path of a store loaded before positions were stored, and diversity through the s
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -224,3 +225,23 @@ def test_positions_are_chunk_index_or_record_order():
     assert [positions[f"a{i}"] for i in range(3)] == [0, 2, 4]
     assert [positions[f"b{i}"] for i in range(3)] == [0, 1, 2]
     assert [positions[f"c{i}"] for i in range(2)] == [0, 1]  # equal chunk_index: record order
+
+
+def test_cli_read_and_search_with_a_budget(run_dir):
+    from conftest import invoke
+
+    done = invoke(["read", "Garden", "guide-0003", "--before", "1", "--after", "1",
+                   "--output-dir", run_dir])  # fmt: skip
+    assert done.code == 0, done.err
+    assert done.out.startswith("[1] [Garden] Garden/guide_chunks.json § Pruning")
+    assert guide_text(2, 4) in done.out
+    missing = invoke(["read", "Garden", "nope", "--output-dir", run_dir])
+    assert missing.code == 2 and 'chunk_id "nope" is not in collection "Garden"' in missing.err
+    block = invoke(["search", "all", "pruning", "--max-tokens", "120", "--json",
+                    "--output-dir", run_dir])  # fmt: skip
+    assert block.code == 0, block.err
+    data = json.loads(block.out)
+    assert 0 < data["tokens"] <= 120 and data["text"].startswith("[1] [")
+    document = invoke(["read", "Garden", "--document-id", "doc-guide", "--json",
+                       "--output-dir", run_dir])  # fmt: skip
+    assert len([c for p in json.loads(document.out)["pieces"] for c in p["chunk_ids"]]) == 7

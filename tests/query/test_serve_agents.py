@@ -183,3 +183,15 @@ def test_mcp_over_stdio_offers_read_and_context(agent_server):
             return await mcp_session_calls(session)
 
     check_mcp_results(asyncio.run(talk()))
+
+
+def test_descriptions_name_the_bad_option_and_the_fix(tmp_path):
+    from embed_collections.errors import UsageError
+
+    with pytest.raises(UsageError, match='--describe "Docs" is not NAME=TEXT'):
+        load_descriptions(tmp_path, ["Docs"])
+    with pytest.raises(UsageError, match='Tool "find" has a description but no such tool'):
+        load_descriptions(tmp_path, [], ["find=x"])
+    (tmp_path / DESCRIPTIONS_FILE).write_text("{not json")
+    with pytest.raises(UsageError, match="not a readable JSON file"):
+        load_descriptions(tmp_path)
