@@ -109,6 +109,8 @@ async def mcp_session_calls(session: Any) -> dict[str, Any]:
         "unknown_chunk": ("read", {"collection": "Garden", "chunk_id": "nope"}),
         "negative_budget": ("search", {"query": "a", "max_tokens": -1}),
         "unknown_field": ("search", {"query": "a", "where": {"colour": "red"}}),
+        "by_file": ("search", {"query": "a", "source_file": "Garden/guide_chunks.json"}),
+        "by_name": ("search", {"query": "a", "document_name": "guide"}),
     }  # fmt: skip
     for key, (tool, arguments) in calls.items():
         results[key] = await session.call_tool(tool, arguments)
@@ -139,6 +141,9 @@ def check_mcp_results(results: dict[str, Any]) -> None:
     assert results["context"].content[0].text.startswith("[1] [")
     assert results["context"].structured_content["tokens"] <= 150
     assert guide_text(2, 4) in results["read"].content[0].text
+    by_file = results["by_file"].structured_content["hits"]
+    assert {hit["source_file"] for hit in by_file} == {"Garden/guide_chunks.json"}
+    assert results["by_name"].is_error and "document_name:" in results["by_name"].content[0].text
     listed = results["listed"].structured_content
     assert "number of chunks" in listed["points_are"]
     for key, message in [

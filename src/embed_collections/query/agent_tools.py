@@ -80,6 +80,9 @@ Arguments:
 - where: exact payload matches; fields: {filters}. Example:
   {{"source_file": "{source}"}} (source_file is the chunk file's path relative to the chunked
   folder, as hits show it).
+- source_file / document_name: shortcuts for where on source_file and
+  metadata.document_name (e.g. "{example.get("source_file", "docs/guide_chunks.json")}",
+  "{(example.get("metadata") or {}).get("document_name", "guide")}").
 - diversity: 0 (default) to 1; higher prefers hits unlike the ones above them.
 - max_tokens: a budget (e.g. 2000): returns the best hits widened with their sections and
   neighbours, grouped by document, each piece under a citation line.
@@ -199,6 +202,28 @@ def enumerate_schema(app: MCPServer, name: str, facts: dict[str, Any]) -> None:
         }
 
 
+def named_filters(
+    where: dict[str, Any] | None,
+    source_file: str | None,
+    document_name: str | None,
+    facts: dict[str, Any],
+) -> dict[str, Any] | None:
+    """`where` with the search tool's shortcuts for the two filters agents use most."""
+    if source_file is None and document_name is None:
+        return where
+    merged = dict(where or {})
+    if source_file is not None:
+        merged["source_file"] = source_file
+    if document_name is not None:
+        if "metadata.document_name" not in facts["fields"]:
+            raise ToolError(
+                "document_name: this run's chunks carry no metadata.document_name; filter "
+                "with source_file (a hit's source_file) instead"
+            )
+        merged["metadata.document_name"] = document_name
+    return merged
+
+
 def add_agent_tools(app: MCPServer, service: SearchService) -> None:
     """Register list_collections, search and read on `app`, answered from `service`."""
     facts = run_facts(service)
@@ -219,10 +244,13 @@ def add_agent_tools(app: MCPServer, service: SearchService) -> None:
         diversity: Annotated[float, Field(ge=0, le=1)] = 0.0,
         max_tokens: Annotated[int | None, Field(ge=1, le=MAX_CONTEXT_TOKENS)] = None,
         neighbours: Annotated[int, Field(ge=0, le=50)] = DEFAULT_NEIGHBOURS,
+        source_file: str | None = None,
+        document_name: str | None = None,
     ) -> CallToolResult:
         request: dict[str, Any] = {"query": query, "collections": collections, "top_k": top_k}
         request["mode"] = mode
-        request |= {"where": where, "diversity": diversity}
+        request |= {"where": named_filters(where, source_file, document_name, facts)}
+        request["diversity"] = diversity
         try:
             if max_tokens is not None:
                 block = await service.search(

@@ -89,8 +89,8 @@ class SearchService:
     ) -> None:
         self.live, self.max_batch = live, max_batch
         self.descriptions = descriptions or Descriptions()
-        self.store_lock = threading.Lock()  # reads and the search thread share the store
-        self._fields: dict[int, dict[str, str]] = {}
+        self.store_lock = threading.RLock()  # reads and the search thread share the store
+        self._fields: tuple[Collections | None, dict[str, str]] = (None, {})
         self.batches = 0
         self.requests = 0
         self._queue: queue.Queue[SearchRequest | None] = queue.Queue()
@@ -161,9 +161,8 @@ class SearchService:
     def payload_fields(self, opened: Collections) -> dict[str, str]:
         """The payload fields a filter (`where`) can name, with their types, as a sample of
         each collection's points shows them (top-level fields, then `metadata.*`)."""
-        known = self._fields.get(id(opened))
-        if known is not None:
-            return known
+        if self._fields[0] is opened:
+            return self._fields[1]
         seen: dict[str, str] = {}
         counts: dict[str, int] = {}
         with self.store_lock:
@@ -174,7 +173,7 @@ class SearchService:
                         counts[key] = counts.get(key, 0) + 1
         top = sorted(seen, key=lambda key: (key.startswith("metadata."), -counts[key], key))
         fields = {key: seen[key] for key in top[:MAX_FIELDS]}
-        self._fields = {id(opened): fields}  # one state at a time: a reload starts afresh
+        self._fields = (opened, fields)  # one state at a time: a reload starts afresh
         return fields
 
     def read(self, **request: Any) -> dict[str, Any]:
