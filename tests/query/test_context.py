@@ -227,8 +227,10 @@ def test_positions_are_chunk_index_or_record_order():
     assert [positions[f"c{i}"] for i in range(2)] == [0, 1]  # equal chunk_index: record order
 
 
-def test_cli_read_and_search_with_a_budget(run_dir):
+def test_cli_read_and_search_with_a_budget(run_dir, tmp_path):
     from conftest import invoke
+
+    run_dir = shutil.copytree(run_dir, tmp_path / "out")  # the module's `opened` holds the store
 
     done = invoke(["read", "Garden", "guide-0003", "--before", "1", "--after", "1",
                    "--output-dir", run_dir])  # fmt: skip
