@@ -19,6 +19,7 @@ LIBRARY_CALLS = {
     "discover": {"discover"},
     "run": {"run", "watch"},
     "search": {"open"},
+    "read": {"open"},
     "eval": {"evaluate", "tune_weights"},
     "upload": {"upload"},
     "serve": {"serve"},

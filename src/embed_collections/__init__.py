@@ -329,6 +329,8 @@ def serve(
     request_timeout: float = 10.0,
     max_body: int = 1 << 20,
     max_connections: int = 2048,
+    describe: tuple[str, ...] = (),
+    tool_description: tuple[str, ...] = (),
     log_level: str = "warning",
     announce: Callable[[str], None] | None = None,
 ) -> None:
@@ -336,7 +338,8 @@ def serve(
     `host:port` (0: any free port, said to `announce`) with MCP at /mcp/, or MCP over stdio
     with `mcp=True`. Models load once; a newer finished run is picked up (`poll_seconds`). Only
     loopback host names are served unless `allowed_hosts`; a non-loopback `host` needs `api_key`
-    (or `no_auth`). Needs the `serve` extra."""
+    (or `no_auth`); `describe` (`NAME=TEXT`) tells agents what a collection holds and
+    `tool_description` (`TOOL=TEXT`) replaces an MCP tool's description. Needs the `serve` extra."""
     try:
         from embed_collections.query.serving import serve_run
     except ImportError as error:
@@ -350,7 +353,8 @@ def serve(
         device=device, trust_remote_code=trust_remote_code, max_batch=max_batch,
         threads=threads, poll_seconds=poll_seconds, api_key=api_key, no_auth=no_auth,
         allowed_hosts=allowed_hosts, cors_origin=cors_origin, request_timeout=request_timeout,
-        max_body=max_body, max_connections=max_connections, log_level=log_level,
+        max_body=max_body, max_connections=max_connections, describe=describe,
+        tool_description=tool_description, log_level=log_level,
         announce=announce,
     )  # fmt: skip
 

@@ -93,6 +93,8 @@ def expected_points(collection: str) -> dict[str, dict[str, Any]]:
                 "source_file": relative,
                 "metadata": {"chunk_id": chunk_id},
                 "content_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                "section": "",  # no section_path: outside any section
+                "position": i,  # no chunk_index: the record's order in its file
             }
     return points
 

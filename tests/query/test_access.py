@@ -79,7 +79,7 @@ def test_foreign_host_and_origin_are_refused_on_every_endpoint(service):
                 url + "/search", json=SEARCH, headers={"host": host, "origin": f"http://{host}"}
             )
             assert ok.status_code == 200 and len(ok.json()["hits"]) == 2
-        assert mcp_tools(url) == ["list_collections", "search"]
+        assert mcp_tools(url) == ["list_collections", "read", "search"]
 
 
 def test_a_non_loopback_bind_needs_a_key_checked_on_http_and_mcp(service, caplog):
@@ -107,7 +107,7 @@ def test_a_non_loopback_bind_needs_a_key_checked_on_http_and_mcp(service, caplog
         assert httpx.post(url + "/search", json=SEARCH, headers=evil).status_code == 421
         foreign = {**bearer, "origin": "https://evil.example"}
         assert httpx.post(url + "/mcp/", json={}, headers=foreign).status_code == 403
-        assert mcp_tools(url, bearer) == ["list_collections", "search"]
+        assert mcp_tools(url, bearer) == ["list_collections", "read", "search"]
         with pytest.raises(Exception):  # noqa: B017 - the SDK wraps the 401 in its own groups
             mcp_tools(url)
 

@@ -320,7 +320,7 @@ def test_mcp_over_streamable_http_lists_and_searches(served):
             return tools, found, bad
 
     tools, found, bad = asyncio.run(talk())
-    assert {tool.name for tool in tools.tools} == {"list_collections", "search"}
+    assert {tool.name for tool in tools.tools} == {"list_collections", "read", "search"}
     assert all(len(tool.description or "") > 80 for tool in tools.tools)
     assert json_hits(found.structured_content["hits"]) == api_hits(served.out, QUERIES[2])
     assert bad.is_error and 'Unknown collection "Nope"' in bad.content[0].text

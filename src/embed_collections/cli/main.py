@@ -12,6 +12,7 @@ import click
 from embed_collections.cli.chunk import chunk
 from embed_collections.cli.commands import discover, run, upload
 from embed_collections.cli.query import eval_command, search
+from embed_collections.cli.read import read
 from embed_collections.cli.render import log
 from embed_collections.cli.report import report, status
 from embed_collections.cli.serve import serve
@@ -32,7 +33,7 @@ def cli() -> None:
     """
 
 
-for command in (chunk, discover, run, search, eval_command, upload, serve, report, status):
+for command in (chunk, discover, run, search, read, eval_command, upload, serve, report, status):
     cli.add_command(command)
 
 

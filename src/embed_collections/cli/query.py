@@ -61,6 +61,18 @@ from embed_collections.engine import SPARSE_ENCODERS
     multiple=True,
     help="Query-time weight per model for a --combine named run [the run's weights].",
 )
+@click.option(
+    "--diversity",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="0 ranks by relevance only; up to 1 prefers hits unlike those above (MMR).",
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(1, 100_000),
+    help="Print a context block of this many tokens: the best hits with their sections and "
+    "neighbours, by document, each piece under a citation line.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the mode and hits as JSON.")
 @verbose_option
 @quiet_option
@@ -79,6 +91,8 @@ def search(
     trust_remote_code,
     device,
     weights,
+    diversity,
+    max_tokens,
     as_json,
     verbose,
     quiet,
@@ -95,6 +109,7 @@ def search(
       embed-collections search all "install with pip" --where source_file=README_chunks.json
       embed-collections search Docling,pydantic "validate a field" --mode dense --json
       embed-collections search Docling "convert a PDF" --weights 0.8,0.2  # a --combine named run
+      embed-collections search all "convert a PDF" --max-tokens 2000  # a context block to paste
     """
     import embed_collections as ec
 
@@ -117,7 +132,17 @@ def search(
             rrf_k,
             weights=parse_weights(weights),
             where=parse_where(where),
+            diversity=diversity,
         )
+        if max_tokens is not None:
+            from embed_collections.query.context import DEFAULT_NEIGHBOURS
+
+            block = opened.context_of(hits, max_tokens, DEFAULT_NEIGHBOURS, chosen)
+            if as_json:
+                echo_json(block.to_json())
+            else:
+                click.echo(block.text)
+            return
     described = describe_mode(chosen, fusion, rrf_k)
     if as_json:
         echo_json({"mode": chosen, "ranking": described, "hits": [h.to_json() for h in hits]})

@@ -105,6 +105,19 @@ log = logging.getLogger("embed_collections.cli.serve")
     show_default=True,
     help="Open connections at most; more are answered 429 and closed.",
 )
+@click.option(
+    "--describe",
+    multiple=True,
+    metavar="NAME=TEXT",
+    help="What collection NAME holds, shown to agents (repeatable; over descriptions.json in "
+    "the output directory).",
+)
+@click.option(
+    "--tool-description",
+    multiple=True,
+    metavar="TOOL=TEXT",
+    help="Replace the description of MCP tool list_collections, search or read (repeatable).",
+)
 @verbose_option
 @quiet_option
 def serve(
@@ -127,6 +140,8 @@ def serve(
     request_timeout,
     max_body,
     max_connections,
+    describe,
+    tool_description,
     verbose,
     quiet,
 ):
@@ -139,7 +154,10 @@ def serve(
     \b
     Endpoints:
       GET  /collections   names, point counts, models
-      POST /search        {"query", "collections", "top_k", "mode", "where"}
+      POST /search        {"query", "collections", "top_k", "mode", "where", "diversity",
+                           "max_tokens"}
+      POST /read          {"collection", "chunk_id", "before", "after", "section",
+                           "document_id", "source_file", "max_tokens"}
       GET  /healthz       liveness
     Only loopback host names are served by default (a DNS-rebinding page reads nothing); a
     --host other machines can reach needs --api-key, sent as `Authorization: Bearer KEY`.
@@ -175,5 +193,7 @@ def serve(
         max_body=max_body,
         max_connections=max_connections,
         log_level="info" if verbose else "warning",
+        describe=describe,
+        tool_description=tool_description,
         announce=click.echo,
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -14,6 +14,18 @@ from typing import Any
 import numpy as np
 
 from embed_collections.errors import UsageError
+from embed_collections.query.context import (
+    DEFAULT_NEIGHBOURS,
+    ContextBlock,
+    DocumentReader,
+    TokenCounter,
+    build_context,
+    check_budget,
+    check_count,
+    read_pieces,
+)
+from embed_collections.query.diversity import MMR_CANDIDATES, check_diversity, mmr_order
+from embed_collections.query.reading import StoredChunk
 from embed_collections.query.search import (
     DEFAULT_RRF_K,
     QueryEncoder,
@@ -78,6 +90,7 @@ class SearchHit:
     point_id: str
     rank: int = 1
     fused_score: float = 0.0
+    payload: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_hit(
@@ -95,6 +108,7 @@ class SearchHit:
             point_id=str(hit.id),
             rank=rank,
             fused_score=float(hit.score),
+            payload=payload,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -178,6 +192,14 @@ class PreparedSearch:
     combined: dict[str, np.ndarray]
     fetch: bool  # whether hits come back with vectors to compute the cosine from
     request: SearchQuery | None  # None: a weighted --combine named search, one per collection
+    diversity: float = 0.0  # MMR's diversity (0: none)
+
+    @property
+    def limit(self) -> int:
+        """Hits asked of each collection: MMR done here chooses from more candidates."""
+        if self.diversity and not (self.request and self.request.uses_mmr):
+            return max(self.top_k, MMR_CANDIDATES)
+        return self.top_k
 
     def merge(self, found: dict[str, list[Hit]]) -> list[SearchHit]:
         """The `top_k` best of each collection's hits, ranked as `Collections.search` says."""
@@ -188,18 +210,33 @@ class PreparedSearch:
                 (hit, dense_cosine(self.encoder, dense, hit.vectors) if self.fetch else hit.score)
                 for hit in found.get(name, [])
             ]
-            # Equal fused scores (common with RRF) are ordered by the cosine, so the ranking
-            # does not depend on the engine's tie order, which changes with the limit.
-            scored.sort(key=lambda pair: (-pair[0].score, -(pair[1] or 0.0)))
+            if not self.diversity:
+                # Equal fused scores (common with RRF) are ordered by the cosine, so the ranking
+                # does not depend on the engine's tie order, which changes with the limit.
+                scored.sort(key=lambda pair: (-pair[0].score, -(pair[1] or 0.0)))
+            elif not (self.request and self.request.uses_mmr):  # else the store's order
+                scored = self.diverse(scored)
             hits.extend(
                 SearchHit.from_hit(name, hit, rank, cosine)
                 for rank, (hit, cosine) in enumerate(scored, 1)
             )
-        if self.mode == "dense":
+        if self.mode == "dense" and not self.diversity:
             hits.sort(key=lambda hit: -hit.score)
         else:
             hits.sort(key=lambda hit: (hit.rank, -hit.score))
         return hits[: self.top_k]
+
+    def diverse(self, scored: list[tuple[Hit, float | None]]) -> list[tuple[Hit, float | None]]:
+        """The `top_k` of a collection's candidates in MMR order, relevance being the cosine."""
+        specs = self.encoder.specs
+        if self.encoder.combine == "named":
+            weights = {n: s.weight for n, s in zip(self.encoder.vector_names, specs)}
+        else:
+            weights = {name: 1.0 for name in self.combined}
+        relevance = [cosine or 0.0 for _, cosine in scored]
+        vectors = [hit.vectors for hit, _ in scored]
+        order = mmr_order(relevance, vectors, weights, self.top_k, self.diversity)
+        return [scored[i] for i in order]
 
 
 class Collections:
@@ -310,6 +347,7 @@ class Collections:
         weights: list[float] | None = None,
         where: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
         vectors: list[np.ndarray] | None = None,
+        diversity: float = 0.0,
     ) -> list[SearchHit]:
         """The `top_k` best chunks for `query` in `collections` (None or "all": every one),
         searched the way the run embedded its documents, keeping only chunks whose payload
@@ -318,9 +356,12 @@ class Collections:
 
         Hits of several collections are merged by `score` (the dense cosine) in dense mode,
         and by their rank within their collection, then `score`, in sparse and hybrid mode.
+        `diversity` > 0 (up to 1) reorders each collection's hits by maximal marginal relevance
+        (Qdrant's MMR where the store can, else the same over 100 candidates here), and hits
+        are then merged by rank.
         """
         prepared = self.prepare(
-            query, collections, top_k, mode, fusion, rrf_k, weights, where, vectors
+            query, collections, top_k, mode, fusion, rrf_k, weights, where, vectors, diversity
         )
         found = {name: self._search_one(prepared, name) for name in prepared.names}
         return prepared.merge(found)
@@ -336,9 +377,11 @@ class Collections:
         weights: list[float] | None = None,
         where: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
         vectors: list[np.ndarray] | None = None,
+        diversity: float = 0.0,
     ) -> PreparedSearch:
         """A checked search with its query vectors, ready for the store (see `search`)."""
         check_request(query, top_k)
+        diversity = check_diversity(diversity)
         match = payload_match(where)
         mode = self.resolve_mode(mode)
         names = self.resolve_names(collections)
@@ -347,13 +390,20 @@ class Collections:
         combined = encoder.combined(per_model, [spec.weight for spec in encoder.specs])
         # A plain dense search's score is already the cosine: no vectors to fetch and compare.
         fetch = mode != "dense" or len(combined) > 1
+        store_mmr = diversity > 0 and mode == "dense" and len(combined) == 1
+        fetch = fetch or (diversity > 0 and not store_mmr)  # MMR here compares the vectors
+        limit = max(top_k, MMR_CANDIDATES) if diversity and not store_mmr else top_k
         request = None
         if not uses_weighted_fusion(encoder, mode):
             request = build_queries(
-                encoder, [query], mode, top_k, fusion, rrf_k, where=match, with_vector=fetch,
+                encoder, [query], mode, limit, fusion, rrf_k, where=match, with_vector=fetch,
                 dense=combined,
             )[0]  # fmt: skip
-        return PreparedSearch(query, names, top_k, mode, match, encoder, combined, fetch, request)
+            if store_mmr:
+                request = replace(request, diversity=diversity, candidates=MMR_CANDIDATES)
+        return PreparedSearch(
+            query, names, top_k, mode, match, encoder, combined, fetch, request, diversity
+        )
 
     def search_many(self, prepared: list[PreparedSearch]) -> list[list[SearchHit] | Exception]:
         """Several prepared searches, each collection asked once for all of them (one batched
@@ -383,9 +433,110 @@ class Collections:
         if prepared.request is not None:
             return self.store.search(name, [prepared.request])[0]
         return weighted_named_search(
-            self.store, name, prepared.encoder, [prepared.query], prepared.top_k,
+            self.store, name, prepared.encoder, [prepared.query], prepared.limit,
             where=prepared.where, with_vector=prepared.fetch, dense=prepared.combined,
         )[0]  # fmt: skip
+
+    @property
+    def reader(self) -> DocumentReader:
+        """Looks chunks and documents up in the store by payload (`read`)."""
+        if getattr(self, "_reader", None) is None:
+            self._reader = DocumentReader(self.store)
+        return self._reader
+
+    @property
+    def token_counter(self) -> TokenCounter:
+        """Counts tokens with the run's first model's tokenizer."""
+        if getattr(self, "_counter", None) is None:
+            first = self.encoder.specs[0] if self.encoder.specs else None
+            path = first.path if first else None
+            name = first.name if first else ""
+            shown = Path(name).name if Path(name).is_absolute() else name  # not the machine's path
+            self._counter = TokenCounter.for_model(path, f"tokenizer of {shown}" if shown else "")
+        return self._counter
+
+    def read(
+        self,
+        collection: str,
+        chunk_id: str | None = None,
+        before: int = 0,
+        after: int = 0,
+        section: bool = False,
+        document_id: str | None = None,
+        source_file: str | None = None,
+        max_tokens: int | None = None,
+    ) -> ContextBlock:
+        """Text from a collection, in document order, overlaps said once:
+
+        - `chunk_id`: the chunk, with `before`/`after` neighbours (or, with `section`, every
+          chunk of its document that shares its section path);
+        - `document_id` or `source_file`: the whole document, cut at `max_tokens`.
+        """
+        name = self.resolve_collection(collection)
+        if max_tokens is not None:
+            check_budget(max_tokens)
+        reader, counter = self.reader, self.token_counter
+        if chunk_id is not None:
+            anchor = reader.chunk(name, chunk_id)
+            neighbours = reader.neighbours(anchor, before, after) if not section else []
+            chunks = reader.section(anchor) if section else neighbours
+        else:
+            check_count("before", before)
+            check_count("after", after)
+            chunks = reader.document(name, document_id, source_file)
+        pieces, cut = read_pieces(reader, chunks, max_tokens, counter)
+        tokens = sum(piece.tokens for piece in pieces)
+        notes = reader.upgrade_notes()
+        budget = max_tokens or 0
+        return ContextBlock(pieces, budget, tokens, counter.name, notes=notes, truncated=cut)
+
+    def resolve_collection(self, collection: str) -> str:
+        """One collection's name, checked (UnknownCollectionError naming the choices)."""
+        if not isinstance(collection, str) or not collection.strip() or "," in collection:
+            shown = ", ".join(self.names[:8]) + (", ..." if len(self.names) > 8 else "")
+            raise UsageError(
+                f"collection is {collection!r}; give one collection name from "
+                f"list_collections ({shown})"
+            )
+        return self.resolve_names([collection])[0]
+
+    def search_context(
+        self,
+        query: str,
+        collections: str | Iterable[str] | None = None,
+        max_tokens: int = 2000,
+        top_k: int = 10,
+        mode: str | None = None,
+        where: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+        diversity: float = 0.0,
+        neighbours: int = DEFAULT_NEIGHBOURS,
+        hits: list[SearchHit] | None = None,
+    ) -> ContextBlock:
+        """The `top_k` best hits widened with their sections and up to `neighbours` chunks on
+        each side until `max_tokens` (counted with the first model's tokenizer) is spent,
+        merged where they touch, grouped by document in document order, as pieces and one
+        text block with a citation line per piece (`hits`: the search, when already done)."""
+        check_budget(max_tokens)
+        check_count("neighbours", neighbours, 50)
+        if hits is None:
+            hits = self.search(query, collections, top_k, mode, where=where, diversity=diversity)
+        return self.context_of(hits, max_tokens, neighbours, self.resolve_mode(mode))
+
+    def context_of(
+        self, hits: list[SearchHit], max_tokens: int, neighbours: int, mode: str = ""
+    ) -> ContextBlock:
+        """The context block of hits found already (see `search_context`)."""
+        found = [(self.stored_chunk(hit), hit.score) for hit in hits]
+        counter = self.token_counter
+        pieces, tokens = build_context(self.reader, found, max_tokens, counter, neighbours)
+        notes = self.reader.upgrade_notes()
+        return ContextBlock(pieces, max_tokens, tokens, counter.name, mode, notes)
+
+    def stored_chunk(self, hit: SearchHit) -> StoredChunk:
+        """A hit as the reader sees it (its payload carried everything needed)."""
+        chunk = StoredChunk.from_payload(hit.collection, hit.payload)
+        self.reader.legacy[hit.collection] = chunk.position is None
+        return chunk
 
     def close(self) -> None:
         self.store.close()

@@ -1,16 +1,11 @@
-"""The MCP face of `serve` (the official `mcp` SDK): tools `list_collections` and `search`,
-over stdio for desktop agents or mounted in the HTTP server as streamable HTTP."""
+"""The MCP face of `serve` (the official `mcp` SDK): tools `list_collections`, `search` and
+`read`, over stdio for desktop agents or mounted in the HTTP server as streamable HTTP."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import StrictInt, StrictStr
 
-from embed_collections.errors import EmbedCollectionsError
-from embed_collections.query.collections import MAX_TOP_K
+from embed_collections.query.agent_tools import add_agent_tools
 from embed_collections.query.service import SearchService
 
 INSTRUCTIONS = (
@@ -18,56 +13,14 @@ INSTRUCTIONS = (
     "list_collections first to see which collections exist and how many chunks each holds, "
     "then search with a natural-language query, optionally restricted to some collections "
     "and to payload fields (where). Each hit carries its collection, source file, text and a "
-    "score (cosine similarity, higher is closer; about 0.3 and above is usually relevant)."
+    "score (cosine similarity, higher is closer; about 0.3 and above is usually relevant). "
+    "Call read with a hit's chunk_id for its neighbours, its section or its whole document, "
+    "or search with max_tokens for a context block ready to paste."
 )
-
-SEARCH_DESCRIPTION = f"""Search the collections for chunks relevant to a natural-language query.
-
-The query is embedded with the same models the collections were built with, so results match
-what the documents mean, not only their words (hybrid mode also matches exact terms, such as
-error codes and identifiers).
-
-Arguments:
-- query: what to look for, as a question or a few words (required).
-- collections: names from list_collections; omit (or ["all"]) to search every collection.
-- top_k: how many hits to return, 1 to {MAX_TOP_K} (default 10).
-- mode: "dense" (meaning), "sparse" (keywords, BM25) or "hybrid" (both); omit for the default.
-- where: exact payload matches, e.g. {{"source_file": "guide_chunks.json"}} or
-  {{"metadata.lang": "en"}}.
-
-Returns {{"mode", "hits": [{{"collection", "chunk_id", "score", "rank", "source_file",
-"text", "metadata", ...}}]}}, best first."""
 
 
 def build_mcp(service: SearchService) -> MCPServer:
-    """An MCP server whose tools answer from `service`."""
+    """An MCP server whose tools (`query/agent_tools.py`) answer from `service`."""
     app: MCPServer = MCPServer("embed-collections", instructions=INSTRUCTIONS, log_level="WARNING")
-
-    @app.tool(
-        description="List the searchable collections with their number of chunks, and the "
-        "embedding models and default search mode behind them. Call this before search."
-    )
-    async def list_collections() -> dict[str, Any]:
-        try:
-            return service.collections()
-        except EmbedCollectionsError as error:
-            raise ToolError(str(error)) from error
-
-    @app.tool(description=SEARCH_DESCRIPTION)
-    async def search(
-        query: str,
-        collections: list[str] | None = None,
-        top_k: StrictInt = 10,  # true, "3" or 3.0 are refused, as over /search
-        mode: StrictStr | None = None,
-        where: dict[str, str | int | bool] | None = None,
-    ) -> dict[str, Any]:
-        try:
-            return await service.search(
-                query=query, collections=collections, top_k=top_k, mode=mode, where=where
-            )
-        except EmbedCollectionsError as error:
-            raise ToolError(str(error)) from error
-        except Exception as error:
-            raise ToolError(f"The search failed: {type(error).__name__}: {error}") from error
-
+    add_agent_tools(app, service)
     return app

@@ -24,8 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from embed_collections.errors import EmbedCollectionsError, UsageError
 from embed_collections.query.access import AccessGuard, AccessPolicy
+from embed_collections.query.agent_routes import (
+    DIVERSITY_HELP,
+    MAX_TOKENS_HELP,
+    NEIGHBOURS_HELP,
+    add_read_route,
+)
 from embed_collections.query.collections import MAX_QUERY_CHARS, MAX_TOP_K, UnknownCollectionError
 from embed_collections.query.connections import uvicorn_settings
+from embed_collections.query.context import DEFAULT_NEIGHBOURS
 from embed_collections.query.http_errors import install_error_handlers
 from embed_collections.query.service import SearchService
 
@@ -55,6 +62,9 @@ class SearchBody(BaseModel):
         description='Payload fields to match exactly, e.g. {"source_file": "guide.md"} or '
         '{"metadata.lang": "en"}; values are strings, integers or booleans.',
     )
+    diversity: float = Field(default=0.0, description=DIVERSITY_HELP)
+    max_tokens: int | None = Field(default=None, description=MAX_TOKENS_HELP)
+    neighbours: int = Field(default=DEFAULT_NEIGHBOURS, description=NEIGHBOURS_HELP)
 
 
 def error_response(status: int, message: str) -> JSONResponse:
@@ -152,6 +162,7 @@ def create_app(
             log.warning("Search failed: %s: %s", type(error).__name__, error, exc_info=debug)
             return error_response(500, f"The search failed: {type(error).__name__}: {error}")
 
+    add_read_route(app, service)
     if mcp_app is not None:
         app.mount("/mcp", mcp_app)
     return app

@@ -21,8 +21,15 @@ from embed_collections.query.collections import (
     check_text,
     payload_match,
 )
+from embed_collections.query.context import DEFAULT_NEIGHBOURS, check_budget, check_count
+from embed_collections.query.descriptions import Descriptions
+from embed_collections.query.diversity import check_diversity
 from embed_collections.query.live import LiveRun, LoadedState
-from embed_collections.stores.base import PayloadMatch
+from embed_collections.stores.base import PayloadMatch, PointLookup
+
+FIELD_SAMPLE = 50  # points per collection whose payload declares the fields to filter on
+MAX_FIELDS = 64
+POINTS_ARE = "points: the number of chunks in the collection (one point per chunk)"
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,7 @@ class SearchRequest:
     top_k: int
     mode: str
     where: PayloadMatch
+    diversity: float = 0.0
     future: Future | asyncio.Future = field(default_factory=Future)
     loop: asyncio.AbstractEventLoop | None = None
 
@@ -74,8 +82,16 @@ class SearchService:
     the models and one the store, so neither needs to be safe for concurrent use.
     """
 
-    def __init__(self, live: LiveRun, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    def __init__(
+        self,
+        live: LiveRun,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        descriptions: Descriptions | None = None,
+    ) -> None:
         self.live, self.max_batch = live, max_batch
+        self.descriptions = descriptions or Descriptions()
+        self.store_lock = threading.RLock()  # reads and the search thread share the store
+        self._fields: tuple[Collections | None, dict[str, str]] = (None, {})
         self.batches = 0
         self.requests = 0
         self._queue: queue.Queue[SearchRequest | None] = queue.Queue()
@@ -94,10 +110,15 @@ class SearchService:
         """The collections with their point counts, and the models that embed queries."""
         with self.live.using() as opened:
             counts = self.live.state.counts
+            described = self.descriptions.collections
             return {
                 "collections": [
-                    {"name": name, "points": counts.get(name, 0)} for name in opened.names
+                    {"name": name, "points": counts.get(name, 0)}
+                    | ({"description": described[name]} if name in described else {})
+                    for name in opened.names
                 ],
+                "points_are": POINTS_ARE,
+                "fields": self.payload_fields(opened),
                 "models": [
                     {"name": m.name, "weight": m.weight, "dim": m.dim} for m in opened.models
                 ],
@@ -130,6 +151,7 @@ class SearchService:
         top_k: int = 10,
         mode: str | None = None,
         where: Any = None,
+        diversity: float = 0.0,
     ) -> SearchRequest:
         """A checked search, not yet queued (UsageError now for bad input)."""
         check_request(query, top_k)
@@ -142,10 +164,41 @@ class SearchService:
                 raise UsageError(f"Collection name {name!r} is not a string; give names as text")
             check_text(name, "A collection name")
         match = payload_match(where)
+        diversity = check_diversity(diversity)
         with self.live.using() as opened:
             chosen = opened.resolve_mode(mode)
             names = opened.resolve_names(collections)
-        return SearchRequest(query, names, top_k, chosen, match)
+            check_fields(match, self.payload_fields(opened))
+        return SearchRequest(query, names, top_k, chosen, match, diversity)
+
+    def payload_fields(self, opened: Collections) -> dict[str, str]:
+        """The payload fields a filter (`where`) can name, with their types, as a sample of
+        each collection's points shows them (top-level fields, then `metadata.*`)."""
+        if self._fields[0] is opened:
+            return self._fields[1]
+        seen: dict[str, str] = {}
+        counts: dict[str, int] = {}
+        with self.store_lock:
+            for name in opened.names:
+                for hit in opened.store.lookup(name, PointLookup(limit=FIELD_SAMPLE)):
+                    for key, kind in scalar_fields(hit.payload):
+                        seen.setdefault(key, kind)
+                        counts[key] = counts.get(key, 0) + 1
+        top = sorted(seen, key=lambda key: (key.startswith("metadata."), -counts[key], key))
+        fields = {key: seen[key] for key in top[:MAX_FIELDS]}
+        self._fields = (opened, fields)  # one state at a time: a reload starts afresh
+        return fields
+
+    def read(self, **request: Any) -> dict[str, Any]:
+        """`Collections.read` on the current state, as every client receives it."""
+        with self.live.using() as opened, self.store_lock:
+            return opened.read(**request).to_json()
+
+    def _context(
+        self, hits: list[SearchHit], max_tokens: int, neighbours: int, mode: str
+    ) -> dict[str, Any]:
+        with self.live.using() as opened, self.store_lock:
+            return opened.context_of(hits, max_tokens, neighbours, mode).to_json()
 
     def submit(self, **request: Any) -> Future:
         """Check a search (UsageError now for bad input) and queue it; the future's result is
@@ -154,15 +207,29 @@ class SearchService:
         self._queue.put(checked)
         return checked.future  # type: ignore[return-value]
 
-    async def search(self, **request: Any) -> dict[str, Any]:
+    async def search(
+        self,
+        max_tokens: int | None = None,
+        neighbours: int = DEFAULT_NEIGHBOURS,
+        **request: Any,
+    ) -> dict[str, Any]:
         """A search answered in this event loop: {"mode", "hits": [...]} as every client
-        receives it."""
+        receives it; with `max_tokens`, the context block of its hits (`search_context`)."""
+        if max_tokens is not None:
+            check_budget(max_tokens)
+            check_count("neighbours", neighbours, 50)
+        mode, hits = await self.search_hits(**request)
+        if max_tokens is None:
+            return {"mode": mode, "hits": [hit.to_json() for hit in hits]}
+        return await asyncio.to_thread(self._context, hits, max_tokens, neighbours, mode)
+
+    async def search_hits(self, **request: Any) -> tuple[str, list[SearchHit]]:
+        """A search answered in this event loop: (mode, hits)."""
         checked = self.check(**request)
         checked.loop = asyncio.get_running_loop()
         checked.future = checked.loop.create_future()
         self._queue.put(checked)
-        mode, hits = await checked.future
-        return {"mode": mode, "hits": [hit.to_json() for hit in hits]}
+        return await checked.future  # type: ignore[no-any-return]
 
     def search_now(self, **request: Any) -> tuple[str, list[SearchHit]]:
         """`submit`, waited for in this thread."""
@@ -221,7 +288,8 @@ class SearchService:
         while (item := self._embedded.get()) is not None:
             batch, state, embedded = item
             try:
-                outcomes = self._search(state.collections, batch, embedded)
+                with self.store_lock:
+                    outcomes = self._search(state.collections, batch, embedded)
             except BaseException as error:  # never leave a client waiting
                 outcomes = [(request, error) for request in batch]
             finally:
@@ -264,6 +332,7 @@ class SearchService:
                         request.mode,
                         where=request.where,
                         vectors=vectors,
+                        diversity=request.diversity,
                     )
                 )
                 waiting.append(request)
@@ -281,3 +350,33 @@ class SearchService:
         self._embedder.join(timeout=30)
         self._searcher.join(timeout=30)
         self.live.close()
+
+
+def scalar_fields(payload: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """(field, type) of a payload's string, integer and boolean values, one level into
+    `metadata` (the text, digests and lists are not filters)."""
+    found = []
+    for key, value in payload.items():
+        name = prefix + key
+        if key in ("text", "content_sha256"):
+            continue
+        if isinstance(value, dict) and key == "metadata" and not prefix:
+            found.extend(scalar_fields(value, "metadata."))
+        elif isinstance(value, bool):
+            found.append((name, "boolean"))
+        elif isinstance(value, int):
+            found.append((name, "integer"))
+        elif isinstance(value, str) and len(value) <= 512:
+            found.append((name, "string"))
+    return found
+
+
+def check_fields(where: PayloadMatch, fields: dict[str, str]) -> None:
+    """A UsageError for a filter on a field no sampled point carries, naming the fields."""
+    for key, _ in where:
+        if fields and key not in fields:
+            shown = ", ".join(list(fields)[:12])
+            raise UsageError(
+                f'where: "{key}" is not a payload field of these collections; filter on one '
+                f"of {shown} (list_collections shows them all)"
+            )

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from embed_collections.query.access import AccessPolicy
+from embed_collections.query.descriptions import load_descriptions
 from embed_collections.query.live import LiveRun, default_threads
 from embed_collections.query.mcp_tools import build_mcp
 from embed_collections.query.server import bind_socket, create_app, uvicorn_server
@@ -37,6 +38,8 @@ def serve_run(
     request_timeout: float = 10.0,
     max_body: int = 1 << 20,
     max_connections: int = 2048,
+    describe: tuple[str, ...] = (),
+    tool_description: tuple[str, ...] = (),
     log_level: str = "warning",
     announce: Callable[[str], None] | None = None,
 ) -> None:
@@ -57,12 +60,13 @@ def serve_run(
             max_connections=max_connections,
         )  # fmt: skip
     )
+    descriptions = load_descriptions(output_dir, describe, tool_description)
     sock = None if mcp_stdio else bind_socket(host, port)  # a taken port fails before loading
     live = LiveRun(
         output_dir, qdrant_url, qdrant_path, qdrant_api_key, device, trust_remote_code,
         poll_seconds, threads or default_threads(),
     ).start()  # fmt: skip
-    service = SearchService(live, max_batch)
+    service = SearchService(live, max_batch, descriptions)
     try:
         mcp = build_mcp(service)
         if mcp_stdio:

@@ -33,10 +33,18 @@ from embed_collections.runner.sinks import (
     check_held,
     held_as_marked,
 )
-from embed_collections.stores.base import PointBatch, Store, VectorLayout
+from embed_collections.stores.base import (
+    POSITION_FIELD,
+    SECTION_FIELD,
+    PointBatch,
+    Store,
+    VectorLayout,
+)
 from embed_collections.stores.open import point_id
 
 log = logging.getLogger(__name__)
+
+PAYLOAD_VERSION = 2  # 2: points carry `position` and `section`, indexed for `read`
 
 
 @dataclass(frozen=True)
@@ -104,10 +112,11 @@ def store_collection(
     needs.pop(paths.cache_dir, None)  # the vectors are cached already
     check_space(needs, f"Before writing collection {loaded.name}")
     names = vector_names(ensemble.specs)
+    positions = document_positions(chunks)
     try:
         for start in range(0, len(chunks), config.upload_batch_size):
             part = chunks[start : start + config.upload_batch_size]
-            batch = build_batch(loaded.name, part, ensemble, cache, dims, names)
+            batch = build_batch(loaded.name, part, ensemble, cache, dims, names, positions)
             for sink in sinks:
                 with timed(sink, targets.phases):
                     sink.add(part, batch)
@@ -225,6 +234,7 @@ def load_signature(loaded: LoadedCollection, ensemble: Ensemble, layout: VectorL
     digest = hashlib.sha256()
     sparse = ensemble.sparse.fingerprint if ensemble.sparse else ""
     head = [ensemble.fingerprints, ensemble.weights, ensemble.combine, sparse, layout.to_json()]
+    head.append(PAYLOAD_VERSION)  # a store loaded before the payload's new fields is reloaded
     digest.update(json.dumps(head, sort_keys=True).encode())
     for chunk in loaded.chunks:
         fields = [chunk.chunk_id, chunk.doc_id, chunk.source_file, chunk.text, chunk.metadata]
@@ -260,8 +270,10 @@ def build_batch(
     cache: EmbeddingCache,
     dims: list[int | None],
     names: list[str],
+    positions: dict[str, int] | None = None,
 ) -> PointBatch:
-    """Points for a slice of chunks: stable ids, combined vectors, payload, optional sparse."""
+    """Points for a slice of chunks: stable ids, combined vectors, payload, optional sparse
+    (`positions`: each chunk's place in its document, from `document_positions`)."""
     digests = [text_digest(c.text) for c in chunks]
     per_model = [
         cache.get_vectors(fp, digests, int(dim or 0))
@@ -269,8 +281,35 @@ def build_batch(
     ]
     dense = combine_vectors(per_model, ensemble.weights, ensemble.combine, names)
     payloads = [chunk.payload() for chunk in chunks]
+    for chunk, payload in zip(chunks, payloads):
+        payload[SECTION_FIELD] = section_of(chunk.metadata)
+        if positions is not None and chunk.chunk_id in positions:
+            payload[POSITION_FIELD] = positions[chunk.chunk_id]
     sparse = {}
     if ensemble.sparse:
         sparse = {SPARSE_VECTOR_NAME: cached_sparse_vectors(ensemble.sparse, digests, cache)}
     ids = [point_id(collection, c.chunk_id) for c in chunks]
     return PointBatch(ids=ids, dense=dense, payloads=payloads, sparse=sparse)
+
+
+def section_of(metadata: dict) -> str:
+    """The chunk's section path as one string ("Guide > Install"), "" when it has none."""
+    path = metadata.get("section_path")
+    if isinstance(path, list):
+        return " > ".join(str(part) for part in path)
+    return str(path or metadata.get("heading_text") or "")
+
+
+def document_positions(chunks: tuple[Chunk, ...] | list[Chunk]) -> dict[str, int]:
+    """Each chunk's place in its document, by chunk id: its `chunk_index` where every chunk of
+    the document has a distinct integer one, else its order among the document's records."""
+    by_doc: dict[str, list[Chunk]] = {}
+    for chunk in chunks:
+        by_doc.setdefault(chunk.doc_id, []).append(chunk)
+    positions: dict[str, int] = {}
+    for members in by_doc.values():
+        indexes = [chunk.metadata.get("chunk_index") for chunk in members]
+        usable = all(type(index) is int for index in indexes) and len(set(indexes)) == len(indexes)
+        for order, (chunk, index) in enumerate(zip(members, indexes)):
+            positions[chunk.chunk_id] = int(index) if usable else order  # type: ignore[arg-type]
+    return positions

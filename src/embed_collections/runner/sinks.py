@@ -221,6 +221,7 @@ class StoreSink:
                 f"({len(scan.unusable)} unusable vectors, {len(scan.ids ^ self.written)} ids "
                 "differ); re-run to rebuild it from the cache"
             )
+        self.store.index_payload(self.collection)  # before the marker: it is a write
         self.store.finish(self.collection, build_index=self.build_index)
         if not (stale and self.keep_stale):
             # only a store holding exactly these points may be skipped next time

@@ -17,6 +17,17 @@ SparseVec = tuple[list[int], list[float]]
 PayloadMatch = tuple[tuple[str, "str | int | bool"], ...]
 """Payload filter: every (key, value) must match exactly (`source_file`, `metadata.lang`, ...)."""
 
+DOCUMENT_FIELD = "doc_id"
+POSITION_FIELD = "position"  # the chunk's place in its document: chunk_index, else record order
+SECTION_FIELD = "section"  # the chunk's section path joined with " > " ("" outside any section)
+LOOKUP_INDEXES = {DOCUMENT_FIELD: "keyword"}
+"""The payload fields `read` looks points up by, indexed in the store (Qdrant payload indexes).
+
+A chunk is found by its point id (`retrieve`), its neighbours and section among its document's
+points, which the `doc_id` index finds; `position` and `section` are checked on those few. Each
+index costs every open Qdrant Edge shard about 5 MB of mapped files whatever its size (an
+integer index on `position` another 6 MB, with no gain at documentation's document sizes)."""
+
 
 QUANTIZATIONS = ("none", "int8", "binary", "binary-1.5bit", "binary-2bit")
 VECTOR_DTYPES = ("float32", "float16")
@@ -222,6 +233,23 @@ class SearchQuery:
     with_payload: bool = True
     where: PayloadMatch = ()  # applied by the store (and to every prefetch), not afterwards
     with_vector: bool = False
+    diversity: float = 0.0  # MMR: 0 ranks by relevance only, 1 by difference from hits above
+    candidates: int = 100  # MMR: how many nearest points the diverse hits are chosen from
+
+    @property
+    def uses_mmr(self) -> bool:
+        """Whether the store's own MMR answers this query (one dense vector, diversity > 0)."""
+        return self.diversity > 0 and len(self.dense) == 1 and not self.sparse
+
+
+@dataclass(frozen=True)
+class PointLookup:
+    """Points found by their payload, not by a vector: every (key, value) of `where` matches
+    exactly and, with `between` = (field, low, high), the integer field lies in low..high."""
+
+    where: PayloadMatch = ()
+    between: tuple[str, int, int] | None = None
+    limit: int = 1000
 
 
 @dataclass(frozen=True)
@@ -285,6 +313,18 @@ class Store(Protocol):
 
     def search(self, collection: str, queries: list[SearchQuery]) -> list[list[Hit]]:
         """Run queries (batched where the backend can) and return hits per query."""
+
+    def lookup(self, collection: str, lookup: PointLookup) -> list[Hit]:
+        """The points whose payload matches `lookup` (score 0, payload only), in no set order."""
+
+    def retrieve(self, collection: str, ids: list[str]) -> list[Hit]:
+        """The points with these ids that exist (score 0, payload only)."""
+
+    def index_payload(self, collection: str) -> None:
+        """Create the payload indexes of `LOOKUP_INDEXES` that the collection lacks."""
+
+    def payload_indexes(self, collection: str) -> set[str]:
+        """The payload fields the collection has an index on."""
 
     def finish(self, collection: str, build_index: bool = True) -> None:
         """Make the collection durable and searchable (flush, build the index once) and release

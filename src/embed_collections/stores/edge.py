@@ -1,7 +1,7 @@
 """The embedded store: one Qdrant Edge shard per collection, in-process, WAL on.
 
 qdrant-edge-py is beta and its API changed between releases, so every `qdrant_edge` call in the
-project lives in this module.
+project lives in this module and the requests it sends in `edge_requests.py`.
 """
 
 from __future__ import annotations
@@ -18,33 +18,13 @@ from typing import Any
 
 import numpy as np
 from qdrant_edge import (
-    BinaryQuantizationConfig,
-    BinaryQuantizationEncoding,
     CountRequest,
-    Distance,
-    EdgeConfig,
-    EdgeOptimizersConfig,
     EdgeShard,
-    EdgeSparseVectorParams,
-    EdgeVectorParams,
-    FieldCondition,
-    Filter,
-    Fusion,
-    MatchValue,
-    Modifier,
     Point,
-    Prefetch,
-    QuantizationSearchParams,
-    Query,
     QueryBatchRequest,
-    QueryRequest,
-    ScalarQuantizationConfig,
-    ScalarType,
     ScrollRequest,
-    SearchParams,
     SparseVector,
     UpdateOperation,
-    VectorStorageDatatype,
 )
 
 from embed_collections.atomic import write_json_atomic
@@ -52,18 +32,26 @@ from embed_collections.errors import (
     ShardDamagedError,
     StoreError,
     StoreInUseError,
-    UsageError,
 )
 from embed_collections.stores import edge_files
 from embed_collections.stores.base import (
+    LOOKUP_INDEXES,
     Hit,
     PointBatch,
+    PointLookup,
     ScanDigest,
     SearchQuery,
-    SparseVec,
-    StorageOptions,
     StoreScan,
     VectorLayout,
+)
+from embed_collections.stores.edge_requests import (
+    SCHEMAS,
+    build_filter,
+    build_request,
+    edge_config,
+    point_vectors,
+    search_params,
+    sparse_vector,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,114 +68,6 @@ def _edge_errors(what: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise StoreError(f"{what}: {exc}") from exc
-
-
-BINARY_ENCODINGS = {
-    "binary": BinaryQuantizationEncoding.OneBit,
-    "binary-1.5bit": BinaryQuantizationEncoding.OneAndHalfBits,
-    "binary-2bit": BinaryQuantizationEncoding.TwoBits,
-}
-
-
-def _quantization(storage: StorageOptions) -> Any:
-    """The engine's quantization config (kept in RAM), or None."""
-    if storage.quantization == "int8":
-        return ScalarQuantizationConfig(ScalarType.Int8, quantile=0.99, always_ram=True)
-    if storage.quantization in BINARY_ENCODINGS:
-        return BinaryQuantizationConfig(
-            always_ram=True, encoding=BINARY_ENCODINGS[storage.quantization]
-        )
-    return None
-
-
-def _vector_params(size: int, storage: StorageOptions) -> EdgeVectorParams:
-    datatype = VectorStorageDatatype.Float16 if storage.vector_dtype == "float16" else None
-    return EdgeVectorParams(
-        size,
-        Distance.Cosine,
-        on_disk=storage.on_disk or None,
-        datatype=datatype,
-        quantization_config=_quantization(storage),
-    )
-
-
-def _search_params(storage: StorageOptions) -> SearchParams | None:
-    """Score the quantized copy for `oversampling` x the limit, then rescore with originals."""
-    if not storage.quantized:
-        return None
-    return SearchParams(
-        quantization=QuantizationSearchParams(rescore=True, oversampling=storage.oversampling)
-    )
-
-
-def _edge_config(layout: VectorLayout) -> EdgeConfig:
-    # Quantized copies, float16 and on-disk originals exist only in optimized segments, which
-    # Qdrant builds once a segment passes its indexing threshold (~10 MB of vectors): below it,
-    # `optimize()` would leave every vector float32 in RAM. A 1 KB threshold makes `finish`
-    # build them (and the HNSW index) for collections of any size when storage options are set.
-    storage = layout.storage
-    optimizers = None if storage == StorageOptions() else EdgeOptimizersConfig(indexing_threshold=1)
-    return EdgeConfig(
-        optimizers=optimizers,
-        vectors={name: _vector_params(size, layout.storage) for name, size in layout.dense.items()},
-        sparse_vectors={
-            name: EdgeSparseVectorParams(modifier=Modifier.Idf) for name in layout.sparse
-        },
-    )
-
-
-def _sparse(vector: SparseVec) -> SparseVector:
-    indices, values = vector
-    return SparseVector(np.asarray(indices).tolist(), np.asarray(values, dtype=float).tolist())
-
-
-def _nearest(name: str, vector: Any) -> Query:
-    if isinstance(vector, tuple):
-        return Query.Nearest(_sparse(vector), using=name)
-    return Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=name)
-
-
-def _filter(query: SearchQuery) -> Filter | None:
-    """Every (key, value) of `where` must match exactly."""
-    if not query.where:
-        return None
-    for key, value in query.where:
-        if isinstance(value, bool):
-            # The binding (0.9) turns True into the integer 1, which never matches a boolean.
-            raise UsageError(
-                f'Filter "{key}" matches a boolean, which the embedded store (Qdrant Edge 0.9) '
-                "cannot filter on; filter on another field, or search a Qdrant server"
-            )
-    return Filter(must=[FieldCondition(key, match=MatchValue(value)) for key, value in query.where])
-
-
-def _request(query: SearchQuery, params: SearchParams | None = None) -> QueryRequest:
-    """One search: plain nearest for a single vector, prefetch + fusion for several."""
-    vectors: list[tuple[str, Any]] = [*query.dense.items(), *query.sparse.items()]
-    if not vectors:
-        raise StoreError("Search query has no vector (give at least one dense or sparse vector)")
-    where = _filter(query)
-    options: dict[str, Any] = {"with_payload": query.with_payload, "filter": where}
-    if query.with_vector:
-        options["with_vector"] = [name for name, _ in query.dense.items()] or True
-    if len(vectors) == 1:
-        name, vector = vectors[0]
-        return QueryRequest(query.limit, query=_nearest(name, vector), params=params, **options)
-    fusion: Any = Fusion.Rrf(k=query.rrf_k) if query.fusion == "rrf" else Fusion.Dbsf()
-    prefetches = [
-        Prefetch(query.prefetch_limit, query=_nearest(n, v), filter=where, params=params)
-        for n, v in vectors
-    ]
-    return QueryRequest(query.limit, prefetches=prefetches, query=fusion, **options)
-
-
-def _vectors(vector: Any) -> dict[str, Any]:
-    """A returned point's dense vectors by name (the unnamed vector is "")."""
-    if vector is None:
-        return {}
-    if isinstance(vector, dict):
-        return {name: value for name, value in vector.items() if isinstance(value, list)}
-    return {"": vector} if isinstance(vector, list) else {}
 
 
 class EdgeStore:
@@ -355,11 +235,11 @@ class EdgeStore:
             self._close_one(collection)
             hint = f" (use --recreate to replace it with {layout.describe()})"
             with self._opening(path, hint):
-                self._shards[collection] = EdgeShard.load(str(path), _edge_config(layout))
+                self._shards[collection] = EdgeShard.load(str(path), edge_config(layout))
             self._written.add(collection)
         else:
             with self._opening(path):
-                self._shards[collection] = EdgeShard.create(str(path), _edge_config(layout))
+                self._shards[collection] = EdgeShard.create(str(path), edge_config(layout))
             self._written.add(collection)
             logger.info('created collection "%s" in %s: %s', collection, path, layout.describe())
         self._write_layout(collection, layout)
@@ -403,7 +283,7 @@ class EdgeStore:
             for i in range(start, stop):
                 vector: dict[str, Any] = {name: rows[i] for name, rows in dense.items()}
                 for name, rows in batch.sparse.items():
-                    vector[name] = _sparse(rows[i])
+                    vector[name] = sparse_vector(rows[i])
                 points.append(Point(batch.ids[i], vector, batch.payloads[i]))
             with _edge_errors(f'Upsert to collection "{collection}" in {self.root} failed'):
                 shard.update(UpdateOperation.upsert_points(points))
@@ -495,17 +375,67 @@ class EdgeStore:
             return []
         shard = self._shard(collection)
         layout = self.layout(collection)
-        params = _search_params(layout.storage) if layout else None
-        requests = [_request(query, params) for query in queries]
+        params = search_params(layout.storage) if layout else None
+        requests = [build_request(query, params) for query in queries]
         with _edge_errors(f'Search in collection "{collection}" in {self.root} failed'):
             if len(requests) == 1:
                 results = [shard.query(requests[0])]
             else:
                 results = shard.query_batch(QueryBatchRequest(requests))
         return [
-            [Hit(str(p.id), float(p.score), p.payload or {}, _vectors(p.vector)) for p in points]
+            [
+                Hit(str(p.id), float(p.score), p.payload or {}, point_vectors(p.vector))
+                for p in points
+            ]
             for points in results
         ]
+
+    def lookup(self, collection: str, lookup: PointLookup) -> list[Hit]:
+        """The points whose payload matches `lookup` (payload only, score 0)."""
+        shard = self._shard(collection)
+        where = build_filter(lookup)
+        hits: list[Hit] = []
+        offset = None
+        with _edge_errors(f'Looking up points of "{collection}" in {self.root} failed'):
+            while len(hits) < lookup.limit:
+                request = ScrollRequest(
+                    offset=offset,
+                    limit=min(lookup.limit - len(hits), self.scroll_page),
+                    filter=where,
+                    with_payload=True,
+                )
+                records, offset = shard.scroll(request)
+                hits.extend(Hit(str(r.id), 0.0, r.payload or {}) for r in records)
+                if offset is None:
+                    break
+        return hits
+
+    def retrieve(self, collection: str, ids: list[str]) -> list[Hit]:
+        """The points with these ids that exist (payload only)."""
+        shard = self._shard(collection)
+        with _edge_errors(f'Retrieving points of "{collection}" in {self.root} failed'):
+            records = shard.retrieve(list(ids), with_payload=True, with_vector=False)
+        return [Hit(str(r.id), 0.0, r.payload or {}) for r in records]
+
+    def index_payload(self, collection: str) -> None:
+        """Create the missing payload indexes `read` looks points up by."""
+        missing = {
+            k: v for k, v in LOOKUP_INDEXES.items() if k not in self.payload_indexes(collection)
+        }
+        if not missing:
+            return
+        self.clear_loaded(collection)
+        shard = self._shard(collection)
+        self._written.add(collection)
+        with _edge_errors(f'Indexing the payload of "{collection}" in {self.root} failed'):
+            for field_name, kind in missing.items():
+                shard.update(UpdateOperation.create_field_index(field_name, SCHEMAS[kind]))
+
+    def payload_indexes(self, collection: str) -> set[str]:
+        """The payload fields the shard has an index on."""
+        shard = self._shard(collection)
+        with _edge_errors(f'Reading the payload indexes of "{collection}" failed'):
+            return set(shard.info().payload_schema)
 
     def finish(self, collection: str, build_index: bool = True) -> None:
         """Flush, build the HNSW index once (blocking) when `build_index`, and close the shard.

@@ -22,7 +22,14 @@ from typing import Any
 
 from embed_collections.errors import DiskFullError, StoreError
 from embed_collections.stores import edge_files
-from embed_collections.stores.base import Hit, PointBatch, SearchQuery, StoreScan, VectorLayout
+from embed_collections.stores.base import (
+    Hit,
+    PointBatch,
+    PointLookup,
+    SearchQuery,
+    StoreScan,
+    VectorLayout,
+)
 from embed_collections.stores.edge import EdgeStore
 
 log = logging.getLogger(__name__)
@@ -187,6 +194,18 @@ class IsolatedStore:
 
     def search(self, collection: str, queries: list[SearchQuery]) -> list[list[Hit]]:
         return self._call("search", collection, queries)  # type: ignore[no-any-return]
+
+    def lookup(self, collection: str, lookup: PointLookup) -> list[Hit]:
+        return self._call("lookup", collection, lookup)  # type: ignore[no-any-return]
+
+    def retrieve(self, collection: str, ids: list[str]) -> list[Hit]:
+        return self._call("retrieve", collection, ids)  # type: ignore[no-any-return]
+
+    def index_payload(self, collection: str) -> None:
+        self._call("index_payload", collection)
+
+    def payload_indexes(self, collection: str) -> set[str]:
+        return self._call("payload_indexes", collection)  # type: ignore[no-any-return]
 
     def finish(self, collection: str, build_index: bool = True) -> None:
         self._call("finish", collection, build_index)

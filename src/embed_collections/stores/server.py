@@ -19,8 +19,10 @@ from qdrant_client.http.exceptions import (
 
 from embed_collections.errors import StoreError, UsageError
 from embed_collections.stores.base import (
+    LOOKUP_INDEXES,
     Hit,
     PointBatch,
+    PointLookup,
     ScanDigest,
     SearchQuery,
     SparseVec,
@@ -72,16 +74,22 @@ def _point_vector(dense: dict[str, list], sparse: dict[str, list[SparseVec]], i:
     return row
 
 
-def _filter(query: SearchQuery) -> models.Filter | None:
-    """Every (key, value) of `where` must match exactly."""
-    if not query.where:
+def _filter(query: SearchQuery | PointLookup) -> models.Filter | None:
+    """Every (key, value) of `where` must match exactly (and a lookup's range hold)."""
+    between = query.between if isinstance(query, PointLookup) else None
+    if not query.where and between is None:
         return None
-    return models.Filter(
-        must=[
-            models.FieldCondition(key=key, match=models.MatchValue(value=value))
-            for key, value in query.where
-        ]
-    )
+    must: list[Any] = [
+        models.FieldCondition(key=key, match=models.MatchValue(value=value))
+        for key, value in query.where
+    ]
+    if between is not None:
+        key, low, high = between
+        must.append(models.FieldCondition(key=key, range=models.Range(gte=low, lte=high)))
+    return models.Filter(must=must)
+
+
+SCHEMAS = {"keyword": models.PayloadSchemaType.KEYWORD, "integer": models.PayloadSchemaType.INTEGER}
 
 
 def _vectors(vector: Any) -> dict[str, Any]:
@@ -148,8 +156,14 @@ def _request(query: SearchQuery, params: models.SearchParams | None = None) -> m
         with_vector = names or True
     if len(vectors) == 1:
         name, vector = vectors[0]
+        nearest: Any = _vector(vector)
+        if query.uses_mmr:
+            mmr = models.Mmr(
+                diversity=query.diversity, candidates_limit=max(query.candidates, query.limit)
+            )
+            nearest = models.NearestQuery(nearest=nearest, mmr=mmr)
         return models.QueryRequest(
-            query=_vector(vector),
+            query=nearest,
             using=name or None,
             limit=query.limit,
             with_payload=query.with_payload,
@@ -488,6 +502,57 @@ class ServerStore:
             [Hit(str(p.id), float(p.score), p.payload or {}, _vectors(p.vector)) for p in r.points]
             for r in responses
         ]
+
+    def lookup(self, collection: str, lookup: PointLookup) -> list[Hit]:
+        """The points whose payload matches `lookup` (payload only, score 0)."""
+        hits: list[Hit] = []
+        offset = None
+        try:
+            while len(hits) < lookup.limit:
+                records, offset = self.client.scroll(
+                    collection,
+                    scroll_filter=_filter(lookup),
+                    limit=min(lookup.limit - len(hits), self.scroll_page),
+                    offset=offset,
+                    with_payload=True,
+                )
+                hits.extend(Hit(str(r.id), 0.0, r.payload or {}) for r in records)
+                if offset is None:
+                    break
+        except CLIENT_ERRORS as exc:
+            raise self._failed(f'Looking up points of "{collection}"', exc) from exc
+        return hits
+
+    def retrieve(self, collection: str, ids: list[str]) -> list[Hit]:
+        """The points with these ids that exist (payload only)."""
+        try:
+            records = self.client.retrieve(collection, list(ids), with_payload=True)
+        except CLIENT_ERRORS as exc:
+            raise self._failed(f'Retrieving points of "{collection}"', exc) from exc
+        return [Hit(str(r.id), 0.0, r.payload or {}) for r in records]
+
+    def index_payload(self, collection: str) -> None:
+        """Create the missing payload indexes `read` looks points up by (a server only: local
+        mode has no payload indexes)."""
+        if self.url is None:
+            return
+        have = self.payload_indexes(collection)
+        try:
+            for field_name, kind in LOOKUP_INDEXES.items():
+                if field_name not in have:
+                    self.client.create_payload_index(
+                        collection, field_name, field_schema=SCHEMAS[kind], wait=True
+                    )
+        except CLIENT_ERRORS as exc:
+            raise self._failed(f'Indexing the payload of "{collection}"', exc) from exc
+
+    def payload_indexes(self, collection: str) -> set[str]:
+        """The payload fields the collection has an index on."""
+        try:
+            schema = self.client.get_collection(collection).payload_schema
+        except CLIENT_ERRORS as exc:
+            raise self._failed(f'Reading the payload indexes of "{collection}"', exc) from exc
+        return set(schema or {})
 
     def finish(self, collection: str, build_index: bool = True) -> None:
         """Nothing to do: the server persists and indexes in the background."""
