@@ -264,6 +264,7 @@ def waves_corpus(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow  # 15 s; waves are also run locally by tests/runner/test_waves.py
 def test_a_three_wave_run_starts_each_models_pool_once(
     ray_session, waves_corpus, tiny_models, tmp_path
 ):

@@ -72,7 +72,8 @@ def vectors(cache, fingerprint, dim=32):
     return cache.get_vectors(fingerprint, [text_digest(t) for t in TEXTS], dim)
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
+# onnx: the same path with a runtime export's tokenizer in the parent (-m slow: 9 s)
+@pytest.mark.parametrize("backend", ["torch", pytest.param("onnx", marks=pytest.mark.slow)])
 def test_two_cpu_workers_give_the_one_worker_vectors(tmp_path, prompt_model, monkeypatch, backend):
     """With onnx the parent tokenises once for the workers (ids travel with the units)."""
     if backend == "onnx":
@@ -117,6 +118,7 @@ def test_a_killed_worker_loses_only_its_unit_which_the_other_embeds(
     assert by_device["cpu:0"].chunks > 0  # the survivor embedded the re-queued texts
 
 
+@pytest.mark.slow  # 12 s; one killed worker: test_a_killed_worker_loses_only_its_unit...
 def test_every_worker_killed_then_a_rerun_embeds_only_what_is_missing(
     tmp_path, tiny_models, monkeypatch
 ):
