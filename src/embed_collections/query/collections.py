@@ -11,7 +11,15 @@ from typing import Any
 
 import numpy as np
 
+from embed_collections.engine import Reranker
 from embed_collections.errors import UsageError
+from embed_collections.query.rerank import (
+    DEFAULT_RERANK_TOP_N,
+    check_rerank_top_n,
+    choose_reranker,
+    load_reranker,
+    rerank_many,
+)
 from embed_collections.query.search import (
     DEFAULT_RRF_K,
     QueryEncoder,
@@ -41,7 +49,9 @@ class SearchHit:
     `score` is the dense cosine of the query and the chunk as the run combined its models, in
     every mode, so hits from several collections compare; `rank` is the hit's place in its own
     collection's ranking for the mode, and `fused_score` the store's score behind that ranking
-    (the cosine in dense mode, RRF or DBSF in hybrid mode, BM25 in sparse mode).
+    (the cosine in dense mode, RRF or DBSF in hybrid mode, BM25 in sparse mode). A reranked
+    search orders hits by `rerank_score` (the reranker's activation, a probability for models
+    trained with a sigmoid); `rank` and `fused_score` stay the first stage's.
     """
 
     collection: str
@@ -54,6 +64,7 @@ class SearchHit:
     point_id: str
     rank: int = 1
     fused_score: float = 0.0
+    rerank_score: float | None = None
 
     @classmethod
     def from_hit(
@@ -74,8 +85,8 @@ class SearchHit:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The fields every client shows (CLI --json, HTTP, MCP)."""
-        return {
+        """The fields every client shows (CLI --json, HTTP, MCP); `rerank_score` when reranked."""
+        data = {
             "collection": self.collection,
             "chunk_id": self.chunk_id,
             "score": round(self.score, 6),
@@ -87,6 +98,9 @@ class SearchHit:
             "text": self.text,
             "metadata": self.metadata,
         }
+        if self.rerank_score is not None:
+            data["rerank_score"] = round(self.rerank_score, 6)
+        return data
 
 
 def payload_match(where: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> PayloadMatch:
@@ -145,6 +159,8 @@ class PreparedSearch:
     combined: dict[str, np.ndarray]
     fetch: bool  # whether hits come back with vectors to compute the cosine from
     request: SearchQuery | None  # None: a weighted --combine named search, one per collection
+    reranker: Reranker | None = None  # with one, `top_k` is the candidates and `keep` the hits
+    keep: int = 0
 
     def merge(self, found: dict[str, list[Hit]]) -> list[SearchHit]:
         """The `top_k` best of each collection's hits, ranked as `Collections.search` says."""
@@ -182,11 +198,16 @@ class Collections:
         store: Store,
         encoder: QueryEncoder,
         fixed_names: list[str] | None = None,
+        reranker: Reranker | None = None,
+        trust_remote_code: bool = False,
     ):
         """`fixed_names`: the store's collections when they cannot change (a server's private
-        copy of the store), so that a search does not list the store again."""
+        copy of the store), so that a search does not list the store again; `reranker`: the
+        second stage every search uses unless it says otherwise."""
         self.output_dir, self.record, self.store, self.encoder = output_dir, record, store, encoder
         self.fixed_names = sorted(fixed_names) if fixed_names is not None else None
+        self.reranker, self.trust_remote_code = reranker, trust_remote_code
+        self.rerankers: dict[str, Reranker] = {}  # loaded by name for `search(rerank=NAME)`
 
     @classmethod
     def open(
@@ -199,21 +220,30 @@ class Collections:
         qdrant_path: str | Path | None = None,
         trust_remote_code: bool = False,
         encoder: QueryEncoder | None = None,
+        rerank: str | Path | Reranker | None = None,
     ) -> Collections:
         """Open the run written to `output_dir` (its `run_config.json` and store).
 
         Paths in the record are relative to `output_dir`; `qdrant_url`/`qdrant_path` search
-        another store with this run's models; `trust_remote_code` is the caller's to give.
+        another store with this run's models; `trust_remote_code` is the caller's to give;
+        `rerank`: a cross-encoder (name, folder or Reranker) loaded now that reranks every
+        search's candidates.
         """
         output_dir = Path(output_dir)
         record = read_run_record(output_dir)
+        reranker = rerank
+        if isinstance(rerank, (str, Path)):
+            reranker = load_reranker(rerank, trust_remote_code=trust_remote_code, device=device)
         if encoder is None:
             encoder = QueryEncoder.from_record(
                 record, device, output_dir, trust_remote_code=trust_remote_code
             )
         path = Path(qdrant_path) if qdrant_path else None
         store = open_run_store(record, qdrant_api_key, output_dir, qdrant_url, path)
-        return cls(output_dir, record, store, encoder)
+        return cls(
+            output_dir, record, store, encoder, reranker=reranker,  # type: ignore[arg-type]
+            trust_remote_code=trust_remote_code,
+        )  # fmt: skip
 
     @property
     def names(self) -> list[str]:
@@ -266,6 +296,8 @@ class Collections:
         weights: list[float] | None = None,
         where: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
         vectors: list[np.ndarray] | None = None,
+        rerank: bool | str | Path | Reranker | None = None,
+        rerank_top_n: int = DEFAULT_RERANK_TOP_N,
     ) -> list[SearchHit]:
         """The `top_k` best chunks for `query` in `collections` (None or "all": every one),
         searched the way the run embedded its documents, keeping only chunks whose payload
@@ -274,12 +306,16 @@ class Collections:
 
         Hits of several collections are merged by `score` (the dense cosine) in dense mode,
         and by their rank within their collection, then `score`, in sparse and hybrid mode.
+        With a reranker (`rerank`: a model name or folder, a Reranker, True for the one given to
+        `open`, False for none; None: `open`'s, if any), the first stage returns `rerank_top_n`
+        candidates and the reranker's `rerank_score` orders the `top_k` returned.
         """
         prepared = self.prepare(
-            query, collections, top_k, mode, fusion, rrf_k, weights, where, vectors
-        )
+            query, collections, top_k, mode, fusion, rrf_k, weights, where, vectors,
+            rerank, rerank_top_n,
+        )  # fmt: skip
         found = {name: self._search_one(prepared, name) for name in prepared.names}
-        return prepared.merge(found)
+        return self.reranked([prepared], [prepared.merge(found)])[0]  # type: ignore[return-value]
 
     def prepare(
         self,
@@ -292,9 +328,18 @@ class Collections:
         weights: list[float] | None = None,
         where: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
         vectors: list[np.ndarray] | None = None,
+        rerank: bool | str | Path | Reranker | None = None,
+        rerank_top_n: int = DEFAULT_RERANK_TOP_N,
     ) -> PreparedSearch:
         """A checked search with its query vectors, ready for the store (see `search`)."""
         check_request(query, top_k)
+        reranker = choose_reranker(
+            rerank, self.reranker, self.rerankers, self.trust_remote_code, self.encoder.device
+        )
+        keep = top_k
+        if reranker is not None:
+            check_rerank_top_n(rerank_top_n, top_k)
+            top_k = rerank_top_n
         match = payload_match(where)
         mode = self.resolve_mode(mode)
         names = self.resolve_names(collections)
@@ -309,7 +354,9 @@ class Collections:
                 encoder, [query], mode, top_k, fusion, rrf_k, where=match, with_vector=fetch,
                 dense=combined,
             )[0]  # fmt: skip
-        return PreparedSearch(query, names, top_k, mode, match, encoder, combined, fetch, request)
+        return PreparedSearch(
+            query, names, top_k, mode, match, encoder, combined, fetch, request, reranker, keep
+        )
 
     def search_many(self, prepared: list[PreparedSearch]) -> list[list[SearchHit] | Exception]:
         """Several prepared searches, each collection asked once for all of them (one batched
@@ -333,7 +380,31 @@ class Collections:
                 for i, one in enumerate(prepared):
                     if name in one.names:
                         failed.setdefault(i, error)
-        return [failed.get(i) or one.merge(found[i]) for i, one in enumerate(prepared)]
+        merged = [failed.get(i) or one.merge(found[i]) for i, one in enumerate(prepared)]
+        return self.reranked(prepared, merged)
+
+    @staticmethod
+    def reranked(
+        prepared: list[PreparedSearch], merged: list[list[SearchHit] | Exception]
+    ) -> list[list[SearchHit] | Exception]:
+        """The merged first-stage hits, reordered by each search's reranker: the pairs of every
+        search that shares a reranker are scored in one call; a failure fails those searches."""
+        answers = list(merged)
+        groups: dict[int, list[int]] = {}
+        for i, one in enumerate(prepared):
+            if one.reranker is not None and not isinstance(merged[i], Exception):
+                groups.setdefault(id(one.reranker), []).append(i)
+        for rows in groups.values():
+            reranker = prepared[rows[0]].reranker
+            assert reranker is not None
+            searches = [(prepared[i].query, merged[i], prepared[i].keep) for i in rows]
+            try:
+                for i, hits in zip(rows, rerank_many(reranker, searches)):  # type: ignore[arg-type]
+                    answers[i] = hits
+            except Exception as error:
+                for i in rows:
+                    answers[i] = error
+        return answers
 
     def _search_one(self, prepared: PreparedSearch, name: str) -> list[Hit]:
         if prepared.request is not None:
