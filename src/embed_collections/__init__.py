@@ -37,6 +37,7 @@ from embed_collections.errors import (
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from embed_collections.engine import Reranker
     from embed_collections.evaluation.beir import EvalReport
     from embed_collections.evaluation.tune_beir import TuningReport
     from embed_collections.query.collections import Collections, SearchHit
@@ -141,11 +142,14 @@ def open(  # noqa: A001 - the library's verb, as in `ec.open("output")`
     qdrant_api_key: str | None = None,
     device: str = "",
     trust_remote_code: bool = False,
+    rerank: str | Path | Reranker | None = None,
 ) -> Collections:
     """The collections of a finished run in `output_dir`, ready to search (`search`).
 
     `qdrant_url`/`qdrant_path` search a store loaded elsewhere with this run's models; a model's
-    own code runs only with `trust_remote_code=True` (never because the run's record says so).
+    own code runs only with `trust_remote_code=True` (never because the run's record says so);
+    `rerank`: a cross-encoder (folder, cache entry, hub id or `Reranker`), loaded now, that
+    reorders every search's first `rerank_top_n` candidates.
     """
     from embed_collections.query.collections import Collections
 
@@ -156,6 +160,7 @@ def open(  # noqa: A001 - the library's verb, as in `ec.open("output")`
         qdrant_url=qdrant_url,
         qdrant_path=qdrant_path,
         trust_remote_code=trust_remote_code,
+        rerank=rerank,
     )
 
 

@@ -14,6 +14,7 @@ from embed_collections.cli.options import (
     parse_weights,
     query_options,
     quiet_option,
+    rerank_options,
     split_list,
     storage_options,
     verbose_option,
@@ -56,6 +57,7 @@ from embed_collections.engine import SPARSE_ENCODERS
     "--rrf-k", default=60, show_default=True, help="RRF constant k: score = sum 1/(k + rank)."
 )
 @query_options
+@rerank_options
 @click.option(
     "--weights",
     multiple=True,
@@ -78,6 +80,8 @@ def search(
     qdrant_api_key,
     trust_remote_code,
     device,
+    rerank,
+    rerank_top_n,
     weights,
     as_json,
     verbose,
@@ -95,6 +99,7 @@ def search(
       embed-collections search all "install with pip" --where source_file=README_chunks.json
       embed-collections search Docling,pydantic "validate a field" --mode dense --json
       embed-collections search Docling "convert a PDF" --weights 0.8,0.2  # a --combine named run
+      embed-collections search all "convert a PDF" --rerank ./ms-marco-MiniLM-L6 --rerank-top-n 20
     """
     import embed_collections as ec
 
@@ -106,6 +111,7 @@ def search(
         qdrant_api_key=qdrant_api_key,
         device=device,
         trust_remote_code=trust_remote_code,
+        rerank=rerank,
     ) as opened:
         chosen = opened.resolve_mode(mode)
         hits = opened.search(
@@ -117,8 +123,11 @@ def search(
             rrf_k,
             weights=parse_weights(weights),
             where=parse_where(where),
+            rerank_top_n=rerank_top_n,
         )
     described = describe_mode(chosen, fusion, rrf_k)
+    if rerank:
+        described += f", reranked (top {rerank_top_n}) by {rerank}"
     if as_json:
         echo_json({"mode": chosen, "ranking": described, "hits": [h.to_json() for h in hits]})
         return
@@ -126,10 +135,13 @@ def search(
     if not hits:
         click.echo("No hits.")
         return
-    headers = ["#", "score", *(["rank"] if chosen != "dense" else []), "collection", "source"]
+    reranked = ["rerank"] if rerank else []
+    headers = ["#", *reranked, "score", *(["rank"] if chosen != "dense" else [])]
+    headers += ["collection", "source"]
     rows: list[list[object]] = [
         [
             i,
+            *([f"{h.rerank_score:.3f}"] if rerank else []),
             f"{h.score:.3f}",
             *([h.rank] if chosen != "dense" else []),
             h.collection,

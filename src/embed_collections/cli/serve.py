@@ -7,7 +7,12 @@ from pathlib import Path
 
 import click
 
-from embed_collections.cli.options import query_options, quiet_option, verbose_option
+from embed_collections.cli.options import (
+    query_options,
+    quiet_option,
+    rerank_options,
+    verbose_option,
+)
 from embed_collections.cli.render import setup_logging
 from embed_collections.errors import UsageError
 
@@ -37,6 +42,7 @@ log = logging.getLogger("embed_collections.cli.serve")
     help="Speak MCP over stdin/stdout instead of HTTP (for desktop agents).",
 )
 @query_options
+@rerank_options
 @click.option(
     "--max-batch",
     type=click.IntRange(min=1),
@@ -70,6 +76,8 @@ def serve(
     qdrant_api_key,
     trust_remote_code,
     device,
+    rerank,
+    rerank_top_n,
     max_batch,
     threads,
     poll_seconds,
@@ -85,7 +93,8 @@ def serve(
     \b
     Endpoints:
       GET  /collections   names, point counts, models
-      POST /search        {"query", "collections", "top_k", "mode", "where"}
+      POST /search        {"query", "collections", "top_k", "mode", "where", "rerank",
+                           "rerank_top_n"}
       GET  /healthz       liveness
     \b
     Example:
@@ -108,6 +117,12 @@ def serve(
     setup_logging(verbose, quiet)
     root = Path(output_dir) if output_dir else default_paths(detect_environment())[1]
     sock = None if mcp_stdio else bind_socket(host, port)  # a taken port fails before loading
+    reranker = None
+    if rerank:  # loaded before anything is served: a broken reranker fails the start
+        from embed_collections.query.rerank import check_rerank_top_n, load_reranker
+
+        check_rerank_top_n(rerank_top_n, 1)
+        reranker = load_reranker(rerank, trust_remote_code=trust_remote_code, device=device)
     live = LiveRun(
         root,
         qdrant_url,
@@ -118,7 +133,7 @@ def serve(
         poll_seconds,
         threads or default_threads(),
     ).start()
-    service = SearchService(live, max_batch)
+    service = SearchService(live, max_batch, reranker, rerank_top_n)
     try:
         mcp = build_mcp(service)
         if mcp_stdio:

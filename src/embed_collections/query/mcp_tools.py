@@ -33,6 +33,9 @@ Arguments:
 - mode: "dense" (meaning), "sparse" (keywords, BM25) or "hybrid" (both); omit for the default.
 - where: exact payload matches, e.g. {{"source_file": "guide_chunks.json"}} or
   {{"metadata.lang": "en"}}.
+- rerank / rerank_top_n: where the server has a reranker (list_collections says so), it
+  rescores the first rerank_top_n candidates (default 50) and hits carry rerank_score, a
+  probability of relevance; rerank false returns the first stage alone.
 
 Returns {{"mode", "hits": [{{"collection", "chunk_id", "score", "rank", "source_file",
 "text", "metadata", ...}}]}}, best first."""
@@ -59,11 +62,14 @@ def build_mcp(service: SearchService) -> MCPServer:
         top_k: int = 10,
         mode: str | None = None,
         where: dict[str, str | int | bool] | None = None,
+        rerank: bool | None = None,
+        rerank_top_n: int | None = None,
     ) -> dict[str, Any]:
         try:
             return await service.search(
-                query=query, collections=collections, top_k=top_k, mode=mode, where=where
-            )
+                query=query, collections=collections, top_k=top_k, mode=mode, where=where,
+                rerank=rerank, rerank_top_n=rerank_top_n,
+            )  # fmt: skip
         except EmbedCollectionsError as error:
             raise ToolError(str(error)) from error
         except Exception as error:

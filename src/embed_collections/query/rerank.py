@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 DEFAULT_RERANK_TOP_N = 50
 MAX_RERANK_TOP_N = 1000
 
+
 def check_rerank_top_n(rerank_top_n: int, top_k: int) -> None:
     """A UsageError unless 1 <= top_k <= rerank_top_n <= MAX_RERANK_TOP_N."""
     if (

@@ -51,6 +51,15 @@ class SearchBody(BaseModel):
         description='Payload fields to match exactly, e.g. {"source_file": "guide.md"} or '
         '{"metadata.lang": "en"}; values are strings, integers or booleans.',
     )
+    rerank: bool | None = Field(
+        default=None,
+        description="Rerank with the server's cross-encoder (serve --rerank MODEL) [true when "
+        "it has one]; false: the first stage alone.",
+    )
+    rerank_top_n: int | None = Field(
+        default=None,
+        description="First-stage candidates the reranker scores, top_k to 1000 [50].",
+    )
 
 
 def error_response(status: int, message: str) -> JSONResponse:

@@ -13,6 +13,8 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
+from embed_collections.engine import Reranker
+from embed_collections.errors import UsageError
 from embed_collections.query.collections import (
     Collections,
     SearchHit,
@@ -20,6 +22,7 @@ from embed_collections.query.collections import (
     payload_match,
 )
 from embed_collections.query.live import LiveRun, LoadedState
+from embed_collections.query.rerank import DEFAULT_RERANK_TOP_N, check_rerank_top_n
 from embed_collections.stores.base import PayloadMatch
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,8 @@ class SearchRequest:
     where: PayloadMatch
     future: Future | asyncio.Future = field(default_factory=Future)
     loop: asyncio.AbstractEventLoop | None = None
+    rerank: bool = False  # scored by the service's reranker
+    rerank_top_n: int = DEFAULT_RERANK_TOP_N
 
 
 def resolve(future: Future | asyncio.Future, outcome: Outcome) -> None:
@@ -72,8 +77,18 @@ class SearchService:
     the models and one the store, so neither needs to be safe for concurrent use.
     """
 
-    def __init__(self, live: LiveRun, max_batch: int = DEFAULT_MAX_BATCH) -> None:
-        self.live, self.max_batch = live, max_batch
+    def __init__(
+        self,
+        live: LiveRun,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        reranker: Reranker | None = None,
+        rerank_top_n: int = DEFAULT_RERANK_TOP_N,
+    ) -> None:
+        """`reranker`: loaded once, it reranks every search unless the request says
+        `rerank: false` (`rerank_top_n` candidates unless it says how many); the pairs of a
+        batch's requests are scored in one call."""
+        self.live, self.max_batch, self.reranker = live, max_batch, reranker
+        self.rerank_top_n = rerank_top_n
         self.batches = 0
         self.requests = 0
         self._queue: queue.Queue[SearchRequest | None] = queue.Queue()
@@ -102,6 +117,7 @@ class SearchService:
                 "combine": opened.record.combine,
                 "sparse": opened.record.sparse.kind if opened.record.sparse else None,
                 "default_mode": opened.resolve_mode(None),
+                "reranker": self.reranker.describe() if self.reranker else None,
             }
 
     def health(self) -> dict[str, Any]:
@@ -115,6 +131,7 @@ class SearchService:
             "last_error": self.live.last_error or None,
             "batches": self.batches,
             "requests": self.requests,
+            "reranker": self.reranker.describe() if self.reranker else None,
         }
 
     def check(
@@ -124,14 +141,32 @@ class SearchService:
         top_k: int = 10,
         mode: str | None = None,
         where: Any = None,
+        rerank: bool | None = None,
+        rerank_top_n: int | None = None,
     ) -> SearchRequest:
-        """A checked search, not yet queued (UsageError now for bad input)."""
+        """A checked search, not yet queued (UsageError now for bad input); `rerank`: None or
+        true use the service's reranker when it has one (true without one is an error)."""
         check_request(query, top_k)
         match = payload_match(where)
+        reranked = self.wants_rerank(rerank)
+        top_n = self.rerank_top_n if rerank_top_n is None else rerank_top_n
+        if reranked:
+            check_rerank_top_n(top_n, top_k)
         with self.live.using() as opened:
             chosen = opened.resolve_mode(mode)
             names = opened.resolve_names(collections)
-        return SearchRequest(query, names, top_k, chosen, match)
+        return SearchRequest(
+            query, names, top_k, chosen, match, rerank=reranked, rerank_top_n=top_n
+        )
+
+    def wants_rerank(self, rerank: bool | None) -> bool:
+        if rerank not in (None, True, False):
+            raise UsageError(f"rerank is {rerank!r}; give true, false or null")
+        if rerank and self.reranker is None:
+            raise UsageError(
+                "rerank is true but this server has no reranker: start serve with --rerank MODEL"
+            )
+        return self.reranker is not None and rerank is not False
 
     def submit(self, **request: Any) -> Future:
         """Check a search (UsageError now for bad input) and queue it; the future's result is
@@ -230,9 +265,8 @@ class SearchService:
                 embedded[text] = one
         return embedded
 
-    @staticmethod
     def _search(
-        opened: Collections, batch: list[SearchRequest], embedded: dict[str, Any]
+        self, opened: Collections, batch: list[SearchRequest], embedded: dict[str, Any]
     ) -> list[tuple[SearchRequest, Outcome]]:
         outcomes: list[tuple[SearchRequest, Outcome]] = []
         prepared, waiting = [], []
@@ -250,6 +284,8 @@ class SearchService:
                         request.mode,
                         where=request.where,
                         vectors=vectors,
+                        rerank=self.reranker if request.rerank else False,
+                        rerank_top_n=request.rerank_top_n,
                     )
                 )
                 waiting.append(request)

@@ -28,17 +28,26 @@ class CrossEncoderReranker(Reranker):
 
     kind = "cross-encoder"
 
-    def check_remote_code(self) -> None:
-        """A UsageError when the folder maps to its own code and the caller did not allow it."""
-        if self.trust_remote_code:
-            return
+    def check_folder(self) -> None:
+        """Before loading: a ModelError for a folder that is not a cross-encoder (an embedding
+        model would load with a random scoring head), a UsageError when it maps to its own code
+        and the caller did not allow it."""
         folder = transformer_folder(self.path)
         try:
             raw = json.loads((folder / "config.json").read_text()) if folder else None
         except (OSError, ValueError):
             return  # loading reports an unreadable config with its own message
-        refs = code_references(raw.get("auto_map") or {}) if isinstance(raw, dict) else []
-        if refs:
+        if not isinstance(raw, dict):
+            return
+        architectures = [str(a) for a in raw.get("architectures") or []]
+        if architectures and not any("ForSequenceClassification" in a for a in architectures):
+            raise ModelError(
+                f'Reranker "{self.name}" is not a cross-encoder (its config declares '
+                f"{architectures[0]}, not a sequence classifier): point --rerank at a "
+                "cross-encoder such as cross-encoder/ms-marco-MiniLM-L6-v2"
+            )
+        refs = code_references(raw.get("auto_map") or {})
+        if refs and not self.trust_remote_code:
             raise UsageError(
                 f'Reranker "{self.name}" runs its own code ({refs[0]}): pass '
                 "--trust-remote-code if you trust the model"
@@ -48,7 +57,7 @@ class CrossEncoderReranker(Reranker):
         """Load the model now (a ModelError naming the folder when it cannot be)."""
         if self.loaded is not None:
             return self
-        self.check_remote_code()
+        self.check_folder()
         device = (device or self.device or default_device()).split(",")[0]
         device = "cpu" if device.startswith("cpu") else device
         try:
