@@ -121,7 +121,7 @@ def test_a_reranker_that_cannot_load_fails_with_one_line(run_dir, tmp_path, tiny
     (broken / "config.json").write_text("{not json")
     with pytest.raises(ModelError, match='Reranker ".*broken" at .* could not be loaded'):
         ec.open(run_dir, rerank=broken)
-    with pytest.raises(ModelError, match="is not a cross-encoder"):  # an embedding model is no reranker
+    with pytest.raises(ModelError, match="is not a cross-encoder"):  # an embedding model
         create_reranker(str(tiny_models["tiny48"])).load("cpu")
     with pytest.raises(EmbedCollectionsError, match="does not exist"):
         ec.open(run_dir, rerank="./no/such/reranker")
