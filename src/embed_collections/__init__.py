@@ -172,18 +172,23 @@ def evaluate(
     modes: list[str] | None = None,
     fusion: str = "rrf",
     rrf_k: int = 60,
+    rerank: str | Path | None = None,
+    rerank_top_n: list[int] | None = None,
     **options: Unpack[RunOptions],
 ) -> EvalReport:
     """Score an ensemble on a BEIR folder (`embed-collections eval`): nDCG@10, Recall@100 and
     MRR@10 per search mode, also written to `output_dir/eval_results.json`.
 
     `options` are `run`'s (models, weights, sparse, device, storage, ...); `output_dir` holds
-    the corpus's chunk file, store and cache [./output/eval].
+    the corpus's chunk file, store and cache [./output/eval]. With `rerank` (a cross-encoder),
+    every mode is scored again reranked, `MODE+rerank@N` for each N of `rerank_top_n` [50].
     """
     from embed_collections.evaluation.beir import evaluate_beir
 
     root, config = _eval_config(output_dir, options)
-    report_ = evaluate_beir(Path(beir_dir), config, modes, split, fusion, rrf_k)
+    report_ = evaluate_beir(
+        Path(beir_dir), config, modes, split, fusion, rrf_k, rerank, rerank_top_n
+    )
     _refresh_report(root)
     return report_
 

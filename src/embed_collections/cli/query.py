@@ -222,6 +222,16 @@ def parse_where(values: tuple[str, ...]) -> list[tuple[str, str | int | bool]]:
 )
 @click.option("--rrf-k", default=60, show_default=True, help="RRF constant k.")
 @click.option(
+    "--rerank",
+    metavar="MODEL",
+    help="Also score every mode reranked by this cross-encoder (MODE+rerank@N rows).",
+)
+@click.option(
+    "--rerank-top-n",
+    multiple=True,
+    help="First-stage candidates the reranker scores, one or several (comma separated) [50].",
+)
+@click.option(
     "--output-dir",
     "--output_dir",
     "output_dir",
@@ -265,6 +275,8 @@ def eval_command(**options):
     \b
     Example:
       embed-collections eval --beir ./scifact --models minilm --sparse bm25
+      embed-collections eval --beir ./scifact --models minilm --sparse bm25 \\
+          --rerank ./ms-marco-MiniLM-L6-v2 --rerank-top-n 20,50
       embed-collections eval --beir ./scifact --models minilm,bge-small --weights 0.7,0.3 --json
       embed-collections eval --beir ./scifact --models minilm,bge-small --tune-weights \\
           --tune-split train --split test
@@ -288,6 +300,8 @@ def eval_command(**options):
         modes=split_list(options["modes"]) or None,
         fusion=options["fusion"],
         rrf_k=options["rrf_k"],
+        rerank=options["rerank"],
+        rerank_top_n=parse_top_ns(options["rerank_top_n"]),
         **chosen,
     )
     data = report.to_json()
@@ -302,10 +316,11 @@ def eval_command(**options):
             f"{r['mrr@10']:.4f}",
             f"{r['search_seconds']:.2f}",
             r["queries_per_second"] or "-",
+            "-" if r["ms_per_query"] is None else f"{r['ms_per_query']:.1f}",
         ]
         for mode, r in data["modes"].items()
     ]
-    headers = ["mode", "nDCG@10", "Recall@100", "MRR@10", "search_s", "queries/s"]
+    headers = ["mode", "nDCG@10", "Recall@100", "MRR@10", "search_s", "queries/s", "ms/query"]
     click.echo(render_table(headers, rows))
     click.echo(
         f"\n{data['dataset']} ({options['split']}): {data['query_count']} queries, "
@@ -323,6 +338,19 @@ def eval_command(**options):
             f"{'-' if disk is None else f'{disk:.0f}'} B/point"
         )
     click.echo(f"Results: {output_dir / EVAL_FILE}")
+
+
+def parse_top_ns(values: tuple[str, ...]) -> list[int] | None:
+    """`--rerank-top-n 20,50` (or repeated) as whole numbers; a usage error names a bad one."""
+    numbers = []
+    for item in split_list(values):
+        if not item.strip().isdigit():
+            raise click.BadParameter(
+                f'"{item}" is not a whole number (e.g. --rerank-top-n 20,50)',
+                param_hint="--rerank-top-n",
+            )
+        numbers.append(int(item))
+    return numbers or None
 
 
 def render_tuning(options: dict, chosen: dict) -> None:
