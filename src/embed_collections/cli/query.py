@@ -20,7 +20,6 @@ from embed_collections.cli.options import (
     verbose_option,
 )
 from embed_collections.cli.render import echo_json, render_table, setup_logging
-from embed_collections.engine import SPARSE_ENCODERS
 
 
 @click.command(cls=ListOptionCommand)
@@ -202,7 +201,9 @@ def parse_where(values: tuple[str, ...]) -> list[tuple[str, str | int | bool]]:
 @ensemble_options
 @engine_options
 @click.option(
-    "--sparse", type=click.Choice(list(SPARSE_ENCODERS)), help="Also index sparse vectors (BM25)."
+    "--sparse",
+    metavar="bm25|MODEL",
+    help="Also index sparse vectors: bm25 or a SparseEncoder (SPLADE) model, as for run.",
 )
 @click.option(
     "--sparse-language", default="english", show_default=True, help="BM25 language (as for run)."
