@@ -67,3 +67,24 @@ def test_eval_checks_rerank_arguments_before_indexing(tmp_path, tiny_models, tin
         ec.evaluate(folder, tmp_path / "out", rerank=str(tiny_cross_encoder), rerank_top_n=[0])
     assert not (tmp_path / "out" / "beir").exists()
     assert load_beir(folder).queries  # the folder itself was fine
+
+
+def test_eval_puts_a_learned_sparse_hybrid_beside_its_reranked_rows(
+    tmp_path, tiny_models, tiny_splade, tiny_cross_encoder
+):
+    report = ec.evaluate(
+        toy_beir(tmp_path / "toy"),
+        tmp_path / "out",
+        modes=["dense", "hybrid"],
+        rerank=str(tiny_cross_encoder),
+        rerank_top_n=[5],
+        models=[str(tiny_models["tiny32"])],
+        sparse=str(tiny_splade),
+        device="cpu",
+        backend="torch",
+        quiet=True,
+        lease_dir=str(tmp_path / "leases"),
+    )
+    assert report.sparse == "splade"
+    assert list(report.modes) == ["dense", "dense+rerank@5", "hybrid", "hybrid+rerank@5"]
+    assert all(0.0 <= mode.metrics["ndcg@10"] <= 1.0 for mode in report.modes.values())

@@ -18,7 +18,7 @@ from embed_collections.errors import ModelError, UsageError
 
 KIND = "splade"
 BATCH_TEXTS = 32
-MAX_ACTIVE_DIMS = 1024  # a cap on terms per vector (trained models activate ~50-300)
+MAX_ACTIVE_DIMS = 1024  # terms kept per vector unless the model sets its own (trained: ~50-300)
 
 
 def is_sparse_encoder_folder(path: Path) -> bool:
@@ -78,12 +78,13 @@ class SpladeEncoder(SparseEncoder):
     def encode(self, texts: list[str], query: bool) -> list[tuple[list[int], list[float]]]:
         model = self.load()
         encode = model.encode_query if query else model.encode_document
+        dims = getattr(model, "max_active_dims", None) or MAX_ACTIVE_DIMS
         vectors = []
         for start in range(0, len(texts), BATCH_TEXTS):
             found = encode(
                 texts[start : start + BATCH_TEXTS],
                 batch_size=BATCH_TEXTS,
-                max_active_dims=MAX_ACTIVE_DIMS,
+                max_active_dims=dims,
                 convert_to_sparse_tensor=True,
                 show_progress_bar=False,
             )
@@ -108,7 +109,16 @@ def create_splade(
     name: str, language: str, k: float, b: float, avg_len: float, path: str = ""
 ) -> SpladeEncoder:
     """A SPLADE encoder for a model name or folder (its recorded `path` first, if still there)."""
-    folder = Path(path) if path and Path(path).is_dir() else locate_model(name, None)[0]
+    if path and Path(path).is_dir():
+        folder = Path(path)
+    else:
+        try:
+            folder = locate_model(name, None)[0]
+        except ModelError as error:
+            raise UsageError(
+                f'--sparse "{name}" is neither bm25 nor a SparseEncoder model that can be found '
+                f"({error})"
+            ) from error
     if not is_sparse_encoder_folder(folder):
         raise UsageError(
             f'--sparse "{name}" is neither bm25 nor a sentence-transformers SparseEncoder '
