@@ -5,13 +5,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from embed_collections.engine import Reranker, create_reranker
 from embed_collections.errors import UsageError
-
-if TYPE_CHECKING:
-    from embed_collections.query.collections import SearchHit
 
 DEFAULT_RERANK_TOP_N = 50
 MAX_RERANK_TOP_N = 1000
@@ -78,10 +75,11 @@ def load_reranker(
 
 
 def rerank_many(
-    reranker: Reranker, searches: list[tuple[str, list[SearchHit], int]]
-) -> list[list[SearchHit]]:
-    """Each (query, candidates, keep) reordered by the reranker's scores, `keep` best each; the
-    pairs of every search are scored in one call (a server's concurrent requests together)."""
+    reranker: Reranker, searches: list[tuple[str, list[Any], int]]
+) -> list[list[Any]]:
+    """Each (query, candidate `SearchHit`s, keep) reordered by the reranker's scores, `keep`
+    best each; the pairs of every search are scored in one call (a server's concurrent
+    requests together)."""
     pairs = [(query, hit.text) for query, hits, _ in searches for hit in hits]
     scores = reranker.score(pairs).tolist() if pairs else []
     answers, start = [], 0
