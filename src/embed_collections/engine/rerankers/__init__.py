@@ -21,9 +21,11 @@ def create_reranker(
     trust_remote_code: bool = False,
     device: str = "",
     max_tokens: int = 16384,
+    max_length: int | None = None,
 ) -> Reranker:
     """The reranker for `--rerank NAME`: a folder, a model cache entry, a package or the hub,
-    found as embedding models are (not yet loaded: `load()`)."""
+    found as embedding models are (not yet loaded: `load()`); `max_length`: tokens read of each
+    (query, text) pair [the model's limit, 512 for MiniLM cross-encoders]."""
     if kind not in RERANKERS:
         raise UsageError(f'Unknown reranker kind "{kind}". Choose one of {", ".join(RERANKERS)}')
     if not isinstance(name, str) or not name.strip():
@@ -36,4 +38,5 @@ def create_reranker(
         trust_remote_code=trust_remote_code,
         device=device,
         max_tokens=max_tokens,
+        max_length=max_length,
     )

@@ -20,6 +20,7 @@ class Reranker:
     trust_remote_code: bool = False
     device: str = ""
     max_tokens: int = 16384  # padded tokens per batch
+    max_length: int | None = None  # tokens read of each pair [the model's own limit]
     loaded: Any = field(default=None, repr=False)
 
     kind = ""
@@ -39,6 +40,7 @@ class Reranker:
             "path": str(self.path),
             "source": self.source,
             "device": self.device,
+            "max_length": self.max_length,
         }
 
     def load(self, device: str = "") -> Reranker:

@@ -80,6 +80,9 @@ class CrossEncoderReranker(Reranker):
                 f'Reranker "{self.name}" has {model.num_labels} output labels; a reranker '
                 "scores relevance with one (choose a cross-encoder trained for reranking)"
             )
+        if self.max_length:
+            model.max_length = self.max_length
+        self.max_length = int(model.max_length or 512)
         if device.startswith("cuda"):
             model.half()
         model.eval()
