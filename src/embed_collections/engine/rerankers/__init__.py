@@ -20,7 +20,7 @@ def create_reranker(
     model_cache_dir: Path | None = None,
     trust_remote_code: bool = False,
     device: str = "",
-    max_tokens: int = 16384,
+    max_tokens: int = 0,
     max_length: int | None = None,
 ) -> Reranker:
     """The reranker for `--rerank NAME`: a folder, a model cache entry, a package or the hub,

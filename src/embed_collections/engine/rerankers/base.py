@@ -19,7 +19,7 @@ class Reranker:
     source: str = ""
     trust_remote_code: bool = False
     device: str = ""
-    max_tokens: int = 16384  # padded tokens per batch
+    max_tokens: int = 0  # padded tokens per batch [0: 2,048 on a CPU, 16,384 on a GPU]
     max_length: int | None = None  # tokens read of each pair [the model's own limit]
     loaded: Any = field(default=None, repr=False)
 
