@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import write_beir
+from helpers import quiet_cpu_options, write_beir
 
 import embed_collections as ec
 from embed_collections.errors import UsageError
@@ -34,12 +34,7 @@ def test_eval_scores_each_mode_first_stage_and_reranked(tmp_path, tiny_models, t
         tmp_path / "out",
         rerank=str(tiny_cross_encoder),
         rerank_top_n=[3, 8],
-        models=[str(tiny_models["tiny32"])],
-        sparse="bm25",
-        device="cpu",
-        backend="torch",
-        quiet=True,
-        lease_dir=str(tmp_path / "leases"),
+        **quiet_cpu_options(tmp_path, tiny_models["tiny32"], "bm25"),
     )
     modes = list(report.modes)
     suffixes = ("", "+rerank@3", "+rerank@8")
@@ -78,12 +73,7 @@ def test_eval_puts_a_learned_sparse_hybrid_beside_its_reranked_rows(
         modes=["dense", "hybrid"],
         rerank=str(tiny_cross_encoder),
         rerank_top_n=[5],
-        models=[str(tiny_models["tiny32"])],
-        sparse=str(tiny_splade),
-        device="cpu",
-        backend="torch",
-        quiet=True,
-        lease_dir=str(tmp_path / "leases"),
+        **quiet_cpu_options(tmp_path, tiny_models["tiny32"], tiny_splade),
     )
     assert report.sparse == "splade"
     assert list(report.modes) == ["dense", "dense+rerank@5", "hybrid", "hybrid+rerank@5"]

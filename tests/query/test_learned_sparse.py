@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import cached_vectors, invoke, write_chunks
+from helpers import cached_vectors, invoke, quiet_cpu_options, write_chunks
 
 import embed_collections as ec
 from embed_collections.engine import create_sparse_encoder
@@ -26,17 +26,7 @@ def learned_run(tmp_path, model, sparse, name="out", **options):
     if not chunked.exists():
         write_chunks(chunked / "Garden" / "garden_chunks.json", TEXTS)
     out = tmp_path / name
-    ec.run(
-        chunked,
-        out,
-        models=[str(model)],
-        sparse=str(sparse),
-        device="cpu",
-        backend="torch",
-        quiet=True,
-        lease_dir=str(tmp_path / "leases"),
-        **options,
-    )
+    ec.run(chunked, out, **quiet_cpu_options(tmp_path, model, sparse), **options)
     return out
 
 

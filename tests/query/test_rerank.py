@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from helpers import PACKAGE_ROOT, cli_env, run_cli, write_chunks
+from helpers import PACKAGE_ROOT, cli_env, quiet_cpu_options, run_cli, write_chunks
 
 import embed_collections as ec
 from embed_collections.engine import create_reranker
@@ -48,16 +48,7 @@ def run_dir(tmp_path_factory, tiny_models) -> Path:
     for name, texts in TEXTS.items():
         write_chunks(root / "Chunked" / name / f"{name.lower()}_chunks.json", texts)
     out = root / "out"
-    ec.run(
-        root / "Chunked",
-        out,
-        models=[str(tiny_models["tiny32"])],
-        sparse="bm25",
-        device="cpu",
-        backend="torch",
-        quiet=True,
-        lease_dir=str(root / "leases"),
-    )
+    ec.run(root / "Chunked", out, **quiet_cpu_options(root, tiny_models["tiny32"], "bm25"))
     return out
 
 
