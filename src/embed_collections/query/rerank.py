@@ -74,9 +74,7 @@ def load_reranker(
     ).load()  # fmt: skip
 
 
-def rerank_many(
-    reranker: Reranker, searches: list[tuple[str, list[Any], int]]
-) -> list[list[Any]]:
+def rerank_many(reranker: Reranker, searches: list[tuple[str, list[Any], int]]) -> list[list[Any]]:
     """Each (query, candidate `SearchHit`s, keep) reordered by the reranker's scores, `keep`
     best each; the pairs of every search are scored in one call (a server's concurrent
     requests together)."""
