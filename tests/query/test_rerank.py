@@ -195,3 +195,24 @@ def test_serve_with_a_broken_reranker_fails_before_it_answers(run_dir, tmp_path)
     lines = [line for line in child.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "could not be loaded" in lines[0], child.stderr
     assert "Traceback" not in child.stderr
+
+
+def test_max_length_cuts_each_pair_and_changes_the_scores(tiny_cross_encoder):
+    pairs = [(QUERY, " ".join(["roses"] * n)) for n in (5, 40, 120)]
+    full = create_reranker(str(tiny_cross_encoder)).load("cpu")
+    short = create_reranker(str(tiny_cross_encoder), max_length=16).load("cpu")
+    assert max(full.token_counts(pairs)) > 100 and max(short.token_counts(pairs)) == 16
+    scores = short.score(pairs)
+    assert scores[0] == pytest.approx(full.score(pairs)[0], abs=1e-5)  # short pair: uncut
+    assert scores[2] != pytest.approx(full.score(pairs)[2], abs=1e-6)
+
+
+def test_a_reranker_with_its_own_code_needs_the_users_flag(tmp_path, tiny_cross_encoder):
+    import shutil
+
+    folder = shutil.copytree(tiny_cross_encoder, tmp_path / "coded")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForSequenceClassification": "acme/x--modeling.Model"}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UsageError, match="runs its own code .*--trust-remote-code"):
+        create_reranker(str(folder)).load("cpu")

@@ -293,6 +293,11 @@ rerank_options = stack(
         show_default=True,
         help="First-stage candidates the reranker scores (1 to 1000, at least --top-k).",
     ),
+    click.option(
+        "--rerank-max-length",
+        type=int,
+        help="Tokens the reranker reads of each (query, text) pair [the model's limit].",
+    ),
 )
 
 # How `search` and `serve` reach a run's store and models.

@@ -81,6 +81,7 @@ def search(
     device,
     rerank,
     rerank_top_n,
+    rerank_max_length,
     weights,
     as_json,
     verbose,
@@ -101,8 +102,12 @@ def search(
       embed-collections search all "convert a PDF" --rerank ./ms-marco-MiniLM-L6 --rerank-top-n 20
     """
     import embed_collections as ec
+    from embed_collections.query.rerank import load_reranker
 
     setup_logging(verbose, quiet or not verbose)
+    reranker = None
+    if rerank:
+        reranker = load_reranker(rerank, None, trust_remote_code, device, rerank_max_length)
     with ec.open(
         output_dir,
         qdrant_url=qdrant_url,
@@ -110,7 +115,7 @@ def search(
         qdrant_api_key=qdrant_api_key,
         device=device,
         trust_remote_code=trust_remote_code,
-        rerank=rerank,
+        rerank=reranker,
     ) as opened:
         chosen = opened.resolve_mode(mode)
         hits = opened.search(

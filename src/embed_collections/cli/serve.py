@@ -78,6 +78,7 @@ def serve(
     device,
     rerank,
     rerank_top_n,
+    rerank_max_length,
     max_batch,
     threads,
     poll_seconds,
@@ -122,7 +123,7 @@ def serve(
         from embed_collections.query.rerank import check_rerank_top_n, load_reranker
 
         check_rerank_top_n(rerank_top_n, 1)
-        reranker = load_reranker(rerank, trust_remote_code=trust_remote_code, device=device)
+        reranker = load_reranker(rerank, None, trust_remote_code, device, rerank_max_length)
     live = LiveRun(
         root,
         qdrant_url,

@@ -66,11 +66,15 @@ def load_reranker(
     model_cache_dir: Path | None = None,
     trust_remote_code: bool = False,
     device: str = "",
+    max_length: int | None = None,
 ) -> Reranker:
-    """A reranker resolved like an embedding model and loaded now, so a broken one fails first."""
+    """A reranker resolved like an embedding model and loaded now, so a broken one fails first
+    (`max_length`: tokens read of each pair, 1 to the model's limit)."""
+    if max_length is not None and (isinstance(max_length, bool) or max_length < 1):
+        raise UsageError(f"--rerank-max-length is {max_length!r}; give a whole number from 1")
     return create_reranker(
         str(name), model_cache_dir=model_cache_dir, trust_remote_code=trust_remote_code,
-        device=device,
+        device=device, max_length=max_length,
     ).load()  # fmt: skip
 
 
