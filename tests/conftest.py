@@ -12,6 +12,7 @@ import pytest
 from helpers import PACKAGE_ROOT, mount_tmpfs, need_module, packaged_minilm_dir
 
 from embed_collections.engine.models.tiny import build_tiny_model
+from embed_collections.engine.models.tiny_kinds import build_tiny_cross_encoder, build_tiny_splade
 
 # Child processes must import the package under test, not another installed copy (a relative
 # PYTHONPATH=src means nothing in a child started in tmp_path).
@@ -36,6 +37,18 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         "tiny32": build_tiny_model(root / "tiny32", 32, seed=1),
         "tiny48": build_tiny_model(root / "tiny48", 48, seed=2),
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory) -> Path:
+    """A tiny random one-logit cross-encoder (reranker) folder with MiniLM's tokenizer."""
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("rerankers") / "ce", 32, seed=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_splade(tmp_path_factory) -> Path:
+    """A tiny random SPLADE-style sentence-transformers SparseEncoder folder."""
+    return build_tiny_splade(tmp_path_factory.mktemp("splade") / "splade", 32, seed=6)
 
 
 @pytest.fixture(scope="session")

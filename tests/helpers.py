@@ -258,3 +258,18 @@ def cosine(a: Any, b: Any) -> Any:
     """Cosine similarity of two vectors, or row by row of two matrices."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return np.sum(a * b, axis=-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def quiet_cpu_options(root: Path, model: Any, sparse: Any = None) -> dict[str, Any]:
+    """`run`/`evaluate` keywords for one model on the CPU with torch (exporting models for the
+    faster runtimes costs seconds), quiet, with a private lease dir under `root`."""
+    options: dict[str, Any] = {
+        "models": [str(model)],
+        "device": "cpu",
+        "backend": "torch",
+        "quiet": True,
+        "lease_dir": str(root / "leases"),
+    }
+    if sparse is not None:
+        options["sparse"] = str(sparse)
+    return options

@@ -41,9 +41,11 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from embed_collections.chunking import ChunkReport
+    from embed_collections.engine import Reranker
     from embed_collections.evaluation.beir import EvalReport
     from embed_collections.evaluation.tune_beir import TuningReport
-    from embed_collections.query.collections import Collections, SearchHit
+    from embed_collections.query.collections import Collections
+    from embed_collections.query.hits import SearchHit
     from embed_collections.record.config import RunOptions
     from embed_collections.record.summary import CollectionResult, RunSummary
     from embed_collections.report.status import RunStatus
@@ -84,7 +86,7 @@ __all__ = [
 # (and a spawned worker process imports only what it needs).
 _LAZY_TYPES = {
     "Collections": "embed_collections.query.collections",
-    "SearchHit": "embed_collections.query.collections",
+    "SearchHit": "embed_collections.query.hits",
     "RunSummary": "embed_collections.record.summary",
     "CollectionResult": "embed_collections.record.summary",
     "RunOptions": "embed_collections.record.config",
@@ -203,13 +205,16 @@ def open(  # noqa: A001 - the library's verb, as in `ec.open("output")`
     qdrant_api_key: str | None = None,
     device: str = "",
     trust_remote_code: bool = False,
+    rerank: str | Path | Reranker | None = None,
 ) -> Collections:
     """The collections of a finished run in `output_dir`, ready to search (`search`).
 
     Only collections in the state the last finished run left (its `run_finished.json`) are
     opened: one a later run changed and did not finish is left out, with a warning.
     `qdrant_url`/`qdrant_path` search a store loaded elsewhere with this run's models; a model's
-    own code runs only with `trust_remote_code=True` (never because the run's record says so).
+    own code runs only with `trust_remote_code=True` (never because the run's record says so);
+    `rerank`: a cross-encoder (folder, cache entry, hub id or `Reranker`), loaded now, that
+    reorders every search's first `rerank_top_n` candidates.
     """
     from embed_collections.query.collections import Collections
 
@@ -220,6 +225,7 @@ def open(  # noqa: A001 - the library's verb, as in `ec.open("output")`
         qdrant_url=qdrant_url,
         qdrant_path=qdrant_path,
         trust_remote_code=trust_remote_code,
+        rerank=rerank,
     )
 
 
@@ -231,18 +237,23 @@ def evaluate(
     modes: list[str] | None = None,
     fusion: str = "rrf",
     rrf_k: int = 60,
+    rerank: str | Path | None = None,
+    rerank_top_n: list[int] | None = None,
     **options: Unpack[RunOptions],
 ) -> EvalReport:
     """Score an ensemble on a BEIR folder (`embed-collections eval`): nDCG@10, Recall@100 and
     MRR@10 per search mode, also written to `output_dir/eval_results.json`.
 
     `options` are `run`'s (models, weights, sparse, device, storage, ...); `output_dir` holds
-    the corpus's chunk file, store and cache [./output/eval].
+    the corpus's chunk file, store and cache [./output/eval]. With `rerank` (a cross-encoder),
+    every mode is scored again reranked, `MODE+rerank@N` for each N of `rerank_top_n` [50].
     """
     from embed_collections.evaluation.beir import evaluate_beir
 
     root, config = _eval_config(output_dir, options)
-    report_ = evaluate_beir(Path(beir_dir), config, modes, split, fusion, rrf_k)
+    report_ = evaluate_beir(
+        Path(beir_dir), config, modes, split, fusion, rrf_k, rerank, rerank_top_n
+    )
     _refresh_report(root)
     return report_
 
@@ -331,6 +342,9 @@ def serve(
     max_connections: int = 2048,
     describe: tuple[str, ...] = (),
     tool_description: tuple[str, ...] = (),
+    rerank: str | None = None,
+    rerank_top_n: int = 50,
+    rerank_max_length: int | None = None,
     log_level: str = "warning",
     announce: Callable[[str], None] | None = None,
 ) -> None:
@@ -339,7 +353,9 @@ def serve(
     with `mcp=True`. Models load once; a newer finished run is picked up (`poll_seconds`). Only
     loopback host names are served unless `allowed_hosts`; a non-loopback `host` needs `api_key`
     (or `no_auth`); `describe` (`NAME=TEXT`) tells agents what a collection holds and
-    `tool_description` (`TOOL=TEXT`) replaces an MCP tool's description. Needs the `serve` extra."""
+    `tool_description` (`TOOL=TEXT`) replaces an MCP tool's description; `rerank` (a
+    cross-encoder) reranks every search's first `rerank_top_n` candidates unless a request says
+    otherwise. Needs the `serve` extra."""
     try:
         from embed_collections.query.serving import serve_run
     except ImportError as error:
@@ -354,7 +370,8 @@ def serve(
         threads=threads, poll_seconds=poll_seconds, api_key=api_key, no_auth=no_auth,
         allowed_hosts=allowed_hosts, cors_origin=cors_origin, request_timeout=request_timeout,
         max_body=max_body, max_connections=max_connections, describe=describe,
-        tool_description=tool_description, log_level=log_level,
+        tool_description=tool_description, rerank=rerank, rerank_top_n=rerank_top_n,
+        rerank_max_length=rerank_max_length, log_level=log_level,
         announce=announce,
     )  # fmt: skip
 

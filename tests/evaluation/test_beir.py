@@ -259,7 +259,8 @@ def test_eval_cli_end_to_end_and_cached_rerun(tmp_path):
     second = run_eval(tmp_path, *args, "--modes", "sparse")
     assert second.code == 0, second.err
     lines = second.out.splitlines()
-    assert lines[0].split() == ["mode", "nDCG@10", "Recall@100", "MRR@10", "search_s", "queries/s"]
+    headers = ["mode", "nDCG@10", "Recall@100", "MRR@10", "search_s", "queries/s", "ms/query"]
+    assert lines[0].split() == headers
     assert lines[2].split()[:4] == ["sparse", "1.0000", "1.0000", "1.0000"]
     assert "30 queries, 30 documents" in second.out
     assert "(0 embedded, 30 cached)" in second.out

@@ -87,8 +87,8 @@ def test_query_vector_weighs_each_unique_term_once():
 def test_unknown_sparse_kind_lists_the_choices():
     from embed_collections.errors import UsageError
 
-    with pytest.raises(UsageError, match='Unknown sparse model "splade". Choose one of bm25'):
-        create_encoder("splade")
+    with pytest.raises(UsageError, match='--sparse "nonsense" is neither bm25 nor a SparseEncoder'):
+        create_encoder("nonsense")
 
 
 def test_idf_ranks_rare_term_above_frequent_common_term(tmp_path):

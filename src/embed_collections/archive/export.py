@@ -220,7 +220,8 @@ def result_timings(result: CollectionResult) -> dict[str, Any]:
 
 def render_upload_script(collection: str, layout: VectorLayout, files: dict[str, Any]) -> str:
     """The standalone upload script of a collection: its constants filled into the template."""
-    config = {"collection": collection, "dense": dict(layout.dense), "sparse": list(layout.sparse)}
+    config: dict[str, Any] = {"collection": collection, "dense": dict(layout.dense)}
+    config |= {"sparse": list(layout.sparse), "sparse_idf": layout.sparse_idf}
     config |= {"embeddings": files["embeddings"], "metadata": files["metadata"]}
     config |= {"texts": files["texts"], "sparse_file": files["sparse"]}
     return fill_config(Path(upload_script.__file__).read_text(encoding="utf-8"), config)

@@ -24,7 +24,8 @@ from qdrant_client import QdrantClient, models
 HERE = Path(__file__).resolve().parent
 # The export writes its collection's settings here, in the copy it puts beside its files:
 # collection, dense (vector name -> size; "" is the single unnamed vector, cosine, on disk),
-# sparse (names: BM25 term weights, Qdrant applies the IDF modifier), embeddings (vector name ->
+# sparse (names: BM25 term weights, Qdrant applies the IDF modifier unless sparse_idf is false,
+# as for a learned sparse model's weights), embeddings (vector name ->
 # .npy file), metadata, texts and sparse_file (the other files).
 CONFIG: dict[str, Any] = {}
 CONFIG_LINE = "CONFIG: dict[str, Any] = {}\n"
@@ -81,7 +82,8 @@ def ensure_collection(client: QdrantClient, name: str, recreate: bool) -> None:
         n: models.VectorParams(size=size, distance=models.Distance.COSINE, on_disk=True)
         for n, size in dense.items()
     }
-    sparse = {n: models.SparseVectorParams(modifier=models.Modifier.IDF) for n in sparse_names}
+    idf = models.Modifier.IDF if CONFIG.get("sparse_idf", True) else None
+    sparse = {n: models.SparseVectorParams(modifier=idf) for n in sparse_names}
     client.create_collection(
         name,
         vectors_config=vector_params[""] if set(dense) == {""} else vector_params,

@@ -20,7 +20,7 @@ from embed_collections.cli.options import (
     verbose_option,
 )
 from embed_collections.cli.render import echo_json, render_table, setup_logging
-from embed_collections.engine import DEFAULT_EXECUTOR, EXECUTORS, SPARSE_ENCODERS
+from embed_collections.engine import DEFAULT_EXECUTOR, EXECUTORS
 
 
 class WaveSize(click.ParamType):
@@ -168,7 +168,10 @@ def discover(chunked_dir, pattern, max_depth, stats, as_json, verbose, quiet):
     "last complete load left them.",
 )
 @click.option(
-    "--sparse", type=click.Choice(list(SPARSE_ENCODERS)), help="Also store sparse vectors (BM25)."
+    "--sparse",
+    metavar="bm25|MODEL",
+    help="Also store sparse vectors: bm25, or a learned sparse model (a sentence-transformers "
+    "SparseEncoder, SPLADE-style: folder, cache entry or hub id).",
 )
 @click.option(
     "--sparse-language",

@@ -278,6 +278,28 @@ engine_options = stack(
 )
 
 
+# The second stage of `search`, `serve` and `eval`.
+rerank_options = stack(
+    click.option(
+        "--rerank",
+        metavar="MODEL",
+        help="Rerank the first stage's candidates with this cross-encoder (a folder, a model "
+        "cache entry, an installed package's model or a hub id).",
+    ),
+    click.option(
+        "--rerank-top-n",
+        type=int,
+        default=50,
+        show_default=True,
+        help="First-stage candidates the reranker scores (1 to 1000, at least --top-k).",
+    ),
+    click.option(
+        "--rerank-max-length",
+        type=int,
+        help="Tokens the reranker reads of each (query, text) pair [the model's limit].",
+    ),
+)
+
 # How `search` and `serve` reach a run's store and models.
 query_options = stack(
     click.option(

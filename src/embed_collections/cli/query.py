@@ -14,12 +14,12 @@ from embed_collections.cli.options import (
     parse_weights,
     query_options,
     quiet_option,
+    rerank_options,
     split_list,
     storage_options,
     verbose_option,
 )
 from embed_collections.cli.render import echo_json, render_table, setup_logging
-from embed_collections.engine import SPARSE_ENCODERS
 
 
 @click.command(cls=ListOptionCommand)
@@ -56,6 +56,7 @@ from embed_collections.engine import SPARSE_ENCODERS
     "--rrf-k", default=60, show_default=True, help="RRF constant k: score = sum 1/(k + rank)."
 )
 @query_options
+@rerank_options
 @click.option(
     "--weights",
     multiple=True,
@@ -90,6 +91,9 @@ def search(
     qdrant_api_key,
     trust_remote_code,
     device,
+    rerank,
+    rerank_top_n,
+    rerank_max_length,
     weights,
     diversity,
     max_tokens,
@@ -110,10 +114,15 @@ def search(
       embed-collections search Docling,pydantic "validate a field" --mode dense --json
       embed-collections search Docling "convert a PDF" --weights 0.8,0.2  # a --combine named run
       embed-collections search all "convert a PDF" --max-tokens 2000  # a context block to paste
+      embed-collections search all "convert a PDF" --rerank ./ms-marco-MiniLM-L6 --rerank-top-n 20
     """
     import embed_collections as ec
+    from embed_collections.query.rerank import load_reranker
 
     setup_logging(verbose, quiet or not verbose)
+    reranker = None
+    if rerank:
+        reranker = load_reranker(rerank, None, trust_remote_code, device, rerank_max_length)
     with ec.open(
         output_dir,
         qdrant_url=qdrant_url,
@@ -121,6 +130,7 @@ def search(
         qdrant_api_key=qdrant_api_key,
         device=device,
         trust_remote_code=trust_remote_code,
+        rerank=reranker,
     ) as opened:
         chosen = opened.resolve_mode(mode)
         hits = opened.search(
@@ -133,6 +143,7 @@ def search(
             weights=parse_weights(weights),
             where=parse_where(where),
             diversity=diversity,
+            rerank_top_n=rerank_top_n,
         )
         if max_tokens is not None:
             from embed_collections.query.context import DEFAULT_NEIGHBOURS
@@ -144,6 +155,8 @@ def search(
                 click.echo(block.text)
             return
     described = describe_mode(chosen, fusion, rrf_k)
+    if rerank:
+        described += f", reranked (top {rerank_top_n}) by {rerank}"
     if as_json:
         echo_json({"mode": chosen, "ranking": described, "hits": [h.to_json() for h in hits]})
         return
@@ -151,10 +164,13 @@ def search(
     if not hits:
         click.echo("No hits.")
         return
-    headers = ["#", "score", *(["rank"] if chosen != "dense" else []), "collection", "source"]
+    reranked = ["rerank"] if rerank else []
+    headers = ["#", *reranked, "score", *(["rank"] if chosen != "dense" else [])]
+    headers += ["collection", "source"]
     rows: list[list[object]] = [
         [
             i,
+            *([f"{h.rerank_score:.3f}"] if rerank else []),
             f"{h.score:.3f}",
             *([h.rank] if chosen != "dense" else []),
             h.collection,
@@ -215,7 +231,9 @@ def parse_where(values: tuple[str, ...]) -> list[tuple[str, str | int | bool]]:
 @ensemble_options
 @engine_options
 @click.option(
-    "--sparse", type=click.Choice(list(SPARSE_ENCODERS)), help="Also index sparse vectors (BM25)."
+    "--sparse",
+    metavar="bm25|MODEL",
+    help="Also index sparse vectors: bm25 or a SparseEncoder (SPLADE) model, as for run.",
 )
 @click.option(
     "--sparse-language", default="english", show_default=True, help="BM25 language (as for run)."
@@ -234,6 +252,16 @@ def parse_where(values: tuple[str, ...]) -> list[tuple[str, str | int | bool]]:
     help="How hybrid mode fuses the dense and sparse rankings.",
 )
 @click.option("--rrf-k", default=60, show_default=True, help="RRF constant k.")
+@click.option(
+    "--rerank",
+    metavar="MODEL",
+    help="Also score every mode reranked by this cross-encoder (MODE+rerank@N rows).",
+)
+@click.option(
+    "--rerank-top-n",
+    multiple=True,
+    help="First-stage candidates the reranker scores, one or several (comma separated) [50].",
+)
 @click.option(
     "--output-dir",
     "--output_dir",
@@ -278,6 +306,8 @@ def eval_command(**options):
     \b
     Example:
       embed-collections eval --beir ./scifact --models minilm --sparse bm25
+      embed-collections eval --beir ./scifact --models minilm --sparse bm25 \\
+          --rerank ./ms-marco-MiniLM-L6-v2 --rerank-top-n 20,50
       embed-collections eval --beir ./scifact --models minilm,bge-small --weights 0.7,0.3 --json
       embed-collections eval --beir ./scifact --models minilm,bge-small --tune-weights \\
           --tune-split train --split test
@@ -301,6 +331,8 @@ def eval_command(**options):
         modes=split_list(options["modes"]) or None,
         fusion=options["fusion"],
         rrf_k=options["rrf_k"],
+        rerank=options["rerank"],
+        rerank_top_n=parse_top_ns(options["rerank_top_n"]),
         **chosen,
     )
     data = report.to_json()
@@ -315,10 +347,11 @@ def eval_command(**options):
             f"{r['mrr@10']:.4f}",
             f"{r['search_seconds']:.2f}",
             r["queries_per_second"] or "-",
+            "-" if r["ms_per_query"] is None else f"{r['ms_per_query']:.1f}",
         ]
         for mode, r in data["modes"].items()
     ]
-    headers = ["mode", "nDCG@10", "Recall@100", "MRR@10", "search_s", "queries/s"]
+    headers = ["mode", "nDCG@10", "Recall@100", "MRR@10", "search_s", "queries/s", "ms/query"]
     click.echo(render_table(headers, rows))
     click.echo(
         f"\n{data['dataset']} ({options['split']}): {data['query_count']} queries, "
@@ -336,6 +369,19 @@ def eval_command(**options):
             f"{'-' if disk is None else f'{disk:.0f}'} B/point"
         )
     click.echo(f"Results: {output_dir / EVAL_FILE}")
+
+
+def parse_top_ns(values: tuple[str, ...]) -> list[int] | None:
+    """`--rerank-top-n 20,50` (or repeated) as whole numbers; a usage error names a bad one."""
+    numbers = []
+    for item in split_list(values):
+        if not item.strip().isdigit():
+            raise click.BadParameter(
+                f'"{item}" is not a whole number (e.g. --rerank-top-n 20,50)',
+                param_hint="--rerank-top-n",
+            )
+        numbers.append(int(item))
+    return numbers or None
 
 
 def render_tuning(options: dict, chosen: dict) -> None:

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import click
 
-from embed_collections.cli.options import query_options, quiet_option, verbose_option
+from embed_collections.cli.options import (
+    query_options,
+    quiet_option,
+    rerank_options,
+    verbose_option,
+)
 from embed_collections.cli.render import setup_logging
 
 log = logging.getLogger("embed_collections.cli.serve")
@@ -41,6 +46,7 @@ log = logging.getLogger("embed_collections.cli.serve")
     help="Speak MCP over stdin/stdout instead of HTTP (for desktop agents).",
 )
 @query_options
+@rerank_options
 @click.option(
     "--max-batch",
     type=click.IntRange(min=1),
@@ -130,6 +136,9 @@ def serve(
     qdrant_api_key,
     trust_remote_code,
     device,
+    rerank,
+    rerank_top_n,
+    rerank_max_length,
     max_batch,
     threads,
     poll_seconds,
@@ -155,7 +164,7 @@ def serve(
     Endpoints:
       GET  /collections   names, point counts, models
       POST /search        {"query", "collections", "top_k", "mode", "where", "diversity",
-                           "max_tokens"}
+                           "max_tokens", "rerank", "rerank_top_n"}
       POST /read          {"collection", "chunk_id", "before", "after", "section",
                            "document_id", "source_file", "max_tokens"}
       GET  /healthz       liveness
@@ -195,5 +204,8 @@ def serve(
         log_level="info" if verbose else "warning",
         describe=describe,
         tool_description=tool_description,
+        rerank=rerank,
+        rerank_top_n=rerank_top_n,
+        rerank_max_length=rerank_max_length,
         announce=click.echo,
     )

@@ -1,11 +1,12 @@
-"""The engine's front door: what the other wings use of models, backends, executors, encoders
-and the cache.
+"""The engine's front door: what the other wings use of models, backends, executors, encoders,
+rerankers and the cache.
 
 The rooms: `models/` (names, resolution, prompts, fingerprints), `backends/` (how a model runs:
 torch, static, the ONNX Runtime and OpenVINO exports, the `auto` choice), `executors/` (where it
 runs: in this process, device worker processes, Ray actors, sharing one batch loop), `encoders/`
-(sparse encoders such as BM25); beside them the cache, the device lease, devices, options and
-telemetry. No module outside the engine imports a room directly (`tests/test_architecture.py`).
+(sparse encoders: BM25, SPLADE), `rerankers/` (second-stage cross-encoders); beside them the
+cache, the device lease, devices, options and telemetry. No module outside the engine imports a
+room directly (`tests/test_architecture.py`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ from embed_collections.engine.models.specs import (
     canonical_name,
 )
 from embed_collections.engine.options import EngineOptions
+from embed_collections.engine.rerankers import DEFAULT_RERANKER, RERANKERS, create_reranker
+from embed_collections.engine.rerankers.base import Reranker
 from embed_collections.engine.telemetry import ModelTelemetry
 
 __all__ = [
@@ -70,6 +73,10 @@ __all__ = [
     "DEFAULT_ENSEMBLE_MODELS",
     "EXECUTORS",
     "REFERENCE_BACKEND",
+    "DEFAULT_RERANKER",
+    "RERANKERS",
+    "Reranker",
+    "create_reranker",
     "SPARSE_ENCODERS",
     "SPARSE_VECTOR_NAME",
     "Backend",

@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 
 from embed_collections.atomic import write_bytes_atomic, write_json_atomic
+from embed_collections.engine import Reranker
 from embed_collections.errors import EmbedCollectionsError, UsageError
 from embed_collections.evaluation.metrics import evaluate_run
 from embed_collections.evaluation.tuning import cached_corpus_vectors, exact_search_metrics
+from embed_collections.query.rerank import check_rerank_top_n, load_reranker
 from embed_collections.query.search import (
     SEARCH_MODES,
     QueryEncoder,
@@ -72,16 +74,23 @@ class ModeResult:
 
     mode: str
     metrics: dict[str, float]
-    search_seconds: float
+    search_seconds: float  # first stage and, for a reranked mode, the reranker
     queries: int
+    rerank_seconds: float | None = None  # the reranker's part of search_seconds
 
     def to_json(self) -> dict[str, Any]:
         rate = self.queries / self.search_seconds if self.search_seconds > 0 else None
-        return {
+        data = {
             **{name: round(value, 5) for name, value in self.metrics.items()},
             "search_seconds": round(self.search_seconds, 3),
             "queries_per_second": round(rate, 1) if rate else None,
+            "ms_per_query": round(1000 * self.search_seconds / self.queries, 2)
+            if self.queries
+            else None,
         }
+        if self.rerank_seconds is not None:
+            data["rerank_seconds"] = round(self.rerank_seconds, 3)
+        return data
 
 
 @dataclass
@@ -109,6 +118,7 @@ class EvalReport:
     vector_ram_bytes_per_point: float | None = None
     disk_bytes_per_point: float | None = None
     modes: dict[str, ModeResult] = field(default_factory=dict)
+    reranker: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k != "modes"}
@@ -209,11 +219,8 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
 def write_corpus_chunks(dataset: BeirDataset, path: Path) -> bool:
     """Write the corpus as a chunk file unless that content is already there; True if written."""
     records = [
-        {
-            "text": f"{title}\n\n{text}" if title.strip() else text,
-            "metadata": {"chunk_id": doc_id, "doc_id": doc_id},
-        }
-        for doc_id, (title, text) in dataset.corpus.items()
+        {"text": corpus_text(dataset, doc_id), "metadata": {"chunk_id": doc_id, "doc_id": doc_id}}
+        for doc_id in dataset.corpus
     ]
     content = json.dumps(records, ensure_ascii=False).encode("utf-8")
     if path.is_file() and path.read_bytes() == content:
@@ -243,14 +250,25 @@ def evaluate_beir(
     split: str = "test",
     fusion: str = "rrf",
     rrf_k: int = 60,
+    rerank: str | Path | None = None,
+    rerank_top_n: list[int] | None = None,
 ) -> EvalReport:
     """Index the BEIR corpus with `config`'s ensemble (through the cache), search every judged
     query in each mode, score the rankings and write `eval_results.json`.
 
     `config` supplies the models, weights, combine mode, sparse kind, engine, cache and store;
-    its `chunked_dir`, `collections` and `upload` are set here.
+    its `chunked_dir`, `collections` and `upload` are set here. With `rerank` (a cross-encoder),
+    each mode is also scored reranked, as `MODE+rerank@N` for each N of `rerank_top_n` [50].
     """
     chosen = resolve_modes(modes, config.sparse)
+    top_ns = list(dict.fromkeys(rerank_top_n or [50]))
+    for top_n in top_ns:
+        check_rerank_top_n(top_n, 1)
+    reranker = None
+    if rerank:  # loaded before indexing: a broken reranker fails in seconds
+        reranker = load_reranker(
+            rerank, trust_remote_code=config.trust_remote_code, device=config.engine.device
+        )
     dataset = load_beir(beir_dir, split)
     queries = dataset.judged_queries()
     if not queries:
@@ -301,12 +319,55 @@ def evaluate_beir(
             log.info(
                 "%s: nDCG@10 %.4f in %.2f s", mode, report.modes[mode].metrics["ndcg@10"], seconds
             )
+            for top_n in top_ns if reranker else []:
+                assert reranker is not None
+                result = reranked_result(reranker, dataset, queries, run, qrels, top_n)
+                result.mode = f"{mode}+rerank@{top_n}"
+                result.search_seconds += seconds
+                report.modes[result.mode] = result
     finally:
         store.close()
+    report.reranker = reranker.describe() if reranker else None
     if "dense" in chosen and uses_weighted_fusion(encoder, "dense"):
         report.modes["dense-exact"] = exact_dense_result(config, record, encoder, queries, qrels)
     write_json_atomic(config.output_dir / EVAL_FILE, report.to_json())
     return report
+
+
+def reranked_result(
+    reranker: Reranker,
+    dataset: BeirDataset,
+    queries: dict[str, str],
+    run: dict[str, list[str]],
+    qrels: dict[str, dict[str, int]],
+    top_n: int,
+) -> ModeResult:
+    """A first-stage run with each query's first `top_n` documents reordered by the reranker
+    (the rest keep their place after them, so Recall@100 compares); all pairs in one call."""
+    pairs, spans = [], []
+    for qid, text in queries.items():
+        head = run.get(qid, [])[:top_n]
+        spans.append((qid, head))
+        pairs += [(text, corpus_text(dataset, doc)) for doc in head]
+    started = time.perf_counter()
+    scores = reranker.score(pairs).tolist()
+    seconds = time.perf_counter() - started
+    reranked: dict[str, list[str]] = {}
+    start = 0
+    for qid, head in spans:
+        own = scores[start : start + len(head)]
+        start += len(head)
+        order = sorted(range(len(head)), key=lambda i: -own[i])
+        reranked[qid] = [head[i] for i in order] + run.get(qid, [])[top_n:]
+    metrics = evaluate_run(reranked, qrels)
+    log.info("reranked top %d: nDCG@10 %.4f in %.2f s", top_n, metrics["ndcg@10"], seconds)
+    return ModeResult(f"rerank@{top_n}", metrics, seconds, len(queries), rerank_seconds=seconds)
+
+
+def corpus_text(dataset: BeirDataset, doc_id: str) -> str:
+    """A corpus document as it was indexed (title, blank line, text)."""
+    title, text = dataset.corpus[doc_id]
+    return f"{title}\n\n{text}" if title.strip() else text
 
 
 def measure_storage(report: EvalReport, record: RunRecord, output_dir: Path) -> None:

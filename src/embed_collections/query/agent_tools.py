@@ -17,8 +17,8 @@ from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field, StrictInt, StrictStr
 
 from embed_collections.errors import EmbedCollectionsError
-from embed_collections.query.collections import MAX_QUERY_CHARS, MAX_TOP_K
 from embed_collections.query.context import DEFAULT_NEIGHBOURS, MAX_CONTEXT_TOKENS
+from embed_collections.query.hits import MAX_QUERY_CHARS, MAX_TOP_K
 from embed_collections.query.search import SEARCH_MODES
 from embed_collections.query.service import POINTS_ARE, SearchService
 from embed_collections.stores.base import PointLookup
@@ -84,6 +84,8 @@ Arguments:
   metadata.document_name (e.g. "{example.get("source_file", "docs/guide_chunks.json")}",
   "{(example.get("metadata") or {}).get("document_name", "guide")}").
 - diversity: 0 (default) to 1; higher prefers hits unlike the ones above them.
+- rerank / rerank_top_n: where the server has a reranker (list_collections says so), it
+  rescores the first rerank_top_n candidates (default 50); false returns the first stage.
 - max_tokens: a budget (e.g. 2000): returns the best hits widened with their sections and
   neighbours, grouped by document, each piece under a citation line.
 
@@ -146,6 +148,7 @@ def compact_hit(rank: int, hit: dict[str, Any]) -> dict[str, Any]:
         "source_file": hit["source_file"],
         "document_id": hit["doc_id"],
         "section": " > ".join(map(str, section)) if isinstance(section, list) else "",
+        **({"rerank_score": hit["rerank_score"]} if hit.get("rerank_score") is not None else {}),
         "text": hit["text"],
     }
 
@@ -246,11 +249,13 @@ def add_agent_tools(app: MCPServer, service: SearchService) -> None:
         neighbours: Annotated[int, Field(ge=0, le=50)] = DEFAULT_NEIGHBOURS,
         source_file: str | None = None,
         document_name: str | None = None,
+        rerank: bool | None = None,
+        rerank_top_n: Annotated[StrictInt | None, Field(ge=1, le=MAX_TOP_K)] = None,
     ) -> CallToolResult:
         request: dict[str, Any] = {"query": query, "collections": collections, "top_k": top_k}
         request["mode"] = mode
         request |= {"where": named_filters(where, source_file, document_name, facts)}
-        request["diversity"] = diversity
+        request |= {"diversity": diversity, "rerank": rerank, "rerank_top_n": rerank_top_n}
         try:
             if max_tokens is not None:
                 block = await service.search(

@@ -4,15 +4,15 @@ encoder, held together so that many searches pay for opening them once."""
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 
+from embed_collections.engine import Reranker
 from embed_collections.errors import UsageError
 from embed_collections.query.context import (
     DEFAULT_NEIGHBOURS,
@@ -24,219 +24,40 @@ from embed_collections.query.context import (
     check_count,
     read_pieces,
 )
-from embed_collections.query.diversity import MMR_CANDIDATES, check_diversity, mmr_order
+from embed_collections.query.diversity import MMR_CANDIDATES, check_diversity
+from embed_collections.query.hits import (
+    PreparedSearch,
+    SearchHit,
+    check_request,
+    payload_match,
+)
 from embed_collections.query.reading import StoredChunk
+from embed_collections.query.rerank import (
+    DEFAULT_RERANK_TOP_N,
+    check_rerank_top_n,
+    choose_reranker,
+    load_reranker,
+    rerank_many,
+)
 from embed_collections.query.search import (
     DEFAULT_RRF_K,
     QueryEncoder,
     build_queries,
     check_mode,
     default_mode,
-    dense_cosine,
     open_run_store,
     uses_weighted_fusion,
     weighted_named_search,
 )
 from embed_collections.record.finished import read_finished
 from embed_collections.record.run_record import ModelRecord, RunRecord, read_run_record
-from embed_collections.stores.base import Hit, PayloadMatch, SearchQuery, Store
+from embed_collections.stores.base import Hit, Store
 
 log = logging.getLogger(__name__)
-
-MAX_TOP_K = 1000
-MAX_QUERY_CHARS = 8192  # far above any model's window (MiniLM reads 256 tokens)
-INT64 = (-(2**63), 2**63 - 1)  # what the store's payload integers hold
-# A payload path the store parses: dot-separated names, each optionally indexed (`tags[]`).
-PAYLOAD_KEY = re.compile(r'[^\s.\[\]"$\\]+(?:\[\d*\])?(?:\.[^\s.\[\]"$\\]+(?:\[\d*\])?)*')
-
-
-def check_text(value: str, what: str) -> None:
-    """UsageError for text that is not valid Unicode (a lone surrogate from JSON's "\\ud800")
-    or holds a NUL: no tokenizer or store can take it."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise UsageError(
-            f"{what} holds a lone surrogate (U+{ord(value[error.start]):04X} at position "
-            f"{error.start}); send valid Unicode text"
-        ) from None
-    if "\x00" in value:
-        raise UsageError(
-            f"{what} holds a NUL character (at position {value.index(chr(0))}); remove it"
-        )
 
 
 class UnknownCollectionError(UsageError):
     """A search named a collection the store does not hold."""
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    """One chunk found by a search, with the collection it came from.
-
-    `score` is the dense cosine of the query and the chunk as the run combined its models, in
-    every mode, so hits from several collections compare; `rank` is the hit's place in its own
-    collection's ranking for the mode, and `fused_score` the store's score behind that ranking
-    (the cosine in dense mode, RRF or DBSF in hybrid mode, BM25 in sparse mode).
-    """
-
-    collection: str
-    chunk_id: str
-    score: float
-    text: str
-    metadata: dict[str, Any]
-    source_file: str
-    doc_id: str
-    point_id: str
-    rank: int = 1
-    fused_score: float = 0.0
-    payload: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def from_hit(
-        cls, collection: str, hit: Hit, rank: int = 1, score: float | None = None
-    ) -> SearchHit:
-        payload = hit.payload
-        return cls(
-            collection=collection,
-            chunk_id=str(payload.get("chunk_id", "")),
-            score=float(hit.score if score is None else score),
-            text=str(payload.get("text", "")),
-            metadata=dict(payload.get("metadata") or {}),
-            source_file=str(payload.get("source_file", "")),
-            doc_id=str(payload.get("doc_id", "")),
-            point_id=str(hit.id),
-            rank=rank,
-            fused_score=float(hit.score),
-            payload=payload,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """The fields every client shows (CLI --json, HTTP, MCP)."""
-        return {
-            "collection": self.collection,
-            "chunk_id": self.chunk_id,
-            "score": round(self.score, 6),
-            "rank": self.rank,
-            "fused_score": round(self.fused_score, 6),
-            "source_file": self.source_file,
-            "doc_id": self.doc_id,
-            "point_id": self.point_id,
-            "text": self.text,
-            "metadata": self.metadata,
-        }
-
-
-def payload_match(where: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> PayloadMatch:
-    """Check a filter ({key: value}, or (key, value) pairs): keys are payload fields
-    (`source_file`, `metadata.lang`), values a string, integer or boolean to match exactly."""
-    if not where:
-        return ()
-    if isinstance(where, Mapping):
-        pairs = list(where.items())
-    elif isinstance(where, (str, bytes)):
-        raise UsageError(f'Filter "where" must map payload fields to values, got "{where!s}"')
-    else:
-        pairs = list(where)
-    checked = []
-    for pair in pairs:
-        if not (isinstance(pair, tuple) and len(pair) == 2):
-            raise UsageError(f"Filter {pair!r} is not a (field, value) pair")
-        key, value = pair
-        if isinstance(key, str):
-            check_text(key, "Filter field")
-        if not isinstance(key, str) or not PAYLOAD_KEY.fullmatch(key):
-            raise UsageError(
-                f'Filter field "{key}" is not a payload field name (use e.g. "source_file" or '
-                '"metadata.lang": names joined by dots, without $, quotes or spaces)'
-            )
-        if not isinstance(value, (str, int, bool)) or isinstance(value, float):
-            raise UsageError(
-                f'Filter "{key}" has value {value!r}; give a string, integer or boolean to match'
-            )
-        if isinstance(value, str):
-            check_text(value, f'Filter "{key}"')
-        elif not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
-            raise UsageError(
-                f'Filter "{key}" has integer {value}, beyond the 64 bits a payload integer holds'
-            )
-        checked.append((key, value))
-    return tuple(checked)
-
-
-def check_request(query: str, top_k: int) -> None:
-    """UsageErrors for a query no search should run: empty, too long, or top_k out of range."""
-    if not isinstance(query, str) or not query.strip():
-        raise UsageError('The query is empty; give the text to search for in "query"')
-    check_text(query, "The query")
-    if len(query) > MAX_QUERY_CHARS:
-        raise UsageError(
-            f"The query is {len(query):,} characters, over the limit of {MAX_QUERY_CHARS:,}; "
-            "search with a shorter text (models read only the first few hundred words)"
-        )
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
-        raise UsageError(f"top_k is {top_k!r}; give a whole number from 1 to {MAX_TOP_K}")
-
-
-@dataclass(frozen=True)
-class PreparedSearch:
-    """One checked search with its query vectors: what to ask each collection, and how to
-    merge what they answer."""
-
-    query: str
-    names: list[str]
-    top_k: int
-    mode: str
-    where: PayloadMatch
-    encoder: QueryEncoder
-    combined: dict[str, np.ndarray]
-    fetch: bool  # whether hits come back with vectors to compute the cosine from
-    request: SearchQuery | None  # None: a weighted --combine named search, one per collection
-    diversity: float = 0.0  # MMR's diversity (0: none)
-
-    @property
-    def limit(self) -> int:
-        """Hits asked of each collection: MMR done here chooses from more candidates."""
-        if self.diversity and not (self.request and self.request.uses_mmr):
-            return max(self.top_k, MMR_CANDIDATES)
-        return self.top_k
-
-    def merge(self, found: dict[str, list[Hit]]) -> list[SearchHit]:
-        """The `top_k` best of each collection's hits, ranked as `Collections.search` says."""
-        dense = {name: array[0] for name, array in self.combined.items()}
-        hits: list[SearchHit] = []
-        for name in self.names:
-            scored = [
-                (hit, dense_cosine(self.encoder, dense, hit.vectors) if self.fetch else hit.score)
-                for hit in found.get(name, [])
-            ]
-            if not self.diversity:
-                # Equal fused scores (common with RRF) are ordered by the cosine, so the ranking
-                # does not depend on the engine's tie order, which changes with the limit.
-                scored.sort(key=lambda pair: (-pair[0].score, -(pair[1] or 0.0)))
-            elif not (self.request and self.request.uses_mmr):  # else the store's order
-                scored = self.diverse(scored)
-            hits.extend(
-                SearchHit.from_hit(name, hit, rank, cosine)
-                for rank, (hit, cosine) in enumerate(scored, 1)
-            )
-        if self.mode == "dense" and not self.diversity:
-            hits.sort(key=lambda hit: -hit.score)
-        else:
-            hits.sort(key=lambda hit: (hit.rank, -hit.score))
-        return hits[: self.top_k]
-
-    def diverse(self, scored: list[tuple[Hit, float | None]]) -> list[tuple[Hit, float | None]]:
-        """The `top_k` of a collection's candidates in MMR order, relevance being the cosine."""
-        specs = self.encoder.specs
-        if self.encoder.combine == "named":
-            weights = {n: s.weight for n, s in zip(self.encoder.vector_names, specs)}
-        else:
-            weights = {name: 1.0 for name in self.combined}
-        relevance = [cosine or 0.0 for _, cosine in scored]
-        vectors = [hit.vectors for hit, _ in scored]
-        order = mmr_order(relevance, vectors, weights, self.top_k, self.diversity)
-        return [scored[i] for i in order]
 
 
 class Collections:
@@ -252,11 +73,16 @@ class Collections:
         store: Store,
         encoder: QueryEncoder,
         fixed_names: list[str] | None = None,
+        reranker: Reranker | None = None,
+        trust_remote_code: bool = False,
     ):
         """`fixed_names`: the store's collections when they cannot change (a server's private
-        copy of the store), so that a search does not list the store again."""
+        copy of the store), so that a search does not list the store again; `reranker`: the
+        second stage every search uses unless it says otherwise."""
         self.output_dir, self.record, self.store, self.encoder = output_dir, record, store, encoder
         self.fixed_names = sorted(fixed_names) if fixed_names is not None else None
+        self.reranker, self.trust_remote_code = reranker, trust_remote_code
+        self.rerankers: dict[str, Reranker] = {}  # loaded by name for `search(rerank=NAME)`
 
     @classmethod
     def open(
@@ -269,14 +95,20 @@ class Collections:
         qdrant_path: str | Path | None = None,
         trust_remote_code: bool = False,
         encoder: QueryEncoder | None = None,
+        rerank: str | Path | Reranker | None = None,
     ) -> Collections:
         """Open the run written to `output_dir` (its `run_config.json` and store).
 
         Paths in the record are relative to `output_dir`; `qdrant_url`/`qdrant_path` search
-        another store with this run's models; `trust_remote_code` is the caller's to give.
+        another store with this run's models; `trust_remote_code` is the caller's to give;
+        `rerank`: a cross-encoder (name, folder or Reranker) loaded now that reranks every
+        search's candidates.
         """
         output_dir = Path(output_dir)
         record = read_run_record(output_dir)
+        reranker = rerank
+        if isinstance(rerank, (str, Path)):
+            reranker = load_reranker(rerank, trust_remote_code=trust_remote_code, device=device)
         if encoder is None:
             encoder = QueryEncoder.from_record(
                 record, device, output_dir, trust_remote_code=trust_remote_code
@@ -285,7 +117,10 @@ class Collections:
         store = open_run_store(record, qdrant_api_key, output_dir, qdrant_url, path)
         finished = read_finished(output_dir)
         if finished is None or qdrant_url or qdrant_path:  # another store: not what it describes
-            return cls(output_dir, record, store, encoder)
+            return cls(
+                output_dir, record, store, encoder, reranker=reranker,  # type: ignore[arg-type]
+                trust_remote_code=trust_remote_code,
+            )  # fmt: skip
         served, changed = finished.split(store.collections(), store.loaded_marker)
         if changed:
             log.warning(
@@ -294,7 +129,10 @@ class Collections:
                 ", ".join(changed),
                 output_dir,
             )
-        return cls(output_dir, record, store, encoder, fixed_names=served)
+        return cls(
+            output_dir, record, store, encoder, fixed_names=served,
+            reranker=reranker, trust_remote_code=trust_remote_code,  # type: ignore[arg-type]
+        )  # fmt: skip
 
     @property
     def names(self) -> list[str]:
@@ -348,6 +186,8 @@ class Collections:
         where: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
         vectors: list[np.ndarray] | None = None,
         diversity: float = 0.0,
+        rerank: bool | str | Path | Reranker | None = None,
+        rerank_top_n: int = DEFAULT_RERANK_TOP_N,
     ) -> list[SearchHit]:
         """The `top_k` best chunks for `query` in `collections` (None or "all": every one),
         searched the way the run embedded its documents, keeping only chunks whose payload
@@ -356,15 +196,19 @@ class Collections:
 
         Hits of several collections are merged by `score` (the dense cosine) in dense mode,
         and by their rank within their collection, then `score`, in sparse and hybrid mode.
+        With a reranker (`rerank`: a model name or folder, a Reranker, True for the one given to
+        `open`, False for none; None: `open`'s, if any), the first stage returns `rerank_top_n`
+        candidates and the reranker's `rerank_score` orders the `top_k` returned.
         `diversity` > 0 (up to 1) reorders each collection's hits by maximal marginal relevance
         (Qdrant's MMR where the store can, else the same over 100 candidates here), and hits
         are then merged by rank.
         """
         prepared = self.prepare(
-            query, collections, top_k, mode, fusion, rrf_k, weights, where, vectors, diversity
-        )
+            query, collections, top_k, mode, fusion, rrf_k, weights, where, vectors,
+            rerank, rerank_top_n, diversity,
+        )  # fmt: skip
         found = {name: self._search_one(prepared, name) for name in prepared.names}
-        return prepared.merge(found)
+        return self.reranked([prepared], [prepared.merge(found)])[0]  # type: ignore[return-value]
 
     def prepare(
         self,
@@ -377,11 +221,20 @@ class Collections:
         weights: list[float] | None = None,
         where: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
         vectors: list[np.ndarray] | None = None,
+        rerank: bool | str | Path | Reranker | None = None,
+        rerank_top_n: int = DEFAULT_RERANK_TOP_N,
         diversity: float = 0.0,
     ) -> PreparedSearch:
         """A checked search with its query vectors, ready for the store (see `search`)."""
         check_request(query, top_k)
         diversity = check_diversity(diversity)
+        reranker = choose_reranker(
+            rerank, self.reranker, self.rerankers, self.trust_remote_code, self.encoder.device
+        )
+        keep = top_k
+        if reranker is not None:
+            check_rerank_top_n(rerank_top_n, top_k)
+            top_k = rerank_top_n
         match = payload_match(where)
         mode = self.resolve_mode(mode)
         names = self.resolve_names(collections)
@@ -402,7 +255,18 @@ class Collections:
             if store_mmr:
                 request = replace(request, diversity=diversity, candidates=MMR_CANDIDATES)
         return PreparedSearch(
-            query, names, top_k, mode, match, encoder, combined, fetch, request, diversity
+            query,
+            names,
+            top_k,
+            mode,
+            match,
+            encoder,
+            combined,
+            fetch,
+            request,
+            reranker,
+            keep,
+            diversity,
         )
 
     def search_many(self, prepared: list[PreparedSearch]) -> list[list[SearchHit] | Exception]:
@@ -427,7 +291,31 @@ class Collections:
                 for i, one in enumerate(prepared):
                     if name in one.names:
                         failed.setdefault(i, error)
-        return [failed.get(i) or one.merge(found[i]) for i, one in enumerate(prepared)]
+        merged = [failed.get(i) or one.merge(found[i]) for i, one in enumerate(prepared)]
+        return self.reranked(prepared, merged)
+
+    @staticmethod
+    def reranked(
+        prepared: list[PreparedSearch], merged: list[list[SearchHit] | Exception]
+    ) -> list[list[SearchHit] | Exception]:
+        """The merged first-stage hits, reordered by each search's reranker: the pairs of every
+        search that shares a reranker are scored in one call; a failure fails those searches."""
+        answers = list(merged)
+        groups: dict[int, list[int]] = {}
+        for i, one in enumerate(prepared):
+            if one.reranker is not None and not isinstance(merged[i], Exception):
+                groups.setdefault(id(one.reranker), []).append(i)
+        for rows in groups.values():
+            reranker = prepared[rows[0]].reranker
+            assert reranker is not None
+            searches = [(prepared[i].query, merged[i], prepared[i].keep) for i in rows]
+            try:
+                for i, hits in zip(rows, rerank_many(reranker, searches)):  # type: ignore[arg-type]
+                    answers[i] = hits
+            except Exception as error:
+                for i in rows:
+                    answers[i] = error
+        return answers
 
     def _search_one(self, prepared: PreparedSearch, name: str) -> list[Hit]:
         if prepared.request is not None:

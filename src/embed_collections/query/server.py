@@ -30,9 +30,10 @@ from embed_collections.query.agent_routes import (
     NEIGHBOURS_HELP,
     add_read_route,
 )
-from embed_collections.query.collections import MAX_QUERY_CHARS, MAX_TOP_K, UnknownCollectionError
+from embed_collections.query.collections import UnknownCollectionError
 from embed_collections.query.connections import uvicorn_settings
 from embed_collections.query.context import DEFAULT_NEIGHBOURS
+from embed_collections.query.hits import MAX_QUERY_CHARS, MAX_TOP_K
 from embed_collections.query.http_errors import install_error_handlers
 from embed_collections.query.service import SearchService
 
@@ -65,6 +66,15 @@ class SearchBody(BaseModel):
     diversity: float = Field(default=0.0, description=DIVERSITY_HELP)
     max_tokens: int | None = Field(default=None, description=MAX_TOKENS_HELP)
     neighbours: int = Field(default=DEFAULT_NEIGHBOURS, description=NEIGHBOURS_HELP)
+    rerank: bool | None = Field(
+        default=None,
+        description="Rerank with the server's cross-encoder (serve --rerank MODEL) [true when "
+        "it has one]; false: the first stage alone.",
+    )
+    rerank_top_n: int | None = Field(
+        default=None,
+        description="First-stage candidates the reranker scores, top_k to 1000 [50].",
+    )
 
 
 def error_response(status: int, message: str) -> JSONResponse:

@@ -13,18 +13,15 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
+from embed_collections.engine import Reranker
 from embed_collections.errors import UsageError
-from embed_collections.query.collections import (
-    Collections,
-    SearchHit,
-    check_request,
-    check_text,
-    payload_match,
-)
+from embed_collections.query.collections import Collections
 from embed_collections.query.context import DEFAULT_NEIGHBOURS, check_budget, check_count
 from embed_collections.query.descriptions import Descriptions
 from embed_collections.query.diversity import check_diversity
+from embed_collections.query.hits import SearchHit, check_request, check_text, payload_match
 from embed_collections.query.live import LiveRun, LoadedState
+from embed_collections.query.rerank import DEFAULT_RERANK_TOP_N, check_rerank_top_n
 from embed_collections.stores.base import PayloadMatch, PointLookup
 
 FIELD_SAMPLE = 50  # points per collection whose payload declares the fields to filter on
@@ -52,6 +49,8 @@ class SearchRequest:
     diversity: float = 0.0
     future: Future | asyncio.Future = field(default_factory=Future)
     loop: asyncio.AbstractEventLoop | None = None
+    rerank: bool = False  # scored by the service's reranker
+    rerank_top_n: int = DEFAULT_RERANK_TOP_N
 
 
 def resolve(future: Future | asyncio.Future, outcome: Outcome) -> None:
@@ -87,8 +86,14 @@ class SearchService:
         live: LiveRun,
         max_batch: int = DEFAULT_MAX_BATCH,
         descriptions: Descriptions | None = None,
+        reranker: Reranker | None = None,
+        rerank_top_n: int = DEFAULT_RERANK_TOP_N,
     ) -> None:
-        self.live, self.max_batch = live, max_batch
+        """`reranker`: loaded once, it reranks every search unless the request says
+        `rerank: false` (`rerank_top_n` candidates unless it says how many); the pairs of a
+        batch's requests are scored in one call."""
+        self.live, self.max_batch, self.reranker = live, max_batch, reranker
+        self.rerank_top_n = rerank_top_n
         self.descriptions = descriptions or Descriptions()
         self.store_lock = threading.RLock()  # reads and the search thread share the store
         self._fields: tuple[Collections | None, dict[str, str]] = (None, {})
@@ -125,6 +130,7 @@ class SearchService:
                 "combine": opened.record.combine,
                 "sparse": opened.record.sparse.kind if opened.record.sparse else None,
                 "default_mode": opened.resolve_mode(None),
+                "reranker": self.reranker.describe() if self.reranker else None,
             }
 
     def health(self) -> dict[str, Any]:
@@ -142,6 +148,7 @@ class SearchService:
             "last_error": self.live.last_error or None,
             "batches": self.batches,
             "requests": self.requests,
+            "reranker": self.reranker.describe() if self.reranker else None,
         }
 
     def check(
@@ -152,8 +159,11 @@ class SearchService:
         mode: str | None = None,
         where: Any = None,
         diversity: float = 0.0,
+        rerank: bool | None = None,
+        rerank_top_n: int | None = None,
     ) -> SearchRequest:
-        """A checked search, not yet queued (UsageError now for bad input)."""
+        """A checked search, not yet queued (UsageError now for bad input); `rerank`: None or
+        true use the service's reranker when it has one (true without one is an error)."""
         check_request(query, top_k)
         if mode is not None and not isinstance(mode, str):
             raise UsageError(f'"mode" is {mode!r}; give "dense", "sparse" or "hybrid"')
@@ -165,11 +175,17 @@ class SearchService:
             check_text(name, "A collection name")
         match = payload_match(where)
         diversity = check_diversity(diversity)
+        reranked = self.wants_rerank(rerank)
+        top_n = self.rerank_top_n if rerank_top_n is None else rerank_top_n
+        if reranked:
+            check_rerank_top_n(top_n, top_k)
         with self.live.using() as opened:
             chosen = opened.resolve_mode(mode)
             names = opened.resolve_names(collections)
             check_fields(match, self.payload_fields(opened))
-        return SearchRequest(query, names, top_k, chosen, match, diversity)
+        return SearchRequest(
+            query, names, top_k, chosen, match, diversity, rerank=reranked, rerank_top_n=top_n
+        )
 
     def payload_fields(self, opened: Collections) -> dict[str, str]:
         """The payload fields a filter (`where`) can name, with their types, as a sample of
@@ -199,6 +215,15 @@ class SearchService:
     ) -> dict[str, Any]:
         with self.live.using() as opened, self.store_lock:
             return opened.context_of(hits, max_tokens, neighbours, mode).to_json()
+
+    def wants_rerank(self, rerank: bool | None) -> bool:
+        if rerank not in (None, True, False):
+            raise UsageError(f"rerank is {rerank!r}; give true, false or null")
+        if rerank and self.reranker is None:
+            raise UsageError(
+                "rerank is true but this server has no reranker: start serve with --rerank MODEL"
+            )
+        return self.reranker is not None and rerank is not False
 
     def submit(self, **request: Any) -> Future:
         """Check a search (UsageError now for bad input) and queue it; the future's result is
@@ -312,9 +337,8 @@ class SearchService:
                 embedded[text] = one
         return embedded
 
-    @staticmethod
     def _search(
-        opened: Collections, batch: list[SearchRequest], embedded: dict[str, Any]
+        self, opened: Collections, batch: list[SearchRequest], embedded: dict[str, Any]
     ) -> list[tuple[SearchRequest, Outcome]]:
         outcomes: list[tuple[SearchRequest, Outcome]] = []
         prepared, waiting = [], []
@@ -333,6 +357,8 @@ class SearchService:
                         where=request.where,
                         vectors=vectors,
                         diversity=request.diversity,
+                        rerank=self.reranker if request.rerank else False,
+                        rerank_top_n=request.rerank_top_n,
                     )
                 )
                 waiting.append(request)

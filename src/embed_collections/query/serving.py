@@ -11,6 +11,7 @@ from embed_collections.query.access import AccessPolicy
 from embed_collections.query.descriptions import load_descriptions
 from embed_collections.query.live import LiveRun, default_threads
 from embed_collections.query.mcp_tools import build_mcp
+from embed_collections.query.rerank import DEFAULT_RERANK_TOP_N, check_rerank_top_n, load_reranker
 from embed_collections.query.server import bind_socket, create_app, uvicorn_server
 from embed_collections.query.service import SearchService
 
@@ -39,6 +40,9 @@ def serve_run(
     max_body: int = 1 << 20,
     max_connections: int = 2048,
     describe: tuple[str, ...] = (),
+    rerank: str | None = None,
+    rerank_top_n: int = DEFAULT_RERANK_TOP_N,
+    rerank_max_length: int | None = None,
     tool_description: tuple[str, ...] = (),
     log_level: str = "warning",
     announce: Callable[[str], None] | None = None,
@@ -62,11 +66,15 @@ def serve_run(
     )
     descriptions = load_descriptions(output_dir, describe, tool_description)
     sock = None if mcp_stdio else bind_socket(host, port)  # a taken port fails before loading
+    reranker = None
+    if rerank:  # loaded before anything is served: a broken reranker fails the start
+        check_rerank_top_n(rerank_top_n, 1)
+        reranker = load_reranker(rerank, None, trust_remote_code, device, rerank_max_length)
     live = LiveRun(
         output_dir, qdrant_url, qdrant_path, qdrant_api_key, device, trust_remote_code,
         poll_seconds, threads or default_threads(),
     ).start()  # fmt: skip
-    service = SearchService(live, max_batch, descriptions)
+    service = SearchService(live, max_batch, descriptions, reranker, rerank_top_n)
     try:
         mcp = build_mcp(service)
         if mcp_stdio:

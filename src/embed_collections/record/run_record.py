@@ -45,13 +45,16 @@ class ModelRecord:
 
 @dataclass(frozen=True)
 class SparseRecord:
-    """The sparse (BM25) encoder's settings; queries must be encoded with the same ones."""
+    """The sparse encoder's settings (BM25's, or a learned model's name and folder); queries
+    must be encoded with the same ones."""
 
     kind: str
     language: str
     k: float
     b: float
     avg_len: float
+    model: str = ""  # a learned sparse model (kind splade): its name and folder
+    path: str = ""
 
 
 @dataclass(frozen=True)

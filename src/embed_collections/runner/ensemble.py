@@ -60,7 +60,8 @@ class Ensemble:
             return None
         sparse = (SPARSE_VECTOR_NAME,) if self.sparse else ()
         dense = combined_dims(self.combine, self.specs, dims)  # type: ignore[arg-type]
-        return VectorLayout(dense, sparse, self.storage)
+        idf = self.sparse.idf if self.sparse else True
+        return VectorLayout(dense, sparse, self.storage, sparse_idf=idf)
 
     def models(self, dtype: str) -> tuple[ModelRecord, ...]:
         """The models as the run record keeps them."""

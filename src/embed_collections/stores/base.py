@@ -104,18 +104,21 @@ class VectorLayout:
     """What a collection stores per point: named dense vectors (size each) and sparse vectors.
 
     The single unnamed dense vector of `concat`/`average` mode is the name "". All dense vectors
-    use cosine distance; all sparse vectors use Qdrant's IDF modifier.
+    use cosine distance; sparse vectors use Qdrant's IDF modifier unless `sparse_idf` is off
+    (a learned sparse model weighs its own terms).
     """
 
     dense: dict[str, int]
     sparse: tuple[str, ...] = ()
     storage: StorageOptions = field(default_factory=StorageOptions)
+    sparse_idf: bool = True
 
     def describe(self) -> str:
         """Human-readable form used in error messages: `dense{"": 80}, sparse[bm25]`."""
         dense = ", ".join(f'"{name}": {size}' for name, size in sorted(self.dense.items()))
         sparse = ", ".join(self.sparse)
         storage = self.storage.describe()
+        sparse += "" if self.sparse_idf or not self.sparse else " without IDF"
         return f"dense{{{dense}}}, sparse[{sparse}]" + (f", {storage}" if storage else "")
 
     def matches(self, other: VectorLayout | None) -> bool:
@@ -126,19 +129,23 @@ class VectorLayout:
             self.dense == other.dense
             and sorted(self.sparse) == sorted(other.sparse)
             and self.storage == other.storage
+            and self.sparse_idf == other.sparse_idf
         )
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"dense": dict(self.dense), "sparse": list(self.sparse)}
         if self.storage != StorageOptions():
             data["storage"] = self.storage.to_json()
+        if not self.sparse_idf:
+            data["sparse_idf"] = False
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VectorLayout:
         dense = {name: int(size) for name, size in data["dense"].items()}
         storage = StorageOptions.from_json(data.get("storage"))
-        return cls(dense=dense, sparse=tuple(data["sparse"]), storage=storage)
+        idf = bool(data.get("sparse_idf", True))
+        return cls(dense=dense, sparse=tuple(data["sparse"]), storage=storage, sparse_idf=idf)
 
 
 @dataclass

@@ -92,7 +92,8 @@ def edge_config(layout: VectorLayout) -> EdgeConfig:
         optimizers=optimizers,
         vectors={name: vector_params(size, layout.storage) for name, size in layout.dense.items()},
         sparse_vectors={
-            name: EdgeSparseVectorParams(modifier=Modifier.Idf) for name in layout.sparse
+            name: EdgeSparseVectorParams(modifier=Modifier.Idf if layout.sparse_idf else None)
+            for name in layout.sparse
         },
     )
 

@@ -327,7 +327,10 @@ class ServerStore:
         default = layout.storage == StorageOptions()
         metadata = None if default else {STORAGE_KEY: layout.storage.to_json()}
         sparse = {
-            name: models.SparseVectorParams(modifier=models.Modifier.IDF) for name in layout.sparse
+            name: models.SparseVectorParams(
+                modifier=models.Modifier.IDF if layout.sparse_idf else None
+            )
+            for name in layout.sparse
         }
         try:
             if existing is not None:

@@ -31,6 +31,8 @@ class SparseEncoder:
     b: float
     avg_len: float
 
+    idf = True  # the store multiplies term weights by IDF (see the module's docstring)
+
     def __post_init__(self) -> None:
         from qdrant_edge import Bm25, Bm25Config
 
@@ -70,6 +72,10 @@ class SparseEncoder:
         vector = self.model.embed_query(text)
         return list(vector.indices), list(vector.values)
 
+    def embed_documents(self, texts: list[str]) -> list[tuple[list[int], list[float]]]:
+        """Many documents at once (a learned model batches them)."""
+        return [self.embed_document(text) for text in texts]
+
 
 def pack(indices: list[int], values: list[float]) -> bytes:
     """Cache value of a sparse vector: uint32 indices then float32 values."""
@@ -89,7 +95,7 @@ def embed_pending(encoder: SparseEncoder, texts: dict[bytes, str], cache: Embedd
     missing = cache.missing(encoder.fingerprint, texts)
     for start in range(0, len(missing), 4096):
         part = missing[start : start + 4096]
-        blobs = [pack(*encoder.embed_document(texts[d])) for d in part]
+        blobs = [pack(*vector) for vector in encoder.embed_documents([texts[d] for d in part])]
         cache.put_many(encoder.fingerprint, part, blobs)
     return len(missing)
 
