@@ -68,6 +68,10 @@ def test_learned_sparse_vectors_are_cached_and_hybrid_fuses_them(
         assert opened.resolve_mode(None) == "hybrid"
         hybrid = opened.search("roses", top_k=4)
     assert len(hybrid) == 4 and all(hit.fused_score > 0 for hit in hybrid)
+    printed = invoke(["search", "Garden", "roses", "--output-dir", out, "--json"])
+    assert printed.code == 0, printed.err
+    ranking = json.loads(printed.out)["ranking"]  # names the learned member, not BM25
+    assert ranking.startswith("hybrid (dense + ") and "BM25" not in ranking
 
 
 def test_switching_bm25_for_a_learned_model_is_a_new_layout(tmp_path, tiny_models, tiny_splade):

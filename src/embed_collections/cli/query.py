@@ -133,6 +133,8 @@ def search(
         rerank=reranker,
     ) as opened:
         chosen = opened.resolve_mode(mode)
+        sparse = opened.record.sparse
+        sparse_name = sparse.model if sparse is not None and sparse.model else "BM25"
         hits = opened.search(
             query,
             collection,
@@ -154,7 +156,7 @@ def search(
             else:
                 click.echo(block.text)
             return
-    described = describe_mode(chosen, fusion, rrf_k)
+    described = describe_mode(chosen, fusion, rrf_k, sparse_name)
     if rerank:
         described += f", reranked (top {rerank_top_n}) by {rerank}"
     if as_json:
@@ -185,12 +187,13 @@ def search(
     click.echo(render_table([*headers, "text"], rows))
 
 
-def describe_mode(mode: str, fusion: str, rrf_k: int) -> str:
-    """The mode as a person reads it: `hybrid (dense + BM25, RRF k=60)`."""
+def describe_mode(mode: str, fusion: str, rrf_k: int, sparse: str = "BM25") -> str:
+    """The mode as a person reads it: `hybrid (dense + BM25, RRF k=60)`; `sparse` names the
+    run's sparse member (a learned model's name)."""
     if mode == "hybrid":
         fused = f"RRF k={rrf_k}" if fusion == "rrf" else "DBSF"
-        return f"hybrid (dense + BM25, {fused})"
-    return "sparse (BM25)" if mode == "sparse" else "dense"
+        return f"hybrid (dense + {sparse}, {fused})"
+    return f"sparse ({sparse})" if mode == "sparse" else "dense"
 
 
 def shorten(text: str, width: int) -> str:
