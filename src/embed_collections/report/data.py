@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,9 @@ class RunView:
     eval: dict[str, Any] | None = None
     tuning: dict[str, Any] | None = None
 
-    @property
+    @cached_property
     def extras(self) -> RunExtras:
-        """The summary's measurements after the V6.1 keys, typed."""
+        """The summary's measurements after the V6.1 keys, typed (read once per view)."""
         return RunExtras.from_json(self.summary)
 
     @property
